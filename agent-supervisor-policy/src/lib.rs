@@ -5,24 +5,190 @@
 //! policy files in [`Policy::load`] (and files named by `extends`), never touches the kernel,
 //! and has no `unsafe`. The supervisor turns a [`Policy`] into kernel mechanisms using the
 //! [`Plan`] this crate computes.
+//!
+//! # The language
+//!
+//! ```toml
+//! version = 1                    # required; anything else is refused
+//! extends = "sandboxed"          # "unrestricted" | "sandboxed" | "locked" | "none" | a path
+//! default = "ask"                # no rule matched: "ask" | "deny" | "allow"
+//! approval_timeout = "120s"      # humantime: "120s", "2m", "1h 30m", "500ms"; must be > 0
+//! [vars]                         # {name} in any path or pattern
+//! workspace = "/srv/agent/work"  # overrides the built-in {workspace}
+//! cache = "{home}/.cache"        # custom variables may use other variables
+//! [filesystem]                   # the static part, enforced by Landlock
+//! read  = ["/usr", "/lib", "/etc", "{workspace}"]
+//! write = ["{workspace}", "{tmp}"]
+//! exec  = ["/usr/bin", "/bin", "/usr/lib"]
+//! [[rule]]
+//! decision = "deny"              # "allow" | "deny" | "ask"
+//! file = "**/.env"               # glob on the resolved absolute path
+//! access = ["read"]              # any of read, write, exec; default: all three
+//! reason = "Don't let the agent read .env files"
+//! [[rule]]
+//! decision = "deny"
+//! command = "rm"                 # program basename, or absolute path; globs allowed
+//! args = "-rf *"                 # glob over argv[1..] joined by single spaces
+//! [[rule]]
+//! decision = "allow"
+//! network = "127.0.0.1:8080"     # IP, CIDR, [IPv6], [IPv6 CIDR] or host name glob, then :port or :*
+//! ```
+//!
+//! ## Validation
+//!
+//! Everything is checked before anything is enforced: unknown keys, wrong types, a rule with
+//! zero or several of `file`/`command`/`network`, `args` without `command`, `access` without
+//! `file`, bad globs, decisions, access kinds, durations, variables, relative or `~` paths,
+//! bad network specs, unknown presets, `extends` cycles and unreadable `extends` files are all
+//! refused with a [`PolicyError`] whose text is `file:line:column: message` (1-based, pointing
+//! at the offending value), e.g.
+//! `policy.toml:12:12: unknown decision `alow`, expected allow, deny or ask`.
+//!
+//! ## `extends`
+//!
+//! The base is loaded first (recursively), then the file is laid over it:
+//! - `default` and `approval_timeout` override the base when present;
+//! - a `[filesystem]` key (`read`, `write`, `exec`) present in the file **replaces** the base's
+//!   list; absent keys inherit it;
+//! - rules are the base's first, then the file's ([`Policy::rules`] is numbered across both);
+//! - `[vars]` merge, the file wins. Variables are expanded only after merging, so a file that
+//!   sets `workspace` moves the base's `{workspace}` rules too.
+//!
+//! An absent `extends` means `extends = "sandboxed"`, the default preset (also what the
+//! supervisor uses when no policy file exists). `extends = "none"` starts from nothing:
+//! `default = "ask"`, `approval_timeout = "120s"`, empty trees, no rules. A value containing a
+//! `/` or ending in `.toml` is a path, relative to the directory of the file that names it;
+//! anything else must be a preset name.
+//!
+//! ## Variables
+//!
+//! `{name}` (name: `[A-Za-z_][A-Za-z0-9_]*`) is replaced in every tree entry, pattern and
+//! network spec. Built in: `{workspace}` (the supervisor passes the working directory),
+//! `{home}` and `{tmp}`; `[vars]` may override them (they must stay absolute paths) and add
+//! others, which may reference any variable (cycles are refused; a variable naming itself,
+//! like `workspace = "{workspace}/sub"`, means the built-in value). Braces that hold a comma,
+//! like `id_{rsa,dsa}`, are glob alternation and left alone. The values of `workspace`,
+//! `home` and `tmp` are paths: inside patterns their glob characters are escaped. `~` is not
+//! expanded; write `{home}`.
+//!
+//! ## Paths and patterns
+//!
+//! `[filesystem]` entries are literal paths (no globs), absolute after expansion, lexically
+//! normalised (`.`, `..`, duplicate and trailing slashes); an entry may name a file.
+//!
+//! `file` patterns are globs on the resolved absolute path: absolute, or starting with `**`
+//! (match at any depth: `**/.env` matches `/any/depth/.env`); any other pattern is relative to
+//! `{workspace}`. `*` and `?` do not cross `/`, `**` does. A pattern without glob characters
+//! names a file or a directory and matches that path **and everything under it** (so
+//! `file = "{home}/.ssh"` protects the directory's contents, as the mount mask does).
+//!
+//! `command` patterns without a `/` match the program's basename (`rm`, `mkfs*`); with a `/`
+//! they match the full path (absolute, or starting with `**`). `args` is a glob over
+//! `argv[1..]` joined by single spaces where `*` does cross `/`; absent, any arguments match;
+//! a pattern ending in ` *` also matches when nothing follows (`push *` matches `git push`).
+//!
+//! `network` specs are `ip:port`, `cidr:port`, `[v6]:port`, `[v6cidr]:port`, `name:port` or
+//! `*.glob.name:port`, where the port may be `*`; a host of `*` matches any address. IPv6
+//! addresses go in brackets. IPv4-mapped IPv6 requests (`::ffff:1.2.3.4`) match IPv4 rules.
+//! Until the supervisor is DNS-aware, host-name rules match only requests that carry the
+//! name ([`Request::Connect::host`]); IP and CIDR rules always apply.
+//!
+//! ## Deciding
+//!
+//! A *catch-all* rule is one whose pattern is bare: `file = "**"` or `"/**"`, `command = "*"`
+//! without `args`, `network = "*"` or `"*:*"`. Catch-alls apply only when no specific rule
+//! matches. Among the matching rules, the strictest (`deny` > `ask` > `allow`) of the
+//! specific ones wins, else the strictest of the catch-alls; among equally strict rules the
+//! first (in [`Policy::rules`] order) wins. When no rule matches:
+//! - **open**: each requested access kind is decided on its own (a rule takes part for the
+//!   kinds in its `access`); a kind no rule covers is allowed iff the path is under a
+//!   `[filesystem]` tree of that kind ([`DecidedBy::Filesystem`]); the strictest kind wins
+//!   (ties: read, then write, then exec). A request with no access kind is allowed.
+//! - **exec**: command rules and file rules with `exec` access take part, matched on the
+//!   resolved `path` and on the `invoked` path. An `allow` rule matches through `invoked`
+//!   only when `invoked`'s directory is not under a `write` tree (so an agent-made symlink
+//!   cannot borrow an allow rule). With no match, a program outside the `exec` trees is
+//!   denied ([`DecidedBy::Filesystem`]), else `default` decides. A program outside the
+//!   `exec` trees and outside the literal prefix of every absolute allow/ask rule that grants
+//!   exec is denied even when a rule allows or asks (Landlock would refuse it anyway).
+//! - **connect**: `default` decides.
+//!
+//! ## Enforcement
+//!
+//! [`Policy::plan`] maps the policy onto cheap kernel mechanisms (Landlock grants, mount
+//! masks) and says where they cannot be exact, so the supervisor must trap the syscalls with
+//! seccomp user notification and call [`Policy::decide`].
 #![forbid(unsafe_code)]
 
+mod compile;
+mod decide;
+mod matcher;
+mod paths;
+mod plan;
+mod presets;
+mod raw;
+mod source;
+mod vars;
+
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 /// What to do with an action. Ordered by strictness: `Allow < Ask < Deny`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Decision {
+    /// Let it happen (still audited).
     Allow,
+    /// Hold it until a human approves (or `approval_timeout` passes: then it is denied).
     Ask,
+    /// Refuse it.
     Deny,
+}
+
+impl Decision {
+    /// The spelling used in policy files: `allow`, `ask` or `deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Ask => "ask",
+            Decision::Deny => "deny",
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of `"...".parse::<Decision>()`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown decision `{0}`, expected allow, deny or ask")]
+pub struct ParseDecisionError(pub String);
+
+impl FromStr for Decision {
+    type Err = ParseDecisionError;
+    /// Exactly `allow`, `ask` or `deny` (case-sensitive, as in policy files).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "allow" => Ok(Decision::Allow),
+            "ask" => Ok(Decision::Ask),
+            "deny" => Ok(Decision::Deny),
+            other => Err(ParseDecisionError(other.to_string())),
+        }
+    }
 }
 
 /// A set of file access kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Access {
+    /// Read a file or list a directory.
     pub read: bool,
+    /// Write, create, truncate or remove.
     pub write: bool,
+    /// Execute.
     pub exec: bool,
 }
 
@@ -31,6 +197,47 @@ impl Access {
     pub const WRITE: Access = Access { read: false, write: true, exec: false };
     pub const EXEC: Access = Access { read: false, write: false, exec: true };
     pub const ALL: Access = Access { read: true, write: true, exec: true };
+
+    /// No kind at all.
+    pub fn is_empty(self) -> bool {
+        !(self.read || self.write || self.exec)
+    }
+
+    /// Every kind in `other` is also in `self`.
+    pub fn contains(self, other: Access) -> bool {
+        (self.read || !other.read) && (self.write || !other.write) && (self.exec || !other.exec)
+    }
+
+    /// Both sets.
+    pub fn union(self, other: Access) -> Access {
+        Access {
+            read: self.read || other.read,
+            write: self.write || other.write,
+            exec: self.exec || other.exec,
+        }
+    }
+
+    /// The single kinds in this set, in the order read, write, exec.
+    pub fn kinds(self) -> impl Iterator<Item = Access> {
+        [(self.read, Access::READ), (self.write, Access::WRITE), (self.exec, Access::EXEC)]
+            .into_iter()
+            .filter_map(|(on, kind)| on.then_some(kind))
+    }
+}
+
+impl fmt::Display for Access {
+    /// `read`, `read+write`, `read+write+exec`, or `none`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [(self.read, "read"), (self.write, "write"), (self.exec, "exec")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join("+"))
+        }
+    }
 }
 
 /// Built-in variables, supplied by the caller (the supervisor knows the cwd, $HOME, $TMPDIR).
@@ -38,7 +245,9 @@ impl Access {
 pub struct Vars {
     /// `{workspace}`: default for the workspace; a policy's `[vars] workspace = ...` overrides it.
     pub workspace: PathBuf,
+    /// `{home}`: the user's home directory.
     pub home: PathBuf,
+    /// `{tmp}`: the temporary directory.
     pub tmp: PathBuf,
 }
 
@@ -48,6 +257,13 @@ pub struct Origin {
     pub file: String,
     pub line: u32,
     pub column: u32,
+}
+
+impl fmt::Display for Origin {
+    /// `file:line:column`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
 }
 
 /// The static filesystem trees (absolute, variables expanded, lexically normalised).
@@ -64,12 +280,17 @@ pub struct Rule {
     pub decision: Decision,
     pub target: Target,
     pub reason: Option<String>,
+    /// The rule's `[[rule]]` header.
     pub origin: Origin,
     /// A bare `*` / `**` pattern: applies only when no specific rule matches.
     pub catch_all: bool,
 }
 
 /// What a rule is about. Exactly one of `file`, `command`, `network` per rule.
+///
+/// Patterns are stored expanded: variables replaced (glob characters in the values of
+/// `{workspace}`, `{home}`, `{tmp}` escaped with `\`), relative file patterns made absolute
+/// under `{workspace}`, and lexically normalised.
 #[derive(Debug, Clone)]
 pub enum Target {
     File { pattern: String, access: Access },
@@ -100,12 +321,36 @@ pub enum DecidedBy {
     Default,
 }
 
+impl fmt::Display for DecidedBy {
+    /// `rule N` (N indexes [`Policy::rules`]), `filesystem` or `default`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecidedBy::Rule(i) => write!(f, "rule {i}"),
+            DecidedBy::Filesystem => f.write_str("filesystem"),
+            DecidedBy::Default => f.write_str("default"),
+        }
+    }
+}
+
 /// The outcome of [`Policy::decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub decision: Decision,
     pub decided_by: DecidedBy,
+    /// The deciding rule's `reason` (its description when it has none), or a generated
+    /// explanation for [`DecidedBy::Filesystem`] and [`DecidedBy::Default`].
     pub reason: Option<String>,
+}
+
+impl fmt::Display for Verdict {
+    /// `deny by rule 2 (reason)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} by {}", self.decision, self.decided_by)?;
+        if let Some(reason) = &self.reason {
+            write!(f, " ({reason})")?;
+        }
+        Ok(())
+    }
 }
 
 /// A validated policy with variables expanded and matchers compiled.
@@ -118,7 +363,10 @@ pub struct Policy {
     pub filesystem: Filesystem,
     /// Base policy's rules first (extends), then this file's, in file order.
     pub rules: Vec<Rule>,
-    // private: compiled matchers etc.
+    /// Compiled matchers, one per rule (same index).
+    matchers: Vec<matcher::RuleMatcher>,
+    /// Variables in effect, expanded: built-ins first, then `[vars]` by name.
+    vars: Vec<(String, String)>,
 }
 
 /// How one protection is enforced in the kernel (see [`Policy::plan`]).
@@ -139,6 +387,9 @@ pub struct Mask {
     /// Literal (glob-free) prefix of the pattern: where the walk starts.
     pub root: PathBuf,
     pub kind: MaskKind,
+    /// The pattern is exactly `<root>/**` or `<root>` itself: mask `root` as a whole instead
+    /// of walking it.
+    pub whole_root: bool,
 }
 
 /// Enforcement plan: which cheap kernel mechanisms carry which part of the policy.
@@ -154,6 +405,9 @@ pub struct Plan {
     pub notify_open: bool,
     /// Trap connect/sendto/sendmsg/bind.
     pub notify_network: bool,
+    /// Trap execve/execveat with user notification: the policy has command rules, file rules
+    /// with `exec` access, or a `default` other than allow.
+    pub notify_exec: bool,
     /// Per rule (same index as `rules`): a one-line description of the enforcing mechanism.
     pub mechanisms: Vec<String>,
 }
@@ -182,40 +436,67 @@ pub const PRESETS: &[&str] = &["unrestricted", "sandboxed", "locked"];
 impl Policy {
     /// A built-in preset by name (the TOML files in `policies/`, embedded with include_str!).
     pub fn preset(name: &str, vars: &Vars) -> Result<Policy, PolicyError> {
-        todo!()
+        compile::preset(name, vars)
     }
     /// Read, parse and validate a policy file (and whatever it `extends`).
     pub fn load(path: &Path, vars: &Vars) -> Result<Policy, PolicyError> {
-        todo!()
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
+        let base_dir = path.parent().unwrap_or(Path::new(""));
+        Policy::parse(&path.display().to_string(), &text, base_dir, vars)
     }
     /// Parse policy text; `source_name` is used in error messages; `extends` paths are
     /// relative to `base_dir`.
     pub fn parse(source_name: &str, text: &str, base_dir: &Path, vars: &Vars) -> Result<Policy, PolicyError> {
-        todo!()
+        compile::parse(source_name, text, base_dir, vars)
     }
     /// Rewrite every absolute path and the literal prefix of every absolute pattern through
     /// `canon` (the supervisor passes a symlink-resolving canonicaliser, e.g. `/bin` -> `/usr/bin`);
     /// paths for which it returns None are kept as they are.
+    ///
+    /// Patterns keep matching their original spelling too (a rule written `/bin/**` matches
+    /// both `/bin/x` and `/usr/bin/x` afterwards); the trees are replaced.
     pub fn canonicalize_paths(&mut self, canon: &dyn Fn(&Path) -> Option<PathBuf>) {
-        todo!()
+        compile::canonicalize(self, canon)
     }
     /// Decide a request. Never fails: anything undecidable is a denial.
     pub fn decide(&self, request: &Request<'_>) -> Verdict {
-        todo!()
+        decide::decide(self, request)
     }
     /// Does `path` match rule `rule`'s file pattern? (Used by the mask walk.)
+    /// False for rules that are not file rules and for out-of-range indices.
     pub fn file_rule_matches(&self, rule: usize, path: &Path) -> bool {
-        todo!()
+        match self.matchers.get(rule) {
+            Some(matcher::RuleMatcher::File(m)) => m.is_match(path),
+            _ => false,
+        }
     }
     /// Compile to the cheapest exact kernel mechanisms.
     pub fn plan(&self) -> Plan {
-        todo!()
+        plan::plan(self)
     }
     /// The variables in effect (built-ins and `[vars]`), for `explain` and the audit.
     pub fn vars(&self) -> Vec<(String, String)> {
-        todo!()
+        self.vars.clone()
+    }
+    /// One line describing rule `i` for humans, e.g.
+    /// `rule 3 at policy.toml:14:1: deny command "rm" args "-rf *"`.
+    pub fn describe_rule(&self, i: usize) -> String {
+        let Some(rule) = self.rules.get(i) else {
+            return format!("rule {i}: no such rule (the policy has {})", self.rules.len());
+        };
+        let what = match &rule.target {
+            Target::File { pattern, access } if *access == Access::ALL => format!("file {pattern:?}"),
+            Target::File { pattern, access } => format!("file {pattern:?} access {access}"),
+            Target::Command { program, args: None } => format!("command {program:?}"),
+            Target::Command { program, args: Some(args) } => format!("command {program:?} args {args:?}"),
+            Target::Network { spec } => format!("network {spec:?}"),
+        };
+        format!("rule {i} at {}: {} {what}", rule.origin, rule.decision)
     }
 }
 
-/// The commented policy that `agent-supervisor init` writes.
-pub fn init_template() -> &'static str { todo!() }
+/// The commented policy that `agent-supervisor init` writes (`policies/init.toml`).
+pub fn init_template() -> &'static str {
+    presets::INIT_TEMPLATE
+}

@@ -1,0 +1,301 @@
+//! Compiled matchers for the three kinds of rule targets.
+//!
+//! File and command-path globs are built with `literal_separator(true)` (`*` stays within one
+//! path component, `**` crosses them); argument globs without it (`-rf *` must match
+//! `-rf /home/x`). A pattern without glob characters is a literal path that matches itself
+//! and everything under it.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use globset::{GlobBuilder, GlobMatcher};
+use ipnet::IpNet;
+
+use crate::paths::{has_glob, unescape};
+
+/// The compiled form of one rule's target.
+#[derive(Debug, Clone)]
+pub(crate) enum RuleMatcher {
+    File(PathMatcher),
+    Command(CommandMatcher),
+    Network(NetMatcher),
+}
+
+fn glob(pattern: &str, literal_separator: bool) -> Result<GlobMatcher, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(literal_separator)
+        .backslash_escape(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| e.kind().to_string())
+}
+
+#[derive(Debug, Clone)]
+enum PathAlt {
+    /// Matches the path and everything under it.
+    Literal(PathBuf),
+    Glob(GlobMatcher),
+}
+
+/// Matches absolute paths against one pattern, possibly in several spellings (the written
+/// one and its canonicalised form).
+#[derive(Debug, Clone)]
+pub(crate) struct PathMatcher {
+    alts: Vec<PathAlt>,
+}
+
+impl PathMatcher {
+    /// `pattern`: normalised, absolute (`/...`) or anywhere (`**...`). Errors are globset's.
+    pub fn new(pattern: &str) -> Result<PathMatcher, String> {
+        let alt = if has_glob(pattern) {
+            PathAlt::Glob(glob(pattern, true)?)
+        } else {
+            PathAlt::Literal(PathBuf::from(unescape(pattern)))
+        };
+        Ok(PathMatcher { alts: vec![alt] })
+    }
+
+    /// Also match what `other` matches.
+    pub fn extend(&mut self, other: PathMatcher) {
+        self.alts.extend(other.alts);
+    }
+
+    pub fn is_match(&self, path: &Path) -> bool {
+        self.alts.iter().any(|alt| match alt {
+            PathAlt::Literal(literal) => path.starts_with(literal),
+            PathAlt::Glob(g) => g.is_match(path),
+        })
+    }
+}
+
+/// Which program a command rule is about.
+#[derive(Debug, Clone)]
+pub(crate) enum ProgramMatcher {
+    /// A pattern without `/`: the program's basename.
+    Basename(GlobMatcher),
+    /// A pattern with `/`: the program's full path.
+    Path(PathMatcher),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CommandMatcher {
+    pub program: ProgramMatcher,
+    /// None: any arguments.
+    args: Option<Vec<GlobMatcher>>,
+}
+
+impl CommandMatcher {
+    pub fn new(program: ProgramMatcher, args: Option<&str>) -> Result<CommandMatcher, String> {
+        let args = match args {
+            None => None,
+            Some(pattern) => {
+                let mut globs = vec![glob(pattern, false)?];
+                // `push *` also matches a bare `push`.
+                if let Some(head) = pattern.strip_suffix(" *") {
+                    globs.push(glob(head, false)?);
+                }
+                Some(globs)
+            }
+        };
+        Ok(CommandMatcher { program, args })
+    }
+
+    pub fn basename_glob(pattern: &str) -> Result<ProgramMatcher, String> {
+        Ok(ProgramMatcher::Basename(glob(pattern, true)?))
+    }
+
+    /// Does the program at `program` match (arguments not considered)?
+    pub fn program_matches(&self, program: &Path) -> bool {
+        match &self.program {
+            ProgramMatcher::Basename(g) => program.file_name().is_some_and(|name| g.is_match(name)),
+            ProgramMatcher::Path(m) => m.is_match(program),
+        }
+    }
+
+    /// Do `argv[1..]`, joined by single spaces, match?
+    pub fn args_match(&self, joined_args: &str) -> bool {
+        match &self.args {
+            None => true,
+            Some(globs) => globs.iter().any(|g| g.is_match(joined_args)),
+        }
+    }
+}
+
+/// The host part of a network spec.
+#[derive(Debug, Clone)]
+pub(crate) enum HostMatcher {
+    Any,
+    Ip(IpAddr),
+    Net(IpNet),
+    /// A host name glob, matched case-insensitively against the request's `host`.
+    Name(GlobMatcher),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct NetMatcher {
+    host: HostMatcher,
+    /// None: any port.
+    port: Option<u16>,
+}
+
+impl NetMatcher {
+    /// Parse `host:port` (see the crate docs); the flag is true for the catch-all `*` / `*:*`.
+    /// Errors are whole messages.
+    pub fn parse(spec: &str) -> Result<(NetMatcher, bool), String> {
+        let expected = "expected HOST:PORT or HOST:* with HOST an IP, a CIDR, [IPv6], [IPv6 CIDR] or a host name (e.g. 127.0.0.1:8080, 10.0.0.0/8:*, [::1]:443, *.example.com:443)";
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err(format!("empty network spec, {expected}"));
+        }
+        if spec == "*" || spec == "*:*" {
+            return Ok((NetMatcher { host: HostMatcher::Any, port: None }, true));
+        }
+        let (host, port, bracketed) = if let Some(inner) = spec.strip_prefix('[') {
+            let Some((host, after)) = inner.split_once(']') else {
+                return Err(format!("unclosed `[` in network spec `{spec}`, {expected}"));
+            };
+            let Some(port) = after.strip_prefix(':') else {
+                return Err(format!("missing port in network spec `{spec}`, {expected}"));
+            };
+            (host, port, true)
+        } else {
+            let Some((host, port)) = spec.rsplit_once(':') else {
+                return Err(format!("missing port in network spec `{spec}`, {expected}"));
+            };
+            if host.contains(':') {
+                return Err(format!(
+                    "IPv6 address without brackets in network spec `{spec}`, write it as [{host}]:{port}"
+                ));
+            }
+            (host, port, false)
+        };
+        let port = match port {
+            "*" => None,
+            p => match p.parse::<u16>() {
+                Ok(p) => Some(p),
+                Err(_) => return Err(format!("bad port `{p}` in network spec `{spec}`, expected a number from 0 to 65535 or `*`")),
+            },
+        };
+        let host = if bracketed {
+            if host.contains('/') {
+                match host.parse::<IpNet>() {
+                    Ok(IpNet::V6(net)) => HostMatcher::Net(IpNet::V6(net.trunc())),
+                    _ => return Err(format!("bad IPv6 CIDR `{host}` in network spec `{spec}`, expected e.g. [fd00::/8]:*")),
+                }
+            } else {
+                match host.parse::<std::net::Ipv6Addr>() {
+                    Ok(ip) => HostMatcher::Ip(IpAddr::V6(ip).to_canonical()),
+                    Err(_) => return Err(format!("bad IPv6 address `{host}` in network spec `{spec}`, expected e.g. [::1]:443")),
+                }
+            }
+        } else if host == "*" {
+            HostMatcher::Any
+        } else if host.contains('/') {
+            match host.parse::<IpNet>() {
+                Ok(net) => HostMatcher::Net(net.trunc()),
+                Err(_) => return Err(format!("bad CIDR `{host}` in network spec `{spec}`, expected e.g. 10.0.0.0/8:*")),
+            }
+        } else if let Ok(ip) = host.parse::<IpAddr>() {
+            HostMatcher::Ip(ip.to_canonical())
+        } else if !host.is_empty() && host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return Err(format!("bad IP address `{host}` in network spec `{spec}`, expected e.g. 127.0.0.1:8080"));
+        } else if !host.is_empty()
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '*' | '?' | '[' | ']' | '{' | '}' | ','))
+        {
+            let pattern = host.to_ascii_lowercase();
+            let pattern = pattern.trim_end_matches('.');
+            HostMatcher::Name(glob(pattern, false).map_err(|e| format!("bad host name glob `{host}` in network spec `{spec}`: {e}"))?)
+        } else {
+            return Err(format!("bad host `{host}` in network spec `{spec}`, {expected}"));
+        };
+        Ok((NetMatcher { host, port }, false))
+    }
+
+    pub fn is_match(&self, ip: IpAddr, port: u16, host: Option<&str>) -> bool {
+        if self.port.is_some_and(|p| p != port) {
+            return false;
+        }
+        let ip = ip.to_canonical();
+        match &self.host {
+            HostMatcher::Any => true,
+            HostMatcher::Ip(rule) => *rule == ip,
+            HostMatcher::Net(net) => net.contains(&ip),
+            HostMatcher::Name(g) => host.is_some_and(|h| g.is_match(h.trim_end_matches('.').to_ascii_lowercase())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(p: &str) -> PathMatcher {
+        PathMatcher::new(p).unwrap()
+    }
+
+    #[test]
+    fn star_stays_in_one_component_double_star_crosses() {
+        assert!(path("/w/*.key").is_match(Path::new("/w/a.key")));
+        assert!(!path("/w/*.key").is_match(Path::new("/w/sub/a.key")));
+        assert!(path("/w/**/*.key").is_match(Path::new("/w/sub/deep/a.key")));
+        assert!(path("/w/**/*.key").is_match(Path::new("/w/a.key")));
+    }
+
+    #[test]
+    fn anywhere_patterns_match_at_any_depth() {
+        let m = path("**/.env");
+        assert!(m.is_match(Path::new("/.env")));
+        assert!(m.is_match(Path::new("/any/depth/.env")));
+        assert!(!m.is_match(Path::new("/any/depth/.env.local")));
+        assert!(!m.is_match(Path::new("/any/.env/x")));
+    }
+
+    #[test]
+    fn literal_patterns_cover_their_subtree() {
+        let m = path("/h/.ssh");
+        assert!(m.is_match(Path::new("/h/.ssh")));
+        assert!(m.is_match(Path::new("/h/.ssh/id_rsa")));
+        assert!(!m.is_match(Path::new("/h/.sshx")));
+        assert!(path("/h/a\\[1\\]").is_match(Path::new("/h/a[1]/x")));
+    }
+
+    #[test]
+    fn args_trailing_star_matches_nothing_too() {
+        let c = CommandMatcher::new(CommandMatcher::basename_glob("git").unwrap(), Some("push *")).unwrap();
+        assert!(c.args_match("push"));
+        assert!(c.args_match("push origin main"));
+        assert!(!c.args_match("pushx"));
+        assert!(!c.args_match("pull"));
+        let rm = CommandMatcher::new(CommandMatcher::basename_glob("rm").unwrap(), Some("-rf *")).unwrap();
+        assert!(rm.args_match("-rf /home/user/x"));
+        assert!(rm.program_matches(Path::new("/usr/bin/rm")));
+        assert!(!rm.program_matches(Path::new("/usr/bin/rmdir")));
+    }
+
+    #[test]
+    fn network_specs() {
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let parse = |s: &str| NetMatcher::parse(s).unwrap().0;
+        let m = parse("127.0.0.1:8080");
+        assert!(m.is_match(v4, 8080, None));
+        assert!(m.is_match(mapped, 8080, None));
+        assert!(!m.is_match(v4, 8081, None));
+        let cidr = parse("10.0.0.0/8:*");
+        assert!(cidr.is_match("10.1.2.3".parse().unwrap(), 1, None));
+        assert!(cidr.is_match("::ffff:10.1.2.3".parse().unwrap(), 1, None));
+        assert!(!cidr.is_match("11.0.0.1".parse().unwrap(), 1, None));
+        let v6 = parse("[fd00::/8]:443");
+        assert!(v6.is_match("fd12::1".parse().unwrap(), 443, None));
+        let name = parse("*.Example.com:443");
+        assert!(name.is_match(v4, 443, Some("api.example.com.")));
+        assert!(!name.is_match(v4, 443, Some("example.com")));
+        assert!(!name.is_match(v4, 443, None), "names match only requests that carry the name");
+        assert!(NetMatcher::parse("*:*").unwrap().1);
+        assert!(!NetMatcher::parse("*:443").unwrap().1);
+        assert!(parse("*:443").is_match(v4, 443, None));
+        for bad in ["127.0.0.1", "::1:443", "1.2.3.400:1", "1.2.3.4:70000", "[::1]", "[zz]:1", "a b:1", "10.0.0.0/33:1"] {
+            assert!(NetMatcher::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}
