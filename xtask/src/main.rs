@@ -1,1 +1,90 @@
-fn main() {}
+//! `cargo xtask`: the project's set-up, test and demo commands.
+//!
+//! `cargo xtask` is an alias (see `.cargo/config.toml`) for `cargo run --package xtask --`.
+//! This crate deliberately depends on nothing but `anyhow` and `clap`, and never on
+//! `agent-supervisor`: that crate's build script needs `bpf-linker`, which `setup` installs.
+//!
+//! - [`setup`]: install what the build and the test suite need (idempotent, fast when done).
+//! - [`test`]: set-up, then the whole test suite.
+//! - [`demo`]: set-up, build the release supervisor, and run an example agent under it.
+
+mod demo;
+mod process;
+mod setup;
+mod test;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for agent-supervisor.
+///
+/// Every command first runs the set-up steps, which are idempotent: each checks before it
+/// does anything and prints one line ("ok" or "installed").
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    version,
+    about,
+    long_about
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need: Debian packages (apt-get, root or sudo), the
+    /// nightly `rust-src` component, and bpf-linker 0.13.0 built against the nightly
+    /// toolchain's own libLLVM.
+    Setup,
+    /// Set up, then run the whole test suite (`cargo test --workspace --color=never`).
+    /// Exits non-zero when anything fails. This is what CI runs (`.ci/run`).
+    Test,
+    /// Set up, build the release supervisor, and run `examples/demo-agent.sh` under the
+    /// built-in default policy in a fresh temporary workspace.
+    ///
+    /// The agent tries allowed, denied and "ask" actions. In a terminal the supervisor
+    /// prompts for the "ask" ones; without a terminal on stdin the demo passes `--headless`
+    /// and they are denied.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let workspace = workspace_root();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test => test::run(&workspace),
+        Command::Demo => demo::run(&workspace),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The chain of causes, without the backtrace anyhow adds under RUST_BACKTRACE:
+            // these errors say what to do, not where in xtask they came from.
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The cargo workspace this xtask belongs to (the parent of `xtask/`).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ has a parent directory")
+        .to_path_buf()
+}
+
+/// The `cargo` that runs this xtask (so nested builds use the same toolchain), or the
+/// `cargo` on `PATH`.
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
