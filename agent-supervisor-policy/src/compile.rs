@@ -109,7 +109,7 @@ fn load_chain(
     } else if let Some(at) = &extends {
         return Err(at.pos.error(format!(
             "unknown preset `{name}`, expected {}, none, or a path to a .toml file",
-            presets::names_expected()
+            crate::PRESETS.join(", ")
         )));
     }
     out.push(layer);

@@ -72,9 +72,10 @@ pub(crate) fn plan(policy: &Policy) -> Plan {
     for (i, rule) in policy.rules.iter().enumerate() {
         let mechanism = match &rule.target {
             Target::File { pattern, access } => {
-                if access.exec {
-                    plan.notify_exec = true;
-                }
+                // A specific deny is carried by its mask (Hide and NoExec both stop exec);
+                // anything else about exec needs the supervisor on execve.
+                let exec_checked = access.exec && (rule.decision != Decision::Deny || rule.catch_all);
+                plan.notify_exec |= exec_checked;
                 let mut line = match (rule.decision, rule.catch_all) {
                     (Decision::Deny, false) => {
                         let mask = plan.masks.iter().find(|m| m.rule == i).expect("every specific file deny rule has a mask");
@@ -106,7 +107,7 @@ pub(crate) fn plan(policy: &Policy) -> Plan {
                     }
                     (Decision::Allow, _) => allow_file(policy, &mut plan, i, pattern, *access, &mut read, &mut write, &mut exec),
                 };
-                if access.exec {
+                if exec_checked {
                     line.push_str("; exec also checked by the supervisor on execve/execveat");
                 }
                 line
