@@ -10,7 +10,9 @@ use crate::paths::{escape, has_glob, normalize, normalize_pattern, split_pattern
 use crate::raw::{is_identifier, parse_layer, Layer, LayerRule, LayerTarget};
 use crate::source::{Source, Str};
 use crate::vars::{Mode, VarTable};
-use crate::{presets, Decision, Filesystem, OriginDisplay, Policy, PolicyError, Rule, Target, Vars, PRESETS};
+use crate::{
+    presets, Decision, Filesystem, OriginDisplay, Policy, PolicyError, Rule, Target, Vars, PRESETS,
+};
 
 /// The preset used when a policy has no `extends` key.
 pub(crate) const DEFAULT_EXTENDS: &str = "sandboxed";
@@ -33,31 +35,64 @@ pub(crate) fn preset(name: &str, vars: &Vars) -> Result<Policy, PolicyError> {
     let Some(text) = presets::text(name) else {
         return Err(PolicyError::Invalid {
             origin: OriginDisplay(format!("preset:{name}")),
-            message: format!("unknown preset `{name}`, expected {}", presets::names_expected()),
+            message: format!(
+                "unknown preset `{name}`, expected {}",
+                presets::names_expected()
+            ),
         });
     };
     let source = format!("preset:{name}");
     let mut layers = Vec::new();
-    let mut stack = vec![Visit { id: source.clone(), display: source.clone() }];
-    load_chain(Source::new(source.clone(), text), None, &mut stack, &mut layers)?;
+    let mut stack = vec![Visit {
+        id: source.clone(),
+        display: source.clone(),
+    }];
+    load_chain(
+        Source::new(source.clone(), text),
+        None,
+        &mut stack,
+        &mut layers,
+    )?;
     compile(source, layers, vars)
 }
 
-pub(crate) fn parse(source_name: &str, text: &str, base_dir: &Path, vars: &Vars) -> Result<Policy, PolicyError> {
-    let file_name = Path::new(source_name).file_name().map(PathBuf::from).unwrap_or_default();
+pub(crate) fn parse(
+    source_name: &str,
+    text: &str,
+    base_dir: &Path,
+    vars: &Vars,
+) -> Result<Policy, PolicyError> {
+    let file_name = Path::new(source_name)
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let place = Place {
-        display_dir: Path::new(source_name).parent().map(Path::to_path_buf).unwrap_or_default(),
+        display_dir: Path::new(source_name)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
         fs_dir: base_dir.to_path_buf(),
     };
-    let mut stack = vec![Visit { id: identity(&base_dir.join(file_name)), display: source_name.to_string() }];
+    let mut stack = vec![Visit {
+        id: identity(&base_dir.join(file_name)),
+        display: source_name.to_string(),
+    }];
     let mut layers = Vec::new();
-    load_chain(Source::new(source_name, text), Some(place), &mut stack, &mut layers)?;
+    load_chain(
+        Source::new(source_name, text),
+        Some(place),
+        &mut stack,
+        &mut layers,
+    )?;
     compile(source_name.to_string(), layers, vars)
 }
 
 /// The same file reached by two spellings gets the same identity when it exists.
 fn identity(path: &Path) -> String {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// Parse `src` and, first, whatever it extends; push the layers base first.
@@ -70,10 +105,17 @@ fn load_chain(
 ) -> Result<(), PolicyError> {
     let layer = parse_layer(&src)?;
     let extends = layer.extends.clone();
-    let name = extends.as_ref().map_or(DEFAULT_EXTENDS, |e| e.value.as_str());
+    let name = extends
+        .as_ref()
+        .map_or(DEFAULT_EXTENDS, |e| e.value.as_str());
     let cycle = |stack: &[Visit], display: &str, at: &Str| {
-        let chain: Vec<&str> = stack.iter().map(|v| v.display.as_str()).chain([display]).collect();
-        at.pos.error(format!("extends cycle: {}", chain.join(" -> ")))
+        let chain: Vec<&str> = stack
+            .iter()
+            .map(|v| v.display.as_str())
+            .chain([display])
+            .collect();
+        at.pos
+            .error(format!("extends cycle: {}", chain.join(" -> ")))
     };
     if name == "none" {
         // Start from nothing.
@@ -86,7 +128,10 @@ fn load_chain(
             return Err(src.file_error(format!("extends cycle through {id}")));
         }
         let text = presets::text(name).unwrap_or_default();
-        stack.push(Visit { id: id.clone(), display: id.clone() });
+        stack.push(Visit {
+            id: id.clone(),
+            display: id.clone(),
+        });
         load_chain(Source::new(id, text), None, stack, out)?;
         stack.pop();
     } else if let (Some(at), true) = (&extends, name.contains('/') || name.ends_with(".toml")) {
@@ -99,11 +144,19 @@ fn load_chain(
         if stack.iter().any(|v| v.id == id) {
             return Err(cycle(stack, &display, at));
         }
-        let text = std::fs::read_to_string(&fs_path)
-            .map_err(|e| at.pos.error(format!("cannot read `{display}` (extends): {e}")))?;
+        let text = std::fs::read_to_string(&fs_path).map_err(|e| {
+            at.pos
+                .error(format!("cannot read `{display}` (extends): {e}"))
+        })?;
         let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
-        let next = Place { display_dir: parent(Path::new(&display)), fs_dir: parent(&fs_path) };
-        stack.push(Visit { id, display: display.clone() });
+        let next = Place {
+            display_dir: parent(Path::new(&display)),
+            fs_dir: parent(&fs_path),
+        };
+        stack.push(Visit {
+            id,
+            display: display.clone(),
+        });
         load_chain(Source::new(display, text), Some(next), stack, out)?;
         stack.pop();
     } else if let Some(at) = &extends {
@@ -134,7 +187,11 @@ fn compile(source: String, layers: Vec<Layer>, vars: &Vars) -> Result<Policy, Po
     }
     let table = VarTable::new(vars, custom);
     let var_list = table.check()?;
-    let workspace = var_list.iter().find(|(n, _)| n == "workspace").map(|(_, v)| v.clone()).unwrap_or_default();
+    let workspace = var_list
+        .iter()
+        .find(|(n, _)| n == "workspace")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     let filesystem = Filesystem {
         read: trees(&table, &read, "read")?,
         write: trees(&table, &write, "write")?,
@@ -147,11 +204,22 @@ fn compile(source: String, layers: Vec<Layer>, vars: &Vars) -> Result<Policy, Po
         rules.push(rule);
         matchers.push(matcher);
     }
-    Ok(Policy { source, default, approval_timeout, filesystem, rules, matchers, vars: var_list })
+    Ok(Policy {
+        source,
+        default,
+        approval_timeout,
+        filesystem,
+        rules,
+        matchers,
+        vars: var_list,
+    })
 }
 
 fn tilde_error(s: &Str) -> PolicyError {
-    s.pos.error(format!("`~` is not expanded in policies, write {{home}} instead (in `{}`)", s.value))
+    s.pos.error(format!(
+        "`~` is not expanded in policies, write {{home}} instead (in `{}`)",
+        s.value
+    ))
 }
 
 /// `s` without its `{variable}` references.
@@ -201,12 +269,18 @@ fn trees(table: &VarTable, list: &[Str], key: &str) -> Result<Vec<PathBuf>, Poli
     Ok(out)
 }
 
-fn compile_rule(table: &VarTable, workspace_glob: &str, rule: LayerRule) -> Result<(Rule, RuleMatcher), PolicyError> {
+fn compile_rule(
+    table: &VarTable,
+    workspace_glob: &str,
+    rule: LayerRule,
+) -> Result<(Rule, RuleMatcher), PolicyError> {
     let bad_glob = |s: &Str, e: String| s.pos.error(format!("bad glob `{}`: {e}", s.value));
     let (target, matcher, catch_all) = match rule.target {
         LayerTarget::File { pattern, access } => {
             if pattern.value.trim().is_empty() {
-                return Err(pattern.pos.error("empty file pattern, expected a path or glob such as \"{workspace}/**/.env\""));
+                return Err(pattern.pos.error(
+                    "empty file pattern, expected a path or glob such as \"{workspace}/**/.env\"",
+                ));
             }
             if pattern.value.starts_with('~') {
                 return Err(tilde_error(&pattern));
@@ -217,11 +291,21 @@ fn compile_rule(table: &VarTable, workspace_glob: &str, rule: LayerRule) -> Resu
             } else {
                 format!("{workspace_glob}/{expanded}")
             };
-            let normalized = normalize_pattern(&absolute)
-                .map_err(|m| pattern.pos.error(format!("{m} in file pattern `{}`", pattern.value)))?;
+            let normalized = normalize_pattern(&absolute).map_err(|m| {
+                pattern
+                    .pos
+                    .error(format!("{m} in file pattern `{}`", pattern.value))
+            })?;
             let matcher = PathMatcher::new(&normalized).map_err(|e| bad_glob(&pattern, e))?;
             let catch_all = normalized == "**" || normalized == "/**";
-            (Target::File { pattern: normalized, access }, RuleMatcher::File(matcher), catch_all)
+            (
+                Target::File {
+                    pattern: normalized,
+                    access,
+                },
+                RuleMatcher::File(matcher),
+                catch_all,
+            )
         }
         LayerTarget::Command { program, args } => {
             if program.value.trim().is_empty() {
@@ -238,12 +322,16 @@ fn compile_rule(table: &VarTable, workspace_glob: &str, rule: LayerRule) -> Resu
                         program.value
                     )));
                 }
-                let normalized = normalize_pattern(&expanded)
-                    .map_err(|m| program.pos.error(format!("{m} in command pattern `{}`", program.value)))?;
+                let normalized = normalize_pattern(&expanded).map_err(|m| {
+                    program
+                        .pos
+                        .error(format!("{m} in command pattern `{}`", program.value))
+                })?;
                 let m = PathMatcher::new(&normalized).map_err(|e| bad_glob(&program, e))?;
                 (normalized, crate::matcher::ProgramMatcher::Path(m))
             } else {
-                let m = CommandMatcher::basename_glob(&expanded).map_err(|e| bad_glob(&program, e))?;
+                let m =
+                    CommandMatcher::basename_glob(&expanded).map_err(|e| bad_glob(&program, e))?;
                 (expanded, m)
             };
             let args_text = match &args {
@@ -254,15 +342,25 @@ fn compile_rule(table: &VarTable, workspace_glob: &str, rule: LayerRule) -> Resu
                 .map_err(|e| bad_glob(args.as_ref().unwrap_or(&program), e))?;
             let catch_all = (program_text == "*" || program_text == "**") && args_text.is_none();
             (
-                Target::Command { program: program_text, args: args_text },
+                Target::Command {
+                    program: program_text,
+                    args: args_text,
+                },
                 RuleMatcher::Command(matcher),
                 catch_all,
             )
         }
         LayerTarget::Network { spec } => {
             let expanded = table.expand(&spec, Mode::Literal)?;
-            let (matcher, catch_all) = NetMatcher::parse(&expanded).map_err(|m| spec.pos.error(m))?;
-            (Target::Network { spec: expanded.trim().to_string() }, RuleMatcher::Network(matcher), catch_all)
+            let (matcher, catch_all) =
+                NetMatcher::parse(&expanded).map_err(|m| spec.pos.error(m))?;
+            (
+                Target::Network {
+                    spec: expanded.trim().to_string(),
+                },
+                RuleMatcher::Network(matcher),
+                catch_all,
+            )
         }
     };
     let rule = Rule {
@@ -283,7 +381,11 @@ pub(crate) fn canonicalize(policy: &mut Policy, canon: &dyn Fn(&Path) -> Option<
             _ => p.clone(),
         }
     };
-    for list in [&mut policy.filesystem.read, &mut policy.filesystem.write, &mut policy.filesystem.exec] {
+    for list in [
+        &mut policy.filesystem.read,
+        &mut policy.filesystem.write,
+        &mut policy.filesystem.exec,
+    ] {
         let mut out: Vec<PathBuf> = Vec::new();
         for path in list.iter().map(canon_path) {
             if !out.contains(&path) {
@@ -314,7 +416,10 @@ pub(crate) fn canonicalize(policy: &mut Policy, canon: &dyn Fn(&Path) -> Option<
 }
 
 /// The pattern with its literal prefix canonicalised, when that changes anything.
-fn canonical_pattern(pattern: &str, canon: &dyn Fn(&Path) -> Option<PathBuf>) -> Option<(String, PathMatcher)> {
+fn canonical_pattern(
+    pattern: &str,
+    canon: &dyn Fn(&Path) -> Option<PathBuf>,
+) -> Option<(String, PathMatcher)> {
     if !pattern.starts_with('/') {
         return None;
     }

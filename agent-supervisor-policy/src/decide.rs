@@ -12,7 +12,11 @@ use crate::{Access, DecidedBy, Decision, Policy, Request, Target, Verdict};
 
 pub(crate) fn decide(policy: &Policy, request: &Request<'_>) -> Verdict {
     match *request {
-        Request::Exec { path, invoked, argv } => decide_exec(policy, path, invoked, argv),
+        Request::Exec {
+            path,
+            invoked,
+            argv,
+        } => decide_exec(policy, path, invoked, argv),
         Request::Open { path, access } => decide_open(policy, path, access),
         Request::Connect { ip, port, host } => decide_connect(policy, ip, port, host),
     }
@@ -23,7 +27,11 @@ pub(crate) fn decide(policy: &Policy, request: &Request<'_>) -> Verdict {
 fn pick(policy: &Policy, matching: impl Iterator<Item = usize>) -> Option<usize> {
     let (mut specific, mut catch_all): (Option<usize>, Option<usize>) = (None, None);
     for i in matching {
-        let slot = if policy.rules[i].catch_all { &mut catch_all } else { &mut specific };
+        let slot = if policy.rules[i].catch_all {
+            &mut catch_all
+        } else {
+            &mut specific
+        };
         if slot.is_none_or(|best| policy.rules[i].decision > policy.rules[best].decision) {
             *slot = Some(i);
         }
@@ -36,19 +44,30 @@ fn by_rule(policy: &Policy, i: usize) -> Verdict {
     Verdict {
         decision: rule.decision,
         decided_by: DecidedBy::Rule(i),
-        reason: Some(rule.reason.clone().unwrap_or_else(|| policy.describe_rule(i))),
+        reason: Some(
+            rule.reason
+                .clone()
+                .unwrap_or_else(|| policy.describe_rule(i)),
+        ),
     }
 }
 
 fn by_filesystem(decision: Decision, reason: String) -> Verdict {
-    Verdict { decision, decided_by: DecidedBy::Filesystem, reason: Some(reason) }
+    Verdict {
+        decision,
+        decided_by: DecidedBy::Filesystem,
+        reason: Some(reason),
+    }
 }
 
 fn by_default(policy: &Policy, what: &str) -> Verdict {
     Verdict {
         decision: policy.default,
         decided_by: DecidedBy::Default,
-        reason: Some(format!("no rule matched {what}; default = \"{}\"", policy.default)),
+        reason: Some(format!(
+            "no rule matched {what}; default = \"{}\"",
+            policy.default
+        )),
     }
 }
 
@@ -76,21 +95,32 @@ fn decide_open(policy: &Policy, path: &Path, access: Access) -> Verdict {
     let mut verdict: Option<Verdict> = None;
     for kind in access.kinds() {
         let v = decide_open_kind(policy, path, kind);
-        if verdict.as_ref().is_none_or(|best| v.decision > best.decision) {
+        if verdict
+            .as_ref()
+            .is_none_or(|best| v.decision > best.decision)
+        {
             verdict = Some(v);
         }
     }
-    verdict.unwrap_or_else(|| by_filesystem(Decision::Allow, "no access kind requested".to_string()))
+    verdict
+        .unwrap_or_else(|| by_filesystem(Decision::Allow, "no access kind requested".to_string()))
 }
 
 fn decide_open_kind(policy: &Policy, path: &Path, kind: Access) -> Verdict {
-    let matching = policy.rules.iter().zip(&policy.matchers).enumerate().filter_map(|(i, (rule, m))| {
-        let hit = match (&rule.target, m) {
-            (Target::File { access, .. }, RuleMatcher::File(m)) => access.contains(kind) && m.is_match(path),
-            _ => false,
-        };
-        hit.then_some(i)
-    });
+    let matching = policy
+        .rules
+        .iter()
+        .zip(&policy.matchers)
+        .enumerate()
+        .filter_map(|(i, (rule, m))| {
+            let hit = match (&rule.target, m) {
+                (Target::File { access, .. }, RuleMatcher::File(m)) => {
+                    access.contains(kind) && m.is_match(path)
+                }
+                _ => false,
+            };
+            hit.then_some(i)
+        });
     if let Some(i) = pick(policy, matching) {
         return by_rule(policy, i);
     }
@@ -100,7 +130,10 @@ fn decide_open_kind(policy: &Policy, path: &Path, kind: Access) -> Verdict {
             Decision::Allow,
             format!("inside the [filesystem] {name} tree {}", tree.display()),
         ),
-        None => by_filesystem(Decision::Deny, format!("outside the [filesystem] {name} trees")),
+        None => by_filesystem(
+            Decision::Deny,
+            format!("outside the [filesystem] {name} trees"),
+        ),
     }
 }
 
@@ -108,27 +141,38 @@ fn decide_exec(policy: &Policy, path: &Path, invoked: Option<&Path>, argv: &[Str
     let args = argv.get(1..).unwrap_or_default().join(" ");
     // An allow rule may match through the invoked path only if the agent could not have made
     // it (its directory is not writable), else a symlink would borrow the rule.
-    let invoked_trusted = invoked
-        .is_some_and(|inv| !inv.parent().is_some_and(|dir| under_any(dir, &policy.filesystem.write)));
-    let matching = policy.rules.iter().zip(&policy.matchers).enumerate().filter_map(|(i, (rule, m))| {
-        let via_invoked = invoked.filter(|_| rule.decision != Decision::Allow || invoked_trusted);
-        let candidates = std::iter::once(path).chain(via_invoked);
-        let hit = match (&rule.target, m) {
-            (Target::Command { .. }, RuleMatcher::Command(c)) => {
-                c.args_match(&args) && candidates.into_iter().any(|p| c.program_matches(p))
-            }
-            (Target::File { access, .. }, RuleMatcher::File(m)) => {
-                access.exec && candidates.into_iter().any(|p| m.is_match(p))
-            }
-            _ => false,
-        };
-        hit.then_some(i)
+    let invoked_trusted = invoked.is_some_and(|inv| {
+        !inv.parent()
+            .is_some_and(|dir| under_any(dir, &policy.filesystem.write))
     });
+    let matching = policy
+        .rules
+        .iter()
+        .zip(&policy.matchers)
+        .enumerate()
+        .filter_map(|(i, (rule, m))| {
+            let via_invoked =
+                invoked.filter(|_| rule.decision != Decision::Allow || invoked_trusted);
+            let candidates = std::iter::once(path).chain(via_invoked);
+            let hit = match (&rule.target, m) {
+                (Target::Command { .. }, RuleMatcher::Command(c)) => {
+                    c.args_match(&args) && candidates.into_iter().any(|p| c.program_matches(p))
+                }
+                (Target::File { access, .. }, RuleMatcher::File(m)) => {
+                    access.exec && candidates.into_iter().any(|p| m.is_match(p))
+                }
+                _ => false,
+            };
+            hit.then_some(i)
+        });
     let winner = pick(policy, matching);
     let landlock_refuses = || {
         by_filesystem(
             Decision::Deny,
-            format!("{} is outside the [filesystem] exec trees (Landlock refuses to execute it)", path.display()),
+            format!(
+                "{} is outside the [filesystem] exec trees (Landlock refuses to execute it)",
+                path.display()
+            ),
         )
     };
     match winner {
@@ -157,17 +201,26 @@ pub(crate) fn exec_grant_root(rule: &crate::Rule) -> Option<std::path::PathBuf> 
         return None;
     }
     match &rule.target {
-        Target::Command { program, .. } if program.starts_with('/') => Some(split_pattern(program).0),
-        Target::File { pattern, access } if access.exec => crate::plan::grant_root(pattern, rule.catch_all),
+        Target::Command { program, .. } if program.starts_with('/') => {
+            Some(split_pattern(program).0)
+        }
+        Target::File { pattern, access } if access.exec => {
+            crate::plan::grant_root(pattern, rule.catch_all)
+        }
         _ => None,
     }
 }
 
 fn decide_connect(policy: &Policy, ip: IpAddr, port: u16, host: Option<&str>) -> Verdict {
-    let matching = policy.rules.iter().zip(&policy.matchers).enumerate().filter_map(|(i, (_, m))| {
-        let hit = matches!(m, RuleMatcher::Network(n) if n.is_match(ip, port, host));
-        hit.then_some(i)
-    });
+    let matching = policy
+        .rules
+        .iter()
+        .zip(&policy.matchers)
+        .enumerate()
+        .filter_map(|(i, (_, m))| {
+            let hit = matches!(m, RuleMatcher::Network(n) if n.is_match(ip, port, host));
+            hit.then_some(i)
+        });
     match pick(policy, matching) {
         Some(i) => by_rule(policy, i),
         None => by_default(policy, "this connection"),

@@ -117,8 +117,19 @@
 //!
 //! [`Policy::plan`] maps the policy onto cheap kernel mechanisms (Landlock grants, mount
 //! masks) and says where they cannot be exact, so the supervisor must trap the syscalls with
-//! seccomp user notification and call [`Policy::decide`].
+//! seccomp user notification and call [`Policy::decide`]. Before planning, the supervisor
+//! calls [`Policy::canonicalize_paths`] so that trees and pattern prefixes name real paths
+//! (`/bin` → `/usr/bin`), as the resolved paths of requests do.
+//!
+//! ## Presets
+//!
+//! The presets are the files of `policies/` (embedded): `unrestricted` (everything allowed
+//! and audited), `sandboxed` (the default: the system readable, the workspace and tmp
+//! writable, secrets hidden, dangerous commands denied, publishing and network asked) and
+//! `locked` (a short list of programs, no network, `default = "deny"`). [`init_template`]
+//! is the commented starting point `agent-supervisor init` writes.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod compile;
 mod decide;
@@ -193,10 +204,30 @@ pub struct Access {
 }
 
 impl Access {
-    pub const READ: Access = Access { read: true, write: false, exec: false };
-    pub const WRITE: Access = Access { read: false, write: true, exec: false };
-    pub const EXEC: Access = Access { read: false, write: false, exec: true };
-    pub const ALL: Access = Access { read: true, write: true, exec: true };
+    /// Read only.
+    pub const READ: Access = Access {
+        read: true,
+        write: false,
+        exec: false,
+    };
+    /// Write only.
+    pub const WRITE: Access = Access {
+        read: false,
+        write: true,
+        exec: false,
+    };
+    /// Exec only.
+    pub const EXEC: Access = Access {
+        read: false,
+        write: false,
+        exec: true,
+    };
+    /// Read, write and exec (the default `access` of a file rule).
+    pub const ALL: Access = Access {
+        read: true,
+        write: true,
+        exec: true,
+    };
 
     /// No kind at all.
     pub fn is_empty(self) -> bool {
@@ -219,19 +250,27 @@ impl Access {
 
     /// The single kinds in this set, in the order read, write, exec.
     pub fn kinds(self) -> impl Iterator<Item = Access> {
-        [(self.read, Access::READ), (self.write, Access::WRITE), (self.exec, Access::EXEC)]
-            .into_iter()
-            .filter_map(|(on, kind)| on.then_some(kind))
+        [
+            (self.read, Access::READ),
+            (self.write, Access::WRITE),
+            (self.exec, Access::EXEC),
+        ]
+        .into_iter()
+        .filter_map(|(on, kind)| on.then_some(kind))
     }
 }
 
 impl fmt::Display for Access {
     /// `read`, `read+write`, `read+write+exec`, or `none`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = [(self.read, "read"), (self.write, "write"), (self.exec, "exec")]
-            .into_iter()
-            .filter_map(|(on, name)| on.then_some(name))
-            .collect();
+        let names: Vec<&str> = [
+            (self.read, "read"),
+            (self.write, "write"),
+            (self.exec, "exec"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
         if names.is_empty() {
             f.write_str("none")
         } else {
@@ -254,8 +293,12 @@ pub struct Vars {
 /// Where a rule or setting was written: `file:line:column` (1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
+    /// The file name as given to [`Policy::parse`] / [`Policy::load`], a path named by
+    /// `extends` (relative to the first file's directory), or `preset:<name>`.
     pub file: String,
+    /// 1-based line.
     pub line: u32,
+    /// 1-based column, in characters.
     pub column: u32,
 }
 
@@ -269,16 +312,22 @@ impl fmt::Display for Origin {
 /// The static filesystem trees (absolute, variables expanded, lexically normalised).
 #[derive(Debug, Clone, Default)]
 pub struct Filesystem {
+    /// Trees (or files) the agent may read.
     pub read: Vec<PathBuf>,
+    /// Trees (or files) the agent may write, create and remove in.
     pub write: Vec<PathBuf>,
+    /// Trees (or files) the agent may execute.
     pub exec: Vec<PathBuf>,
 }
 
 /// One `[[rule]]`.
 #[derive(Debug, Clone)]
 pub struct Rule {
+    /// What the rule decides when it wins.
     pub decision: Decision,
+    /// What it matches.
     pub target: Target,
+    /// The `reason` key, shown to the user and in the audit.
     pub reason: Option<String>,
     /// The rule's `[[rule]]` header.
     pub origin: Origin,
@@ -293,9 +342,25 @@ pub struct Rule {
 /// under `{workspace}`, and lexically normalised.
 #[derive(Debug, Clone)]
 pub enum Target {
-    File { pattern: String, access: Access },
-    Command { program: String, args: Option<String> },
-    Network { spec: String },
+    /// `file = pattern`, `access = [...]` (all three kinds when absent).
+    File {
+        /// Absolute glob (`/...`) or anywhere glob (`**...`).
+        pattern: String,
+        /// The access kinds the rule is about.
+        access: Access,
+    },
+    /// `command = program`, `args = ...`.
+    Command {
+        /// A basename glob (no `/`) or an absolute path glob.
+        program: String,
+        /// Glob over `argv[1..]` joined by spaces; None: any arguments.
+        args: Option<String>,
+    },
+    /// `network = spec`.
+    Network {
+        /// `host:port` as written, variables expanded.
+        spec: String,
+    },
 }
 
 /// An already-decoded action to decide.
@@ -303,11 +368,30 @@ pub enum Target {
 pub enum Request<'a> {
     /// `path`: the program's resolved real path. `invoked`: the absolute path as invoked,
     /// final symlink not followed (None when it equals `path`). `argv[0]` is the program name.
-    Exec { path: &'a Path, invoked: Option<&'a Path>, argv: &'a [String] },
+    Exec {
+        /// The resolved program.
+        path: &'a Path,
+        /// The path as invoked, when it differs.
+        invoked: Option<&'a Path>,
+        /// The arguments, `argv[0]` included.
+        argv: &'a [String],
+    },
     /// `path`: resolved absolute path (for a file being created: the resolved parent + name).
-    Open { path: &'a Path, access: Access },
+    Open {
+        /// The resolved absolute path.
+        path: &'a Path,
+        /// The kinds of access requested (`O_RDWR` is read + write).
+        access: Access,
+    },
     /// `host`: the name the agent resolved, when known (DNS issue); None = match by IP only.
-    Connect { ip: std::net::IpAddr, port: u16, host: Option<&'a str> },
+    Connect {
+        /// The destination address.
+        ip: std::net::IpAddr,
+        /// The destination port.
+        port: u16,
+        /// The host name, when known.
+        host: Option<&'a str>,
+    },
 }
 
 /// Who made a decision.
@@ -335,7 +419,9 @@ impl fmt::Display for DecidedBy {
 /// The outcome of [`Policy::decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
+    /// Allow, ask or deny.
     pub decision: Decision,
+    /// The rule, tree or default that decided.
     pub decided_by: DecidedBy,
     /// The deciding rule's `reason` (its description when it has none), or a generated
     /// explanation for [`DecidedBy::Filesystem`] and [`DecidedBy::Default`].
@@ -358,8 +444,11 @@ impl fmt::Display for Verdict {
 pub struct Policy {
     /// Where it came from: a file path or `preset:<name>`.
     pub source: String,
+    /// What to do with a program or connection no rule matches.
     pub default: Decision,
+    /// How long an `ask` waits for a human before it becomes a denial.
     pub approval_timeout: Duration,
+    /// The static trees.
     pub filesystem: Filesystem,
     /// Base policy's rules first (extends), then this file's, in file order.
     pub rules: Vec<Rule>,
@@ -383,9 +472,12 @@ pub enum MaskKind {
 /// A mask to apply at session start over every existing path under `root` matching `rule`'s glob.
 #[derive(Debug, Clone)]
 pub struct Mask {
+    /// Index into [`Policy::rules`]: the deny rule whose matches are masked
+    /// (see [`Policy::file_rule_matches`]).
     pub rule: usize,
     /// Literal (glob-free) prefix of the pattern: where the walk starts.
     pub root: PathBuf,
+    /// How to mask.
     pub kind: MaskKind,
     /// The pattern is exactly `<root>/**` or `<root>` itself: mask `root` as a whole instead
     /// of walking it.
@@ -396,9 +488,13 @@ pub struct Mask {
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     /// Landlock grants (filesystem trees plus literal prefixes of absolute allow/ask rules).
+    /// Read grants (nested entries removed).
     pub landlock_read: Vec<PathBuf>,
+    /// Write grants.
     pub landlock_write: Vec<PathBuf>,
+    /// Execute grants.
     pub landlock_exec: Vec<PathBuf>,
+    /// One mask per specific file `deny` rule, to apply at session start.
     pub masks: Vec<Mask>,
     /// Trap open/openat/openat2/creat with user notification (file `ask` rules, or allow
     /// rules that must override a mask, ...).
@@ -415,10 +511,23 @@ pub struct Plan {
 /// Every way a policy can be refused. Display is `file:line:column: message` where known.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// The policy (or a file it extends) is wrong; `origin` points at the offending value.
     #[error("{origin}: {message}")]
-    Invalid { origin: OriginDisplay, message: String },
+    Invalid {
+        /// Where.
+        origin: OriginDisplay,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// The policy file given to [`Policy::load`] could not be read.
     #[error("{path}: {source}")]
-    Read { path: String, #[source] source: std::io::Error },
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `file:line:column`, or just `file` when no position is known.
@@ -440,14 +549,21 @@ impl Policy {
     }
     /// Read, parse and validate a policy file (and whatever it `extends`).
     pub fn load(path: &Path, vars: &Vars) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         let base_dir = path.parent().unwrap_or(Path::new(""));
         Policy::parse(&path.display().to_string(), &text, base_dir, vars)
     }
     /// Parse policy text; `source_name` is used in error messages; `extends` paths are
     /// relative to `base_dir`.
-    pub fn parse(source_name: &str, text: &str, base_dir: &Path, vars: &Vars) -> Result<Policy, PolicyError> {
+    pub fn parse(
+        source_name: &str,
+        text: &str,
+        base_dir: &Path,
+        vars: &Vars,
+    ) -> Result<Policy, PolicyError> {
         compile::parse(source_name, text, base_dir, vars)
     }
     /// Rewrite every absolute path and the literal prefix of every absolute pattern through
@@ -472,6 +588,25 @@ impl Policy {
         }
     }
     /// Compile to the cheapest exact kernel mechanisms.
+    ///
+    /// - **Landlock grants**: the trees, plus the literal prefix of every absolute allow/ask
+    ///   file rule for its access kinds (`/` for a catch-all) and of every absolute allow/ask
+    ///   command rule (exec). Nested entries are dropped.
+    /// - **Masks**: one per specific file `deny` rule, rooted at the pattern's literal prefix
+    ///   (`/` for `**/x`): [`MaskKind::Hide`] when the rule denies read (or write and exec),
+    ///   [`MaskKind::ReadOnly`] for write only, [`MaskKind::NoExec`] for exec only.
+    ///   [`Mask::whole_root`] when the pattern is `<root>/**` or `<root>` itself.
+    /// - **`notify_open`**: any file `ask` rule; any catch-all file rule other than allow; any
+    ///   file allow rule that matches anywhere (`**/x`), whose grant would be wider than its
+    ///   pattern outside the trees (`/srv/*.csv` grants `/srv`), or that a mask would hide (a
+    ///   mask can block more than its rule denies: an empty file bound over a read-denied
+    ///   path also stops writes).
+    /// - **`notify_exec`**: any command rule, any file rule about exec other than a specific
+    ///   deny (whose mask stops exec), or a `default` other than allow.
+    /// - **`notify_network`**: always, everything is audited.
+    ///
+    /// Limitation: masks cover the matches present at session start. A file created later
+    /// that matches a deny pattern is only refused where its open is trapped.
     pub fn plan(&self) -> Plan {
         plan::plan(self)
     }
@@ -483,13 +618,24 @@ impl Policy {
     /// `rule 3 at policy.toml:14:1: deny command "rm" args "-rf *"`.
     pub fn describe_rule(&self, i: usize) -> String {
         let Some(rule) = self.rules.get(i) else {
-            return format!("rule {i}: no such rule (the policy has {})", self.rules.len());
+            return format!(
+                "rule {i}: no such rule (the policy has {})",
+                self.rules.len()
+            );
         };
         let what = match &rule.target {
-            Target::File { pattern, access } if *access == Access::ALL => format!("file {pattern:?}"),
+            Target::File { pattern, access } if *access == Access::ALL => {
+                format!("file {pattern:?}")
+            }
             Target::File { pattern, access } => format!("file {pattern:?} access {access}"),
-            Target::Command { program, args: None } => format!("command {program:?}"),
-            Target::Command { program, args: Some(args) } => format!("command {program:?} args {args:?}"),
+            Target::Command {
+                program,
+                args: None,
+            } => format!("command {program:?}"),
+            Target::Command {
+                program,
+                args: Some(args),
+            } => format!("command {program:?} args {args:?}"),
             Target::Network { spec } => format!("network {spec:?}"),
         };
         format!("rule {i} at {}: {} {what}", rule.origin, rule.decision)

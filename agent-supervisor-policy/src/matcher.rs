@@ -148,7 +148,13 @@ impl NetMatcher {
             return Err(format!("empty network spec, {expected}"));
         }
         if spec == "*" || spec == "*:*" {
-            return Ok((NetMatcher { host: HostMatcher::Any, port: None }, true));
+            return Ok((
+                NetMatcher {
+                    host: HostMatcher::Any,
+                    port: None,
+                },
+                true,
+            ));
         }
         let (host, port, bracketed) = if let Some(inner) = spec.strip_prefix('[') {
             let Some((host, after)) = inner.split_once(']') else {
@@ -193,20 +199,33 @@ impl NetMatcher {
         } else if host.contains('/') {
             match host.parse::<IpNet>() {
                 Ok(net) => HostMatcher::Net(net.trunc()),
-                Err(_) => return Err(format!("bad CIDR `{host}` in network spec `{spec}`, expected e.g. 10.0.0.0/8:*")),
+                Err(_) => {
+                    return Err(format!(
+                        "bad CIDR `{host}` in network spec `{spec}`, expected e.g. 10.0.0.0/8:*"
+                    ))
+                }
             }
         } else if let Ok(ip) = host.parse::<IpAddr>() {
             HostMatcher::Ip(ip.to_canonical())
         } else if !host.is_empty() && host.chars().all(|c| c.is_ascii_digit() || c == '.') {
-            return Err(format!("bad IP address `{host}` in network spec `{spec}`, expected e.g. 127.0.0.1:8080"));
+            return Err(format!(
+                "bad IP address `{host}` in network spec `{spec}`, expected e.g. 127.0.0.1:8080"
+            ));
         } else if !host.is_empty()
-            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '*' | '?' | '[' | ']' | '{' | '}' | ','))
+            && host.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || matches!(c, '.' | '-' | '_' | '*' | '?' | '[' | ']' | '{' | '}' | ',')
+            })
         {
             let pattern = host.to_ascii_lowercase();
             let pattern = pattern.trim_end_matches('.');
-            HostMatcher::Name(glob(pattern, false).map_err(|e| format!("bad host name glob `{host}` in network spec `{spec}`: {e}"))?)
+            HostMatcher::Name(glob(pattern, false).map_err(|e| {
+                format!("bad host name glob `{host}` in network spec `{spec}`: {e}")
+            })?)
         } else {
-            return Err(format!("bad host `{host}` in network spec `{spec}`, {expected}"));
+            return Err(format!(
+                "bad host `{host}` in network spec `{spec}`, {expected}"
+            ));
         };
         Ok((NetMatcher { host, port }, false))
     }
@@ -220,7 +239,9 @@ impl NetMatcher {
             HostMatcher::Any => true,
             HostMatcher::Ip(rule) => *rule == ip,
             HostMatcher::Net(net) => net.contains(&ip),
-            HostMatcher::Name(g) => host.is_some_and(|h| g.is_match(h.trim_end_matches('.').to_ascii_lowercase())),
+            HostMatcher::Name(g) => {
+                host.is_some_and(|h| g.is_match(h.trim_end_matches('.').to_ascii_lowercase()))
+            }
         }
     }
 }
@@ -261,12 +282,17 @@ mod tests {
 
     #[test]
     fn args_trailing_star_matches_nothing_too() {
-        let c = CommandMatcher::new(CommandMatcher::basename_glob("git").unwrap(), Some("push *")).unwrap();
+        let c = CommandMatcher::new(
+            CommandMatcher::basename_glob("git").unwrap(),
+            Some("push *"),
+        )
+        .unwrap();
         assert!(c.args_match("push"));
         assert!(c.args_match("push origin main"));
         assert!(!c.args_match("pushx"));
         assert!(!c.args_match("pull"));
-        let rm = CommandMatcher::new(CommandMatcher::basename_glob("rm").unwrap(), Some("-rf *")).unwrap();
+        let rm = CommandMatcher::new(CommandMatcher::basename_glob("rm").unwrap(), Some("-rf *"))
+            .unwrap();
         assert!(rm.args_match("-rf /home/user/x"));
         assert!(rm.program_matches(Path::new("/usr/bin/rm")));
         assert!(!rm.program_matches(Path::new("/usr/bin/rmdir")));
@@ -290,11 +316,23 @@ mod tests {
         let name = parse("*.Example.com:443");
         assert!(name.is_match(v4, 443, Some("api.example.com.")));
         assert!(!name.is_match(v4, 443, Some("example.com")));
-        assert!(!name.is_match(v4, 443, None), "names match only requests that carry the name");
+        assert!(
+            !name.is_match(v4, 443, None),
+            "names match only requests that carry the name"
+        );
         assert!(NetMatcher::parse("*:*").unwrap().1);
         assert!(!NetMatcher::parse("*:443").unwrap().1);
         assert!(parse("*:443").is_match(v4, 443, None));
-        for bad in ["127.0.0.1", "::1:443", "1.2.3.400:1", "1.2.3.4:70000", "[::1]", "[zz]:1", "a b:1", "10.0.0.0/33:1"] {
+        for bad in [
+            "127.0.0.1",
+            "::1:443",
+            "1.2.3.400:1",
+            "1.2.3.4:70000",
+            "[::1]",
+            "[zz]:1",
+            "a b:1",
+            "10.0.0.0/33:1",
+        ] {
             assert!(NetMatcher::parse(bad).is_err(), "{bad} should be refused");
         }
     }

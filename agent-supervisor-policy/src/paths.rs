@@ -87,7 +87,11 @@ pub(crate) fn normalize_pattern(pattern: &str) -> Result<String, String> {
         }
     }
     let joined = parts.join("/");
-    Ok(if absolute { format!("/{joined}") } else { joined })
+    Ok(if absolute {
+        format!("/{joined}")
+    } else {
+        joined
+    })
 }
 
 /// Split a normalised absolute pattern into its literal (glob-free, unescaped) prefix and the
@@ -97,7 +101,11 @@ pub(crate) fn split_pattern(pattern: &str) -> (PathBuf, String) {
     if !pattern.starts_with('/') {
         return (PathBuf::from("/"), pattern.to_string());
     }
-    let segments: Vec<&str> = pattern.split('/').skip(1).filter(|s| !s.is_empty()).collect();
+    let segments: Vec<&str> = pattern
+        .split('/')
+        .skip(1)
+        .filter(|s| !s.is_empty())
+        .collect();
     let literal = segments.iter().take_while(|s| !has_glob(s)).count();
     let prefix: Vec<String> = segments[..literal].iter().map(|s| unescape(s)).collect();
     (
@@ -142,7 +150,10 @@ mod tests {
 
     #[test]
     fn pattern_normalisation_keeps_globs_and_refuses_dotdot_after_them() {
-        assert_eq!(normalize_pattern("/w//x/./**/../y/").unwrap_err(), "`..` cannot follow a glob segment");
+        assert_eq!(
+            normalize_pattern("/w//x/./**/../y/").unwrap_err(),
+            "`..` cannot follow a glob segment"
+        );
         assert_eq!(normalize_pattern("/w/a/../*.key/").unwrap(), "/w/*.key");
         assert_eq!(normalize_pattern("**/./.env").unwrap(), "**/.env");
         assert!(normalize_pattern("../x").is_err());
@@ -150,12 +161,27 @@ mod tests {
 
     #[test]
     fn literal_prefix_stops_at_the_first_glob_segment() {
-        assert_eq!(split_pattern("/h/.ssh/**"), (PathBuf::from("/h/.ssh"), "**".to_string()));
-        assert_eq!(split_pattern("/etc/ssh/ssh_host_*_key"), (PathBuf::from("/etc/ssh"), "ssh_host_*_key".to_string()));
-        assert_eq!(split_pattern("/etc/shadow"), (PathBuf::from("/etc/shadow"), String::new()));
+        assert_eq!(
+            split_pattern("/h/.ssh/**"),
+            (PathBuf::from("/h/.ssh"), "**".to_string())
+        );
+        assert_eq!(
+            split_pattern("/etc/ssh/ssh_host_*_key"),
+            (PathBuf::from("/etc/ssh"), "ssh_host_*_key".to_string())
+        );
+        assert_eq!(
+            split_pattern("/etc/shadow"),
+            (PathBuf::from("/etc/shadow"), String::new())
+        );
         assert_eq!(split_pattern("/**"), (PathBuf::from("/"), "**".to_string()));
-        assert_eq!(split_pattern("**/.env"), (PathBuf::from("/"), "**/.env".to_string()));
-        assert_eq!(split_pattern("/a\\[b\\]/x*"), (PathBuf::from("/a[b]"), "x*".to_string()));
+        assert_eq!(
+            split_pattern("**/.env"),
+            (PathBuf::from("/"), "**/.env".to_string())
+        );
+        assert_eq!(
+            split_pattern("/a\\[b\\]/x*"),
+            (PathBuf::from("/a[b]"), "x*".to_string())
+        );
     }
 
     #[test]
@@ -168,7 +194,20 @@ mod tests {
 
     #[test]
     fn minimal_cover_drops_nested_entries() {
-        let got = minimal_cover(vec!["/a/b".into(), "/a".into(), "/c".into(), "/a".into(), "/ab".into()]);
-        assert_eq!(got, vec![PathBuf::from("/a"), PathBuf::from("/c"), PathBuf::from("/ab")]);
+        let got = minimal_cover(vec![
+            "/a/b".into(),
+            "/a".into(),
+            "/c".into(),
+            "/a".into(),
+            "/ab".into(),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                PathBuf::from("/a"),
+                PathBuf::from("/c"),
+                PathBuf::from("/ab")
+            ]
+        );
     }
 }

@@ -12,7 +12,8 @@ use crate::decide::exec_grant_root;
 use crate::paths::{minimal_cover, split_pattern, under_any};
 use crate::{Access, Decision, Mask, MaskKind, Plan, Policy, Target};
 
-const NOTIFY_OPEN: &str = "seccomp user notification on open* (the supervisor opens the file itself and injects the fd)";
+const NOTIFY_OPEN: &str =
+    "seccomp user notification on open* (the supervisor opens the file itself and injects the fd)";
 const NOTIFY_EXEC: &str = "seccomp user notification on execve/execveat (exec checked by the supervisor, backed by Landlock execute rights)";
 const NOTIFY_NETWORK: &str = "seccomp user notification on connect/sendto/sendmsg (the supervisor connects the agent's socket itself)";
 
@@ -62,10 +63,17 @@ pub(crate) fn plan(policy: &Policy) -> Plan {
 
     // Masks first: allow rules are checked against them below.
     for (i, rule) in policy.rules.iter().enumerate() {
-        if let (Decision::Deny, false, Target::File { pattern, access }) = (rule.decision, rule.catch_all, &rule.target) {
+        if let (Decision::Deny, false, Target::File { pattern, access }) =
+            (rule.decision, rule.catch_all, &rule.target)
+        {
             let (root, rest) = split_pattern(pattern);
             let whole_root = rest.is_empty() || rest == "**";
-            plan.masks.push(Mask { rule: i, root, kind: mask_kind(*access), whole_root });
+            plan.masks.push(Mask {
+                rule: i,
+                root,
+                kind: mask_kind(*access),
+                whole_root,
+            });
         }
     }
 
@@ -74,11 +82,16 @@ pub(crate) fn plan(policy: &Policy) -> Plan {
             Target::File { pattern, access } => {
                 // A specific deny is carried by its mask (Hide and NoExec both stop exec);
                 // anything else about exec needs the supervisor on execve.
-                let exec_checked = access.exec && (rule.decision != Decision::Deny || rule.catch_all);
+                let exec_checked =
+                    access.exec && (rule.decision != Decision::Deny || rule.catch_all);
                 plan.notify_exec |= exec_checked;
                 let mut line = match (rule.decision, rule.catch_all) {
                     (Decision::Deny, false) => {
-                        let mask = plan.masks.iter().find(|m| m.rule == i).expect("every specific file deny rule has a mask");
+                        let mask = plan
+                            .masks
+                            .iter()
+                            .find(|m| m.rule == i)
+                            .expect("every specific file deny rule has a mask");
                         let what = match mask.kind {
                             MaskKind::Hide => "empty file/dir bound",
                             MaskKind::ReadOnly => "read-only bind",
@@ -89,7 +102,9 @@ pub(crate) fn plan(policy: &Policy) -> Plan {
                         } else {
                             format!("walk of {}", mask.root.display())
                         };
-                        format!("mount mask ({what} over matches present at start; {scope}) + Landlock")
+                        format!(
+                            "mount mask ({what} over matches present at start; {scope}) + Landlock"
+                        )
                     }
                     (Decision::Deny, true) => {
                         plan.notify_open = true;
@@ -100,12 +115,17 @@ pub(crate) fn plan(policy: &Policy) -> Plan {
                         match grant_root(pattern, rule.catch_all) {
                             Some(root) => {
                                 grant(&mut read, &mut write, &mut exec, *access, &root);
-                                format!("{NOTIFY_OPEN}, backed by a Landlock {access} grant on {}", root.display())
+                                format!(
+                                    "{NOTIFY_OPEN}, backed by a Landlock {access} grant on {}",
+                                    root.display()
+                                )
                             }
                             None => NOTIFY_OPEN.to_string(),
                         }
                     }
-                    (Decision::Allow, _) => allow_file(policy, &mut plan, i, pattern, *access, &mut read, &mut write, &mut exec),
+                    (Decision::Allow, _) => allow_file(
+                        policy, &mut plan, i, pattern, *access, &mut read, &mut write, &mut exec,
+                    ),
                 };
                 if exec_checked {
                     line.push_str("; exec also checked by the supervisor on execve/execveat");
@@ -129,8 +149,18 @@ pub(crate) fn plan(policy: &Policy) -> Plan {
     plan
 }
 
-fn grant(read: &mut Vec<PathBuf>, write: &mut Vec<PathBuf>, exec: &mut Vec<PathBuf>, access: Access, root: &Path) {
-    for (on, list) in [(access.read, read), (access.write, write), (access.exec, exec)] {
+fn grant(
+    read: &mut Vec<PathBuf>,
+    write: &mut Vec<PathBuf>,
+    exec: &mut Vec<PathBuf>,
+    access: Access,
+    root: &Path,
+) {
+    for (on, list) in [
+        (access.read, read),
+        (access.write, write),
+        (access.exec, exec),
+    ] {
         if on {
             list.push(root.to_path_buf());
         }
@@ -157,9 +187,18 @@ fn allow_file(
     };
     let (_, rest) = split_pattern(pattern);
     let exact_grant = rest.is_empty() || rest == "**" || policy.rules[i].catch_all;
-    let inside_trees = access
-        .kinds()
-        .all(|kind| under_any(&root, if kind.read { &fs.read } else if kind.write { &fs.write } else { &fs.exec }));
+    let inside_trees = access.kinds().all(|kind| {
+        under_any(
+            &root,
+            if kind.read {
+                &fs.read
+            } else if kind.write {
+                &fs.write
+            } else {
+                &fs.exec
+            },
+        )
+    });
     // A mask of a deny rule that blocks more kinds than the rule denies (an empty file bound
     // over a read-denied path also stops writes) would hide what this rule allows.
     let fights_mask = plan.masks.iter().any(|mask| {
@@ -183,6 +222,13 @@ fn allow_file(
         return format!("Landlock {access} grant on {}", root.display());
     }
     plan.notify_open = true;
-    let why = if fights_mask { "a mount mask would hide it" } else { "the grant is wider than the pattern" };
-    format!("{NOTIFY_OPEN} ({why}) + Landlock {access} grant on {}", root.display())
+    let why = if fights_mask {
+        "a mount mask would hide it"
+    } else {
+        "the grant is wider than the pattern"
+    };
+    format!(
+        "{NOTIFY_OPEN} ({why}) + Landlock {access} grant on {}",
+        root.display()
+    )
 }

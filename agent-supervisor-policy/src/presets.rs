@@ -9,14 +9,20 @@
 pub(crate) const INIT_TEMPLATE: &str = include_str!("../../policies/init.toml");
 
 const PRESET_TEXTS: [(&str, &str); 3] = [
-    ("unrestricted", include_str!("../../policies/unrestricted.toml")),
+    (
+        "unrestricted",
+        include_str!("../../policies/unrestricted.toml"),
+    ),
     ("sandboxed", include_str!("../../policies/sandboxed.toml")),
     ("locked", include_str!("../../policies/locked.toml")),
 ];
 
 /// The TOML text of a preset.
 pub(crate) fn text(name: &str) -> Option<&'static str> {
-    PRESET_TEXTS.iter().find(|(n, _)| *n == name).map(|(_, text)| *text)
+    PRESET_TEXTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
 }
 
 /// "unrestricted, sandboxed or locked", for error messages.

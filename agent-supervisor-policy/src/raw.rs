@@ -138,13 +138,19 @@ pub(crate) fn parse_layer(src: &Arc<Source>) -> Result<Layer, PolicyError> {
     })
 }
 
-fn check_version(src: &Arc<Source>, version: Option<&Spanned<toml::Value>>) -> Result<(), PolicyError> {
+fn check_version(
+    src: &Arc<Source>,
+    version: Option<&Spanned<toml::Value>>,
+) -> Result<(), PolicyError> {
     match version {
-        None => Err(src.pos(0..0).error("missing `version = 1` (the policy schema version) at the top of the file")),
+        None => Err(src
+            .pos(0..0)
+            .error("missing `version = 1` (the policy schema version) at the top of the file")),
         Some(v) if v.get_ref().as_integer() == Some(1) => Ok(()),
-        Some(v) => Err(src
-            .pos(v.span())
-            .error(format!("unsupported policy version {}, expected `version = 1`", v.get_ref()))),
+        Some(v) => Err(src.pos(v.span()).error(format!(
+            "unsupported policy version {}, expected `version = 1`",
+            v.get_ref()
+        ))),
     }
 }
 
@@ -153,14 +159,20 @@ fn layer_rule(src: &Arc<Source>, header: Pos, raw: RawRule) -> Result<LayerRule,
     let decision = match raw.decision {
         Some(d) => decision(&str_of(d))?,
         None => {
-            return Err(header.error("rule has no `decision`, expected decision = \"allow\", \"deny\" or \"ask\""))
+            return Err(header.error(
+                "rule has no `decision`, expected decision = \"allow\", \"deny\" or \"ask\"",
+            ))
         }
     };
     // The targets in the order written, to name the second one when there are several.
-    let mut targets: Vec<(&str, Spanned<String>)> = [("file", raw.file), ("command", raw.command), ("network", raw.network)]
-        .into_iter()
-        .filter_map(|(key, v)| v.map(|v| (key, v)))
-        .collect();
+    let mut targets: Vec<(&str, Spanned<String>)> = [
+        ("file", raw.file),
+        ("command", raw.command),
+        ("network", raw.network),
+    ]
+    .into_iter()
+    .filter_map(|(key, v)| v.map(|v| (key, v)))
+    .collect();
     targets.sort_by_key(|(_, v)| v.span().start);
     if targets.len() > 1 {
         let (first, _) = targets[0];
@@ -170,7 +182,9 @@ fn layer_rule(src: &Arc<Source>, header: Pos, raw: RawRule) -> Result<LayerRule,
         )));
     }
     let Some((key, value)) = targets.pop() else {
-        return Err(header.error("rule has none of `file`, `command` or `network`, expected exactly one"));
+        return Err(
+            header.error("rule has none of `file`, `command` or `network`, expected exactly one")
+        );
     };
     if key != "command" {
         if let Some(args) = &raw.args {
@@ -194,14 +208,26 @@ fn layer_rule(src: &Arc<Source>, header: Pos, raw: RawRule) -> Result<LayerRule,
                 None => Access::ALL,
             },
         },
-        "command" => LayerTarget::Command { program: str_of(value), args: raw.args.map(str_of) },
-        _ => LayerTarget::Network { spec: str_of(value) },
+        "command" => LayerTarget::Command {
+            program: str_of(value),
+            args: raw.args.map(str_of),
+        },
+        _ => LayerTarget::Network {
+            spec: str_of(value),
+        },
     };
-    Ok(LayerRule { decision, header, target, reason: raw.reason })
+    Ok(LayerRule {
+        decision,
+        header,
+        target,
+        reason: raw.reason,
+    })
 }
 
 fn decision(s: &Str) -> Result<Decision, PolicyError> {
-    s.value.parse().map_err(|e: crate::ParseDecisionError| s.pos.error(e.to_string()))
+    s.value
+        .parse()
+        .map_err(|e: crate::ParseDecisionError| s.pos.error(e.to_string()))
 }
 
 fn access(src: &Arc<Source>, list: Spanned<Vec<Spanned<String>>>) -> Result<Access, PolicyError> {
@@ -214,9 +240,9 @@ fn access(src: &Arc<Source>, list: Spanned<Vec<Spanned<String>>>) -> Result<Acce
             "write" => access.write = true,
             "exec" => access.exec = true,
             other => {
-                return Err(kind
-                    .pos
-                    .error(format!("unknown access kind `{other}`, expected read, write or exec")))
+                return Err(kind.pos.error(format!(
+                    "unknown access kind `{other}`, expected read, write or exec"
+                )))
             }
         }
     }

@@ -26,7 +26,11 @@ impl Source {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        Arc::new(Source { name: name.into(), text, line_starts })
+        Arc::new(Source {
+            name: name.into(),
+            text,
+            line_starts,
+        })
     }
 
     /// 1-based line and column (in characters) of a byte offset.
@@ -40,17 +44,27 @@ impl Source {
             Err(i) => i - 1,
         };
         let column = self.text[self.line_starts[line]..offset].chars().count() + 1;
-        Origin { file: self.name.clone(), line: line as u32 + 1, column: column as u32 }
+        Origin {
+            file: self.name.clone(),
+            line: line as u32 + 1,
+            column: column as u32,
+        }
     }
 
     /// A span of this source.
     pub fn pos(self: &Arc<Self>, span: Range<usize>) -> Pos {
-        Pos { src: Arc::clone(self), span }
+        Pos {
+            src: Arc::clone(self),
+            span,
+        }
     }
 
     /// An error about the whole file (no position).
     pub fn file_error(&self, message: impl Into<String>) -> PolicyError {
-        PolicyError::Invalid { origin: OriginDisplay(self.name.clone()), message: message.into() }
+        PolicyError::Invalid {
+            origin: OriginDisplay(self.name.clone()),
+            message: message.into(),
+        }
     }
 }
 
@@ -80,7 +94,9 @@ impl Pos {
     pub fn inside(&self, offset: usize) -> Pos {
         let written = self.src.text.get(self.span.clone()).unwrap_or("");
         let exact = (written.starts_with('\'') && !written.starts_with("'''"))
-            || (written.starts_with('"') && !written.starts_with("\"\"\"") && !written.contains('\\'));
+            || (written.starts_with('"')
+                && !written.starts_with("\"\"\"")
+                && !written.contains('\\'));
         if exact && 1 + offset < written.len() {
             let start = self.span.start + 1 + offset;
             self.src.pos(start..start)
@@ -100,7 +116,10 @@ pub(crate) struct Str {
 impl Str {
     pub fn new(src: &Arc<Source>, spanned: toml::Spanned<String>) -> Str {
         let span = spanned.span();
-        Str { value: spanned.into_inner(), pos: src.pos(span) }
+        Str {
+            value: spanned.into_inner(),
+            pos: src.pos(span),
+        }
     }
 }
 

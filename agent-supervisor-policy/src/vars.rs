@@ -38,7 +38,10 @@ impl VarTable {
             ("home", vars.home.to_string_lossy().into_owned()),
             ("tmp", vars.tmp.to_string_lossy().into_owned()),
         ]);
-        let custom = custom.into_iter().map(|(name, value)| (name.value, value)).collect();
+        let custom = custom
+            .into_iter()
+            .map(|(name, value)| (name.value, value))
+            .collect();
         VarTable { builtins, custom }
     }
 
@@ -56,7 +59,10 @@ impl VarTable {
         }
         for (name, value) in &self.custom {
             if !PATH_VARS.contains(&name.as_str()) {
-                out.push((name.clone(), self.value_of(name, &value.pos, Mode::Literal, &mut Vec::new())?));
+                out.push((
+                    name.clone(),
+                    self.value_of(name, &value.pos, Mode::Literal, &mut Vec::new())?,
+                ));
             }
         }
         Ok(out)
@@ -67,7 +73,12 @@ impl VarTable {
         self.expand_in(s, mode, &mut Vec::new())
     }
 
-    fn expand_in(&self, s: &Str, mode: Mode, stack: &mut Vec<String>) -> Result<String, PolicyError> {
+    fn expand_in(
+        &self,
+        s: &Str,
+        mode: Mode,
+        stack: &mut Vec<String>,
+    ) -> Result<String, PolicyError> {
         let text = s.value.as_str();
         let mut out = String::with_capacity(text.len());
         let mut i = 0;
@@ -98,7 +109,13 @@ impl VarTable {
     }
 
     /// The value of variable `name`, referenced at `at`.
-    fn value_of(&self, name: &str, at: &Pos, mode: Mode, stack: &mut Vec<String>) -> Result<String, PolicyError> {
+    fn value_of(
+        &self,
+        name: &str,
+        at: &Pos,
+        mode: Mode,
+        stack: &mut Vec<String>,
+    ) -> Result<String, PolicyError> {
         let is_path = PATH_VARS.contains(&name);
         let in_stack = stack.iter().any(|n| n == name);
         let value = match self.custom.get(name) {
@@ -110,9 +127,9 @@ impl VarTable {
                 let value = value?;
                 if is_path {
                     if !value.starts_with('/') {
-                        return Err(custom.pos.error(format!(
-                            "`{name}` must be an absolute path, got `{value}`"
-                        )));
+                        return Err(custom
+                            .pos
+                            .error(format!("`{name}` must be an absolute path, got `{value}`")));
                     }
                     normalize(&value).to_string_lossy().into_owned()
                 } else {
@@ -127,8 +144,14 @@ impl VarTable {
             _ => match self.builtins.get(name) {
                 Some(value) => value.clone(),
                 None => {
-                    let mut known: Vec<String> = PATH_VARS.iter().map(|n| format!("{{{n}}}")).collect();
-                    known.extend(self.custom.keys().filter(|k| !PATH_VARS.contains(&k.as_str())).map(|k| format!("{{{k}}}")));
+                    let mut known: Vec<String> =
+                        PATH_VARS.iter().map(|n| format!("{{{n}}}")).collect();
+                    known.extend(
+                        self.custom
+                            .keys()
+                            .filter(|k| !PATH_VARS.contains(&k.as_str()))
+                            .map(|k| format!("{{{k}}}")),
+                    );
                     return Err(at.error(format!(
                         "unknown variable `{{{name}}}`, expected one of {} (set others in [vars])",
                         known.join(", ")
@@ -136,7 +159,11 @@ impl VarTable {
                 }
             },
         };
-        Ok(if is_path && mode == Mode::Glob { escape(&value) } else { value })
+        Ok(if is_path && mode == Mode::Glob {
+            escape(&value)
+        } else {
+            value
+        })
     }
 }
 
@@ -148,32 +175,75 @@ mod tests {
 
     fn table(custom: &[(&str, &str)]) -> (VarTable, std::sync::Arc<Source>) {
         let src = Source::new("t", "");
-        let vars = Vars { workspace: PathBuf::from("/w"), home: PathBuf::from("/h[1]"), tmp: PathBuf::from("/t") };
+        let vars = Vars {
+            workspace: PathBuf::from("/w"),
+            home: PathBuf::from("/h[1]"),
+            tmp: PathBuf::from("/t"),
+        };
         let custom = custom
             .iter()
             .map(|(n, v)| {
                 (
-                    Str { value: n.to_string(), pos: src.pos(0..0) },
-                    Str { value: v.to_string(), pos: src.pos(0..0) },
+                    Str {
+                        value: n.to_string(),
+                        pos: src.pos(0..0),
+                    },
+                    Str {
+                        value: v.to_string(),
+                        pos: src.pos(0..0),
+                    },
                 )
             })
             .collect();
         (VarTable::new(&vars, custom), src)
     }
 
-    fn expand(t: &VarTable, src: &std::sync::Arc<Source>, s: &str, mode: Mode) -> Result<String, String> {
-        t.expand(&Str { value: s.to_string(), pos: src.pos(0..0) }, mode).map_err(|e| e.to_string())
+    fn expand(
+        t: &VarTable,
+        src: &std::sync::Arc<Source>,
+        s: &str,
+        mode: Mode,
+    ) -> Result<String, String> {
+        t.expand(
+            &Str {
+                value: s.to_string(),
+                pos: src.pos(0..0),
+            },
+            mode,
+        )
+        .map_err(|e| e.to_string())
     }
 
     #[test]
     fn builtins_custom_and_alternation() {
-        let (t, src) = table(&[("cache", "{home}/.cache"), ("workspace", "{workspace}/sub/")]);
-        assert_eq!(expand(&t, &src, "{cache}/x", Mode::Literal).unwrap(), "/h[1]/.cache/x");
-        assert_eq!(expand(&t, &src, "{cache}/x", Mode::Glob).unwrap(), "/h\\[1\\]/.cache/x");
-        assert_eq!(expand(&t, &src, "{workspace}/id_{rsa,dsa}", Mode::Glob).unwrap(), "/w/sub/id_{rsa,dsa}");
-        assert_eq!(expand(&t, &src, "/x/{{tmp},{workspace}}", Mode::Literal).unwrap(), "/x/{/t,/w/sub}");
-        assert_eq!(expand(&t, &src, "\\{tmp}", Mode::Literal).unwrap(), "\\{tmp}");
-        assert_eq!(t.check().unwrap()[0], ("workspace".to_string(), "/w/sub".to_string()));
+        let (t, src) = table(&[
+            ("cache", "{home}/.cache"),
+            ("workspace", "{workspace}/sub/"),
+        ]);
+        assert_eq!(
+            expand(&t, &src, "{cache}/x", Mode::Literal).unwrap(),
+            "/h[1]/.cache/x"
+        );
+        assert_eq!(
+            expand(&t, &src, "{cache}/x", Mode::Glob).unwrap(),
+            "/h\\[1\\]/.cache/x"
+        );
+        assert_eq!(
+            expand(&t, &src, "{workspace}/id_{rsa,dsa}", Mode::Glob).unwrap(),
+            "/w/sub/id_{rsa,dsa}"
+        );
+        assert_eq!(
+            expand(&t, &src, "/x/{{tmp},{workspace}}", Mode::Literal).unwrap(),
+            "/x/{/t,/w/sub}"
+        );
+        assert_eq!(
+            expand(&t, &src, "\\{tmp}", Mode::Literal).unwrap(),
+            "\\{tmp}"
+        );
+        assert_eq!(
+            t.check().unwrap()[0],
+            ("workspace".to_string(), "/w/sub".to_string())
+        );
     }
 
     #[test]
@@ -183,6 +253,9 @@ mod tests {
             expand(&t, &src, "{nope}", Mode::Literal).unwrap_err(),
             "t:1:1: unknown variable `{nope}`, expected one of {workspace}, {home}, {tmp}, {a}, {b} (set others in [vars])"
         );
-        assert_eq!(expand(&t, &src, "{a}", Mode::Literal).unwrap_err(), "t:1:1: variable cycle: a -> b -> a");
+        assert_eq!(
+            expand(&t, &src, "{a}", Mode::Literal).unwrap_err(),
+            "t:1:1: variable cycle: a -> b -> a"
+        );
     }
 }

@@ -18,7 +18,11 @@ use std::path::{Path, PathBuf};
 use agent_supervisor_policy::{Access, Plan, Policy, Request, Vars};
 
 fn vars() -> Vars {
-    Vars { workspace: "/w".into(), home: "/h".into(), tmp: "/t".into() }
+    Vars {
+        workspace: "/w".into(),
+        home: "/h".into(),
+        tmp: "/t".into(),
+    }
 }
 
 fn golden_dir() -> PathBuf {
@@ -37,8 +41,14 @@ fn decide_line(policy: &Policy, request: &str) -> Result<String, String> {
                 return Err(format!("`{request}`: exec needs a path"));
             };
             let argv0 = invoked.map_or(path.to_string(), |p| p.display().to_string());
-            let argv: Vec<String> = std::iter::once(argv0).chain(args.iter().map(|a| a.to_string())).collect();
-            policy.decide(&Request::Exec { path: Path::new(path), invoked, argv: &argv })
+            let argv: Vec<String> = std::iter::once(argv0)
+                .chain(args.iter().map(|a| a.to_string()))
+                .collect();
+            policy.decide(&Request::Exec {
+                path: Path::new(path),
+                invoked,
+                argv: &argv,
+            })
         }
         ["open", path, kinds] => {
             let mut access = Access::default();
@@ -51,16 +61,26 @@ fn decide_line(policy: &Policy, request: &str) -> Result<String, String> {
                     other => return Err(format!("`{request}`: unknown access kind {other}")),
                 }
             }
-            policy.decide(&Request::Open { path: Path::new(path), access })
+            policy.decide(&Request::Open {
+                path: Path::new(path),
+                access,
+            })
         }
         ["connect", addr, host @ ..] => {
             let addr: SocketAddr = addr.parse().map_err(|e| format!("`{request}`: {e}"))?;
             let host = match host {
                 [] => None,
-                [h] => Some(h.strip_prefix("host=").ok_or(format!("`{request}`: expected host=NAME"))?),
+                [h] => Some(
+                    h.strip_prefix("host=")
+                        .ok_or(format!("`{request}`: expected host=NAME"))?,
+                ),
                 _ => return Err(format!("`{request}`: too many words")),
             };
-            policy.decide(&Request::Connect { ip: addr.ip(), port: addr.port(), host })
+            policy.decide(&Request::Connect {
+                ip: addr.ip(),
+                port: addr.port(),
+                host,
+            })
         }
         _ => return Err(format!("`{request}`: expected exec, open or connect")),
     };
@@ -82,14 +102,27 @@ fn decisions(policy: &Policy, expected: &str) -> Result<String, String> {
 }
 
 fn plan_text(policy: &Policy, plan: &Plan) -> String {
-    let list = |paths: &[PathBuf]| paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ");
+    let list = |paths: &[PathBuf]| {
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let mut out = String::new();
     writeln!(out, "landlock read: {}", list(&plan.landlock_read)).unwrap();
     writeln!(out, "landlock write: {}", list(&plan.landlock_write)).unwrap();
     writeln!(out, "landlock exec: {}", list(&plan.landlock_exec)).unwrap();
     for m in &plan.masks {
         let whole = if m.whole_root { " (whole)" } else { "" };
-        writeln!(out, "mask rule {}: {:?} {}{whole}", m.rule, m.kind, m.root.display()).unwrap();
+        writeln!(
+            out,
+            "mask rule {}: {:?} {}{whole}",
+            m.rule,
+            m.kind,
+            m.root.display()
+        )
+        .unwrap();
     }
     writeln!(out, "notify open: {}", plan.notify_open).unwrap();
     writeln!(out, "notify exec: {}", plan.notify_exec).unwrap();
@@ -116,7 +149,13 @@ fn check(path: &Path, actual: &str, failures: &mut Vec<String>) {
         match (e.get(i), a.get(i)) {
             (Some(x), Some(y)) if x == y => {}
             (x, y) => {
-                let _ = writeln!(msg, "  line {}:\n    expected: {}\n    actual:   {}", i + 1, x.unwrap_or(&"<none>"), y.unwrap_or(&"<none>"));
+                let _ = writeln!(
+                    msg,
+                    "  line {}:\n    expected: {}\n    actual:   {}",
+                    i + 1,
+                    x.unwrap_or(&"<none>"),
+                    y.unwrap_or(&"<none>")
+                );
             }
         }
     }
@@ -128,16 +167,31 @@ fn golden_files() {
     let dir = golden_dir();
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".toml").map(str::to_string))
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".toml")
+                .map(str::to_string)
+        })
         .collect();
     names.sort();
-    assert!(names.len() > 30, "expected the golden corpus in {}, found {} files", dir.display(), names.len());
+    assert!(
+        names.len() > 30,
+        "expected the golden corpus in {}, found {} files",
+        dir.display(),
+        names.len()
+    );
     let mut failures = Vec::new();
     let (mut errors, mut decision_files) = (0, 0);
     for name in &names {
         let text = std::fs::read_to_string(dir.join(format!("{name}.toml"))).unwrap();
         let result = Policy::parse(&format!("{name}.toml"), &text, &dir, &vars());
-        let (err, dec, plan) = (dir.join(format!("{name}.err")), dir.join(format!("{name}.decisions")), dir.join(format!("{name}.plan")));
+        let (err, dec, plan) = (
+            dir.join(format!("{name}.err")),
+            dir.join(format!("{name}.decisions")),
+            dir.join(format!("{name}.plan")),
+        );
         if !err.exists() && !dec.exists() && !plan.exists() {
             failures.push(format!("{name}.toml has no .err, .decisions or .plan file"));
             continue;
@@ -169,6 +223,14 @@ fn golden_files() {
             check(&plan, &plan_text(&policy, &policy.plan()), &mut failures);
         }
     }
-    assert!(errors >= 30 && decision_files >= 4, "too few golden files: {errors} errors, {decision_files} decisions");
-    assert!(failures.is_empty(), "{} golden failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        errors >= 30 && decision_files >= 4,
+        "too few golden files: {errors} errors, {decision_files} decisions"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} golden failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

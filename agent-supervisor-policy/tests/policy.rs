@@ -7,7 +7,11 @@ use std::time::Duration;
 use agent_supervisor_policy::*;
 
 fn vars() -> Vars {
-    Vars { workspace: "/w".into(), home: "/h".into(), tmp: "/t".into() }
+    Vars {
+        workspace: "/w".into(),
+        home: "/h".into(),
+        tmp: "/t".into(),
+    }
 }
 
 fn parse(text: &str) -> Result<Policy, PolicyError> {
@@ -15,33 +19,54 @@ fn parse(text: &str) -> Result<Policy, PolicyError> {
 }
 
 fn open(policy: &Policy, path: &str, access: Access) -> Verdict {
-    policy.decide(&Request::Open { path: Path::new(path), access })
+    policy.decide(&Request::Open {
+        path: Path::new(path),
+        access,
+    })
 }
 
 fn exec(policy: &Policy, path: &str, args: &[&str]) -> Verdict {
-    let argv: Vec<String> = std::iter::once(path).chain(args.iter().copied()).map(String::from).collect();
-    policy.decide(&Request::Exec { path: Path::new(path), invoked: None, argv: &argv })
+    let argv: Vec<String> = std::iter::once(path)
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    policy.decide(&Request::Exec {
+        path: Path::new(path),
+        invoked: None,
+        argv: &argv,
+    })
 }
 
 #[test]
 fn every_preset_parses_and_sets_its_default() {
-    let defaults = [("unrestricted", Decision::Allow), ("sandboxed", Decision::Ask), ("locked", Decision::Deny)];
+    let defaults = [
+        ("unrestricted", Decision::Allow),
+        ("sandboxed", Decision::Ask),
+        ("locked", Decision::Deny),
+    ];
     assert_eq!(PRESETS.len(), defaults.len());
     for (name, default) in defaults {
         let p = Policy::preset(name, &vars()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(p.source, format!("preset:{name}"));
         assert_eq!(p.default, default, "{name}");
         assert_eq!(p.approval_timeout, Duration::from_secs(120));
-        assert!(p.rules.iter().all(|r| r.reason.is_some()), "{name}: every preset rule has a reason");
+        assert!(
+            p.rules.iter().all(|r| r.reason.is_some()),
+            "{name}: every preset rule has a reason"
+        );
     }
     let err = Policy::preset("strict", &vars()).unwrap_err().to_string();
-    assert_eq!(err, "preset:strict: unknown preset `strict`, expected unrestricted, sandboxed or locked");
+    assert_eq!(
+        err,
+        "preset:strict: unknown preset `strict`, expected unrestricted, sandboxed or locked"
+    );
 }
 
 #[test]
 fn no_extends_means_sandboxed_and_none_means_nothing() {
     let sandboxed = Policy::preset("sandboxed", &vars()).unwrap();
-    let implicit = parse("version = 1\n[[rule]]\ndecision = \"allow\"\nnetwork = \"127.0.0.1:80\"\n").unwrap();
+    let implicit =
+        parse("version = 1\n[[rule]]\ndecision = \"allow\"\nnetwork = \"127.0.0.1:80\"\n").unwrap();
     assert_eq!(implicit.rules.len(), sandboxed.rules.len() + 1);
     assert_eq!(implicit.filesystem.write, sandboxed.filesystem.write);
     let last = implicit.rules.last().unwrap();
@@ -64,7 +89,11 @@ fn init_template_parses_and_means_what_it_says() {
     assert_eq!(p.rules.len(), sandboxed.rules.len() + 4);
     let env = open(&p, "/w/deep/er/.env", Access::READ);
     assert_eq!(env.decision, Decision::Deny);
-    let connect = p.decide(&Request::Connect { ip: "127.0.0.1".parse().unwrap(), port: 8080, host: None });
+    let connect = p.decide(&Request::Connect {
+        ip: "127.0.0.1".parse().unwrap(),
+        port: 8080,
+        host: None,
+    });
     assert_eq!(connect.decision, Decision::Allow);
     assert_eq!(connect.reason.as_deref(), Some("The local dev server"));
     // Every non-empty, non-comment line of the template is preceded by an explanation.
@@ -88,17 +117,37 @@ fn load_reads_files_and_resolves_extends_relative_to_them() {
         "version = 1\nextends = \"locked\"\napproval_timeout = \"5s\"\n[vars]\nworkspace = \"/proj\"\n",
     )
     .unwrap();
-    std::fs::write(dir.join("p.toml"), "version = 1\nextends = \"sub/base.toml\"\n[filesystem]\nwrite = [\"{workspace}\"]\n").unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nextends = \"sub/base.toml\"\n[filesystem]\nwrite = [\"{workspace}\"]\n",
+    )
+    .unwrap();
     let p = Policy::load(&dir.join("p.toml"), &vars()).unwrap();
     assert_eq!(p.approval_timeout, Duration::from_secs(5));
-    assert_eq!(p.default, Decision::Deny, "inherited from locked through base.toml");
+    assert_eq!(
+        p.default,
+        Decision::Deny,
+        "inherited from locked through base.toml"
+    );
     assert_eq!(p.filesystem.write, vec![PathBuf::from("/proj")]);
     assert!(p.filesystem.read.contains(&PathBuf::from("/proj")));
     assert_eq!(p.vars()[0], ("workspace".to_string(), "/proj".to_string()));
 
-    std::fs::write(dir.join("bad.toml"), "version = 1\nextends = \"sub/base.toml\"\ndefault = \"nope\"\n").unwrap();
-    let err = Policy::load(&dir.join("bad.toml"), &vars()).unwrap_err().to_string();
-    assert_eq!(err, format!("{}:3:11: unknown decision `nope`, expected allow, deny or ask", dir.join("bad.toml").display()));
+    std::fs::write(
+        dir.join("bad.toml"),
+        "version = 1\nextends = \"sub/base.toml\"\ndefault = \"nope\"\n",
+    )
+    .unwrap();
+    let err = Policy::load(&dir.join("bad.toml"), &vars())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}:3:11: unknown decision `nope`, expected allow, deny or ask",
+            dir.join("bad.toml").display()
+        )
+    );
 
     let missing = Policy::load(&dir.join("missing.toml"), &vars()).unwrap_err();
     assert!(matches!(missing, PolicyError::Read { .. }), "{missing:?}");
@@ -115,10 +164,16 @@ fn canonicalize_rewrites_trees_and_pattern_prefixes() {
     )
     .unwrap();
     let canon = |path: &Path| -> Option<PathBuf> {
-        path.strip_prefix("/bin").ok().map(|rest| Path::new("/usr/bin").join(rest))
+        path.strip_prefix("/bin")
+            .ok()
+            .map(|rest| Path::new("/usr/bin").join(rest))
     };
     p.canonicalize_paths(&canon);
-    assert_eq!(p.filesystem.exec, vec![PathBuf::from("/usr/bin")], "deduplicated after rewriting");
+    assert_eq!(
+        p.filesystem.exec,
+        vec![PathBuf::from("/usr/bin")],
+        "deduplicated after rewriting"
+    );
     assert_eq!(p.filesystem.read, vec![PathBuf::from("/usr/bin")]);
     match &p.rules[0].target {
         Target::Command { program, .. } => assert_eq!(program, "/usr/bin/**"),
@@ -146,15 +201,27 @@ fn describe_rule_and_displays() {
          [[rule]]\ndecision = \"ask\"\nfile = \"{home}/.ssh/**\"\naccess = [\"read\", \"write\"]\n",
     )
     .unwrap();
-    assert_eq!(p.describe_rule(0), "rule 0 at policy.toml:4:1: deny command \"rm\" args \"-rf *\"");
-    assert_eq!(p.describe_rule(1), "rule 1 at policy.toml:8:1: ask file \"/h/.ssh/**\" access read+write");
+    assert_eq!(
+        p.describe_rule(0),
+        "rule 0 at policy.toml:4:1: deny command \"rm\" args \"-rf *\""
+    );
+    assert_eq!(
+        p.describe_rule(1),
+        "rule 1 at policy.toml:8:1: ask file \"/h/.ssh/**\" access read+write"
+    );
     assert!(p.describe_rule(9).contains("no such rule"));
     let v = exec(&p, "/usr/bin/rm", &["-rf", "/"]);
-    assert_eq!(v.to_string(), format!("deny by rule 0 ({})", p.describe_rule(0)));
+    assert_eq!(
+        v.to_string(),
+        format!("deny by rule 0 ({})", p.describe_rule(0))
+    );
     for d in [Decision::Allow, Decision::Ask, Decision::Deny] {
         assert_eq!(d.to_string().parse::<Decision>(), Ok(d));
     }
-    assert_eq!("Allow".parse::<Decision>().unwrap_err().to_string(), "unknown decision `Allow`, expected allow, deny or ask");
+    assert_eq!(
+        "Allow".parse::<Decision>().unwrap_err().to_string(),
+        "unknown decision `Allow`, expected allow, deny or ask"
+    );
     assert!(Decision::Allow < Decision::Ask && Decision::Ask < Decision::Deny);
     assert_eq!(Access::ALL.to_string(), "read+write+exec");
     assert_eq!(Access::default().to_string(), "none");
@@ -163,26 +230,55 @@ fn describe_rule_and_displays() {
 
 #[test]
 fn vars_lists_builtins_then_custom() {
-    let p = parse("version = 1\nextends = \"none\"\n[vars]\nzed = \"{tmp}/z\"\ncache = \"{home}/.cache\"\n").unwrap();
-    let expected: Vec<(String, String)> = [("workspace", "/w"), ("home", "/h"), ("tmp", "/t"), ("cache", "/h/.cache"), ("zed", "/t/z")]
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
+    let p = parse(
+        "version = 1\nextends = \"none\"\n[vars]\nzed = \"{tmp}/z\"\ncache = \"{home}/.cache\"\n",
+    )
+    .unwrap();
+    let expected: Vec<(String, String)> = [
+        ("workspace", "/w"),
+        ("home", "/h"),
+        ("tmp", "/t"),
+        ("cache", "/h/.cache"),
+        ("zed", "/t/z"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
     assert_eq!(p.vars(), expected);
 }
 
 #[test]
 fn glob_characters_in_builtin_paths_match_literally() {
-    let odd = Vars { workspace: "/w[1]".into(), home: "/home/a*b".into(), tmp: "/t".into() };
+    let odd = Vars {
+        workspace: "/w[1]".into(),
+        home: "/home/a*b".into(),
+        tmp: "/t".into(),
+    };
     let p = Policy::preset("sandboxed", &odd).unwrap();
-    let v = p.decide(&Request::Open { path: Path::new("/home/a*b/.ssh/id_rsa"), access: Access::READ });
+    let v = p.decide(&Request::Open {
+        path: Path::new("/home/a*b/.ssh/id_rsa"),
+        access: Access::READ,
+    });
     assert_eq!(v.decided_by, DecidedBy::Rule(0));
-    let other = p.decide(&Request::Open { path: Path::new("/home/aXb/.ssh/id_rsa"), access: Access::READ });
-    assert_eq!(other.decided_by, DecidedBy::Filesystem, "`*` in $HOME is not a wildcard");
-    let env = p.decide(&Request::Open { path: Path::new("/w[1]/x/.env"), access: Access::READ });
+    let other = p.decide(&Request::Open {
+        path: Path::new("/home/aXb/.ssh/id_rsa"),
+        access: Access::READ,
+    });
+    assert_eq!(
+        other.decided_by,
+        DecidedBy::Filesystem,
+        "`*` in $HOME is not a wildcard"
+    );
+    let env = p.decide(&Request::Open {
+        path: Path::new("/w[1]/x/.env"),
+        access: Access::READ,
+    });
     assert_eq!(env.decision, Decision::Deny);
     let plan = p.plan();
-    assert!(plan.masks.iter().any(|m| m.root == Path::new("/home/a*b/.ssh") && m.whole_root));
+    assert!(plan
+        .masks
+        .iter()
+        .any(|m| m.root == Path::new("/home/a*b/.ssh") && m.whole_root));
 }
 
 #[test]
@@ -196,19 +292,39 @@ fn plan_masks_grants_and_notifications() {
     .unwrap();
     let plan = p.plan();
     assert_eq!(plan.masks.len(), 2);
-    assert_eq!((plan.masks[0].kind, plan.masks[0].whole_root), (MaskKind::ReadOnly, true));
-    assert_eq!((plan.masks[1].kind, plan.masks[1].whole_root, plan.masks[1].root.as_path()), (MaskKind::NoExec, false, Path::new("/w")));
-    assert_eq!(plan.landlock_read, vec![PathBuf::from("/w"), PathBuf::from("/opt/x")]);
+    assert_eq!(
+        (plan.masks[0].kind, plan.masks[0].whole_root),
+        (MaskKind::ReadOnly, true)
+    );
+    assert_eq!(
+        (
+            plan.masks[1].kind,
+            plan.masks[1].whole_root,
+            plan.masks[1].root.as_path()
+        ),
+        (MaskKind::NoExec, false, Path::new("/w"))
+    );
+    assert_eq!(
+        plan.landlock_read,
+        vec![PathBuf::from("/w"), PathBuf::from("/opt/x")]
+    );
     assert_eq!(plan.landlock_exec, vec![PathBuf::from("/opt/x")]);
     assert!(!plan.notify_open);
-    assert!(plan.notify_exec, "an allow rule about exec needs the execve check");
+    assert!(
+        plan.notify_exec,
+        "an allow rule about exec needs the execve check"
+    );
     assert!(plan.notify_network);
     assert_eq!(plan.mechanisms.len(), 3);
     assert_eq!(plan.mechanisms[2], "Landlock read+exec grant on /opt/x; exec also checked by the supervisor on execve/execveat");
 
-    let ask = parse("version = 1\nextends = \"none\"\n[[rule]]\ndecision = \"ask\"\nfile = \"/w/x\"\n").unwrap();
+    let ask =
+        parse("version = 1\nextends = \"none\"\n[[rule]]\ndecision = \"ask\"\nfile = \"/w/x\"\n")
+            .unwrap();
     assert!(ask.plan().notify_open);
-    let catch_all = parse("version = 1\nextends = \"none\"\n[[rule]]\ndecision = \"deny\"\nfile = \"/**\"\n").unwrap();
+    let catch_all =
+        parse("version = 1\nextends = \"none\"\n[[rule]]\ndecision = \"deny\"\nfile = \"/**\"\n")
+            .unwrap();
     assert!(catch_all.rules[0].catch_all);
     assert!(catch_all.plan().notify_open);
     assert!(catch_all.plan().masks.is_empty(), "catch-alls get no mask");
@@ -221,15 +337,27 @@ fn exec_needs_landlock_rights_even_when_a_rule_allows() {
          [[rule]]\ndecision = \"allow\"\ncommand = \"tool\"\n",
     )
     .unwrap();
-    assert_eq!(exec(&p, "/usr/bin/tool", &[]).decided_by, DecidedBy::Rule(0));
+    assert_eq!(
+        exec(&p, "/usr/bin/tool", &[]).decided_by,
+        DecidedBy::Rule(0)
+    );
     let outside = exec(&p, "/opt/tool", &[]);
-    assert_eq!((outside.decision, outside.decided_by), (Decision::Deny, DecidedBy::Filesystem));
+    assert_eq!(
+        (outside.decision, outside.decided_by),
+        (Decision::Deny, DecidedBy::Filesystem)
+    );
 }
 
 #[test]
 fn tree_entries_may_be_files_and_are_normalised() {
     let p = parse("version = 1\nextends = \"none\"\n[filesystem]\nexec = [\"/usr/bin/./git/\", \"{workspace}/../bin//x\"]\n").unwrap();
-    assert_eq!(p.filesystem.exec, vec![PathBuf::from("/usr/bin/git"), PathBuf::from("/bin/x")]);
+    assert_eq!(
+        p.filesystem.exec,
+        vec![PathBuf::from("/usr/bin/git"), PathBuf::from("/bin/x")]
+    );
     assert_eq!(exec(&p, "/usr/bin/git", &[]).decided_by, DecidedBy::Default);
-    assert_eq!(exec(&p, "/usr/bin/gitk", &[]).decided_by, DecidedBy::Filesystem);
+    assert_eq!(
+        exec(&p, "/usr/bin/gitk", &[]).decided_by,
+        DecidedBy::Filesystem
+    );
 }
