@@ -1,1 +1,388 @@
-fn main() {}
+//! The `agent-supervisor` command line.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agent_supervisor::session::{self, RunOptions, EXIT_SUPERVISOR_ERROR};
+use agent_supervisor_policy::{Access, DecidedBy, Request};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Examples:
+  agent-supervisor run -- python my_agent.py
+  agent-supervisor run --policy ./policy.toml --headless -- ./agent.sh
+  agent-supervisor init
+  agent-supervisor policy check ./policy.toml
+  agent-supervisor policy explain ./policy.toml -- exec git push origin main
+
+Exit codes: run exits with the agent's code (128+N when a signal N killed it),
+125 when the supervisor refuses to start or fails, 126/127 when the command
+cannot be executed or is not found.";
+
+/// Run AI agents with rails the kernel enforces: safe actions run, dangerous ones are
+/// blocked, everything else waits for a human, and every decision is audited.
+#[derive(Parser)]
+#[command(name = "agent-supervisor", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// More logging (-v info, -vv debug); or set RUST_LOG.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run COMMAND under a policy.
+    #[command(
+        after_help = "Examples:\n  agent-supervisor run -- python my_agent.py\n  agent-supervisor run --policy preset:locked -- ./agent.sh\n  agent-supervisor run --headless --audit ./audit.jsonl -- make test\n\nPolicy lookup without --policy: ./.agent-supervisor/policy.toml,\n~/.config/agent-supervisor/policy.toml, /etc/agent-supervisor/policy.toml,\nthen the built-in `sandboxed` preset."
+    )]
+    Run {
+        /// Policy file, or `preset:NAME` (unrestricted, sandboxed, locked).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Never prompt: an `ask` becomes a denial (or an allow with --default-allow).
+        #[arg(long, env = "AGENT_SUPERVISOR_HEADLESS")]
+        headless: bool,
+        /// Headless only: allow what would have been asked.
+        #[arg(long)]
+        default_allow: bool,
+        /// Audit log file (JSON lines, appended).
+        #[arg(long, value_name = "FILE")]
+        audit: Option<PathBuf>,
+        /// Let the agent inherit this file descriptor too (repeatable).
+        #[arg(long = "keep-fd", value_name = "FD")]
+        keep_fds: Vec<i32>,
+        /// The {workspace} directory (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        workspace: Option<PathBuf>,
+        /// Don't print the session line on start.
+        #[arg(short, long)]
+        quiet: bool,
+        /// The agent's command line.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<OsString>,
+    },
+    /// Write a commented starter policy (default ./.agent-supervisor/policy.toml).
+    #[command(
+        after_help = "Example:\n  agent-supervisor init && $EDITOR .agent-supervisor/policy.toml"
+    )]
+    Init {
+        /// Where to write it.
+        path: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the version and what this kernel offers.
+    #[command(after_help = "Example:\n  agent-supervisor version --json")]
+    Version {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check or explain a policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file; errors are printed as file:line:column: message.
+    #[command(
+        after_help = "Example:\n  agent-supervisor policy check .agent-supervisor/policy.toml"
+    )]
+    Check {
+        /// Policy file, or preset:NAME.
+        file: PathBuf,
+    },
+    /// Show the decision for one action, the rule that made it, and what enforces it.
+    #[command(
+        after_help = "Examples:\n  agent-supervisor policy explain policy.toml -- exec git push origin\n  agent-supervisor policy explain policy.toml -- open ~/.ssh/id_rsa\n  agent-supervisor policy explain policy.toml -- open ./out.txt --write\n  agent-supervisor policy explain preset:sandboxed -- connect 127.0.0.1:8080"
+    )]
+    Explain {
+        /// Policy file, or preset:NAME.
+        file: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// `exec PROGRAM [ARGS...]`, `open PATH [--write] [--exec]`, or `connect HOST:PORT`.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ACTION"
+        )]
+        action: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match dispatch(cli.command) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("agent-supervisor: error: {e:#}");
+            ExitCode::from(EXIT_SUPERVISOR_ERROR as u8)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn dispatch(cmd: Command) -> Result<i32> {
+    match cmd {
+        Command::Run {
+            policy,
+            headless,
+            default_allow,
+            audit,
+            keep_fds,
+            workspace,
+            quiet,
+            command,
+        } => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            session::run(RunOptions {
+                policy,
+                headless: headless || ci,
+                default_allow,
+                audit,
+                keep_fds,
+                workspace,
+                quiet,
+                command,
+            })
+        }
+        Command::Init { path, force } => init(path, force),
+        Command::Version { json } => version(json),
+        Command::Policy(PolicyCommand::Check { file }) => {
+            let vars = session::vars(None)?;
+            match session::load_policy(Some(&file), &vars) {
+                Ok(p) => {
+                    println!(
+                        "{}: ok ({} rules, default {})",
+                        file.display(),
+                        p.rules.len(),
+                        p.default
+                    );
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(1)
+                }
+            }
+        }
+        Command::Policy(PolicyCommand::Explain { file, json, action }) => {
+            explain(&file, json, &action)
+        }
+    }
+}
+
+fn init(path: Option<PathBuf>, force: bool) -> Result<i32> {
+    let path = path.unwrap_or_else(|| PathBuf::from(".agent-supervisor/policy.toml"));
+    if path.exists() && !force {
+        bail!(
+            "{} already exists (use --force to overwrite)",
+            path.display()
+        );
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&path, agent_supervisor_policy::init_template())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "wrote {}; check it with: agent-supervisor policy check {}",
+        path.display(),
+        path.display()
+    );
+    Ok(0)
+}
+
+fn version(json: bool) -> Result<i32> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let abi = agent_supervisor::sys::landlock_abi();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "name": "agent-supervisor", "version": env!("CARGO_PKG_VERSION"), "kernel": kernel, "landlock_abi": abi })
+        );
+    } else {
+        println!("agent-supervisor {}", env!("CARGO_PKG_VERSION"));
+        println!("kernel {kernel}, Landlock ABI {abi}");
+    }
+    Ok(0)
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    if prog.contains('/') {
+        return Some(PathBuf::from(prog));
+    }
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.is_file())
+}
+
+fn absolute(p: &str) -> Result<PathBuf> {
+    let p = Path::new(p);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    // Resolve symlinks as the supervisor does; a file that doesn't exist yet: its parent.
+    Ok(
+        std::fs::canonicalize(&abs).unwrap_or_else(|_| match (abs.parent(), abs.file_name()) {
+            (Some(d), Some(n)) => std::fs::canonicalize(d)
+                .map(|d| d.join(n))
+                .unwrap_or(abs.clone()),
+            _ => abs.clone(),
+        }),
+    )
+}
+
+fn explain(file: &Path, json: bool, action: &[String]) -> Result<i32> {
+    let vars = session::vars(None)?;
+    let policy = session::load_policy(Some(file), &vars).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (verb, rest) = action
+        .split_first()
+        .context("missing action: exec, open or connect")?;
+    let plan = policy.plan();
+    let (verdict, what) = match verb.as_str() {
+        "exec" => {
+            let (prog, _) = rest.split_first().context("exec needs a program")?;
+            let invoked = which(prog).with_context(|| format!("{prog}: not found in PATH"))?;
+            let invoked = absolute(&invoked.to_string_lossy())?;
+            let raw = if Path::new(prog).is_absolute() {
+                PathBuf::from(prog)
+            } else {
+                invoked.clone()
+            };
+            let argv: Vec<String> = rest.to_vec();
+            let v = policy.decide(&Request::Exec {
+                path: &invoked,
+                invoked: (raw != invoked).then_some(raw.as_path()),
+                argv: &argv,
+            });
+            (
+                v,
+                format!("exec {} (program {})", argv.join(" "), invoked.display()),
+            )
+        }
+        "open" => {
+            let (path, flags) = rest.split_first().context("open needs a path")?;
+            let mut access = Access::READ;
+            for f in flags {
+                match f.as_str() {
+                    "--write" => access.write = true,
+                    "--exec" => access.exec = true,
+                    "--read" => access.read = true,
+                    "--write-only" => {
+                        access.read = false;
+                        access.write = true;
+                    }
+                    other => bail!("unknown open flag {other}: expected --write, --exec, --read or --write-only"),
+                }
+            }
+            let p = absolute(path)?;
+            (
+                policy.decide(&Request::Open { path: &p, access }),
+                format!("open {} {:?}", p.display(), access),
+            )
+        }
+        "connect" => {
+            let dest = rest.first().context("connect needs HOST:PORT")?;
+            let (host, port) = dest.rsplit_once(':').context("connect needs HOST:PORT")?;
+            let port: u16 = port
+                .parse()
+                .with_context(|| format!("bad port in {dest}"))?;
+            let host_clean = host.trim_start_matches('[').trim_end_matches(']');
+            let (ip, name) = match host_clean.parse::<std::net::IpAddr>() {
+                Ok(ip) => (ip, None),
+                Err(_) => (std::net::IpAddr::from([0, 0, 0, 0]), Some(host_clean)),
+            };
+            (
+                policy.decide(&Request::Connect {
+                    ip,
+                    port,
+                    host: name,
+                }),
+                format!("connect {dest}"),
+            )
+        }
+        other => bail!("unknown action {other}: expected exec, open or connect"),
+    };
+    let (by, mechanism) = match &verdict.decided_by {
+        DecidedBy::Rule(i) => (
+            policy.describe_rule(*i),
+            plan.mechanisms.get(*i).cloned().unwrap_or_default(),
+        ),
+        DecidedBy::Filesystem => (
+            "the [filesystem] trees".to_string(),
+            "Landlock (kernel-enforced at use time)".to_string(),
+        ),
+        DecidedBy::Default => (
+            format!("the policy default ({})", policy.default),
+            match verb.as_str() {
+                "exec" => "seccomp user notification on execve/execveat + exec guard".to_string(),
+                "connect" => {
+                    "seccomp user notification on connect/sendto/sendmsg (the supervisor connects)"
+                        .to_string()
+                }
+                _ => "Landlock".to_string(),
+            },
+        ),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "action": what,
+                "decision": verdict.decision.to_string(),
+                "decided_by": by,
+                "reason": verdict.reason,
+                "enforced_by": mechanism,
+                "policy": policy.source,
+            })
+        );
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "action:      {what}")?;
+        writeln!(out, "decision:    {}", verdict.decision)?;
+        writeln!(out, "decided by:  {by}")?;
+        if let Some(r) = &verdict.reason {
+            writeln!(out, "reason:      {r}")?;
+        }
+        writeln!(out, "enforced by: {mechanism}")?;
+    }
+    Ok(0)
+}

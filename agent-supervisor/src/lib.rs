@@ -1,0 +1,20 @@
+//! agent-supervisor: run any AI agent under a TOML policy enforced by the Linux kernel.
+//!
+//! Layout (each module says what it does and why):
+//! - [`sandbox`]: launching the agent in new namespaces with Landlock, masks and seccomp.
+//! - [`supervise`]: the seccomp user-notification loop and one handler per syscall family
+//!   (`exec`, `open`, `net`), plus the exec guard.
+//! - [`approval`]: asking a human (terminal) or answering headless.
+//! - [`audit`]: the JSON-lines audit log.
+//! - [`session`]: `agent-supervisor run` from policy to exit code.
+//! - [`sys`]: every raw system call (the only `unsafe` code).
+//!
+//! Policies are parsed and decided by the pure `agent-supervisor-policy` crate.
+
+pub mod approval;
+pub mod audit;
+pub mod ebpf;
+pub mod sandbox;
+pub mod session;
+pub mod supervise;
+pub mod sys;

@@ -1,0 +1,300 @@
+//! The agent's seccomp filters, built with seccompiler.
+//!
+//! Two filters are stacked (the kernel evaluates both and the strictest action wins:
+//! `KILL > ERRNO > USER_NOTIF > ALLOW`):
+//! 1. [`deny_filter`]: non-native architectures (i386 `int 0x80`) and the x32 ABI are killed;
+//!    what a sandboxed agent never needs, and what would bypass the checks, fails with EPERM.
+//! 2. [`notify_filter`]: the syscalls the supervisor decides per call return
+//!    `SECCOMP_RET_USER_NOTIF`. seccompiler 0.5 has no user-notify action, so the filter is
+//!    generated with a sentinel `SECCOMP_RET_TRACE` value that is then rewritten.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op,
+    SeccompCondition as Cond, SeccompFilter, SeccompRule, TargetArch,
+};
+
+use crate::sys::SockFilter;
+
+const SENTINEL: u32 = 0x5a5a;
+const SECCOMP_RET_TRACE: u32 = 0x7ff0_0000;
+const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+/// `ioctl` requests that inject input into, or reprogram, a terminal.
+const TIOCSTI: u64 = 0x5412;
+const TIOCLINUX: u64 = 0x541c;
+const CLONE_NEWUSER: u64 = libc::CLONE_NEWUSER as u64;
+const PERSONALITY_QUERY: u64 = 0xffff_ffff;
+
+/// Syscalls denied with EPERM unconditionally.
+pub const DENIED: &[(i64, &str)] = &[
+    (libc::SYS_io_uring_setup, "io_uring_setup"),
+    (libc::SYS_io_uring_enter, "io_uring_enter"),
+    (libc::SYS_io_uring_register, "io_uring_register"),
+    (libc::SYS_ptrace, "ptrace"),
+    (libc::SYS_process_vm_readv, "process_vm_readv"),
+    (libc::SYS_process_vm_writev, "process_vm_writev"),
+    (libc::SYS_bpf, "bpf"),
+    (libc::SYS_perf_event_open, "perf_event_open"),
+    (libc::SYS_userfaultfd, "userfaultfd"),
+    (libc::SYS_kexec_load, "kexec_load"),
+    (libc::SYS_kexec_file_load, "kexec_file_load"),
+    (libc::SYS_init_module, "init_module"),
+    (libc::SYS_finit_module, "finit_module"),
+    (libc::SYS_delete_module, "delete_module"),
+    (libc::SYS_keyctl, "keyctl"),
+    (libc::SYS_add_key, "add_key"),
+    (libc::SYS_request_key, "request_key"),
+    (libc::SYS_open_by_handle_at, "open_by_handle_at"),
+    (libc::SYS_name_to_handle_at, "name_to_handle_at"),
+    (libc::SYS_pidfd_getfd, "pidfd_getfd"),
+    (libc::SYS_mount, "mount"),
+    (libc::SYS_umount2, "umount2"),
+    (libc::SYS_pivot_root, "pivot_root"),
+    (libc::SYS_move_mount, "move_mount"),
+    (libc::SYS_open_tree, "open_tree"),
+    (libc::SYS_fsopen, "fsopen"),
+    (libc::SYS_fsconfig, "fsconfig"),
+    (libc::SYS_fsmount, "fsmount"),
+    (libc::SYS_fspick, "fspick"),
+    (libc::SYS_mount_setattr, "mount_setattr"),
+    (libc::SYS_chroot, "chroot"),
+    (libc::SYS_setns, "setns"),
+    (libc::SYS_acct, "acct"),
+    (libc::SYS_swapon, "swapon"),
+    (libc::SYS_swapoff, "swapoff"),
+    (libc::SYS_reboot, "reboot"),
+    (libc::SYS_quotactl, "quotactl"),
+    (libc::SYS_uselib, "uselib"),
+    (libc::SYS_iopl, "iopl"),
+    (libc::SYS_ioperm, "ioperm"),
+    (libc::SYS_lookup_dcookie, "lookup_dcookie"),
+    (libc::SYS_syslog, "syslog"),
+];
+
+/// Which syscalls the supervisor decides per call.
+#[derive(Debug, Clone, Copy)]
+pub struct NotifySet {
+    /// open/openat/openat2/creat (only when the policy has rules no cheaper mechanism enforces).
+    pub open: bool,
+}
+
+/// Filter 1: arch/x32 kill, fixed EPERM denials.
+pub fn deny_filter() -> Result<Vec<SockFilter>, seccompiler::BackendError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|&(nr, _)| (nr, vec![])).collect();
+    let rule = |conds: Vec<Cond>| SeccompRule::new(conds).expect("static seccomp rule");
+    let cond = |arg, len, op, val| Cond::new(arg, len, op, val).expect("static seccomp condition");
+    // New user namespaces: unshare(CLONE_NEWUSER), clone(CLONE_NEWUSER).
+    rules.insert(
+        libc::SYS_unshare,
+        vec![rule(vec![cond(
+            0,
+            Len::Qword,
+            Op::MaskedEq(CLONE_NEWUSER),
+            CLONE_NEWUSER,
+        )])],
+    );
+    rules.insert(
+        libc::SYS_clone,
+        vec![rule(vec![cond(
+            0,
+            Len::Qword,
+            Op::MaskedEq(CLONE_NEWUSER),
+            CLONE_NEWUSER,
+        )])],
+    );
+    // personality(): only the query and PER_LINUX.
+    rules.insert(
+        libc::SYS_personality,
+        vec![rule(vec![
+            cond(0, Len::Dword, Op::Ne, 0),
+            cond(0, Len::Dword, Op::Ne, PERSONALITY_QUERY),
+        ])],
+    );
+    // Terminal input injection.
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![
+            rule(vec![cond(1, Len::Dword, Op::Eq, TIOCSTI)]),
+            rule(vec![cond(1, Len::Dword, Op::Eq, TIOCLINUX)]),
+        ],
+    );
+    // A filter of the agent's own with a listener would receive our notifications first.
+    let new_listener = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+    rules.insert(
+        libc::SYS_seccomp,
+        vec![rule(vec![cond(
+            1,
+            Len::Qword,
+            Op::MaskedEq(new_listener),
+            new_listener,
+        )])],
+    );
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        TargetArch::x86_64,
+    )?;
+    let prog: BpfProgram = filter.try_into()?;
+    let mut out = x32_guard();
+    out.extend(prog.into_iter().map(convert));
+    // clone3 passes its flags in memory, out of the filter's sight: make callers fall back to
+    // clone(2), whose flags we can check. ENOSYS (not EPERM) is what libcs fall back on.
+    Ok(prepend_clone3_enosys(out))
+}
+
+/// Filter 2: user notification for the per-call decisions.
+pub fn notify_filter(set: NotifySet) -> Result<Vec<SockFilter>, seccompiler::BackendError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for nr in [
+        libc::SYS_execve,
+        libc::SYS_execveat,
+        libc::SYS_connect,
+        libc::SYS_bind,
+        libc::SYS_sendmsg,
+        libc::SYS_sendmmsg,
+    ] {
+        rules.insert(nr, vec![]);
+    }
+    // sendto with a destination address (arg 4 != NULL); without one it is a plain write.
+    rules.insert(
+        libc::SYS_sendto,
+        vec![
+            SeccompRule::new(vec![Cond::new(4, Len::Qword, Op::Ne, 0).expect("static")])
+                .expect("static"),
+        ],
+    );
+    if set.open {
+        for nr in [
+            libc::SYS_open,
+            libc::SYS_openat,
+            libc::SYS_openat2,
+            libc::SYS_creat,
+        ] {
+            rules.insert(nr, vec![]);
+        }
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Trace(SENTINEL),
+        TargetArch::x86_64,
+    )?;
+    let prog: BpfProgram = filter.try_into()?;
+    Ok(prog
+        .into_iter()
+        .map(convert)
+        .map(|mut insn| {
+            if is_ret_k(&insn) && insn.k == SECCOMP_RET_TRACE | SENTINEL {
+                insn.k = SECCOMP_RET_USER_NOTIF;
+            }
+            insn
+        })
+        .collect())
+}
+
+fn convert(i: seccompiler::sock_filter) -> SockFilter {
+    SockFilter {
+        code: i.code,
+        jt: i.jt,
+        jf: i.jf,
+        k: i.k,
+    }
+}
+
+fn is_ret_k(i: &SockFilter) -> bool {
+    i.code == (libc::BPF_RET | libc::BPF_K) as u16
+}
+
+fn stmt(code: u32, k: u32) -> SockFilter {
+    SockFilter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u32, k: u32, jt: u8, jf: u8) -> SockFilter {
+    SockFilter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// Kill anything that is not x86_64, and x86_64 calls made through the x32 ABI.
+fn x32_guard() -> Vec<SockFilter> {
+    const ARCH_OFF: u32 = 4;
+    const NR_OFF: u32 = 0;
+    vec![
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, ARCH_OFF),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            AUDIT_ARCH_X86_64,
+            1,
+            0,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, SECCOMP_RET_KILL_PROCESS),
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, NR_OFF),
+        jump(
+            libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
+            X32_SYSCALL_BIT,
+            0,
+            1,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, SECCOMP_RET_KILL_PROCESS),
+    ]
+}
+
+/// Insert `if nr == clone3 return ERRNO(ENOSYS)` after the x32 guard (nr is still loaded).
+fn prepend_clone3_enosys(mut prog: Vec<SockFilter>) -> Vec<SockFilter> {
+    let check = [
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            libc::SYS_clone3 as u32,
+            0,
+            1,
+        ),
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            0x0005_0000 | libc::ENOSYS as u32,
+        ),
+    ];
+    let guard_len = 6;
+    prog.splice(guard_len..guard_len, check);
+    prog
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_filter_has_user_notif_and_no_sentinel() {
+        let p = notify_filter(NotifySet { open: true }).unwrap();
+        assert!(p
+            .iter()
+            .any(|i| is_ret_k(i) && i.k == SECCOMP_RET_USER_NOTIF));
+        assert!(!p
+            .iter()
+            .any(|i| is_ret_k(i) && i.k & 0xffff_0000 == SECCOMP_RET_TRACE));
+    }
+
+    #[test]
+    fn deny_filter_starts_with_arch_and_x32_kill() {
+        let p = deny_filter().unwrap();
+        assert_eq!(p[1].k, AUDIT_ARCH_X86_64);
+        assert_eq!(p[4].k, X32_SYSCALL_BIT);
+        assert_eq!(p[6].k, libc::SYS_clone3 as u32);
+        assert!(p.len() < 4096);
+    }
+}

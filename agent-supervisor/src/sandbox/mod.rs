@@ -1,0 +1,600 @@
+//! Launching the agent inside its sandbox.
+//!
+//! The supervisor (still single-threaded) `clone3`s a child into new user, mount, PID, IPC,
+//! UTS and cgroup namespaces. That child is PID 1 of the sandbox (our `init`): it sets up the
+//! mounts, applies Landlock, `no_new_privs`, drops every capability, installs the seccomp
+//! filters (the notifying one last, with a listener), and hands the listener to the
+//! supervisor. The supervisor takes it with `pidfd_getfd` (the listener cannot be *sent*
+//! over a socket: `sendmsg` is itself trapped, so sending it after installing the filter
+//! would wait on a supervisor that has no listener yet). Then `init` forks the agent, which
+//! inherits all of it and `exec`s, and `init` stays behind to reap orphans, forward signals and
+//! report the agent's exit status. When the agent exits, `init` exits and the kernel kills
+//! everything left in the PID namespace: no daemonised grandchild outlives the session.
+//!
+//! Every step of the child is in [`child_main`], in order. The parent/child conversation is
+//! a typed message enum ([`ChildMsg`]) over a pipe.
+
+pub mod filter;
+pub mod landlock;
+pub mod masks;
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use agent_supervisor_policy::MaskKind;
+
+use self::landlock::{Enforcement, LandlockSpec};
+use self::masks::MaskMount;
+use crate::sys;
+
+/// Everything the child needs, computed before `clone3` (no I/O decisions in the child).
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub argv: Vec<CString>,
+    pub landlock: LandlockSpec,
+    pub masks: Vec<MaskMount>,
+    pub notify: filter::NotifySet,
+    /// Extra fds (beyond 0, 1, 2) the agent may inherit (`--keep-fd`).
+    pub keep_fds: Vec<RawFd>,
+    pub hostname: String,
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// PID (in the supervisor's namespace) of the sandbox's init.
+    pub init_pid: libc::pid_t,
+    pub init_pidfd: OwnedFd,
+    /// The seccomp user-notification listener.
+    pub listener: OwnedFd,
+    /// Protections that are weaker than asked on this kernel (said once on stderr).
+    pub weaker: Vec<String>,
+}
+
+/// Setup steps, reported by the child when one fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Step {
+    Sync = 1,
+    MountPrivate,
+    MountProc,
+    MaskSource,
+    Mask,
+    Fds,
+    Landlock,
+    NoNewPrivs,
+    Capabilities,
+    SeccompDeny,
+    SeccompNotify,
+    ForkAgent,
+    Exec,
+    Hostname,
+    DeathSignal,
+}
+
+impl Step {
+    fn from_u32(v: u32) -> Option<Step> {
+        use Step::*;
+        [
+            Sync,
+            MountPrivate,
+            MountProc,
+            MaskSource,
+            Mask,
+            Fds,
+            Landlock,
+            NoNewPrivs,
+            Capabilities,
+            SeccompDeny,
+            SeccompNotify,
+            ForkAgent,
+            Exec,
+            Hostname,
+            DeathSignal,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Step::Sync => "synchronising with the supervisor",
+            Step::MountPrivate => "making the mount namespace private",
+            Step::MountProc => "mounting the sandbox's own /proc",
+            Step::MaskSource => "creating the mask tmpfs",
+            Step::Mask => "mounting a mask over a denied path",
+            Step::Fds => "closing inherited file descriptors",
+            Step::Landlock => "applying the Landlock ruleset",
+            Step::NoNewPrivs => "setting no_new_privs",
+            Step::Capabilities => "dropping capabilities",
+            Step::SeccompDeny => "installing the seccomp deny filter",
+            Step::SeccompNotify => "installing the seccomp notify filter",
+            Step::ForkAgent => "starting the agent process",
+            Step::Exec => "executing the agent",
+            Step::Hostname => "setting the sandbox host name",
+            Step::DeathSignal => "arming the parent-death signal",
+        }
+    }
+}
+
+/// Why a launch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{call} failed")]
+    Parent {
+        call: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("sandbox setup failed while {}{}", step.describe(), detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Child {
+        step: Step,
+        detail: Option<String>,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the sandbox exited during setup without saying why")]
+    ChildVanished,
+    #[error("cannot start the agent: {program}")]
+    Exec {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Messages from the child, fixed-size records `[tag, a, b]` (no allocation needed).
+#[derive(Debug, Clone, Copy)]
+enum ChildMsg {
+    /// The listener is fd `a` in the child.
+    Ready { listener_fd: i32 },
+    /// Step `a` failed with errno `b`; for masks, `index` says which one.
+    Failed { step: u32, errno: i32, index: i32 },
+    /// A protection is weaker than requested (code).
+    Weaker { what: u32 },
+}
+
+const TAG_READY: u32 = 1;
+const TAG_FAILED: u32 = 2;
+const TAG_WEAKER: u32 = 3;
+const WEAK_LANDLOCK_PARTIAL: u32 = 1;
+const WEAK_LANDLOCK_NONE: u32 = 2;
+const WEAK_MEMFD: u32 = 3;
+const WEAK_KILLABLE: u32 = 4;
+
+fn encode(msg: ChildMsg) -> [u8; 16] {
+    let (t, a, b, c) = match msg {
+        ChildMsg::Ready { listener_fd } => (TAG_READY, listener_fd, 0, 0),
+        ChildMsg::Failed { step, errno, index } => (TAG_FAILED, step as i32, errno, index),
+        ChildMsg::Weaker { what } => (TAG_WEAKER, what as i32, 0, 0),
+    };
+    let mut out = [0u8; 16];
+    out[0..4].copy_from_slice(&t.to_ne_bytes());
+    out[4..8].copy_from_slice(&a.to_ne_bytes());
+    out[8..12].copy_from_slice(&b.to_ne_bytes());
+    out[12..16].copy_from_slice(&c.to_ne_bytes());
+    out
+}
+
+fn decode(b: &[u8; 16]) -> Option<ChildMsg> {
+    let w = |i: usize| i32::from_ne_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+    match w(0) as u32 {
+        TAG_READY => Some(ChildMsg::Ready { listener_fd: w(4) }),
+        TAG_FAILED => Some(ChildMsg::Failed {
+            step: w(4) as u32,
+            errno: w(8),
+            index: w(12),
+        }),
+        TAG_WEAKER => Some(ChildMsg::Weaker { what: w(4) as u32 }),
+        _ => None,
+    }
+}
+
+const NS_FLAGS: u64 = (libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWCGROUP) as u64;
+
+/// Start the sandbox. Must be called while the process is single-threaded.
+pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
+    let parent = |call| move |source| LaunchError::Parent { call, source };
+    // Prepare everything the child needs before cloning (the child should not fail on
+    // allocation or on reading our state).
+    let deny = filter::deny_filter().map_err(|e| LaunchError::Parent {
+        call: "building the seccomp deny filter",
+        source: io::Error::other(e.to_string()),
+    })?;
+    let notify = filter::notify_filter(spec.notify).map_err(|e| LaunchError::Parent {
+        call: "building the seccomp notify filter",
+        source: io::Error::other(e.to_string()),
+    })?;
+    let mask_paths: Vec<CString> = spec
+        .masks
+        .iter()
+        .map(|m| cstring(m.path.as_os_str()))
+        .collect();
+    let (to_child_r, to_child_w) = sys::pipe().map_err(parent("pipe"))?;
+    let (from_child_r, from_child_w) = sys::pipe().map_err(parent("pipe"))?;
+    let (uid, gid) = sys::euid_egid();
+
+    // SAFETY: the supervisor has not started any thread yet (see `crate::session`), so the
+    // child may allocate and use the standard library like after a plain fork.
+    let forked = unsafe { sys::clone3_fork(NS_FLAGS) }
+        .map_err(parent("clone3 (new user/mount/pid namespaces)"))?;
+    let Some((init_pid, init_pidfd)) = forked else {
+        drop(to_child_w);
+        drop(from_child_r);
+        child_main(spec, &deny, &notify, &mask_paths, to_child_r, from_child_w);
+    };
+    drop(to_child_r);
+    drop(from_child_w);
+
+    let kill_child = |e: LaunchError| {
+        let _ = sys::pidfd_send_signal(init_pidfd.as_fd(), libc::SIGKILL);
+        let _ = sys::waitid_pidfd(init_pidfd.as_fd());
+        e
+    };
+
+    // Map the agent's uid/gid to ours: identity, one id each. The agent is not host-root even
+    // when we are: its capabilities are dropped before exec.
+    write_id_maps(init_pid, uid, gid).map_err(|e| {
+        kill_child(LaunchError::Parent {
+            call: "writing uid_map/gid_map",
+            source: e,
+        })
+    })?;
+    sys::write_all_fd(to_child_w.as_fd(), b"g").map_err(|e| kill_child(parent("pipe write")(e)))?;
+
+    let mut weaker = Vec::new();
+    loop {
+        let mut buf = [0u8; 16];
+        match sys::read_exact_fd(from_child_r.as_fd(), &mut buf) {
+            Ok(true) => {}
+            Ok(false) => return Err(kill_child(LaunchError::ChildVanished)),
+            Err(e) => return Err(kill_child(parent("pipe read")(e))),
+        }
+        match decode(&buf) {
+            Some(ChildMsg::Weaker { what }) => weaker.push(weakness_text(what).to_string()),
+            Some(ChildMsg::Failed { step, errno, index }) => {
+                let step = Step::from_u32(step).unwrap_or(Step::Sync);
+                let detail = (step == Step::Mask)
+                    .then(|| {
+                        spec.masks
+                            .get(index as usize)
+                            .map(|m| m.path.display().to_string())
+                    })
+                    .flatten();
+                let source = io::Error::from_raw_os_error(errno);
+                let _ = sys::waitid_pidfd(init_pidfd.as_fd());
+                if step == Step::Exec {
+                    return Err(LaunchError::Exec {
+                        program: String::from_utf8_lossy(spec.argv[0].as_bytes()).into_owned(),
+                        source,
+                    });
+                }
+                return Err(LaunchError::Child {
+                    step,
+                    detail,
+                    source,
+                });
+            }
+            Some(ChildMsg::Ready { listener_fd }) => {
+                let listener = sys::pidfd_getfd(init_pidfd.as_fd(), listener_fd).map_err(|e| {
+                    kill_child(parent("pidfd_getfd (taking the seccomp listener)")(e))
+                })?;
+                if !sys::notif_set_sync_wakeup(listener.as_fd()) {
+                    tracing::debug!(
+                        "SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP unavailable (kernel < 6.6)"
+                    );
+                }
+                sys::write_all_fd(to_child_w.as_fd(), b"a")
+                    .map_err(|e| kill_child(parent("pipe write")(e)))?;
+                return Ok(Sandbox {
+                    init_pid,
+                    init_pidfd,
+                    listener,
+                    weaker,
+                });
+            }
+            None => return Err(kill_child(LaunchError::ChildVanished)),
+        }
+    }
+}
+
+fn weakness_text(code: u32) -> &'static str {
+    match code {
+        WEAK_LANDLOCK_PARTIAL => "Landlock is only partly supported by this kernel: some filesystem rights are not enforced",
+        WEAK_LANDLOCK_NONE => "Landlock is not available: the [filesystem] trees are NOT enforced by the kernel",
+        WEAK_MEMFD => "vm.memfd_noexec could not be set in the sandbox (not root): memfd exec is still refused by Landlock",
+        WEAK_KILLABLE => "seccomp WAIT_KILLABLE_RECV is unavailable (kernel < 5.19): a signal during a pending decision restarts the call",
+        _ => "unknown weakness",
+    }
+}
+
+fn write_id_maps(pid: libc::pid_t, uid: u32, gid: u32) -> io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/uid_map"), format!("{uid} {uid} 1\n"))?;
+    std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), format!("{gid} {gid} 1\n"))?;
+    Ok(())
+}
+
+fn cstring(s: &OsStr) -> CString {
+    CString::new(s.as_bytes())
+        .unwrap_or_else(|_| CString::new("/nonexistent-path-with-nul").expect("static"))
+}
+
+/// The sandbox's PID 1. Every step in order; never returns.
+fn child_main(
+    spec: &SandboxSpec,
+    deny: &[sys::SockFilter],
+    notify: &[sys::SockFilter],
+    mask_paths: &[CString],
+    from_parent: OwnedFd,
+    to_parent: OwnedFd,
+) -> ! {
+    let report = |msg: ChildMsg| {
+        let _ = sys::write_all_fd(to_parent.as_fd(), &encode(msg));
+    };
+    let fail = |step: Step, err: io::Error, index: i32| -> ! {
+        report(ChildMsg::Failed {
+            step: step as u32,
+            errno: err.raw_os_error().unwrap_or(libc::EIO),
+            index,
+        });
+        sys::exit_now(127)
+    };
+
+    // 0. Die with the supervisor. (The clone came from the supervisor's main thread, which
+    //    lives as long as the supervisor does.)
+    if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
+        fail(Step::DeathSignal, e, -1);
+    }
+    // 1. Wait until the parent has written our uid/gid maps. EOF means it died.
+    let mut go = [0u8; 1];
+    match sys::read_exact_fd(from_parent.as_fd(), &mut go) {
+        Ok(true) => {}
+        _ => sys::exit_now(127),
+    }
+    // 2. Mounts: private propagation, our own /proc, masks.
+    if let Err(e) = sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE) {
+        fail(Step::MountPrivate, e, -1);
+    }
+    if let Err(e) = sys::mount(
+        Some(c"proc"),
+        c"/proc",
+        Some(c"proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    ) {
+        fail(Step::MountProc, e, -1);
+    }
+    if let Err(e) = apply_masks(&spec.masks, mask_paths) {
+        let (idx, e) = e;
+        fail(
+            if idx < 0 {
+                Step::MaskSource
+            } else {
+                Step::Mask
+            },
+            e,
+            idx,
+        );
+    }
+    // memfd_create() without MFD_EXEC gets a non-executable memfd; MFD_EXEC is refused.
+    if std::fs::write("/proc/sys/vm/memfd_noexec", "2").is_err() {
+        report(ChildMsg::Weaker { what: WEAK_MEMFD });
+    }
+    let _ = nix_sethostname(&spec.hostname);
+    // 3. File descriptors: only 0, 1, 2 (and --keep-fd) reach the agent.
+    if let Err(e) = sys::cloexec_from(3) {
+        fail(Step::Fds, e, -1);
+    }
+    for &fd in &spec.keep_fds {
+        if let Err(e) = sys::clear_cloexec(fd) {
+            fail(Step::Fds, e, fd);
+        }
+    }
+    // 4. Landlock (sets no_new_privs itself first).
+    match landlock::restrict_self(&spec.landlock) {
+        Ok(Enforcement::Full) => {}
+        Ok(Enforcement::Partial) => report(ChildMsg::Weaker {
+            what: WEAK_LANDLOCK_PARTIAL,
+        }),
+        Ok(Enforcement::None) => report(ChildMsg::Weaker {
+            what: WEAK_LANDLOCK_NONE,
+        }),
+        Err(e) => fail(Step::Landlock, io::Error::other(e.to_string()), -1),
+    }
+    // 5. no_new_privs (again, explicitly: seccomp requires it).
+    if let Err(e) = sys::set_no_new_privs() {
+        fail(Step::NoNewPrivs, e, -1);
+    }
+    // 6. Capabilities: none in any set, bounding set emptied.
+    if let Err(e) = drop_all_capabilities() {
+        fail(Step::Capabilities, e, -1);
+    }
+    // 7. seccomp, last: the notifying filter with its listener, then the fixed denials (which
+    //    forbid creating another listener, so they must come second).
+    let listener = match sys::seccomp_set_filter(
+        notify,
+        sys::FILTER_FLAG_NEW_LISTENER | sys::FILTER_FLAG_WAIT_KILLABLE_RECV,
+    ) {
+        Ok(Some(l)) => l,
+        Ok(None) => fail(
+            Step::SeccompNotify,
+            io::Error::from_raw_os_error(libc::EINVAL),
+            -1,
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            report(ChildMsg::Weaker {
+                what: WEAK_KILLABLE,
+            });
+            match sys::seccomp_set_filter(notify, sys::FILTER_FLAG_NEW_LISTENER) {
+                Ok(Some(l)) => l,
+                Ok(None) => fail(
+                    Step::SeccompNotify,
+                    io::Error::from_raw_os_error(libc::EINVAL),
+                    -1,
+                ),
+                Err(e) => fail(Step::SeccompNotify, e, -1),
+            }
+        }
+        Err(e) => fail(Step::SeccompNotify, e, -1),
+    };
+    if let Err(e) = sys::seccomp_set_filter(deny, 0) {
+        fail(Step::SeccompDeny, e, -1);
+    }
+    // 8. Hand the listener over (the supervisor takes it with pidfd_getfd) and wait for the ack.
+    report(ChildMsg::Ready {
+        listener_fd: listener.as_raw_fd(),
+    });
+    let mut ack = [0u8; 1];
+    match sys::read_exact_fd(from_parent.as_fd(), &mut ack) {
+        Ok(true) => {}
+        _ => sys::exit_now(127),
+    }
+    drop(listener);
+    drop(from_parent);
+
+    // 9. Start the agent; stay as init.
+    let forwarded = [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
+    let waited = [
+        libc::SIGCHLD,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGINT,
+        libc::SIGQUIT,
+    ];
+    let old_mask = match sys::block_signals(&waited) {
+        Ok(m) => m,
+        Err(e) => fail(Step::ForkAgent, e, -1),
+    };
+    // SAFETY: init is single-threaded, so the child may do anything before exec.
+    let agent = match unsafe { sys::fork() } {
+        Ok(pid) => pid,
+        Err(e) => fail(Step::ForkAgent, e, -1),
+    };
+    if agent == 0 {
+        sys::restore_signals(&old_mask);
+        drop(to_parent);
+        let err = sys::execvp(&spec.argv);
+        // Like env(1): say why on the agent's stderr, exit 127 (not found) or 126.
+        let msg = format!(
+            "agent-supervisor: cannot run {}: {err}\n",
+            String::from_utf8_lossy(spec.argv[0].as_bytes())
+        );
+        let _ = sys::write_all_fd(std::io::stderr().as_fd(), msg.as_bytes());
+        sys::exit_now(if err.raw_os_error() == Some(libc::ENOENT) {
+            127
+        } else {
+            126
+        });
+    }
+    drop(to_parent);
+    init_loop(agent, &forwarded, &waited)
+}
+
+/// PID 1's loop: forward termination signals to the agent, reap everything, and exit with the
+/// agent's status (128+N for a signal).
+fn init_loop(agent: libc::pid_t, forwarded: &[i32], waited: &[i32]) -> ! {
+    loop {
+        let (sig, code) = match sys::sigwait_info(waited) {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if forwarded.contains(&sig) {
+            let _ = sys::kill(agent, sig);
+            continue;
+        }
+        if sig != libc::SIGCHLD {
+            // SIGINT/SIGQUIT from the terminal reach the agent directly (same process group);
+            // forward only those the supervisor sent with kill().
+            if code == libc::SI_USER {
+                let _ = sys::kill(agent, sig);
+            }
+            continue;
+        }
+        loop {
+            match sys::waitpid(-1, libc::WNOHANG | libc::__WALL) {
+                Ok((0, _)) | Err(_) => break,
+                Ok((pid, status)) if pid == agent => {
+                    let code = if libc::WIFEXITED(status) {
+                        libc::WEXITSTATUS(status)
+                    } else {
+                        128 + libc::WTERMSIG(status)
+                    };
+                    sys::exit_now(code);
+                }
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+fn nix_sethostname(name: &str) -> io::Result<()> {
+    std::fs::write("/proc/sys/kernel/hostname", name)
+}
+
+fn drop_all_capabilities() -> io::Result<()> {
+    use caps::CapSet;
+    let err = |e: caps::errors::CapsError| io::Error::other(e.to_string());
+    for cap in caps::all() {
+        // Dropping from the bounding set needs CAP_SETPCAP, which we still hold here.
+        caps::drop(None, CapSet::Bounding, cap).map_err(err)?;
+    }
+    caps::clear(None, CapSet::Ambient).map_err(err)?;
+    caps::clear(None, CapSet::Inheritable).map_err(err)?;
+    caps::clear(None, CapSet::Effective).map_err(err)?;
+    caps::clear(None, CapSet::Permitted).map_err(err)?;
+    Ok(())
+}
+
+/// Mount every mask. Returns (mask index or -1 for the tmpfs itself, error) on failure.
+fn apply_masks(masks: &[MaskMount], paths: &[CString]) -> Result<(), (i32, io::Error)> {
+    if masks.is_empty() {
+        return Ok(());
+    }
+    let src = sys::detached_tmpfs(c"0555").map_err(|e| (-1, e))?;
+    sys::mkdirat(src.as_fd(), c"d", 0o000).map_err(|e| (-1, e))?;
+    sys::create_file_at(src.as_fd(), c"f", 0o000).map_err(|e| (-1, e))?;
+    sys::fchmodat(src.as_fd(), c"d", 0o000).map_err(|e| (-1, e))?;
+    sys::mount_setattr(
+        src.as_fd(),
+        sys::MOUNT_ATTR_RDONLY
+            | sys::MOUNT_ATTR_NOSUID
+            | sys::MOUNT_ATTR_NODEV
+            | sys::MOUNT_ATTR_NOEXEC,
+    )
+    .map_err(|e| (-1, e))?;
+    for (i, (m, path)) in masks.iter().zip(paths).enumerate() {
+        let idx = i as i32;
+        let tree = match m.kind {
+            MaskKind::Hide => {
+                let name = if m.is_dir { c"d" } else { c"f" };
+                sys::open_tree_clone(src.as_raw_fd(), name).map_err(|e| (idx, e))?
+            }
+            MaskKind::ReadOnly | MaskKind::NoExec => {
+                let t = sys::open_tree_clone(libc::AT_FDCWD, path).map_err(|e| (idx, e))?;
+                let attr = if m.kind == MaskKind::ReadOnly {
+                    sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV
+                } else {
+                    sys::MOUNT_ATTR_NOEXEC | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV
+                };
+                sys::mount_setattr(t.as_fd(), attr).map_err(|e| (idx, e))?;
+                t
+            }
+        };
+        sys::move_mount_to(tree.as_fd(), path).map_err(|e| (idx, e))?;
+    }
+    Ok(())
+}
+
+/// The agent's command line as C strings.
+pub fn to_cstrings(argv: &[std::ffi::OsString]) -> Vec<CString> {
+    argv.iter().map(|a| cstring(a)).collect()
+}

@@ -1,0 +1,259 @@
+//! `agent-supervisor run`: one supervised session, start to exit code.
+//!
+//! Order matters: everything that can fail on bad input (policy, audit file, mask walk) is
+//! done before the agent exists; the sandbox is launched while the supervisor is still
+//! single-threaded; only then do the supervisor's threads start (audit writer, notification
+//! loop, exec guard, approval broker, signal forwarder). The agent's exit status is ours.
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use agent_supervisor_policy::{Policy, PolicyError, Vars};
+use anyhow::{Context, Result};
+
+use crate::approval::{self, Approvals};
+use crate::audit::Record;
+use crate::sandbox::{self, filter::NotifySet, landlock::LandlockSpec, SandboxSpec};
+use crate::supervise::{self, guard::Guard, Ctx};
+use crate::sys;
+
+/// Exit code when the supervisor itself refuses to start or fails (bad policy, missing kernel
+/// feature, unwritable audit log). 126/127 keep their shell meaning for the agent's command.
+pub const EXIT_SUPERVISOR_ERROR: i32 = 125;
+
+/// Options of `run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub policy: Option<PathBuf>,
+    pub headless: bool,
+    pub default_allow: bool,
+    pub audit: Option<PathBuf>,
+    pub keep_fds: Vec<i32>,
+    pub workspace: Option<PathBuf>,
+    pub quiet: bool,
+    pub command: Vec<OsString>,
+}
+
+/// Built-in variables from the environment.
+pub fn vars(workspace: Option<&Path>) -> Result<Vars> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let workspace = match workspace {
+        Some(w) => {
+            std::fs::canonicalize(w).with_context(|| format!("workspace {}", w.display()))?
+        }
+        None => std::fs::canonicalize(&cwd).unwrap_or(cwd),
+    };
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    let tmp = std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    Ok(Vars {
+        workspace,
+        home,
+        tmp,
+    })
+}
+
+/// Where a policy comes from when `--policy` is absent, in lookup order.
+pub fn policy_search_path(vars: &Vars) -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from(".agent-supervisor/policy.toml")];
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| vars.home.join(".config"));
+    v.push(config.join("agent-supervisor/policy.toml"));
+    v.push(PathBuf::from("/etc/agent-supervisor/policy.toml"));
+    v
+}
+
+/// Load the policy: `--policy FILE` (or `preset:NAME`), else the first file of the search
+/// path, else the built-in `sandboxed` preset. Paths are canonicalised (symlinks resolved).
+pub fn load_policy(explicit: Option<&Path>, vars: &Vars) -> Result<Policy, PolicyError> {
+    let mut policy = match explicit {
+        Some(p) => match p.to_str().and_then(|s| s.strip_prefix("preset:")) {
+            Some(name) => Policy::preset(name, vars)?,
+            None => Policy::load(p, vars)?,
+        },
+        None => match policy_search_path(vars).into_iter().find(|p| p.is_file()) {
+            Some(p) => Policy::load(&p, vars)?,
+            None => Policy::preset("sandboxed", vars)?,
+        },
+    };
+    policy.canonicalize_paths(&|p: &Path| std::fs::canonicalize(p).ok());
+    Ok(policy)
+}
+
+/// Writable directory trees that are not executable: bound `noexec` in the sandbox.
+pub fn noexec_trees(landlock: &LandlockSpec) -> Vec<PathBuf> {
+    landlock
+        .write
+        .iter()
+        .filter(|w| w.is_dir())
+        .filter(|w| !["/dev", "/proc", "/sys"].iter().any(|p| w.starts_with(p)))
+        .filter(|w| {
+            !landlock
+                .exec
+                .iter()
+                .any(|e| w.starts_with(e) || e.starts_with(w))
+        })
+        .cloned()
+        .collect()
+}
+
+fn session_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:012x}",
+        (nanos as u64 ^ ((std::process::id() as u64) << 40)) & 0xffff_ffff_ffff
+    )
+}
+
+/// Run one session. Returns the exit code for the process.
+pub fn run(opts: RunOptions) -> Result<i32> {
+    anyhow::ensure!(
+        !opts.command.is_empty(),
+        "no command given: agent-supervisor run -- COMMAND [ARGS...]"
+    );
+    let vars = vars(opts.workspace.as_deref())?;
+    let policy = load_policy(opts.policy.as_deref(), &vars).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plan = policy.plan();
+    let landlock = LandlockSpec {
+        read: plan.landlock_read.clone(),
+        write: plan.landlock_write.clone(),
+        exec: plan.landlock_exec.clone(),
+    };
+    let masks = sandbox::masks::plan_masks(&policy, &noexec_trees(&landlock));
+    let audit_path = opts
+        .audit
+        .clone()
+        .unwrap_or_else(|| crate::audit::default_path(sys::euid_egid().0));
+    let audit_file = crate::audit::AuditFile::open(&audit_path)?;
+    let mode = approval::choose_mode(opts.headless, opts.default_allow);
+    let session = session_id();
+    if !opts.quiet {
+        eprintln!(
+            "agent-supervisor: session {session}, policy {}, audit {}",
+            policy.source,
+            audit_path.display()
+        );
+    }
+
+    let spec = SandboxSpec {
+        argv: sandbox::to_cstrings(&opts.command),
+        landlock,
+        masks,
+        notify: NotifySet {
+            open: plan.notify_open,
+        },
+        keep_fds: opts.keep_fds.clone(),
+        hostname: "agent-sandbox".into(),
+    };
+    // Signals we forward are blocked before any thread exists, so every thread inherits the
+    // mask and only the forwarder receives them.
+    let forwarded = [
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ];
+    sys::block_signals(&forwarded).context("blocking signals")?;
+    let sandbox = sandbox::launch(&spec)?;
+    for w in &sandbox.weaker {
+        eprintln!("agent-supervisor: warning: {w}");
+    }
+    // From here on the supervisor opens files for the agent: never with more than the agent's
+    // own rights. (Our caps in the agent's user namespace come from owning it, not from these.)
+    sys::drop_effective_caps_this_thread()
+        .context("dropping the supervisor's effective capabilities")?;
+
+    let audit = audit_file.start()?;
+    let (approvals, broker) = Approvals::new(mode, policy.approval_timeout);
+    let (guard, guard_jobs) = Guard::new();
+    let initial: Vec<Vec<u8>> = opts.command.iter().map(|a| a.as_bytes().to_vec()).collect();
+    let ctx = Arc::new(Ctx {
+        session: session.clone(),
+        policy: Arc::new(policy),
+        listener: sandbox.listener,
+        audit: audit.clone(),
+        approvals,
+        guard,
+        remembered: Mutex::new(Default::default()),
+        initial_argv: Mutex::new(Some(initial)),
+        stopping: AtomicBool::new(false),
+    });
+    audit.record(Record::session(
+        &session,
+        sandbox.init_pid,
+        "session-start",
+        serde_json::json!({
+            "argv": opts.command.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>(),
+            "policy": ctx.policy.source,
+            "workspace": vars.workspace.display().to_string(),
+            "weaker": sandbox.weaker,
+        }),
+    ));
+    spawn("notify", {
+        let ctx = Arc::clone(&ctx);
+        move || supervise::run_loop(ctx)
+    })?;
+    spawn("exec-guard", {
+        let ctx = Arc::clone(&ctx);
+        move || supervise::guard::run(ctx, guard_jobs)
+    })?;
+    spawn("approvals", {
+        let ctx = Arc::clone(&ctx);
+        move || approval::run(ctx, broker)
+    })?;
+    let init_pidfd = Arc::new(sandbox.init_pidfd);
+    spawn("signals", {
+        let pidfd = Arc::clone(&init_pidfd);
+        move || loop {
+            match sys::sigwait_info(&forwarded) {
+                // Terminal-generated SIGINT/SIGQUIT already reached the agent (same process
+                // group); only forward what was sent to us with kill().
+                Ok((sig, code))
+                    if (sig == libc::SIGINT || sig == libc::SIGQUIT) && code != libc::SI_USER => {}
+                Ok((sig, _)) => {
+                    let _ = sys::pidfd_send_signal(pidfd.as_fd(), sig);
+                }
+                Err(_) => return,
+            }
+        }
+    })?;
+
+    let status = sys::waitid_pidfd(init_pidfd.as_fd()).context("waiting for the agent")?;
+    supervise::mark_stopping(&ctx);
+    audit.record(Record::session(
+        &session,
+        sandbox.init_pid,
+        "session-end",
+        serde_json::json!({ "exit_code": status.code() }),
+    ));
+    if let Err(e) = audit.flush() {
+        eprintln!(
+            "agent-supervisor: ERROR: the audit log {} is incomplete: {e}",
+            audit.path().display()
+        );
+        return Ok(EXIT_SUPERVISOR_ERROR);
+    }
+    Ok(status.code())
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .with_context(|| format!("starting the {name} thread"))?;
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! `execve` / `execveat`: what program, with which arguments.
+//!
+//! The program is resolved in the agent's root; `#!` interpreters (nested up to the kernel's
+//! limit) and the dynamic loader (`ld.so ./tool`) are followed so that the policy sees every
+//! program that will really run. Exec cannot be emulated, so an allowed exec continues in the
+//! agent and the [`super::guard`] checks, before the new image runs, that the kernel executed
+//! exactly the file and arguments that were decided; Landlock execute rights back the trees.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use agent_supervisor_policy::{Request, Verdict};
+
+use super::guard::Expectation;
+use super::tracee::{Resolved, Tracee, PATH_MAX};
+use super::{display_argv, Ctx, Effect, Kind, Pending, Prepared};
+use crate::sys::{self, Notif};
+
+const AT_EMPTY_PATH: u64 = 0x1000;
+const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
+/// The kernel follows at most this many `#!` levels (BINPRM_MAX_RECURSION).
+const MAX_INTERPRETERS: usize = 4;
+
+/// One program in the chain that will run.
+#[derive(Debug)]
+struct Program {
+    resolved: Resolved,
+    invoked: PathBuf,
+    argv: Vec<Vec<u8>>,
+}
+
+pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
+    let started = Instant::now();
+    let t = Tracee::new(n.pid);
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EACCES);
+    let (dirfd, path_ptr, argv_ptr, flags) = if n.nr as i64 == libc::SYS_execveat {
+        (n.args[0] as i32, n.args[1], n.args[2], n.args[4])
+    } else {
+        (libc::AT_FDCWD, n.args[0], n.args[1], 0)
+    };
+    let path = t.read_cstr(path_ptr, PATH_MAX).map_err(errno)?;
+    let argv = t.read_argv(argv_ptr).map_err(errno)?;
+    let follow = flags & AT_SYMLINK_NOFOLLOW == 0;
+    let empty = flags & AT_EMPTY_PATH != 0;
+    let resolved = t.resolve(dirfd, &path, follow, empty).map_err(errno)?;
+    let (_, _, mode) = sys::fstat_id(resolved.fd.as_fd_ref()).map_err(errno)?;
+    if mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(libc::EACCES);
+    }
+    let invoked = resolved.lexical.clone();
+    let pid = t.tgid().map_err(errno)?;
+
+    // The chain of programs that will run: the file, its #! interpreters, ld.so's target.
+    let mut chain = vec![Program {
+        resolved,
+        invoked,
+        argv: argv.clone(),
+    }];
+    for _ in 0..MAX_INTERPRETERS {
+        let last = chain.last().expect("non-empty");
+        let Some((interp, arg)) = shebang(&last.resolved) else {
+            break;
+        };
+        let r = t
+            .resolve(libc::AT_FDCWD, interp.as_os_str().as_bytes(), true, false)
+            .map_err(errno)?;
+        let mut iargv = vec![interp.as_os_str().as_bytes().to_vec()];
+        iargv.extend(arg);
+        iargv.push(path.clone());
+        iargv.extend(argv.iter().skip(1).cloned());
+        chain.push(Program {
+            invoked: r.lexical.clone(),
+            resolved: r,
+            argv: iargv,
+        });
+    }
+    if chain.len() > MAX_INTERPRETERS
+        && shebang(&chain.last().expect("non-empty").resolved).is_some()
+    {
+        return Err(libc::ELOOP);
+    }
+    let runner = chain.last().expect("non-empty");
+    let expect = Expectation {
+        exe: {
+            let (dev, ino, _) = sys::fstat_id(runner.resolved.fd.as_fd_ref()).map_err(errno)?;
+            (dev, ino)
+        },
+        argv_tail: argv.iter().skip(1).cloned().collect(),
+        summary: display_argv(&argv),
+    };
+    if is_dynamic_loader(&runner.resolved.path) {
+        if let Some(target) = loader_target(&runner.argv) {
+            let r = t
+                .resolve(libc::AT_FDCWD, &target, true, false)
+                .map_err(errno)?;
+            let targv: Vec<Vec<u8>> = runner
+                .argv
+                .iter()
+                .skip_while(|a| **a != target)
+                .cloned()
+                .collect();
+            chain.push(Program {
+                invoked: r.lexical.clone(),
+                resolved: r,
+                argv: targv,
+            });
+        }
+    }
+
+    // The strictest verdict over the chain decides.
+    let mut verdict: Option<Verdict> = None;
+    for p in &chain {
+        let args: Vec<String> = p
+            .argv
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let invoked = (p.invoked != p.resolved.path).then_some(p.invoked.as_path());
+        let v = ctx.policy.decide(&Request::Exec {
+            path: &p.resolved.path,
+            invoked,
+            argv: &args,
+        });
+        if verdict.as_ref().is_none_or(|cur| v.decision > cur.decision) {
+            verdict = Some(v);
+        }
+    }
+    let mut verdict = verdict.expect("non-empty chain");
+
+    // The command line the user typed is approved by the user (policy denials still apply).
+    if verdict.decision == agent_supervisor_policy::Decision::Ask {
+        let mut initial = ctx.initial_argv.lock().expect("initial lock");
+        if initial.as_ref().is_some_and(|a| *a == argv) {
+            *initial = None;
+            verdict = Verdict {
+                decision: agent_supervisor_policy::Decision::Allow,
+                decided_by: verdict.decided_by,
+                reason: Some("the command line given to agent-supervisor run".into()),
+            };
+        }
+    } else if verdict.decision == agent_supervisor_policy::Decision::Allow {
+        let mut initial = ctx.initial_argv.lock().expect("initial lock");
+        if initial.as_ref().is_some_and(|a| *a == argv) {
+            *initial = None;
+        }
+    }
+
+    let first = &chain[0];
+    let program = first.resolved.path.display().to_string();
+    let details = serde_json::json!({
+        "path": program,
+        "invoked": first.invoked.display().to_string(),
+        "argv": argv.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>(),
+        "chain": chain.iter().skip(1).map(|p| p.resolved.path.display().to_string()).collect::<Vec<_>>(),
+    });
+    let summary = format!(
+        "{} (program {})",
+        display_argv(&argv),
+        super::escape_for_human(program.as_bytes())
+    );
+    let key = format!(
+        "exec\0{program}\0{}",
+        display_argv(&argv[1.min(argv.len())..])
+    );
+    Ok(Prepared::Decide(Box::new(Pending {
+        notif: n,
+        kind: Kind::Exec,
+        details,
+        summary,
+        key,
+        verdict,
+        perform: Box::new(move || Effect::ExecContinue(expect)),
+        denied_errno: libc::EACCES,
+        blocking: false,
+        quiet_allow: false,
+        started,
+        pid,
+    })))
+}
+
+trait AsFdRef {
+    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_>;
+}
+impl AsFdRef for std::os::fd::OwnedFd {
+    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
+}
+
+/// `#!interpreter [arg]` of a file, parsed like the kernel does (first line, at most 255
+/// bytes, interpreter up to the first blank, the rest one argument, trimmed).
+fn shebang(r: &Resolved) -> Option<(PathBuf, Option<Vec<u8>>)> {
+    let mut f = fs::File::open(format!("/proc/self/fd/{}", r.fd.as_raw_fd())).ok()?;
+    let mut buf = [0u8; 256];
+    let n = f.read(&mut buf).ok()?;
+    let head = &buf[..n];
+    if !head.starts_with(b"#!") {
+        return None;
+    }
+    let line = head[2..].split(|&b| b == b'\n').next()?;
+    let line = trim(line);
+    let split = line.iter().position(|&b| b == b' ' || b == b'\t');
+    let (interp, rest) = match split {
+        Some(i) => (&line[..i], Some(trim(&line[i..]))),
+        None => (line, None),
+    };
+    if interp.is_empty() {
+        return None;
+    }
+    let arg = rest.filter(|r| !r.is_empty()).map(|r| r.to_vec());
+    Some((PathBuf::from(OsStr::from_bytes(interp)), arg))
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// Is this the ELF dynamic loader (run directly, it loads and runs its first argument)?
+pub fn is_dynamic_loader(p: &Path) -> bool {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.starts_with("ld-linux")
+        || name.starts_with("ld-musl")
+        || name == "ld.so"
+        || name.starts_with("ld64.so")
+}
+
+/// The program `ld.so [options] PROGRAM [args]` will load.
+fn loader_target(argv: &[Vec<u8>]) -> Option<Vec<u8>> {
+    const WITH_VALUE: &[&[u8]] = &[
+        b"--library-path",
+        b"--preload",
+        b"--audit",
+        b"--argv0",
+        b"--glibc-hwcaps-prepend",
+        b"--glibc-hwcaps-mask",
+    ];
+    let mut it = argv.iter().skip(1);
+    while let Some(a) = it.next() {
+        if WITH_VALUE.contains(&a.as_slice()) {
+            it.next();
+        } else if a.starts_with(b"--") {
+            continue;
+        } else {
+            return Some(a.clone());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loader_target_skips_options() {
+        let v = |s: &[&str]| s.iter().map(|x| x.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            loader_target(&v(&["ld.so", "./tool", "x"])),
+            Some(b"./tool".to_vec())
+        );
+        assert_eq!(
+            loader_target(&v(&["ld.so", "--library-path", "/x", "--", "./t"])),
+            Some(b"./t".to_vec())
+        );
+        assert_eq!(loader_target(&v(&["ld.so", "--list"])), None);
+        assert!(is_dynamic_loader(Path::new(
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+        )));
+        assert!(!is_dynamic_loader(Path::new("/usr/bin/ls")));
+    }
+}

@@ -1,0 +1,172 @@
+//! The exec guard: checks, before a new program runs its first instruction, that the kernel
+//! executed exactly the file and arguments the supervisor decided on.
+//!
+//! `execve` cannot be emulated, and its path and argv live in memory another agent thread can
+//! rewrite between our check and the kernel's copy. So an allowed exec is answered
+//! `CONTINUE` only after the trapped thread is `PTRACE_SEIZE`d with `PTRACE_O_TRACEEXEC`.
+//! When the exec succeeds, the thread stops at `PTRACE_EVENT_EXEC` (the new image is loaded,
+//! no instruction of it has run, every other thread of the old image is gone): the guard
+//! compares `/proc/<pid>/exe` (device and inode) and `/proc/<pid>/cmdline` with what was
+//! decided, and kills the process on any difference. A failed exec shows up as the
+//! `PTRACE_INTERRUPT` stop instead. Either way the thread is detached.
+//!
+//! The guard owns every ptrace operation, on one thread (ptrace is per tracer thread). A
+//! BPF backstop at `sched_process_exec` (eBPF issue) makes the same check in the kernel.
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use super::Ctx;
+use crate::audit::Record;
+use crate::sys::{self, Notif};
+
+/// What the exec must turn out to be.
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    /// (st_dev, st_ino) of the file that must be running (for scripts: the interpreter).
+    pub exe: (u64, u64),
+    /// argv[1..] as decided; the new image's command line must end with exactly these.
+    pub argv_tail: Vec<Vec<u8>>,
+    /// For messages.
+    pub summary: String,
+}
+
+struct Job {
+    notif: Notif,
+    expect: Expectation,
+}
+
+/// Handle to the guard thread.
+pub struct Guard {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Guard {
+    /// A guard whose jobs go to `tx`.
+    pub fn new() -> (Guard, GuardJobs) {
+        let (tx, rx) = mpsc::channel();
+        (Guard { tx }, GuardJobs { rx })
+    }
+
+    /// Hand an allowed exec to the guard.
+    pub fn submit(&self, notif: Notif, expect: Expectation) {
+        // If the guard is gone the job is dropped: the trapped thread then fails with ENOSYS
+        // when the listener closes (never runs unchecked).
+        let _ = self.tx.send(Job { notif, expect });
+    }
+}
+
+/// The receiving side, moved into the guard thread.
+pub struct GuardJobs {
+    rx: mpsc::Receiver<Job>,
+}
+
+/// The guard thread's body.
+pub fn run(ctx: Arc<Ctx>, jobs: GuardJobs) {
+    while let Ok(job) = jobs.rx.recv() {
+        check_one(&ctx, job);
+    }
+}
+
+fn check_one(ctx: &Arc<Ctx>, job: Job) {
+    let tid = job.notif.pid as i32;
+    if let Err(e) = sys::ptrace_seize(tid) {
+        // The thread died, or cannot be traced: never let the exec run unchecked.
+        tracing::warn!("exec guard cannot trace thread {tid}: {e}; refusing the exec");
+        super::respond(ctx, job.notif.id, Err(libc::EACCES));
+        return;
+    }
+    if !sys::notif_id_valid(ctx.listener.as_fd(), job.notif.id)
+        || sys::notif_continue(ctx.listener.as_fd(), job.notif.id).is_err()
+    {
+        // Gone in the meantime: detach below after the interrupt stop.
+    }
+    let _ = sys::ptrace_interrupt(tid);
+    loop {
+        let (pid, status) = match sys::waitpid(-1, libc::__WALL | libc::__WNOTHREAD) {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(_) => return, // no tracee left
+        };
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            return;
+        }
+        if !libc::WIFSTOPPED(status) {
+            continue;
+        }
+        let event = (status >> 16) & 0xff;
+        if event == sys::PTRACE_EVENT_EXEC {
+            // `pid` is now the thread-group leader's id (a non-leader's tid changes on exec).
+            match verify(pid, &job.expect) {
+                Ok(()) => {
+                    let _ = sys::ptrace_detach(pid, 0);
+                    return;
+                }
+                Err(why) => {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                    let _ = sys::ptrace_detach(pid, 0);
+                    tracing::warn!("exec guard killed pid {pid}: {why}");
+                    eprintln!("agent-supervisor: killed the agent process {pid}: {why}");
+                    ctx.audit.record(Record::guard_kill(
+                        &ctx.session,
+                        pid,
+                        &job.expect.summary,
+                        &why,
+                    ));
+                    // Reap the tracee's exit notification for this thread.
+                    let _ = sys::waitpid(pid, libc::__WALL | libc::__WNOTHREAD);
+                    return;
+                }
+            }
+        }
+        let sig = if event == 0 {
+            libc::WSTOPSIG(status)
+        } else {
+            0
+        };
+        // PTRACE_EVENT_STOP (our interrupt: the exec failed) or a signal: detach, re-injecting it.
+        let sig = if sig == libc::SIGTRAP || sig == libc::SIGSTOP && event != 0 {
+            0
+        } else {
+            sig
+        };
+        let _ = sys::ptrace_detach(pid, sig);
+        return;
+    }
+}
+
+fn verify(pid: i32, expect: &Expectation) -> Result<(), String> {
+    let exe = fs::File::open(format!("/proc/{pid}/exe"))
+        .map_err(|e| format!("cannot inspect the new image: {e}"))?;
+    let (dev, ino, _) =
+        sys::fstat_id(exe.as_fd()).map_err(|e| format!("cannot inspect the new image: {e}"))?;
+    if (dev, ino) != expect.exe {
+        return Err(format!(
+            "it executed a different file than the one approved for `{}` (raced exec)",
+            expect.summary
+        ));
+    }
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+        .map_err(|e| format!("cannot read the new command line: {e}"))?;
+    let mut args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    if args.last().is_some_and(|a| a.is_empty()) {
+        args.pop();
+    }
+    let tail = &expect.argv_tail;
+    let ok = args.len() > tail.len()
+        && args[args.len() - tail.len()..]
+            .iter()
+            .zip(tail)
+            .all(|(a, b)| *a == b.as_slice())
+        || (tail.is_empty() && args.len() <= 1);
+    if !ok {
+        return Err(format!(
+            "its arguments differ from the ones approved for `{}` (raced exec)",
+            expect.summary
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,549 @@
+//! `connect`, `bind`, `sendto`, `sendmsg`, `sendmmsg`: where the agent's sockets go.
+//!
+//! The destination is copied out of the agent's memory once; the supervisor then performs
+//! the call itself on the agent's own socket (duplicated with `pidfd_getfd`, so it is the same
+//! open file description: blocking mode, timeouts and the connection all stay the agent's)
+//! with *its copy* of the address. A thread that rewrites the sockaddr after the check changes
+//! nothing. Unix-socket paths are file accesses (write on the socket file), resolved in the
+//! agent's root and connected through the checked `O_PATH` fd.
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use agent_supervisor_policy::{Access, DecidedBy, Decision, Request, Verdict};
+
+use super::tracee::{Resolved, Tracee};
+use super::{escape_for_human, Ctx, Effect, Kind, Pending, Prepared};
+use crate::sys::{self, Notif};
+
+const SOCKADDR_MAX: usize = 128;
+const MSGHDR_SIZE: usize = 56;
+const MMSGHDR_SIZE: usize = 64;
+const UIO_MAXIOV: usize = 1024;
+const SEND_MAX: usize = 16 << 20;
+const CONTROL_MAX: usize = 64 << 10;
+const SCM_RIGHTS: i32 = 1;
+const SCM_CREDENTIALS: i32 = 2;
+
+/// A decoded socket address.
+#[derive(Debug, Clone)]
+enum Dest {
+    Inet(SocketAddr),
+    UnixPath(Vec<u8>),
+    /// Abstract or unnamed unix address: confined by Landlock's abstract-socket scope.
+    UnixOther,
+    Netlink,
+    Unspec,
+    Other(u16),
+}
+
+fn parse_sockaddr(b: &[u8]) -> Result<Dest, i32> {
+    if b.len() < 2 {
+        return Err(libc::EINVAL);
+    }
+    let family = u16::from_ne_bytes([b[0], b[1]]);
+    match family as i32 {
+        libc::AF_INET => {
+            if b.len() < 16 {
+                return Err(libc::EINVAL);
+            }
+            let port = u16::from_be_bytes([b[2], b[3]]);
+            let ip = Ipv4Addr::new(b[4], b[5], b[6], b[7]);
+            Ok(Dest::Inet(SocketAddr::new(IpAddr::V4(ip), port)))
+        }
+        libc::AF_INET6 => {
+            if b.len() < 24 {
+                return Err(libc::EINVAL);
+            }
+            let port = u16::from_be_bytes([b[2], b[3]]);
+            let ip: [u8; 16] = b[8..24].try_into().expect("16 bytes");
+            Ok(Dest::Inet(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(ip)),
+                port,
+            )))
+        }
+        libc::AF_UNIX => {
+            let path = &b[2..];
+            if path.is_empty() || path[0] == 0 {
+                return Ok(Dest::UnixOther);
+            }
+            let end = path.iter().position(|&c| c == 0).unwrap_or(path.len());
+            Ok(Dest::UnixPath(path[..end].to_vec()))
+        }
+        libc::AF_NETLINK => Ok(Dest::Netlink),
+        libc::AF_UNSPEC => Ok(Dest::Unspec),
+        f => Ok(Dest::Other(f as u16)),
+    }
+}
+
+/// A destination after the policy has seen it.
+struct Decided {
+    verdict: Verdict,
+    shown: String,
+    family: &'static str,
+    /// Address to use for the real call (unix paths rewritten to the checked object).
+    addr: Vec<u8>,
+    /// Keeps the checked unix socket path (O_PATH) alive until the call.
+    hold: Option<OwnedFd>,
+}
+
+fn builtin(decision: Decision, reason: &str) -> Verdict {
+    Verdict {
+        decision,
+        decided_by: DecidedBy::Default,
+        reason: Some(reason.to_string()),
+    }
+}
+
+fn decide_dest(ctx: &Ctx, t: &Tracee, raw: &[u8], creating: bool) -> Result<Decided, i32> {
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EACCES);
+    Ok(match parse_sockaddr(raw)? {
+        Dest::Inet(sa) => Decided {
+            verdict: ctx.policy.decide(&Request::Connect {
+                ip: sa.ip(),
+                port: sa.port(),
+                host: None,
+            }),
+            shown: sa.to_string(),
+            family: "inet",
+            addr: raw.to_vec(),
+            hold: None,
+        },
+        Dest::UnixPath(p) => {
+            let (target, real): (Resolved, std::path::PathBuf) = if creating {
+                let (dir, name) = t.resolve_parent(libc::AT_FDCWD, &p).map_err(errno)?;
+                let real = dir.path.join(&name);
+                let via = format!(
+                    "/proc/self/fd/{}/{}",
+                    dir.fd.as_raw_fd(),
+                    name.to_string_lossy()
+                );
+                let r = Resolved {
+                    fd: dir.fd,
+                    path: real.clone(),
+                    lexical: dir.lexical,
+                };
+                return Ok(Decided {
+                    verdict: ctx.policy.decide(&Request::Open {
+                        path: &real,
+                        access: Access::WRITE,
+                    }),
+                    shown: format!("unix:{}", real.display()),
+                    family: "unix",
+                    addr: sockaddr_un(via.as_bytes())?,
+                    hold: Some(r.fd),
+                });
+            } else {
+                let r = t.resolve(libc::AT_FDCWD, &p, true, false).map_err(errno)?;
+                let real = r.path.clone();
+                (r, real)
+            };
+            let via = format!("/proc/self/fd/{}", target.fd.as_raw_fd());
+            Decided {
+                verdict: ctx.policy.decide(&Request::Open {
+                    path: &real,
+                    access: Access::WRITE,
+                }),
+                shown: format!("unix:{}", real.display()),
+                family: "unix",
+                addr: sockaddr_un(via.as_bytes())?,
+                hold: Some(target.fd),
+            }
+        }
+        Dest::UnixOther => Decided {
+            verdict: builtin(
+                Decision::Allow,
+                "abstract unix socket (confined to the sandbox by Landlock)",
+            ),
+            shown: "unix:@abstract".into(),
+            family: "unix",
+            addr: raw.to_vec(),
+            hold: None,
+        },
+        Dest::Netlink => Decided {
+            verdict: builtin(Decision::Allow, "netlink (kernel-local, no capabilities)"),
+            shown: "netlink".into(),
+            family: "netlink",
+            addr: raw.to_vec(),
+            hold: None,
+        },
+        Dest::Unspec => Decided {
+            verdict: builtin(Decision::Allow, "AF_UNSPEC (disconnect)"),
+            shown: "unspec".into(),
+            family: "unspec",
+            addr: raw.to_vec(),
+            hold: None,
+        },
+        Dest::Other(f) => Decided {
+            verdict: builtin(
+                Decision::Deny,
+                &format!("address family {f} is not allowed in the sandbox"),
+            ),
+            shown: format!("family-{f}"),
+            family: "other",
+            addr: raw.to_vec(),
+            hold: None,
+        },
+    })
+}
+
+fn sockaddr_un(path: &[u8]) -> Result<Vec<u8>, i32> {
+    if path.len() >= 108 {
+        return Err(libc::ENAMETOOLONG);
+    }
+    let mut v = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    v.extend_from_slice(path);
+    v.push(0);
+    Ok(v)
+}
+
+fn read_addr(t: &Tracee, ptr: u64, len: u64) -> Result<Vec<u8>, i32> {
+    if len as usize > SOCKADDR_MAX || len == 0 {
+        return Err(libc::EINVAL);
+    }
+    t.read_bytes(ptr, len as usize)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EFAULT))
+}
+
+/// The agent's socket, duplicated; ENOTSOCK/EBADF as the kernel would say.
+fn agent_socket(t: &Tracee, fd: i32) -> Result<(Arc<OwnedFd>, bool), i32> {
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EBADF);
+    let sock = t.dup_fd(fd).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBADF) {
+            libc::EBADF
+        } else {
+            errno(e)
+        }
+    })?;
+    sys::socket_domain(sock.as_fd()).map_err(errno)?;
+    let nonblocking = sys::fd_status_flags(sock.as_fd()).map_err(errno)? & libc::O_NONBLOCK != 0;
+    Ok((Arc::new(sock), !nonblocking))
+}
+
+pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
+    let started = Instant::now();
+    let t = Tracee::new(n.pid);
+    let pid = t.tgid().map_err(|_| libc::ESRCH)?;
+    let a = n.args;
+    let nr = n.nr as i64;
+    let (sock, blocking) = agent_socket(&t, a[0] as i32)?;
+    let pending = |kind: Kind,
+                   call: &str,
+                   d: Decided,
+                   denied_errno: i32,
+                   perform: super::Perform,
+                   quiet: bool| {
+        let details =
+            serde_json::json!({ "call": call, "destination": d.shown, "family": d.family });
+        Pending {
+            notif: n,
+            kind,
+            summary: format!("{call} to {}", escape_for_human(d.shown.as_bytes())),
+            key: format!("net\0{}", d.shown),
+            details,
+            verdict: d.verdict,
+            perform,
+            denied_errno,
+            blocking,
+            quiet_allow: quiet,
+            started,
+            pid,
+        }
+    };
+    let p = match nr {
+        libc::SYS_connect | libc::SYS_bind => {
+            let raw = read_addr(&t, a[1], a[2])?;
+            let is_bind = nr == libc::SYS_bind;
+            let mut d = decide_dest(ctx, &t, &raw, is_bind)?;
+            let addr = d.addr.clone();
+            // The checked unix socket path (O_PATH) must stay open until the call.
+            let hold = d.hold.take();
+            let perform: super::Perform = Box::new(move || {
+                let _hold = hold;
+                let r = if is_bind {
+                    sys::bind_raw(sock.as_fd(), &addr)
+                } else {
+                    sys::connect_raw(sock.as_fd(), &addr)
+                };
+                to_effect(r.map(|_| 0))
+            });
+            let (kind, call, errno) = if is_bind {
+                (Kind::Bind, "bind", libc::EPERM)
+            } else {
+                (Kind::Connect, "connect", libc::ECONNREFUSED)
+            };
+            // Inet binds are audited but decided by default-allow: listening is not reaching out.
+            if is_bind && d.family == "inet" {
+                d.verdict = builtin(Decision::Allow, "binding a local port");
+            }
+            pending(kind, call, d, errno, perform, false)
+        }
+        libc::SYS_sendto => {
+            let raw = read_addr(&t, a[4], a[5])?;
+            let mut d = decide_dest(ctx, &t, &raw, false)?;
+            let addr = d.addr.clone();
+            let hold = d.hold.take();
+            let (buf, len, flags) = (a[1], (a[2] as usize).min(SEND_MAX), a[3] as i32);
+            let perform: super::Perform = Box::new(move || {
+                let _hold = hold;
+                let data = match t.read_bytes(buf, len) {
+                    Ok(d) => d,
+                    Err(e) => return Effect::Errno(e.raw_os_error().unwrap_or(libc::EFAULT)),
+                };
+                send(&t, pid, &sock, &[&data], Some(&addr), &[], flags)
+            });
+            pending(Kind::Send, "sendto", d, libc::EPERM, perform, false)
+        }
+        libc::SYS_sendmsg => {
+            let hdr = t.read_bytes(a[1], MSGHDR_SIZE).map_err(|_| libc::EFAULT)?;
+            let msg = MsgHdr::parse(&hdr);
+            let flags = a[2] as i32;
+            let (mut d, quiet) = match msg.name(&t)? {
+                Some(raw) => (decide_dest(ctx, &t, &raw, false)?, false),
+                None => (
+                    Decided {
+                        verdict: builtin(Decision::Allow, "data on an established connection"),
+                        shown: "connected peer".into(),
+                        family: "connected",
+                        addr: vec![],
+                        hold: None,
+                    },
+                    true,
+                ),
+            };
+            let addr = (!quiet).then(|| d.addr.clone());
+            let hold = d.hold.take();
+            let perform: super::Perform = Box::new(move || match msg.payload(&t) {
+                Ok((data, control, _fds)) => {
+                    let _hold = &hold;
+                    let parts: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
+                    send(&t, pid, &sock, &parts, addr.as_deref(), &control, flags)
+                }
+                Err(e) => Effect::Errno(e),
+            });
+            pending(Kind::Send, "sendmsg", d, libc::EPERM, perform, quiet)
+        }
+        libc::SYS_sendmmsg => {
+            let vlen = (a[2] as usize).min(UIO_MAXIOV);
+            let flags = a[3] as i32;
+            let mut msgs = Vec::with_capacity(vlen);
+            let mut decided: Option<Decided> = None;
+            let mut holds = Vec::new();
+            for i in 0..vlen {
+                let hdr = t
+                    .read_bytes(a[1] + (i * MMSGHDR_SIZE) as u64, MSGHDR_SIZE)
+                    .map_err(|_| libc::EFAULT)?;
+                let msg = MsgHdr::parse(&hdr);
+                let addr = match msg.name(&t)? {
+                    Some(raw) => {
+                        let mut d = decide_dest(ctx, &t, &raw, false)?;
+                        let addr = d.addr.clone();
+                        holds.extend(d.hold.take());
+                        if decided
+                            .as_ref()
+                            .is_none_or(|cur| d.verdict.decision > cur.verdict.decision)
+                        {
+                            decided = Some(d);
+                        }
+                        Some(addr)
+                    }
+                    None => None,
+                };
+                msgs.push((msg, addr));
+            }
+            let quiet = decided.is_none();
+            let d = decided.unwrap_or(Decided {
+                verdict: builtin(Decision::Allow, "data on an established connection"),
+                shown: "connected peer".into(),
+                family: "connected",
+                addr: vec![],
+                hold: None,
+            });
+            let vec_addr = a[1];
+            let perform: super::Perform = Box::new(move || {
+                let _holds = holds;
+                let mut sent = 0i64;
+                for (i, (msg, addr)) in msgs.iter().enumerate() {
+                    let eff = match msg.payload(&t) {
+                        Ok((data, control, _fds)) => {
+                            let parts: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
+                            send(&t, pid, &sock, &parts, addr.as_deref(), &control, flags)
+                        }
+                        Err(e) => Effect::Errno(e),
+                    };
+                    match eff {
+                        Effect::Return(n) => {
+                            let at = vec_addr + (i * MMSGHDR_SIZE + MSGHDR_SIZE) as u64;
+                            let _ = sys::write_process_memory(t.tid, at, &(n as u32).to_ne_bytes());
+                            sent += 1;
+                        }
+                        other if sent == 0 => return other,
+                        _ => break,
+                    }
+                }
+                Effect::Return(sent)
+            });
+            pending(Kind::Send, "sendmmsg", d, libc::EPERM, perform, quiet)
+        }
+        _ => return Err(libc::ENOSYS),
+    };
+    Ok(Prepared::Decide(Box::new(p)))
+}
+
+fn to_effect(r: std::io::Result<i64>) -> Effect {
+    match r {
+        Ok(v) => Effect::Return(v),
+        Err(e) => Effect::Errno(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+/// Send on the agent's socket; SIGPIPE goes to the agent's thread, as the kernel would do.
+fn send(
+    t: &Tracee,
+    pid: i32,
+    sock: &OwnedFd,
+    data: &[&[u8]],
+    addr: Option<&[u8]>,
+    control: &[u8],
+    flags: i32,
+) -> Effect {
+    match sys::sendmsg_raw(
+        sock.as_fd(),
+        data,
+        addr,
+        control,
+        flags | libc::MSG_NOSIGNAL,
+    ) {
+        Ok(n) => Effect::Return(n as i64),
+        Err(e) => {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            if errno == libc::EPIPE && flags & libc::MSG_NOSIGNAL == 0 {
+                let _ = sys::tgkill(pid, t.tid, libc::SIGPIPE);
+            }
+            Effect::Errno(errno)
+        }
+    }
+}
+
+/// The parts of a `struct msghdr` we use (addresses in the agent's memory).
+#[derive(Debug, Clone, Copy)]
+struct MsgHdr {
+    name: u64,
+    namelen: u32,
+    iov: u64,
+    iovlen: u64,
+    control: u64,
+    controllen: u64,
+}
+
+impl MsgHdr {
+    fn parse(b: &[u8]) -> MsgHdr {
+        let u64_at = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        MsgHdr {
+            name: u64_at(0),
+            namelen: u32::from_ne_bytes(b[8..12].try_into().expect("4 bytes")),
+            iov: u64_at(16),
+            iovlen: u64_at(24),
+            control: u64_at(32),
+            controllen: u64_at(40),
+        }
+    }
+
+    fn name(&self, t: &Tracee) -> Result<Option<Vec<u8>>, i32> {
+        if self.name == 0 || self.namelen == 0 {
+            return Ok(None);
+        }
+        read_addr(t, self.name, self.namelen as u64).map(Some)
+    }
+
+    /// Data (one buffer per iovec), control with SCM_RIGHTS fds translated into ours, and the
+    /// fds that must stay open until the send.
+    fn payload(&self, t: &Tracee) -> Result<(Vec<Vec<u8>>, Vec<u8>, Vec<OwnedFd>), i32> {
+        let efault = |_| libc::EFAULT;
+        if self.iovlen as usize > UIO_MAXIOV {
+            return Err(libc::EMSGSIZE);
+        }
+        let mut data = Vec::with_capacity(self.iovlen as usize);
+        let mut total = 0usize;
+        for i in 0..self.iovlen {
+            let v = t.read_bytes(self.iov + i * 16, 16).map_err(efault)?;
+            let base = u64::from_ne_bytes(v[0..8].try_into().expect("8"));
+            let len = u64::from_ne_bytes(v[8..16].try_into().expect("8")) as usize;
+            let len = len.min(SEND_MAX.saturating_sub(total));
+            total += len;
+            data.push(if len == 0 {
+                vec![]
+            } else {
+                t.read_bytes(base, len).map_err(efault)?
+            });
+        }
+        let mut fds = Vec::new();
+        let control = if self.control != 0 && self.controllen > 0 {
+            if self.controllen as usize > CONTROL_MAX {
+                return Err(libc::ENOBUFS);
+            }
+            let mut c = t
+                .read_bytes(self.control, self.controllen as usize)
+                .map_err(efault)?;
+            translate_control(t, &mut c, &mut fds)?;
+            c
+        } else {
+            vec![]
+        };
+        Ok((data, control, fds))
+    }
+}
+
+/// Walk the control messages; replace the agent's fd numbers in SCM_RIGHTS with duplicates
+/// of ours. SCM_CREDENTIALS can't be sent on the agent's behalf: refused (EPERM).
+fn translate_control(t: &Tracee, c: &mut [u8], keep: &mut Vec<OwnedFd>) -> Result<(), i32> {
+    let mut off = 0usize;
+    while off + 16 <= c.len() {
+        let len = u64::from_ne_bytes(c[off..off + 8].try_into().expect("8")) as usize;
+        let level = i32::from_ne_bytes(c[off + 8..off + 12].try_into().expect("4"));
+        let typ = i32::from_ne_bytes(c[off + 12..off + 16].try_into().expect("4"));
+        if len < 16 || off + len > c.len() {
+            return Err(libc::EINVAL);
+        }
+        if level == libc::SOL_SOCKET && typ == SCM_CREDENTIALS {
+            return Err(libc::EPERM);
+        }
+        if level == libc::SOL_SOCKET && typ == SCM_RIGHTS {
+            let mut p = off + 16;
+            while p + 4 <= off + len {
+                let fd = i32::from_ne_bytes(c[p..p + 4].try_into().expect("4"));
+                let ours = t.dup_fd(fd).map_err(|_| libc::EBADF)?;
+                c[p..p + 4].copy_from_slice(&ours.as_raw_fd().to_ne_bytes());
+                keep.push(ours);
+                p += 4;
+            }
+        }
+        off += (len + 7) & !7;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_inet_and_unix() {
+        let mut v4 = vec![0u8; 16];
+        v4[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        assert!(
+            matches!(parse_sockaddr(&v4), Ok(Dest::Inet(sa)) if sa.to_string() == "127.0.0.1:8080")
+        );
+        let mut un = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        un.extend_from_slice(b"/run/x.sock\0garbage");
+        assert!(matches!(parse_sockaddr(&un), Ok(Dest::UnixPath(p)) if p == b"/run/x.sock"));
+        let ab = [(libc::AF_UNIX as u16).to_ne_bytes().to_vec(), vec![0, b'a']].concat();
+        assert!(matches!(parse_sockaddr(&ab), Ok(Dest::UnixOther)));
+        assert_eq!(parse_sockaddr(&[1]).err(), Some(libc::EINVAL));
+    }
+}

@@ -1,0 +1,174 @@
+//! `open` / `openat` / `openat2` / `creat`, trapped only when the policy has file rules that
+//! no cheaper mechanism enforces exactly (file `ask` rules, catch-alls).
+//!
+//! The supervisor resolves the path in the agent's root, decides on the real object, and then
+//! opens *that object* itself (reopening the checked `O_PATH` fd, or creating the final
+//! component under the checked parent with `O_NOFOLLOW`), and injects the fd into the agent
+//! (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SEND`). The notification thread runs without effective
+//! capabilities, so the supervisor never opens what the agent's own credentials could not.
+#![forbid(unsafe_code)]
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use agent_supervisor_policy::{Access, Request};
+
+use super::tracee::{Tracee, PATH_MAX};
+use super::{escape_for_human, Ctx, Effect, Kind, Pending, Prepared};
+use crate::sys::{self, Notif};
+
+pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
+    let started = Instant::now();
+    let t = Tracee::new(n.pid);
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EACCES);
+    let (dirfd, path_ptr, flags, mode) = match n.nr as i64 {
+        libc::SYS_open => (
+            libc::AT_FDCWD,
+            n.args[0],
+            n.args[1] as i32,
+            n.args[2] as u32,
+        ),
+        libc::SYS_creat => (
+            libc::AT_FDCWD,
+            n.args[0],
+            libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+            n.args[1] as u32,
+        ),
+        libc::SYS_openat => (
+            n.args[0] as i32,
+            n.args[1],
+            n.args[2] as i32,
+            n.args[3] as u32,
+        ),
+        // openat2's resolve flags can't be honoured together with resolution in the agent's
+        // root: ENOSYS makes callers fall back to openat.
+        _ => return Err(libc::ENOSYS),
+    };
+    // O_PATH grants no access to the contents; its uses (exec, reopen) are checked themselves.
+    if flags & libc::O_PATH != 0 {
+        return Ok(Prepared::Immediate(perform_path_only(
+            &t, dirfd, path_ptr, flags,
+        )));
+    }
+    let path = t.read_cstr(path_ptr, PATH_MAX).map_err(errno)?;
+    let acc = flags & libc::O_ACCMODE;
+    let creates = flags & (libc::O_CREAT | libc::O_TMPFILE) != 0;
+    let access = Access {
+        read: acc == libc::O_RDONLY || acc == libc::O_RDWR,
+        write: acc == libc::O_WRONLY
+            || acc == libc::O_RDWR
+            || creates
+            || flags & libc::O_TRUNC != 0,
+        exec: false,
+    };
+    let follow = flags & libc::O_NOFOLLOW == 0;
+    let pid = t.tgid().map_err(errno)?;
+    let umask = t.umask();
+
+    // The object: existing (resolved), or to be created under a resolved parent.
+    let target = match t.resolve(dirfd, &path, follow, false) {
+        Ok(r) => Target::Existing(r),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && flags & libc::O_CREAT != 0 => {
+            let (dir, name) = t.resolve_parent(dirfd, &path).map_err(errno)?;
+            Target::Create {
+                dir,
+                name: name.as_bytes().to_vec(),
+            }
+        }
+        Err(e) => return Err(errno(e)),
+    };
+    if let Target::Existing(_) = target {
+        if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
+            return Err(libc::EEXIST);
+        }
+    }
+    let decided_path = match &target {
+        Target::Existing(r) => r.path.clone(),
+        Target::Create { dir, name } => dir.path.join(std::ffi::OsStr::from_bytes(name)),
+    };
+    let verdict = ctx.policy.decide(&Request::Open {
+        path: &decided_path,
+        access,
+    });
+    let shown = decided_path.display().to_string();
+    let access_s = [(access.read, "read"), (access.write, "write")]
+        .iter()
+        .filter(|(b, _)| *b)
+        .map(|(_, s)| *s)
+        .collect::<Vec<_>>()
+        .join("+");
+    let details = serde_json::json!({ "path": shown, "access": access_s, "flags": flags });
+    let summary = format!("{} ({access_s})", escape_for_human(shown.as_bytes()));
+    let key = format!("open\0{shown}\0{access_s}");
+    let perform = Box::new(move || perform_open(target, flags, mode & !umask));
+    Ok(Prepared::Decide(Box::new(Pending {
+        notif: n,
+        kind: Kind::Open,
+        details,
+        summary,
+        key,
+        verdict,
+        perform,
+        denied_errno: libc::EACCES,
+        blocking: false,
+        quiet_allow: false,
+        started,
+        pid,
+    })))
+}
+
+enum Target {
+    Existing(super::tracee::Resolved),
+    Create {
+        dir: super::tracee::Resolved,
+        name: Vec<u8>,
+    },
+}
+
+fn perform_open(target: Target, flags: i32, mode: u32) -> Effect {
+    let cloexec = flags & libc::O_CLOEXEC != 0;
+    let result = match target {
+        Target::Existing(r) => {
+            // Reopen exactly the checked object through its O_PATH fd.
+            let via = CString::new(format!("/proc/self/fd/{}", r.fd.as_raw_fd())).expect("no NUL");
+            let flags =
+                (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW)) | libc::O_CLOEXEC;
+            match std::fs::File::open("/") {
+                Ok(root) => sys::openat2(root.as_fd(), &via, flags, mode, 0),
+                Err(e) => Err(e),
+            }
+        }
+        Target::Create { dir, name } => match CString::new(name) {
+            Ok(name) => sys::openat2(
+                dir.fd.as_fd(),
+                &name,
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode,
+                sys::RESOLVE_BENEATH | sys::RESOLVE_NO_SYMLINKS,
+            ),
+            Err(_) => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        },
+    };
+    match result {
+        Ok(fd) => Effect::AddFd { fd, cloexec },
+        Err(e) => Effect::Errno(e.raw_os_error().unwrap_or(libc::EACCES)),
+    }
+}
+
+/// `O_PATH` opens: resolve in the agent's root and inject the O_PATH fd (no decision needed).
+fn perform_path_only(t: &Tracee, dirfd: i32, path_ptr: u64, flags: i32) -> Effect {
+    let path = match t.read_cstr(path_ptr, PATH_MAX) {
+        Ok(p) => p,
+        Err(e) => return Effect::Errno(e.raw_os_error().unwrap_or(libc::EFAULT)),
+    };
+    match t.resolve(dirfd, &path, flags & libc::O_NOFOLLOW == 0, false) {
+        Ok(r) => Effect::AddFd {
+            fd: r.fd,
+            cloexec: flags & libc::O_CLOEXEC != 0,
+        },
+        Err(e) => Effect::Errno(e.raw_os_error().unwrap_or(libc::EACCES)),
+    }
+}

@@ -1,0 +1,323 @@
+//! Reading a trapped task's arguments and resolving its paths, as the agent sees them.
+//!
+//! Everything read here is untrusted and may change under us (another agent thread can
+//! rewrite the memory at any time). So: strings are copied once and only the copy is used;
+//! paths are resolved by the kernel with `openat2(RESOLVE_IN_ROOT)` against the agent's own
+//! root (its mount namespace, masks included) and the result is an `O_PATH` fd to the real
+//! object, which is what the supervisor then acts on; and every notification is re-validated
+//! (`SECCOMP_IOCTL_NOTIF_ID_VALID`) after reading, before acting.
+#![forbid(unsafe_code)]
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+
+use crate::sys;
+
+/// Longest path we read (PATH_MAX).
+pub const PATH_MAX: usize = 4096;
+/// Most argv entries / bytes we read for an exec (the kernel's own limit is larger; beyond
+/// this the exec is refused with E2BIG rather than decided on a truncated command line).
+pub const ARGV_MAX_ENTRIES: usize = 8192;
+pub const ARGV_MAX_BYTES: usize = 1 << 20;
+
+/// The trapped task.
+#[derive(Debug, Clone, Copy)]
+pub struct Tracee {
+    /// Thread id (supervisor's PID namespace).
+    pub tid: i32,
+}
+
+/// A path resolved in the agent's view.
+#[derive(Debug)]
+pub struct Resolved {
+    /// `O_PATH` fd to the object the kernel found (symlinks followed or not, as asked).
+    pub fd: OwnedFd,
+    /// The real absolute path of that object, as the agent sees it.
+    pub path: PathBuf,
+    /// The absolute path as the agent wrote it (lexically joined to cwd/dirfd), for display.
+    pub lexical: PathBuf,
+}
+
+impl Tracee {
+    pub fn new(tid: u32) -> Tracee {
+        Tracee { tid: tid as i32 }
+    }
+
+    fn proc(&self, rest: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/{rest}", self.tid))
+    }
+
+    /// Thread-group id (the process id) of the task.
+    pub fn tgid(&self) -> io::Result<i32> {
+        self.status_field("Tgid:")?
+            .parse()
+            .map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))
+    }
+
+    /// The task's thread-group id and thread id inside its own PID namespace.
+    pub fn ns_ids(&self) -> io::Result<(i32, i32)> {
+        let last = |f: String| f.split_whitespace().last().and_then(|v| v.parse().ok());
+        let tgid = last(self.status_field("NStgid:")?)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+        let tid = last(self.status_field("NSpid:")?)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+        Ok((tgid, tid))
+    }
+
+    /// File-creation mask of the task.
+    pub fn umask(&self) -> u32 {
+        self.status_field("Umask:")
+            .ok()
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            .unwrap_or(0o022)
+    }
+
+    fn status_field(&self, key: &str) -> io::Result<String> {
+        let s = fs::read_to_string(self.proc("status"))?;
+        s.lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))
+    }
+
+    /// Copy `len` bytes at `addr`.
+    pub fn read_bytes(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let mut off = 0;
+        while off < len {
+            let n = sys::read_process_memory(self.tid, addr + off as u64, &mut buf[off..])?;
+            if n == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EFAULT));
+            }
+            off += n;
+        }
+        Ok(buf)
+    }
+
+    /// Copy a NUL-terminated string of at most `max` bytes (without the NUL).
+    pub fn read_cstr(&self, addr: u64, max: usize) -> io::Result<Vec<u8>> {
+        if addr == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        let mut out = Vec::new();
+        let mut cur = addr;
+        while out.len() < max {
+            // Read up to the end of the current page, so we never fault on an unmapped page
+            // after the terminator.
+            let page_left = 4096 - (cur as usize % 4096);
+            let want = page_left.min(max + 1 - out.len());
+            let mut chunk = vec![0u8; want];
+            let n = sys::read_process_memory(self.tid, cur, &mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EFAULT));
+            }
+            if let Some(nul) = chunk[..n].iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..nul]);
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk[..n]);
+            cur += n as u64;
+        }
+        Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG))
+    }
+
+    /// Copy a NULL-terminated array of string pointers (argv).
+    pub fn read_argv(&self, addr: u64) -> io::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        if addr == 0 {
+            return Ok(out);
+        }
+        let mut total = 0;
+        for i in 0..ARGV_MAX_ENTRIES {
+            let p = self.read_bytes(addr + (i as u64) * 8, 8)?;
+            let ptr = u64::from_ne_bytes(p.try_into().expect("8 bytes"));
+            if ptr == 0 {
+                return Ok(out);
+            }
+            let s = self.read_cstr(ptr, ARGV_MAX_BYTES)?;
+            total += s.len() + 1;
+            if total > ARGV_MAX_BYTES {
+                return Err(io::Error::from_raw_os_error(libc::E2BIG));
+            }
+            out.push(s);
+        }
+        Err(io::Error::from_raw_os_error(libc::E2BIG))
+    }
+
+    /// An fd of the agent's, duplicated into the supervisor (same open file description).
+    pub fn dup_fd(&self, fd: i32) -> io::Result<OwnedFd> {
+        let pidfd = sys::pidfd_open(self.tgid()?)?;
+        sys::pidfd_getfd(pidfd.as_fd(), fd)
+    }
+
+    fn root(&self) -> io::Result<OwnedFd> {
+        let c = CString::new(self.proc("root").into_os_string().into_vec()).expect("no NUL");
+        sys::openat2(
+            fs::File::open("/").map(OwnedFd::from)?.as_fd(),
+            &c,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            0,
+            0,
+        )
+    }
+
+    /// The absolute path (agent's view) of the agent's cwd or of directory fd `dirfd`.
+    fn base_dir(&self, dirfd: i32) -> io::Result<PathBuf> {
+        let link = if dirfd == libc::AT_FDCWD {
+            self.proc("cwd")
+        } else {
+            self.proc(&format!("fd/{dirfd}"))
+        };
+        let p = fs::read_link(link)?;
+        if !p.is_absolute() {
+            // pipe:[..], socket:[..], anon_inode:..: not a directory.
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        Ok(p)
+    }
+
+    /// Resolve `path` (as passed to a `*at` call with `dirfd`) in the agent's root.
+    /// `follow`: follow a final symlink. `empty_path`: `AT_EMPTY_PATH` was given.
+    pub fn resolve(
+        &self,
+        dirfd: i32,
+        path: &[u8],
+        follow: bool,
+        empty_path: bool,
+    ) -> io::Result<Resolved> {
+        if path.is_empty() {
+            if !empty_path {
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            }
+            let fd = self.dup_fd(dirfd)?;
+            let p = fd_path(&fd)?;
+            return Ok(Resolved {
+                fd,
+                path: p.clone(),
+                lexical: p,
+            });
+        }
+        let (ns_tgid, ns_tid) = self.ns_ids()?;
+        let raw = Path::new(OsStr::from_bytes(path));
+        let lexical = if raw.is_absolute() {
+            normalize(raw)
+        } else {
+            normalize(&self.base_dir(dirfd)?.join(raw))
+        };
+        let translated = translate_proc_self(&lexical, ns_tgid, ns_tid);
+        // `/proc/<own pid>/fd/N`: the agent reopening one of its own fds. Resolve it to the fd's
+        // object ourselves (RESOLVE_IN_ROOT refuses magic links, and the policy must see the
+        // real file, not the link).
+        if let Some(fd) = own_fd_reference(&translated, ns_tgid) {
+            let fd = self.dup_fd(fd)?;
+            let p = fd_path(&fd)?;
+            return Ok(Resolved {
+                fd,
+                path: p,
+                lexical,
+            });
+        }
+        let root = self.root()?;
+        let c = CString::new(translated.into_os_string().into_vec())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let flags = libc::O_PATH | libc::O_CLOEXEC | if follow { 0 } else { libc::O_NOFOLLOW };
+        let fd = sys::openat2(root.as_fd(), &c, flags, 0, sys::RESOLVE_IN_ROOT)?;
+        let p = fd_path(&fd)?;
+        Ok(Resolved {
+            fd,
+            path: p,
+            lexical,
+        })
+    }
+
+    /// Resolve the parent directory of `path` and return it with the final component, for
+    /// calls that may create the final component (`O_CREAT`, `bind` of a unix socket).
+    pub fn resolve_parent(&self, dirfd: i32, path: &[u8]) -> io::Result<(Resolved, OsString)> {
+        let raw = Path::new(OsStr::from_bytes(path));
+        let lexical = if raw.is_absolute() {
+            normalize(raw)
+        } else {
+            normalize(&self.base_dir(dirfd)?.join(raw))
+        };
+        let name = lexical
+            .file_name()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EISDIR))?
+            .to_os_string();
+        let parent = lexical.parent().unwrap_or(Path::new("/"));
+        let dir = self.resolve(libc::AT_FDCWD, parent.as_os_str().as_bytes(), true, false)?;
+        Ok((dir, name))
+    }
+}
+
+/// The path of one of our own fds, as the kernel prints it.
+pub fn fd_path(fd: &OwnedFd) -> io::Result<PathBuf> {
+    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Lexical normalisation: drop `.`, fold `..`, no symlink resolution (the kernel does that).
+/// Used for display and for recognising `/proc/self`; never as the policy's path.
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+        }
+    }
+    out
+}
+
+/// `/proc/self/...` → `/proc/<tgid>/...`, `/proc/thread-self/...` → `/proc/<tgid>/task/<tid>/...`
+/// (the supervisor is not in the agent's PID namespace, so `self` would not resolve).
+fn translate_proc_self(p: &Path, tgid: i32, tid: i32) -> PathBuf {
+    if let Ok(rest) = p.strip_prefix("/proc/self") {
+        return Path::new(&format!("/proc/{tgid}")).join(rest);
+    }
+    if let Ok(rest) = p.strip_prefix("/proc/thread-self") {
+        return Path::new(&format!("/proc/{tgid}/task/{tid}")).join(rest);
+    }
+    p.to_path_buf()
+}
+
+/// `/proc/<tgid>/fd/<n>` (exactly) for the agent's own pid → n.
+fn own_fd_reference(p: &Path, tgid: i32) -> Option<i32> {
+    let rest = p.strip_prefix(format!("/proc/{tgid}/fd")).ok()?;
+    let mut comps = rest.components();
+    let n = comps.next()?.as_os_str().to_str()?.parse().ok()?;
+    comps.next().is_none().then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_folds_dots() {
+        assert_eq!(
+            normalize(Path::new("/a/./b/../c//d/")),
+            PathBuf::from("/a/c/d")
+        );
+        assert_eq!(normalize(Path::new("/../..")), PathBuf::from("/"));
+    }
+
+    #[test]
+    fn proc_self_is_translated() {
+        assert_eq!(
+            translate_proc_self(Path::new("/proc/self/fd/3"), 7, 9),
+            PathBuf::from("/proc/7/fd/3")
+        );
+        assert_eq!(
+            translate_proc_self(Path::new("/proc/thread-self/x"), 7, 9),
+            PathBuf::from("/proc/7/task/9/x")
+        );
+        assert_eq!(own_fd_reference(Path::new("/proc/7/fd/3"), 7), Some(3));
+        assert_eq!(own_fd_reference(Path::new("/proc/8/fd/3"), 7), None);
+        assert_eq!(own_fd_reference(Path::new("/proc/7/fd/3/x"), 7), None);
+    }
+}

@@ -1,0 +1,967 @@
+//! Thin wrappers over the raw Linux system calls the supervisor needs.
+//!
+//! Every `unsafe` block of the crate lives here, each with a `// SAFETY:` comment; the
+//! sandbox, supervision and handler modules call these safe functions. Errors are
+//! `io::Error` from `errno`; callers add context (which step, which path).
+//!
+//! Minimum kernel: 5.9 for `SECCOMP_IOCTL_NOTIF_ADDFD` / `pidfd_getfd` / `close_range`,
+//! 5.6 for `openat2`, 5.2 for the new mount API, 6.6 for `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`
+//! (optional), 5.19 for `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (optional).
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_int(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Retry a call on `EINTR`.
+pub fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+fn owned(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: `fd` was just returned by a successful system call that creates a new file
+    // descriptor, which nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+}
+
+// ---------------------------------------------------------------------------------------
+// seccomp
+
+/// A classic BPF instruction (`struct sock_filter`).
+pub type SockFilter = libc::sock_filter;
+
+/// `SECCOMP_FILTER_FLAG_*` we use.
+pub const FILTER_FLAG_NEW_LISTENER: u64 = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+pub const FILTER_FLAG_WAIT_KILLABLE_RECV: u64 = libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (6.6+): wake the supervisor on the same CPU.
+const USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+
+/// Install a seccomp filter on the calling thread. Returns the listener fd when
+/// `FILTER_FLAG_NEW_LISTENER` is in `flags`. Requires `no_new_privs` (or CAP_SYS_ADMIN).
+pub fn seccomp_set_filter(prog: &[SockFilter], flags: u64) -> io::Result<Option<OwnedFd>> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        filter: prog.as_ptr() as *mut SockFilter,
+    };
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel copies it.
+    let ret = check(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &fprog as *const _,
+        )
+    })?;
+    if flags & FILTER_FLAG_NEW_LISTENER != 0 {
+        Ok(Some(owned(ret)))
+    } else {
+        Ok(None)
+    }
+}
+
+/// One notification (`struct seccomp_notif`), decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Notif {
+    pub id: u64,
+    /// Thread id of the trapped task, in the supervisor's PID namespace.
+    pub pid: u32,
+    pub nr: i32,
+    pub arch: u32,
+    pub args: [u64; 6],
+}
+
+/// `SECCOMP_IOCTL_NOTIF_RECV`. Blocks until a notification arrives.
+pub fn notif_recv(listener: BorrowedFd<'_>) -> io::Result<Notif> {
+    let mut n = MaybeUninit::<libc::seccomp_notif>::zeroed();
+    // SAFETY: the kernel requires a zeroed `seccomp_notif` and writes a complete one into it.
+    check_int(unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_RECV as _,
+            n.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: the ioctl succeeded, so the kernel filled the struct.
+    let n = unsafe { n.assume_init() };
+    Ok(Notif {
+        id: n.id,
+        pid: n.pid,
+        nr: n.data.nr,
+        arch: n.data.arch,
+        args: n.data.args,
+    })
+}
+
+/// `SECCOMP_IOCTL_NOTIF_ID_VALID`: is the trapped task still waiting on notification `id`?
+pub fn notif_id_valid(listener: BorrowedFd<'_>, id: u64) -> bool {
+    // SAFETY: the ioctl reads one u64 from the pointer, which is valid for the call.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _,
+            &id,
+        ) == 0
+    }
+}
+
+/// `SECCOMP_IOCTL_NOTIF_SEND`: `Ok(val)` makes the syscall return `val`; `Err(errno)` makes it
+/// fail with that errno. (We never use `SECCOMP_USER_NOTIF_FLAG_CONTINUE` for checked
+/// operations; see [`notif_continue`].)
+pub fn notif_respond(
+    listener: BorrowedFd<'_>,
+    id: u64,
+    result: Result<i64, i32>,
+) -> io::Result<()> {
+    let (val, error) = match result {
+        Ok(v) => (v, 0),
+        Err(e) => (0, -e.abs()),
+    };
+    let resp = libc::seccomp_notif_resp {
+        id,
+        val,
+        error,
+        flags: 0,
+    };
+    // SAFETY: the kernel reads a complete `seccomp_notif_resp` from a valid pointer.
+    check_int(unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SEND as _,
+            &resp,
+        )
+    })
+    .map(drop)
+}
+
+/// Let the trapped syscall run as the agent issued it. Only for `execve`/`execveat`, which
+/// cannot be emulated; the exec guard then checks the new image before it runs.
+pub fn notif_continue(listener: BorrowedFd<'_>, id: u64) -> io::Result<()> {
+    let resp = libc::seccomp_notif_resp {
+        id,
+        val: 0,
+        error: 0,
+        flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+    };
+    // SAFETY: as in `notif_respond`.
+    check_int(unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SEND as _,
+            &resp,
+        )
+    })
+    .map(drop)
+}
+
+/// `SECCOMP_IOCTL_NOTIF_ADDFD` with `SECCOMP_ADDFD_FLAG_SEND`: install `fd` in the trapped
+/// task's fd table and make the syscall return the new fd number, atomically.
+pub fn notif_addfd_send(
+    listener: BorrowedFd<'_>,
+    id: u64,
+    fd: BorrowedFd<'_>,
+    cloexec: bool,
+) -> io::Result<i32> {
+    let addfd = libc::seccomp_notif_addfd {
+        id,
+        flags: libc::SECCOMP_ADDFD_FLAG_SEND as u32,
+        srcfd: fd.as_raw_fd() as u32,
+        newfd: 0,
+        newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+    };
+    // SAFETY: the kernel reads a complete `seccomp_notif_addfd` from a valid pointer.
+    check_int(unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ADDFD as _,
+            &addfd,
+        )
+    })
+}
+
+/// Ask for same-CPU wake-ups (6.6+). Returns false when the kernel lacks the flag.
+pub fn notif_set_sync_wakeup(listener: BorrowedFd<'_>) -> bool {
+    // SAFETY: the ioctl takes the flags by value.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS as _,
+            USER_NOTIF_FD_SYNC_WAKE_UP,
+        ) == 0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// processes
+
+/// `clone3` with `CLONE_PIDFD` and the given namespace flags, fork-like (no new stack).
+/// Returns `Ok(None)` in the child and `Ok(Some((pid, pidfd)))` in the parent.
+///
+/// # Safety
+/// As for `fork`: in the child, only async-signal-safe work is allowed if the parent had
+/// other threads. The supervisor calls this before it starts any thread.
+pub unsafe fn clone3_fork(ns_flags: u64) -> io::Result<Option<(libc::pid_t, OwnedFd)>> {
+    let mut pidfd: RawFd = -1;
+    // SAFETY: clone_args is plain data; zero is valid for every field.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = ns_flags | libc::CLONE_PIDFD as u64;
+    args.pidfd = &mut pidfd as *mut RawFd as u64;
+    args.exit_signal = libc::SIGCHLD as u64;
+    // SAFETY: `args` is a valid clone_args of the size we pass; no stack is given, so the child
+    // continues on a copy of this stack like `fork`. The caller upholds the fork contract.
+    let ret = check(unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            size_of::<libc::clone_args>(),
+        )
+    })?;
+    if ret == 0 {
+        Ok(None)
+    } else {
+        Ok(Some((ret as libc::pid_t, owned(pidfd as libc::c_long))))
+    }
+}
+
+/// Plain `fork()` (used by the sandbox's init to start the agent).
+///
+/// # Safety
+/// As for `fork`: the caller must be single-threaded or only do async-signal-safe work in
+/// the child.
+pub unsafe fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: upheld by the caller.
+    check_int(unsafe { libc::fork() })
+}
+
+/// `pidfd_open(pid, 0)`.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }).map(owned)
+}
+
+/// `pidfd_getfd(pidfd, targetfd, 0)`: duplicate another process's file descriptor.
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, targetfd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), targetfd, 0) })
+        .map(owned)
+}
+
+/// `pidfd_send_signal(pidfd, sig, NULL, 0)`.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall; a NULL siginfo is allowed.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            0usize,
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// `waitid(P_PIDFD, pidfd, WEXITED)`: returns the raw wait status as (code, status) decoded to
+/// an exit code: `Exited(n)` or `Signaled(sig)`.
+pub fn waitid_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<ExitStatus> {
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: `info` is a valid siginfo_t buffer for the kernel to fill.
+    retry(|| {
+        check_int(unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                info.as_mut_ptr(),
+                libc::WEXITED,
+            )
+        })
+    })?;
+    // SAFETY: waitid succeeded and filled `info`.
+    let info = unsafe { info.assume_init() };
+    // SAFETY: for CLD_* codes the union member holding si_status is valid.
+    let status = unsafe { info.si_status() };
+    Ok(match info.si_code {
+        libc::CLD_EXITED => ExitStatus::Exited(status),
+        _ => ExitStatus::Signaled(status),
+    })
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// Shell convention: the exit code, or 128+N when killed by signal N.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+/// `waitpid(pid, flags)` returning the raw status.
+pub fn waitpid(pid: libc::pid_t, flags: i32) -> io::Result<(libc::pid_t, i32)> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out pointer.
+    let r = check_int(unsafe { libc::waitpid(pid, &mut status, flags) })?;
+    Ok((r, status))
+}
+
+/// `prctl(PR_SET_PDEATHSIG, sig)`.
+pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    check_int(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) })
+        .map(drop)
+}
+
+/// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    check_int(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
+}
+
+/// `prctl(PR_SET_DUMPABLE, v)`.
+pub fn set_dumpable(v: bool) -> io::Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    check_int(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, v as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`: mark every fd from `first` on close-on-exec.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    })
+    .map(drop)
+}
+
+/// Clear `FD_CLOEXEC` on one fd (for fds the user asked to pass to the agent).
+pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an integer fd; an invalid fd just fails with EBADF.
+    check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
+}
+
+/// `execvp(argv[0], argv)`; returns only on failure.
+pub fn execvp(argv: &[CString]) -> io::Error {
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: `ptrs` is a NULL-terminated array of valid C strings that outlive the call.
+    unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// `_exit(code)`: leave without running destructors or atexit handlers (forked children).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// `kill(pid, sig)`.
+pub fn kill(pid: libc::pid_t, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    check_int(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// Block `sigs` in the calling thread; returns the previous mask.
+pub fn block_signals(sigs: &[i32]) -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in sigs {
+            libc::sigaddset(&mut set, s);
+        }
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        Ok(old)
+    }
+}
+
+/// Restore a signal mask saved by [`block_signals`] and reset every handler to default
+/// (the agent must not inherit the supervisor's dispositions).
+pub fn restore_signals(old: &libc::sigset_t) {
+    // SAFETY: resetting dispositions and the mask is async-signal-safe and always valid.
+    unsafe {
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut());
+    }
+}
+
+/// Wait for one of the blocked signals in `sigs`; returns (signal, si_code). `si_code` is
+/// `SI_USER` for kill(2), `SI_KERNEL` for terminal-generated signals.
+pub fn sigwait_info(sigs: &[i32]) -> io::Result<(i32, i32)> {
+    // SAFETY: sigset_t and siginfo_t are plain data, initialised before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in sigs {
+            libc::sigaddset(&mut set, s);
+        }
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let sig = retry(|| check_int(libc::sigwaitinfo(&set, &mut info)))?;
+        Ok((sig, info.si_code))
+    }
+}
+
+/// Ignore a signal in this process (e.g. SIGINT, which the terminal sends to the agent too).
+pub fn ignore_signal(sig: i32) {
+    // SAFETY: setting SIG_IGN is always valid.
+    unsafe { libc::signal(sig, libc::SIG_IGN) };
+}
+
+// ---------------------------------------------------------------------------------------
+// ptrace (exec guard)
+
+pub const PTRACE_EVENT_EXEC: i32 = libc::PTRACE_EVENT_EXEC;
+pub const PTRACE_EVENT_STOP: i32 = libc::PTRACE_EVENT_STOP;
+
+/// `PTRACE_SEIZE` one thread with `PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL`.
+pub fn ptrace_seize(tid: libc::pid_t) -> io::Result<()> {
+    let opts = (libc::PTRACE_O_TRACEEXEC | libc::PTRACE_O_EXITKILL) as usize;
+    // SAFETY: PTRACE_SEIZE takes integer arguments only.
+    check(unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0usize, opts) }).map(drop)
+}
+
+/// `PTRACE_INTERRUPT`.
+pub fn ptrace_interrupt(tid: libc::pid_t) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0usize, 0usize) }).map(drop)
+}
+
+/// `PTRACE_DETACH`, delivering `sig` (0 for none).
+pub fn ptrace_detach(tid: libc::pid_t, sig: i32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0usize, sig as usize) }).map(drop)
+}
+
+/// `PTRACE_GETEVENTMSG`.
+pub fn ptrace_geteventmsg(tid: libc::pid_t) -> io::Result<u64> {
+    let mut msg: libc::c_ulong = 0;
+    // SAFETY: the kernel writes one c_ulong to the valid pointer.
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETEVENTMSG,
+            tid,
+            0usize,
+            &mut msg as *mut libc::c_ulong,
+        )
+    })?;
+    Ok(msg as u64)
+}
+
+// ---------------------------------------------------------------------------------------
+// files and mounts
+
+/// `openat2(dirfd, path, how)`.
+pub fn openat2(
+    dirfd: BorrowedFd<'_>,
+    path: &CStr,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let mut how: libc::open_how = {
+        // SAFETY: open_how is plain data; zero is a valid value for every field.
+        unsafe { std::mem::zeroed() }
+    };
+    how.flags = flags as u64 & 0xffff_ffff;
+    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        mode as u64
+    } else {
+        0
+    };
+    how.resolve = resolve;
+    // SAFETY: `path` is a valid C string and `how` a valid open_how of the size we pass.
+    retry(|| {
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dirfd.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const libc::open_how,
+                size_of::<libc::open_how>(),
+            )
+        })
+    })
+    .map(owned)
+}
+
+pub const RESOLVE_IN_ROOT: u64 = libc::RESOLVE_IN_ROOT;
+pub const RESOLVE_NO_MAGICLINKS: u64 = libc::RESOLVE_NO_MAGICLINKS;
+pub const RESOLVE_NO_SYMLINKS: u64 = libc::RESOLVE_NO_SYMLINKS;
+pub const RESOLVE_BENEATH: u64 = libc::RESOLVE_BENEATH;
+
+/// `fstat(fd)` → (st_dev, st_ino, st_mode).
+pub fn fstat_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64, u32)> {
+    let mut st = MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is a valid out buffer.
+    check_int(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_dev, st.st_ino, st.st_mode))
+}
+
+const OPEN_TREE_CLONE: u32 = 1;
+const OPEN_TREE_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+const FSOPEN_CLOEXEC: u32 = 1;
+const FSMOUNT_CLOEXEC: u32 = 1;
+const FSCONFIG_SET_STRING: u32 = 1;
+const FSCONFIG_CMD_CREATE: u32 = 6;
+const AT_RECURSIVE: u32 = 0x8000;
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A new, detached tmpfs (never reachable from any path) via `fsopen`/`fsmount`.
+pub fn detached_tmpfs(mode: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: all pointers are valid C strings for the duration of each call.
+    unsafe {
+        let fs = owned(check(libc::syscall(
+            libc::SYS_fsopen,
+            c"tmpfs".as_ptr(),
+            FSOPEN_CLOEXEC,
+        ))?);
+        check(libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            c"mode".as_ptr(),
+            mode.as_ptr(),
+            0,
+        ))?;
+        check(libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            0usize,
+            0usize,
+            0,
+        ))?;
+        let mnt = check(libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            0,
+        ))?;
+        Ok(owned(mnt))
+    }
+}
+
+/// `open_tree(dirfd, path, OPEN_TREE_CLONE)`: a detached bind-mount copy of `path`.
+pub fn open_tree_clone(dirfd: RawFd, path: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is a valid C string.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            dirfd,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC,
+        )
+    })
+    .map(owned)
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH|AT_RECURSIVE, attr_set)`.
+pub fn mount_setattr(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `attr` is a valid mount_attr of the size we pass; the path is an empty C string.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as u32 | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attach a detached mount.
+pub fn move_mount_to(fd: BorrowedFd<'_>, target: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings for the duration of the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+/// `mount(src, target, fstype, flags, NULL)`.
+pub fn mount(
+    src: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+) -> io::Result<()> {
+    let p = |s: Option<&CStr>| s.map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: every pointer is NULL or a valid C string for the duration of the call.
+    check_int(unsafe { libc::mount(p(src), target.as_ptr(), p(fstype), flags, std::ptr::null()) })
+        .map(drop)
+}
+
+/// `mkdirat` / create an empty file inside a directory fd (used on the detached tmpfs).
+pub fn mkdirat(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    check_int(unsafe { libc::mkdirat(dirfd.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+/// Create an empty file `name` in `dirfd` with `mode`.
+pub fn create_file_at(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: valid C string; the returned fd is closed right away.
+    let fd = check_int(unsafe {
+        libc::openat(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+            mode,
+        )
+    })?;
+    drop(owned(fd as libc::c_long));
+    Ok(())
+}
+
+/// `fchmodat(dirfd, name, mode)`.
+pub fn fchmodat(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    check_int(unsafe { libc::fchmodat(dirfd.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+}
+
+// ---------------------------------------------------------------------------------------
+// capabilities and credentials
+
+/// The calling thread's effective uid/gid.
+pub fn euid_egid() -> (u32, u32) {
+    // SAFETY: geteuid/getegid cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// `setfsuid`-style per-thread drop of file-access capabilities: `capset` on this thread only
+/// with an empty effective set, keeping permitted. Used by the thread that opens files for the
+/// agent, so the supervisor's CAP_DAC_OVERRIDE never helps the agent.
+pub fn drop_effective_caps_this_thread() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut hdr = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and two data structs are the v3 capget/capset layout.
+    unsafe {
+        check(libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut Header,
+            data.as_mut_ptr(),
+        ))?;
+        for d in &mut data {
+            d.effective = 0;
+        }
+        check(libc::syscall(
+            libc::SYS_capset,
+            &mut hdr as *mut Header,
+            data.as_ptr(),
+        ))?;
+    }
+    Ok(())
+}
+
+/// `gettid()`.
+pub fn gettid() -> libc::pid_t {
+    // SAFETY: gettid cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Read `len` bytes at `addr` of process `pid` with `process_vm_readv`.
+pub fn read_process_memory(pid: libc::pid_t, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes our own valid buffer; the kernel checks the remote range.
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Write `buf` at `addr` of process `pid` with `process_vm_writev` (used to fill in
+/// `msg_len` results of an emulated `sendmmsg`).
+pub fn write_process_memory(pid: libc::pid_t, addr: u64, buf: &[u8]) -> io::Result<usize> {
+    let local = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes our own valid buffer; the kernel checks the remote range.
+    let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `fcntl(fd, F_GETFL)`.
+pub fn fd_status_flags(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    // SAFETY: fcntl on a valid fd.
+    check_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}
+
+/// `connect(fd, addr)` with raw sockaddr bytes.
+pub fn connect_raw(fd: BorrowedFd<'_>, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: `addr` is a buffer of `addr.len()` bytes holding a sockaddr; the kernel validates it.
+    check_int(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// `bind(fd, addr)` with raw sockaddr bytes.
+pub fn bind_raw(fd: BorrowedFd<'_>, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: as in `connect_raw`.
+    check_int(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// `sendmsg(fd, msg)` built from owned parts: data, optional raw address, optional control.
+pub fn sendmsg_raw(
+    fd: BorrowedFd<'_>,
+    data: &[&[u8]],
+    addr: Option<&[u8]>,
+    control: &[u8],
+    flags: i32,
+) -> io::Result<usize> {
+    let iov: Vec<libc::iovec> = data
+        .iter()
+        .map(|d| libc::iovec {
+            iov_base: d.as_ptr() as *mut _,
+            iov_len: d.len(),
+        })
+        .collect();
+    // SAFETY: msghdr is plain data; zero is valid for every field.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    if let Some(a) = addr {
+        msg.msg_name = a.as_ptr() as *mut _;
+        msg.msg_namelen = a.len() as u32;
+    }
+    msg.msg_iov = iov.as_ptr() as *mut _;
+    msg.msg_iovlen = iov.len();
+    if !control.is_empty() {
+        msg.msg_control = control.as_ptr() as *mut _;
+        msg.msg_controllen = control.len();
+    }
+    // SAFETY: every pointer in `msg` refers to buffers that outlive the call.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `getsockopt(fd, SOL_SOCKET, SO_DOMAIN)`.
+pub fn socket_domain(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: out pointers are valid for the given length.
+    check_int(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(v)
+}
+
+/// `tgkill(tgid, tid, sig)`.
+pub fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: i32) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) }).map(drop)
+}
+
+/// `isatty(fd)`.
+pub fn isatty(fd: RawFd) -> bool {
+    // SAFETY: isatty on an integer fd.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// `poll` on one fd for `events`, with a timeout in milliseconds (-1 = forever).
+pub fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout_ms: i32) -> io::Result<i16> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = check_int(unsafe { libc::poll(&mut p, 1, timeout_ms) })?;
+    Ok(if n == 0 { 0 } else { p.revents })
+}
+
+/// `pipe2(O_CLOEXEC)`.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two fds.
+    check_int(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok((owned(fds[0] as libc::c_long), owned(fds[1] as libc::c_long)))
+}
+
+/// Write all of `buf` to a raw fd (no allocation; usable after fork).
+pub fn write_all_fd(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for `buf.len()` bytes.
+        let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Read exactly `buf.len()` bytes; `Ok(false)` on EOF before any byte.
+pub fn read_exact_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<bool> {
+    let mut off = 0;
+    while off < buf.len() {
+        // SAFETY: the slice from `off` is valid for writing.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf[off..].as_mut_ptr().cast(),
+                buf.len() - off,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return if off == 0 {
+                Ok(false)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        off += n as usize;
+    }
+    Ok(true)
+}
+
+/// Landlock ABI version of the running kernel (0 when Landlock is unavailable).
+pub fn landlock_abi() -> i32 {
+    // SAFETY: LANDLOCK_CREATE_RULESET_VERSION with NULL/0 only queries the ABI.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    if r < 0 {
+        0
+    } else {
+        r as i32
+    }
+}
