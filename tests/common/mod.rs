@@ -1,0 +1,207 @@
+//! Shared helpers for the privileged integration tests: run the real `agent-supervisor`
+//! binary against the real kernel, with a time limit, in a throw-away workspace, and read the
+//! results from outside the sandbox (files, listeners, the audit log).
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The supervisor binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_agent-supervisor"))
+}
+
+/// When `$cond` is false: print why the test cannot run here, record it in
+/// `target/tmp/skipped.txt` (which `cargo xtask test` counts and reports as skipped), and
+/// return. A skipped test never passes silently.
+#[macro_export]
+macro_rules! skip_unless {
+    ($cond:expr, $why:expr) => {
+        if !$cond {
+            $crate::common::record_skip(module_path!(), line!(), &$why.to_string());
+            return;
+        }
+    };
+}
+
+/// Record a skipped test (see `skip_unless!`).
+pub fn record_skip(module: &str, line: u32, why: &str) {
+    use std::io::Write;
+    eprintln!("skipping {module}:{line}: {why}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{module}:{line}: {why}");
+    }
+}
+
+/// Is this process root (the privileged tests need it)?
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// A temporary workspace directory, removed on drop.
+pub struct Workspace {
+    pub dir: PathBuf,
+    pub audit: PathBuf,
+}
+
+impl Workspace {
+    pub fn new(name: &str) -> Workspace {
+        let base = std::env::temp_dir().join(format!("as-test-{}-{}-{}", name, std::process::id(), nanos()));
+        let dir = base.join("ws");
+        std::fs::create_dir_all(&dir).expect("create workspace");
+        let audit = base.join("audit.jsonl");
+        Workspace { dir, audit }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, content).expect("write");
+        p
+    }
+
+    pub fn read(&self, rel: &str) -> Option<String> {
+        std::fs::read_to_string(self.path(rel)).ok()
+    }
+
+    /// Write a policy file next to the workspace (outside it) and return its path.
+    pub fn policy(&self, text: &str) -> PathBuf {
+        let p = self.dir.parent().expect("base").join("policy.toml");
+        std::fs::write(&p, text).expect("write policy");
+        p
+    }
+
+    /// `agent-supervisor run --audit <audit> [extra...] -- <cmd...>` in the workspace.
+    pub fn run(&self, extra: &[&str], cmd: &[&str], timeout: Duration) -> Result_ {
+        let mut c = Command::new(bin());
+        c.arg("run").arg("-q").arg("--audit").arg(&self.audit).args(extra).arg("--").args(cmd);
+        c.current_dir(&self.dir).stdin(Stdio::null());
+        c.env_remove("CI");
+        run_with_timeout(c, timeout)
+    }
+
+    /// The audit records, parsed.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+
+    /// Audit decision records of one kind.
+    pub fn decisions(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.audit().into_iter().filter(|r| r["kind"] == kind).collect()
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if let Some(base) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// Result of a run: exit code (None if killed by the time limit) and output.
+#[derive(Debug)]
+pub struct Result_ {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+}
+
+/// Run a command with a hard time limit; on expiry kill it (SIGKILL) and report.
+pub fn run_with_timeout(mut c: Command, timeout: Duration) -> Result_ {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn agent-supervisor");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if start.elapsed() > timeout {
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Result_ {
+        code: status.and_then(|s| s.code()),
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+        timed_out,
+    }
+}
+
+/// Compile a C program with the system compiler into `dir/name`; None if no compiler.
+pub fn compile_c(dir: &Path, name: &str, src: &str, extra: &[&str]) -> Option<PathBuf> {
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, src).ok()?;
+    let out = dir.join(name);
+    let st = Command::new("cc").args(["-O1", "-o"]).arg(&out).arg(&c).args(extra).status().ok()?;
+    st.success().then_some(out)
+}
+
+/// A TCP listener on 127.0.0.1 (ephemeral port) that records whether anyone connected.
+pub struct Listener {
+    pub port: u16,
+    inner: std::net::TcpListener,
+}
+
+impl Listener {
+    pub fn new() -> Listener {
+        let inner = std::net::TcpListener::bind("127.0.0.1:0").expect("bind listener");
+        inner.set_nonblocking(true).expect("nonblocking");
+        Listener { port: inner.local_addr().expect("addr").port(), inner }
+    }
+
+    /// Did any connection arrive (accepts everything pending)?
+    pub fn was_reached(&self) -> bool {
+        let mut reached = false;
+        while let Ok((_s, _)) = self.inner.accept() {
+            reached = true;
+        }
+        reached
+    }
+}
+
+/// Is a process with this exact command line still alive anywhere?
+pub fn process_alive_with_marker(marker: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return false };
+    rd.flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(marker)).unwrap_or(false)
+    })
+}
