@@ -53,6 +53,10 @@ attempt ls -A
 
 # 4. Privilege escalation.
 step "run sudo id" "deny"
+if ! command -v sudo >/dev/null 2>&1; then
+    printf '[agent]   (sudo is not installed here: the shell finds no sudo to run, so the\n'
+    printf '[agent]    policy is never asked; where sudo exists the exec is denied)\n'
+fi
 attempt sudo -n id
 
 # 5. A destructive command. Make something to destroy first (writing is allowed).

@@ -5,9 +5,11 @@
 //!    `examples/demo-agent.sh` (copied so that the agent's own script is a workspace file the
 //!    default policy lets it read);
 //! 3. listen on a TCP port of 127.0.0.1 for the agent's "ask" connection;
-//! 4. `agent-supervisor run [--headless] [--audit-log FILE] -- sh demo-agent.sh PORT` with the
-//!    workspace as the current directory. `--headless` is passed when stdin is not a terminal
-//!    (then "ask" means deny); `--audit-log` when the supervisor's `run --help` offers it.
+//! 4. `agent-supervisor run [--headless] --audit FILE -- sh demo-agent.sh PORT` with the
+//!    workspace as the current directory and no `--policy`, so the built-in default policy
+//!    applies (unless the user has a policy in ~/.config or /etc: the supervisor's first line
+//!    names the policy it uses). `--headless` is passed when stdin is not a terminal (then
+//!    "ask" means deny); `--audit` when the supervisor's `run --help` offers it.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::net::{Ipv4Addr, TcpListener};
@@ -61,7 +63,7 @@ pub fn run(workspace: &Path) -> Result<()> {
 
     let headless = !std::io::stdin().is_terminal();
     let audit_log = run_help
-        .contains("--audit-log")
+        .contains("--audit <")
         .then(|| demo_dir.join("audit.jsonl"));
     let mut cmd = Command::new(&supervisor);
     cmd.arg("run");
@@ -69,7 +71,7 @@ pub fn run(workspace: &Path) -> Result<()> {
         cmd.arg("--headless");
     }
     if let Some(audit_log) = &audit_log {
-        cmd.arg("--audit-log").arg(audit_log);
+        cmd.arg("--audit").arg(audit_log);
     }
     cmd.args(["--", "sh", "demo-agent.sh"])
         .arg(port.to_string())
@@ -88,13 +90,19 @@ pub fn run(workspace: &Path) -> Result<()> {
     println!();
 
     match &audit_log {
-        Some(path) if path.exists() => println!("demo: audit log written to {}", path.display()),
+        Some(path) if path.exists() => {
+            let records = fs::read_to_string(path).map_or(0, |log| log.lines().count());
+            println!(
+                "demo: audit log ({records} records) written to {}",
+                path.display()
+            );
+        }
         Some(path) => println!(
             "demo: no audit log at {} (the supervisor wrote none)",
             path.display()
         ),
         None => println!(
-            "demo: `agent-supervisor run --help` offers no --audit-log option; the audit log is \
+            "demo: `agent-supervisor run --help` offers no --audit option; the audit log is \
              wherever the supervisor writes it by default (see its output above)"
         ),
     }
