@@ -156,7 +156,7 @@ fn decide_exec(policy: &Policy, path: &Path, invoked: Option<&Path>, argv: &[Str
             let candidates = std::iter::once(path).chain(via_invoked);
             let hit = match (&rule.target, m) {
                 (Target::Command { .. }, RuleMatcher::Command(c)) => {
-                    c.args_match(&args) && candidates.into_iter().any(|p| c.program_matches(p))
+                    candidates.into_iter().any(|p| c.program_matches(p)) && c.args_match(&args)
                 }
                 (Target::File { access, .. }, RuleMatcher::File(m)) => {
                     access.exec && candidates.into_iter().any(|p| m.is_match(p))

@@ -8,6 +8,8 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use std::sync::OnceLock;
+
 use globset::{GlobBuilder, GlobMatcher};
 use ipnet::IpNet;
 
@@ -21,20 +23,107 @@ pub(crate) enum RuleMatcher {
     Network(NetMatcher),
 }
 
-fn glob(pattern: &str, literal_separator: bool) -> Result<GlobMatcher, String> {
-    GlobBuilder::new(pattern)
+fn glob(pattern: &str, literal_separator: bool) -> Result<LazyGlob, String> {
+    let glob = GlobBuilder::new(pattern)
         .literal_separator(literal_separator)
         .backslash_escape(true)
         .build()
-        .map(|g| g.compile_matcher())
-        .map_err(|e| e.kind().to_string())
+        .map_err(|e| e.kind().to_string())?;
+    let one_of = pattern
+        .strip_prefix('{')
+        .and_then(|p| p.strip_suffix('}'))
+        .filter(|inner| !inner.contains('\\') && inner.split(',').all(|alt| !has_glob(alt)));
+    let fast = if !has_glob(pattern) {
+        Fast::Exact(unescape(pattern))
+    } else if let Some(inner) = one_of {
+        Fast::OneOf(inner.split(',').map(String::from).collect())
+    } else {
+        match pattern.strip_suffix("/**") {
+            Some(prefix) if !prefix.is_empty() && !has_glob(prefix) => {
+                Fast::Under(format!("{}/", unescape(prefix)))
+            }
+            _ => Fast::Regex(literal_prefix(pattern)),
+        }
+    };
+    Ok(LazyGlob {
+        glob,
+        fast,
+        compiled: OnceLock::new(),
+    })
+}
+
+/// The glob-free start of a pattern (unescaped): every match starts with it.
+fn literal_prefix(pattern: &str) -> String {
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some(n) => out.push(n),
+                None => break,
+            }
+        } else if matches!(c, '*' | '?' | '[' | '{' | ']' | '}') {
+            break;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A glob whose syntax is checked when the policy is parsed but whose regex is compiled only
+/// on first use (compiling every rule's regex up front cost milliseconds of start-up).
+/// Literal patterns and `literal/**` are matched without any regex, exactly as globset would.
+#[derive(Debug, Clone)]
+pub(crate) struct LazyGlob {
+    glob: globset::Glob,
+    fast: Fast,
+    compiled: OnceLock<GlobMatcher>,
+}
+
+#[derive(Debug, Clone)]
+enum Fast {
+    /// No glob characters: the whole string.
+    Exact(String),
+    /// `prefix/**`: anything starting with `prefix/`.
+    Under(String),
+    /// `{a,b,c}` of literals: exactly one of them.
+    OneOf(Vec<String>),
+    /// The regex, after a quick check of the literal prefix every match starts with (so a
+    /// rule about `{workspace}/**/.env` never compiles its regex for `/usr/bin/ls`).
+    Regex(String),
+}
+
+impl LazyGlob {
+    pub fn is_match(&self, s: impl AsRef<Path>) -> bool {
+        let s = s.as_ref();
+        match &self.fast {
+            Fast::Exact(lit) => s.as_os_str().as_encoded_bytes() == lit.as_bytes(),
+            Fast::Under(prefix) => s
+                .as_os_str()
+                .as_encoded_bytes()
+                .starts_with(prefix.as_bytes()),
+            Fast::OneOf(alts) => alts
+                .iter()
+                .any(|a| s.as_os_str().as_encoded_bytes() == a.as_bytes()),
+            Fast::Regex(prefix) => {
+                s.as_os_str()
+                    .as_encoded_bytes()
+                    .starts_with(prefix.as_bytes())
+                    && self
+                        .compiled
+                        .get_or_init(|| self.glob.compile_matcher())
+                        .is_match(s)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 enum PathAlt {
     /// Matches the path and everything under it.
     Literal(PathBuf),
-    Glob(GlobMatcher),
+    Glob(LazyGlob),
 }
 
 /// Matches absolute paths against one pattern, possibly in several spellings (the written
@@ -72,7 +161,7 @@ impl PathMatcher {
 #[derive(Debug, Clone)]
 pub(crate) enum ProgramMatcher {
     /// A pattern without `/`: the program's basename.
-    Basename(GlobMatcher),
+    Basename(LazyGlob),
     /// A pattern with `/`: the program's full path.
     Path(PathMatcher),
 }
@@ -81,7 +170,7 @@ pub(crate) enum ProgramMatcher {
 pub(crate) struct CommandMatcher {
     pub program: ProgramMatcher,
     /// None: any arguments.
-    args: Option<Vec<GlobMatcher>>,
+    args: Option<Vec<LazyGlob>>,
 }
 
 impl CommandMatcher {
@@ -128,7 +217,7 @@ pub(crate) enum HostMatcher {
     Ip(IpAddr),
     Net(IpNet),
     /// A host name glob, matched case-insensitively against the request's `host`.
-    Name(GlobMatcher),
+    Name(LazyGlob),
 }
 
 #[derive(Debug, Clone)]
@@ -334,6 +423,118 @@ mod tests {
             "10.0.0.0/33:1",
         ] {
             assert!(NetMatcher::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}
+
+#[cfg(test)]
+mod lazy_glob_tests {
+    use super::*;
+
+    /// The regex-free fast paths must agree with globset on every input.
+    #[test]
+    fn fast_paths_agree_with_globset() {
+        let inputs = [
+            "/usr",
+            "/usr/",
+            "/usr/bin",
+            "/usr/bin/ls",
+            "/usrx",
+            "/us",
+            "/",
+            "sudo",
+            "sudox",
+            "xsudo",
+            "",
+            "a b",
+            "su",
+            "doas",
+            "sudo,su",
+            "{sudo,su,doas}",
+        ];
+        for pattern in [
+            "/usr/**",
+            "/usr/bin/**",
+            "sudo",
+            "/usr/bin/ls",
+            "a b",
+            "/a\\*b/**",
+            "{sudo,su,doas}",
+            "{a b,sudo}",
+        ] {
+            for sep in [true, false] {
+                let lazy = glob(pattern, sep).unwrap();
+                assert!(
+                    !matches!(lazy.fast, Fast::Regex(_)),
+                    "{pattern} should take a fast path"
+                );
+                let reference = GlobBuilder::new(pattern)
+                    .literal_separator(sep)
+                    .backslash_escape(true)
+                    .build()
+                    .unwrap()
+                    .compile_matcher();
+                for input in inputs {
+                    assert_eq!(
+                        lazy.is_match(input),
+                        reference.is_match(input),
+                        "pattern {pattern:?} input {input:?}"
+                    );
+                }
+            }
+        }
+        assert!(matches!(
+            glob("/usr/*/x", true).unwrap().fast,
+            Fast::Regex(_)
+        ));
+    }
+
+    /// The literal-prefix quick reject must not change any answer.
+    #[test]
+    fn prefix_reject_agrees_with_globset() {
+        let inputs = [
+            "/w/a/.env",
+            "/w/.env",
+            "/x/.env",
+            "mkfs.ext4",
+            "mkfs",
+            "xmkfs",
+            "/w/id_rsa",
+            "/w/a/b.key",
+            "-rf /",
+            "-fr x",
+            "push",
+            "push x",
+            "/w\\x/.env",
+        ];
+        for pattern in [
+            "/w/**/.env",
+            "mkfs*",
+            "/w/**/id_{rsa,dsa}",
+            "/w/**/*.key",
+            "-rf *",
+            "{-rf,-fr} *",
+            "push *",
+            "**/.env",
+            "/w\\x/**/.env",
+            "?kfs*",
+        ] {
+            for sep in [true, false] {
+                let lazy = glob(pattern, sep).unwrap();
+                let reference = GlobBuilder::new(pattern)
+                    .literal_separator(sep)
+                    .backslash_escape(true)
+                    .build()
+                    .unwrap()
+                    .compile_matcher();
+                for input in inputs {
+                    assert_eq!(
+                        lazy.is_match(input),
+                        reference.is_match(input),
+                        "pattern {pattern:?} input {input:?}"
+                    );
+                }
+            }
         }
     }
 }

@@ -125,6 +125,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     );
     let vars = vars(opts.workspace.as_deref())?;
     let policy = load_policy(opts.policy.as_deref(), &vars).map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::debug!("policy loaded: {}", policy.source);
     let plan = policy.plan();
     let landlock = LandlockSpec {
         read: plan.landlock_read.clone(),
@@ -168,7 +169,9 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         libc::SIGUSR2,
     ];
     sys::block_signals(&forwarded).context("blocking signals")?;
+    tracing::debug!("launching the sandbox");
     let sandbox = sandbox::launch(&spec)?;
+    tracing::debug!("sandbox ready (init pid {})", sandbox.init_pid);
     for w in &sandbox.weaker {
         eprintln!("agent-supervisor: warning: {w}");
     }
@@ -232,7 +235,9 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         }
     })?;
 
+    tracing::debug!("supervising");
     let status = sys::waitid_pidfd(init_pidfd.as_fd()).context("waiting for the agent")?;
+    tracing::debug!("agent exited: {status:?}");
     supervise::mark_stopping(&ctx);
     audit.record(Record::session(
         &session,

@@ -5,7 +5,7 @@
 //!    `examples/demo-agent.sh` (copied so that the agent's own script is a workspace file the
 //!    default policy lets it read);
 //! 3. listen on a TCP port of 127.0.0.1 for the agent's "ask" connection;
-//! 4. `agent-supervisor run [--headless] --audit FILE -- sh demo-agent.sh PORT` with the
+//! 4. `agent-supervisor run --policy preset:sandboxed [--headless] --audit FILE -- sh demo-agent.sh PORT` with the
 //!    workspace as the current directory and no `--policy`, so the built-in default policy
 //!    applies (unless the user has a policy in ~/.config or /etc: the supervisor's first line
 //!    names the policy it uses). `--headless` is passed when stdin is not a terminal (then
@@ -48,7 +48,7 @@ pub fn run(workspace: &Path) -> Result<()> {
         "the supervisor does not build: see the compiler output above",
     )?;
     let supervisor = target_dir(workspace).join("release/agent-supervisor");
-    let run_help = run_help(&supervisor)?;
+    run_help(&supervisor)?;
 
     let demo_dir = fresh_demo_dir()?;
     let agent_workspace = demo_dir.join("workspace");
@@ -62,11 +62,10 @@ pub fn run(workspace: &Path) -> Result<()> {
     let port = spawn_listener()?;
 
     let headless = !std::io::stdin().is_terminal();
-    let audit_log = run_help
-        .contains("--audit <")
-        .then(|| demo_dir.join("audit.jsonl"));
+    let audit_log = Some(demo_dir.join("audit.jsonl"));
     let mut cmd = Command::new(&supervisor);
-    cmd.arg("run");
+    // The built-in default policy, whatever policy files this machine has.
+    cmd.args(["run", "--policy", "preset:sandboxed"]);
     if headless {
         cmd.arg("--headless");
     }

@@ -7,7 +7,9 @@
 //! - [`setup`]: install what the build and the test suite need (idempotent, fast when done).
 //! - [`test`]: set-up, then the whole test suite.
 //! - [`demo`]: set-up, build the release supervisor, and run an example agent under it.
+//! - [`bench`]: what supervision costs: start-up, opens, a C build; bare, peers, supervised.
 
+mod bench;
 mod demo;
 mod process;
 mod setup;
@@ -51,6 +53,10 @@ enum Command {
     /// prompts for the "ask" ones; without a terminal on stdin the demo passes `--headless`
     /// and they are denied.
     Demo,
+    /// Set up, build the release supervisor, and measure `/bin/true` start-up, 10,000 opens
+    /// in the workspace and a `make -j2` C build: bare, under bwrap/firejail, and under the
+    /// supervisor with the default policy. Prints a Markdown table of medians and ratios.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +66,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Test => test::run(&workspace),
         Command::Demo => demo::run(&workspace),
+        Command::Bench => bench::run(&workspace),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,341 @@
+//! `cargo xtask bench`: what supervision costs, as ratios against bare runs and peers.
+//!
+//! Workloads (the ones the design targets):
+//! - start-up: `/bin/true`, repeated;
+//! - 10,000 opens: a small C program that opens and closes a workspace file 10,000 times;
+//!   its own loop time (clock_gettime around the loop) and the whole run's wall time;
+//! - a C build: `make -j2` of a generated 40-file C project, from clean.
+//!
+//! Each runs bare, under `bwrap` (user + PID namespaces) and `firejail` where installed, and
+//! under `agent-supervisor run --headless --policy preset:sandboxed` (the default policy). The
+//! table printed at the end is what the README shows. Medians; the first runs are warm-up.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::find_in_path;
+
+const STARTUP_RUNS: usize = 200;
+const OPEN_RUNS: usize = 30;
+const BUILD_RUNS: usize = 5;
+const C_FILES: usize = 40;
+
+/// How to wrap a command.
+#[derive(Clone)]
+struct Runner {
+    name: &'static str,
+    prefix: Vec<String>,
+}
+
+impl Runner {
+    fn command(&self, cmd: &[&str], cwd: &Path) -> Command {
+        let mut c = if self.prefix.is_empty() {
+            let mut c = Command::new(cmd[0]);
+            c.args(&cmd[1..]);
+            c
+        } else {
+            let mut c = Command::new(&self.prefix[0]);
+            c.args(&self.prefix[1..]).args(cmd);
+            c
+        };
+        c.current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Run `cmd` under `r` and return (wall time, stdout); fail if it fails.
+fn timed(r: &Runner, cmd: &[&str], cwd: &Path) -> Result<(Duration, String)> {
+    let mut c = r.command(cmd, cwd);
+    let start = Instant::now();
+    let out = c
+        .output()
+        .with_context(|| format!("running {} under {}", cmd.join(" "), r.name))?;
+    let took = start.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{} under {} failed ({}): {}",
+            cmd.join(" "),
+            r.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+pub fn run(workspace: &Path) -> Result<()> {
+    crate::setup::run()?;
+    crate::process::run(
+        Command::new(crate::cargo()).current_dir(workspace).args([
+            "build",
+            "--release",
+            "-p",
+            "agent-supervisor",
+        ]),
+        "building the release supervisor failed",
+    )?;
+    let supervisor = workspace.join("target/release/agent-supervisor");
+    let dir = std::env::temp_dir().join(format!("agent-supervisor-bench-{}", std::process::id()));
+    let ws = dir.join("ws");
+    std::fs::create_dir_all(&ws)?;
+    let result = bench_all(&supervisor, &dir, &ws);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn runners(supervisor: &Path, dir: &Path) -> Vec<Runner> {
+    let mut v = vec![Runner {
+        name: "bare",
+        prefix: vec![],
+    }];
+    if find_in_path("bwrap").is_some() {
+        v.push(Runner {
+            name: "bwrap",
+            prefix: [
+                "bwrap",
+                "--unshare-user",
+                "--unshare-pid",
+                "--bind",
+                "/",
+                "/",
+                "--dev",
+                "/dev",
+                "--proc",
+                "/proc",
+                "--",
+            ]
+            .map(String::from)
+            .to_vec(),
+        });
+    }
+    if find_in_path("firejail").is_some() {
+        v.push(Runner {
+            name: "firejail",
+            prefix: ["firejail", "--quiet", "--noprofile", "--"]
+                .map(String::from)
+                .to_vec(),
+        });
+    }
+    v.push(Runner {
+        name: "agent-supervisor",
+        prefix: vec![
+            supervisor.display().to_string(),
+            "run".into(),
+            "-q".into(),
+            "--headless".into(),
+            "--policy".into(),
+            "preset:sandboxed".into(),
+            "--audit".into(),
+            dir.join("audit.jsonl").display().to_string(),
+            "--".into(),
+        ],
+    });
+    v
+}
+
+struct Row {
+    workload: String,
+    runner: &'static str,
+    value: f64,
+    unit: &'static str,
+}
+
+fn bench_all(supervisor: &Path, dir: &Path, ws: &Path) -> Result<()> {
+    let runners = runners(supervisor, dir);
+    let mut rows = Vec::new();
+
+    // 1. start-up
+    for r in &runners {
+        let n = if r.name == "firejail" {
+            STARTUP_RUNS / 10
+        } else {
+            STARTUP_RUNS
+        };
+        let mut times = Vec::with_capacity(n);
+        for i in 0..n + 5 {
+            let (t, _) = timed(r, &["/bin/true"], ws)?;
+            if i >= 5 {
+                times.push(t.as_secs_f64() * 1e3);
+            }
+        }
+        rows.push(Row {
+            workload: "`/bin/true` start-up".into(),
+            runner: r.name,
+            value: median(times),
+            unit: "ms",
+        });
+    }
+
+    // 2. 10,000 opens in the workspace
+    // In the workspace: /tmp is not executable under the default policy.
+    let opener = compile_opener(ws)?;
+    std::fs::write(ws.join("data.txt"), "x")?;
+    let opener_s = opener.display().to_string();
+    for r in runners.iter().filter(|r| r.name != "firejail") {
+        let mut loops = Vec::new();
+        let mut walls = Vec::new();
+        for i in 0..OPEN_RUNS + 3 {
+            let (t, out) = timed(r, &[&opener_s, "data.txt", "10000"], ws)?;
+            let us: f64 = out
+                .trim()
+                .parse()
+                .with_context(|| format!("opener printed {out:?}"))?;
+            if i >= 3 {
+                loops.push(us / 1e3);
+                walls.push(t.as_secs_f64() * 1e3);
+            }
+        }
+        rows.push(Row {
+            workload: "10,000 opens (loop)".into(),
+            runner: r.name,
+            value: median(loops),
+            unit: "ms",
+        });
+        rows.push(Row {
+            workload: "10,000 opens (whole run)".into(),
+            runner: r.name,
+            value: median(walls),
+            unit: "ms",
+        });
+    }
+
+    // 3. make -j2 of a small C project, from clean
+    let project = make_c_project(ws)?;
+    for r in runners.iter().filter(|r| r.name != "firejail") {
+        let mut times = Vec::new();
+        for i in 0..BUILD_RUNS + 1 {
+            timed(
+                &Runner {
+                    name: "bare",
+                    prefix: vec![],
+                },
+                &["make", "-s", "clean"],
+                &project,
+            )?;
+            let (t, _) = timed(r, &["make", "-s", "-j2"], &project)?;
+            if i >= 1 {
+                times.push(t.as_secs_f64() * 1e3);
+            }
+        }
+        rows.push(Row {
+            workload: format!("`make -j2`, {C_FILES} C files"),
+            runner: r.name,
+            value: median(times),
+            unit: "ms",
+        });
+    }
+
+    print_table(&rows);
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!();
+    println!(
+        "Measured {} on Linux {}, {} CPUs (medians).",
+        today(),
+        kernel.trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!();
+    println!("| workload | runner | median | vs bare |");
+    println!("| --- | --- | ---: | ---: |");
+    for r in rows {
+        let bare = rows
+            .iter()
+            .find(|b| b.workload == r.workload && b.runner == "bare")
+            .map(|b| b.value)
+            .unwrap_or(r.value);
+        println!(
+            "| {} | {} | {:.2} {} | {:.3}x |",
+            r.workload,
+            r.runner,
+            r.value,
+            r.unit,
+            r.value / bare
+        );
+    }
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn compile_opener(dir: &Path) -> Result<PathBuf> {
+    let src = dir.join("opener.c");
+    std::fs::write(
+        &src,
+        r#"#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int n = atoi(argv[2]);
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (int i = 0; i < n; i++) {
+        int fd = open(argv[1], O_RDONLY | O_CLOEXEC);
+        if (fd < 0) { perror("open"); return 1; }
+        close(fd);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%.1f\n", (b.tv_sec - a.tv_sec) * 1e6 + (b.tv_nsec - a.tv_nsec) / 1e3);
+    return 0;
+}
+"#,
+    )?;
+    let out = dir.join("opener");
+    crate::process::run(
+        Command::new("cc").args(["-O2", "-o"]).arg(&out).arg(&src),
+        "compiling the open benchmark failed (is build-essential installed?)",
+    )?;
+    Ok(out)
+}
+
+fn make_c_project(ws: &Path) -> Result<PathBuf> {
+    let p = ws.join("cproject");
+    std::fs::create_dir_all(&p)?;
+    let mut objs = Vec::new();
+    for i in 0..C_FILES {
+        let body: String = (0..40)
+            .map(|j| format!("static int f{j}(int x) {{ int s = 0; for (int k = 0; k < x; k++) s += k * {j} ^ (s >> 3); return s; }}\n"))
+            .collect();
+        let calls: String = (0..40).map(|j| format!("f{j}(x) + ")).collect();
+        std::fs::write(
+            p.join(format!("m{i}.c")),
+            format!("#include <stdio.h>\n{body}int m{i}(int x) {{ return {calls}0; }}\n"),
+        )?;
+        objs.push(format!("m{i}.o"));
+    }
+    let decls: String = (0..C_FILES).map(|i| format!("int m{i}(int);\n")).collect();
+    let sum: String = (0..C_FILES).map(|i| format!("m{i}(argc) + ")).collect();
+    std::fs::write(p.join("main.c"), format!("#include <stdio.h>\n{decls}int main(int argc, char **argv) {{ printf(\"%d\\n\", {sum}0); return 0; }}\n"))?;
+    objs.push("main.o".into());
+    std::fs::write(
+        p.join("Makefile"),
+        format!(
+            "CFLAGS = -O2\nOBJS = {}\nprog: $(OBJS)\n\t$(CC) -o $@ $(OBJS)\n%.o: %.c\n\t$(CC) $(CFLAGS) -c -o $@ $<\nclean:\n\trm -f prog $(OBJS)\n",
+            objs.join(" ")
+        ),
+    )?;
+    Ok(p)
+}
