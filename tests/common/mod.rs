@@ -31,7 +31,11 @@ pub fn record_skip(module: &str, line: u32, why: &str) {
     use std::io::Write;
     eprintln!("skipping {module}:{line}: {why}");
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         let _ = writeln!(f, "{module}:{line}: {why}");
     }
 }
@@ -40,7 +44,11 @@ pub fn record_skip(module: &str, line: u32, why: &str) {
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -52,7 +60,12 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new(name: &str) -> Workspace {
-        let base = std::env::temp_dir().join(format!("as-test-{}-{}-{}", name, std::process::id(), nanos()));
+        let base = std::env::temp_dir().join(format!(
+            "as-test-{}-{}-{}",
+            name,
+            std::process::id(),
+            nanos()
+        ));
         let dir = base.join("ws");
         std::fs::create_dir_all(&dir).expect("create workspace");
         let audit = base.join("audit.jsonl");
@@ -86,7 +99,13 @@ impl Workspace {
     /// `agent-supervisor run --audit <audit> [extra...] -- <cmd...>` in the workspace.
     pub fn run(&self, extra: &[&str], cmd: &[&str], timeout: Duration) -> Result_ {
         let mut c = Command::new(bin());
-        c.arg("run").arg("-q").arg("--audit").arg(&self.audit).args(extra).arg("--").args(cmd);
+        c.arg("run")
+            .arg("-q")
+            .arg("--audit")
+            .arg(&self.audit)
+            .args(extra)
+            .arg("--")
+            .args(cmd);
         c.current_dir(&self.dir).stdin(Stdio::null());
         c.env_remove("CI");
         run_with_timeout(c, timeout)
@@ -103,7 +122,10 @@ impl Workspace {
 
     /// Audit decision records of one kind.
     pub fn decisions(&self, kind: &str) -> Vec<serde_json::Value> {
-        self.audit().into_iter().filter(|r| r["kind"] == kind).collect()
+        self.audit()
+            .into_iter()
+            .filter(|r| r["kind"] == kind)
+            .collect()
     }
 }
 
@@ -116,7 +138,10 @@ impl Drop for Workspace {
 }
 
 fn nanos() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// Result of a run: exit code (None if killed by the time limit) and output.
@@ -171,7 +196,13 @@ pub fn compile_c(dir: &Path, name: &str, src: &str, extra: &[&str]) -> Option<Pa
     let c = dir.join(format!("{name}.c"));
     std::fs::write(&c, src).ok()?;
     let out = dir.join(name);
-    let st = Command::new("cc").args(["-O1", "-o"]).arg(&out).arg(&c).args(extra).status().ok()?;
+    let st = Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(&out)
+        .arg(&c)
+        .args(extra)
+        .status()
+        .ok()?;
     st.success().then_some(out)
 }
 
@@ -185,7 +216,10 @@ impl Listener {
     pub fn new() -> Listener {
         let inner = std::net::TcpListener::bind("127.0.0.1:0").expect("bind listener");
         inner.set_nonblocking(true).expect("nonblocking");
-        Listener { port: inner.local_addr().expect("addr").port(), inner }
+        Listener {
+            port: inner.local_addr().expect("addr").port(),
+            inner,
+        }
     }
 
     /// Did any connection arrive (accepts everything pending)?
@@ -200,8 +234,12 @@ impl Listener {
 
 /// Is a process with this exact command line still alive anywhere?
 pub fn process_alive_with_marker(marker: &str) -> bool {
-    let Ok(rd) = std::fs::read_dir("/proc") else { return false };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     rd.flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains(marker)).unwrap_or(false)
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(marker))
+            .unwrap_or(false)
     })
 }
