@@ -29,26 +29,53 @@ fn glob(pattern: &str, literal_separator: bool) -> Result<LazyGlob, String> {
         .backslash_escape(true)
         .build()
         .map_err(|e| e.kind().to_string())?;
-    let one_of = pattern
-        .strip_prefix('{')
-        .and_then(|p| p.strip_suffix('}'))
-        .filter(|inner| !inner.contains('\\') && inner.split(',').all(|alt| !has_glob(alt)));
-    let fast = if !has_glob(pattern) {
-        Fast::Exact(unescape(pattern))
-    } else if let Some(inner) = one_of {
-        Fast::OneOf(inner.split(',').map(String::from).collect())
-    } else {
-        match pattern.strip_suffix("/**") {
-            Some(prefix) if !prefix.is_empty() && !has_glob(prefix) => {
-                Fast::Under(format!("{}/", unescape(prefix)))
-            }
-            _ => Fast::Regex(literal_prefix(pattern)),
-        }
-    };
+    let fast = fast_path(pattern, literal_separator)?;
     Ok(LazyGlob {
         glob,
         fast,
         compiled: OnceLock::new(),
+    })
+}
+
+/// The regex-free way to match `pattern`, if its shape has one (else `Regex`).
+fn fast_path(pattern: &str, sep: bool) -> Result<Fast, String> {
+    let literal = |p: &str| !has_glob(p);
+    let one_of = pattern
+        .strip_prefix('{')
+        .and_then(|p| p.strip_suffix('}'))
+        .filter(|inner| !inner.contains('\\') && inner.split(',').all(literal));
+    Ok(if literal(pattern) {
+        Fast::Exact(unescape(pattern))
+    } else if let Some(inner) = one_of {
+        Fast::OneOf(inner.split(',').map(String::from).collect())
+    } else if let Some(prefix) = pattern
+        .strip_suffix("/**")
+        .filter(|p| !p.is_empty() && literal(p))
+    {
+        Fast::Under(format!("{}/", unescape(prefix)))
+    } else if let Some((prefix, name)) = pattern.split_once("/**/").filter(|(p, n)| {
+        !p.is_empty() && literal(p) && !n.contains('/') && !n.contains("**") && !n.is_empty()
+    }) {
+        // `P/**/NAME`: under P/, at any depth, with a last component matching NAME.
+        Fast::UnderNamed(format!("{}/", unescape(prefix)), Box::new(glob(name, sep)?))
+    } else if let Some(tail) = pattern
+        .strip_prefix('*')
+        .filter(|t| !t.is_empty() && literal(t))
+    {
+        Fast::Suffix {
+            suffix: unescape(tail),
+            sep,
+        }
+    } else if let Some(head) = pattern
+        .strip_suffix('*')
+        .filter(|h| !h.is_empty() && literal(h) && !h.ends_with('\\'))
+    {
+        Fast::Prefix {
+            prefix: unescape(head),
+            sep,
+        }
+    } else {
+        Fast::Regex(literal_prefix(pattern))
     })
 }
 
@@ -89,6 +116,12 @@ enum Fast {
     Under(String),
     /// `{a,b,c}` of literals: exactly one of them.
     OneOf(Vec<String>),
+    /// `P/**/NAME`: starts with `P/` and the last component matches NAME.
+    UnderNamed(String, Box<LazyGlob>),
+    /// `*LITERAL`: ends with it (`*` not crossing `/` when `sep`).
+    Suffix { suffix: String, sep: bool },
+    /// `LITERAL*`: starts with it (`*` not crossing `/` when `sep`).
+    Prefix { prefix: String, sep: bool },
     /// The regex, after a quick check of the literal prefix every match starts with (so a
     /// rule about `{workspace}/**/.env` never compiles its regex for `/usr/bin/ls`).
     Regex(String),
@@ -106,6 +139,23 @@ impl LazyGlob {
             Fast::OneOf(alts) => alts
                 .iter()
                 .any(|a| s.as_os_str().as_encoded_bytes() == a.as_bytes()),
+            Fast::UnderNamed(prefix, name) => {
+                let b = s.as_os_str().as_encoded_bytes();
+                let last = b.rsplit(|&c| c == b'/').next().unwrap_or(b);
+                b.starts_with(prefix.as_bytes())
+                    && name.is_match(Path::new(
+                        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(last),
+                    ))
+            }
+            Fast::Suffix { suffix, sep } => {
+                let b = s.as_os_str().as_encoded_bytes();
+                b.ends_with(suffix.as_bytes())
+                    && !(*sep && b[..b.len() - suffix.len()].contains(&b'/'))
+            }
+            Fast::Prefix { prefix, sep } => {
+                let b = s.as_os_str().as_encoded_bytes();
+                b.starts_with(prefix.as_bytes()) && !(*sep && b[prefix.len()..].contains(&b'/'))
+            }
             Fast::Regex(prefix) => {
                 s.as_os_str()
                     .as_encoded_bytes()
@@ -506,7 +556,29 @@ mod lazy_glob_tests {
             "push",
             "push x",
             "/w\\x/.env",
+            "/w/",
+            "/w/.env.local",
+            "/w/a/.env.x",
+            "a.key",
+            "/a.key",
+            "x/b.key",
+            "/w/x",
+            "/w/x/y",
+            "mkfs/x",
+            "a/x",
+            ".env.",
+            ".env.a/b",
+            "/w/a/.envx",
+            "/w/.env/x",
+            "",
+            "/",
+            ".key",
+            "/w/a/id_rsa",
+            "/w/id_dsa/x",
         ];
+        let non_utf8 = std::path::PathBuf::from(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"/w/a/\xff.key"),
+        );
         for pattern in [
             "/w/**/.env",
             "mkfs*",
@@ -518,6 +590,13 @@ mod lazy_glob_tests {
             "**/.env",
             "/w\\x/**/.env",
             "?kfs*",
+            "*.key",
+            "/w/*",
+            "*/x",
+            ".env.*",
+            "/w/**/.env.*",
+            "*",
+            "/w/**/*",
         ] {
             for sep in [true, false] {
                 let lazy = glob(pattern, sep).unwrap();
@@ -534,6 +613,11 @@ mod lazy_glob_tests {
                         "pattern {pattern:?} input {input:?}"
                     );
                 }
+                assert_eq!(
+                    lazy.is_match(&non_utf8),
+                    reference.is_match(&non_utf8),
+                    "pattern {pattern:?} non-UTF-8"
+                );
             }
         }
     }

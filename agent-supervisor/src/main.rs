@@ -128,6 +128,7 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    tracing::debug!("started");
     match dispatch(cli.command) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

@@ -132,7 +132,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         write: plan.landlock_write.clone(),
         exec: plan.landlock_exec.clone(),
     };
-    let masks = sandbox::masks::plan_masks(&policy, &noexec_trees(&landlock));
+    let masks = sandbox::masks::plan_masks(&policy, &plan, &noexec_trees(&landlock));
     let audit_path = opts
         .audit
         .clone()

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use agent_supervisor_policy::{MaskKind, Policy};
+use agent_supervisor_policy::{MaskKind, Plan, Policy};
 
 /// One mount to place before the agent starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +29,7 @@ pub struct MaskMount {
 const NO_WALK: &[&str] = &["/proc", "/sys", "/dev", "/run"];
 
 /// Compute every mask mount for `policy` (walks the file system).
-pub fn plan_masks(policy: &Policy, noexec_trees: &[PathBuf]) -> Vec<MaskMount> {
-    let plan = policy.plan();
+pub fn plan_masks(policy: &Policy, plan: &Plan, noexec_trees: &[PathBuf]) -> Vec<MaskMount> {
     // Keyed by path so a path matched by several rules gets one mount of the combined kind.
     let mut out: BTreeMap<PathBuf, MaskMount> = BTreeMap::new();
     let mut add = |m: MaskMount| match out.get_mut(&m.path) {
