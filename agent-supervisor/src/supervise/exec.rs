@@ -132,25 +132,18 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
             verdict = Some(v);
         }
     }
-    let mut verdict = verdict.expect("non-empty chain");
+    let verdict = verdict.expect("non-empty chain");
 
-    // The command line the user typed is approved by the user (policy denials still apply).
-    if verdict.decision == agent_supervisor_policy::Decision::Ask {
+    // The command line the user typed is the user's own approval for an ask (policy denials
+    // still apply). Only its first exec, once.
+    let by_command_line = {
         let mut initial = ctx.initial_argv.lock().expect("initial lock");
-        if initial.as_ref().is_some_and(|a| *a == argv) {
-            *initial = None;
-            verdict = Verdict {
-                decision: agent_supervisor_policy::Decision::Allow,
-                decided_by: verdict.decided_by,
-                reason: Some("the command line given to agent-supervisor run".into()),
-            };
-        }
-    } else if verdict.decision == agent_supervisor_policy::Decision::Allow {
-        let mut initial = ctx.initial_argv.lock().expect("initial lock");
-        if initial.as_ref().is_some_and(|a| *a == argv) {
+        let first = initial.as_ref().is_some_and(|a| *a == argv);
+        if first && verdict.decision != agent_supervisor_policy::Decision::Deny {
             *initial = None;
         }
-    }
+        first && verdict.decision == agent_supervisor_policy::Decision::Ask
+    };
 
     let first = &chain[0];
     let program = first.resolved.path.display().to_string();
@@ -180,6 +173,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
         denied_errno: libc::EACCES,
         blocking: false,
         quiet_allow: false,
+        by_command_line,
         started,
         pid,
     })))

@@ -88,6 +88,8 @@ pub struct Pending {
     pub blocking: bool,
     /// Don't write an audit record when allowed (data on an established connection).
     pub quiet_allow: bool,
+    /// The exact command line the user gave `run`: an ask is already answered (by them).
+    pub by_command_line: bool,
     pub started: Instant,
     /// The agent's pid (thread group id, supervisor's namespace).
     pub pid: i32,
@@ -189,6 +191,7 @@ pub fn decide(ctx: &Arc<Ctx>, p: Pending) {
     match p.verdict.decision {
         Decision::Allow => finish(ctx, p, Decision::Allow, Decider::Policy),
         Decision::Deny => finish(ctx, p, Decision::Deny, Decider::Policy),
+        Decision::Ask if p.by_command_line => finish(ctx, p, Decision::Allow, Decider::CommandLine),
         Decision::Ask => {
             if let Some(d) = ctx
                 .remembered

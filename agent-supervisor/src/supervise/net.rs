@@ -249,6 +249,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
             denied_errno,
             blocking,
             quiet_allow: quiet,
+            by_command_line: false,
             started,
             pid,
         }

@@ -115,6 +115,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
         denied_errno: libc::EACCES,
         blocking: false,
         quiet_allow: false,
+        by_command_line: false,
         started,
         pid,
     })))
