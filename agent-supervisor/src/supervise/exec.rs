@@ -38,7 +38,7 @@ struct Program {
 
 pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
     let started = Instant::now();
-    let t = Tracee::new(n.pid);
+    let t = Tracee::load(n.pid).map_err(|_| libc::ESRCH)?;
     let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EACCES);
     let (dirfd, path_ptr, argv_ptr, flags) = if n.nr as i64 == libc::SYS_execveat {
         (n.args[0] as i32, n.args[1], n.args[2], n.args[4])
@@ -55,7 +55,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
         return Err(libc::EACCES);
     }
     let invoked = resolved.lexical.clone();
-    let pid = t.tgid().map_err(errno)?;
+    let pid = t.tgid;
 
     // The chain of programs that will run: the file, its #! interpreters, ld.so's target.
     let mut chain = vec![Program {

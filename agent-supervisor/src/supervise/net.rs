@@ -225,8 +225,8 @@ fn agent_socket(t: &Tracee, fd: i32) -> Result<(Arc<OwnedFd>, bool), i32> {
 
 pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
     let started = Instant::now();
-    let t = Tracee::new(n.pid);
-    let pid = t.tgid().map_err(|_| libc::ESRCH)?;
+    let t = Tracee::load(n.pid).map_err(|_| libc::ESRCH)?;
+    let pid = t.tgid;
     let a = n.args;
     let nr = n.nr as i64;
     let (sock, blocking) = agent_socket(&t, a[0] as i32)?;

@@ -22,7 +22,7 @@ use crate::sys::{self, Notif};
 
 pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
     let started = Instant::now();
-    let t = Tracee::new(n.pid);
+    let t = Tracee::load(n.pid).map_err(|_| libc::ESRCH)?;
     let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EACCES);
     let (dirfd, path_ptr, flags, mode) = match n.nr as i64 {
         libc::SYS_open => (
@@ -65,8 +65,8 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
         exec: false,
     };
     let follow = flags & libc::O_NOFOLLOW == 0;
-    let pid = t.tgid().map_err(errno)?;
-    let umask = t.umask();
+    let pid = t.tgid;
+    let umask = t.umask;
 
     // The object: existing (resolved), or to be created under a resolved parent.
     let target = match t.resolve(dirfd, &path, follow, false) {

@@ -24,11 +24,18 @@ pub const PATH_MAX: usize = 4096;
 pub const ARGV_MAX_ENTRIES: usize = 8192;
 pub const ARGV_MAX_BYTES: usize = 1 << 20;
 
-/// The trapped task.
+/// The trapped task, with what `/proc/<tid>/status` says about it (read once).
 #[derive(Debug, Clone, Copy)]
 pub struct Tracee {
     /// Thread id (supervisor's PID namespace).
     pub tid: i32,
+    /// Thread-group id (the process), supervisor's namespace.
+    pub tgid: i32,
+    /// Thread-group and thread id inside the agent's PID namespace.
+    pub ns_tgid: i32,
+    pub ns_tid: i32,
+    /// File-creation mask.
+    pub umask: u32,
 }
 
 /// A path resolved in the agent's view.
@@ -43,44 +50,24 @@ pub struct Resolved {
 }
 
 impl Tracee {
-    pub fn new(tid: u32) -> Tracee {
-        Tracee { tid: tid as i32 }
+    /// Look the task up (one read of `/proc/<tid>/status`); ESRCH if it is gone.
+    pub fn load(tid: u32) -> io::Result<Tracee> {
+        let tid = tid as i32;
+        let status = fs::read_to_string(format!("/proc/{tid}/status"))?;
+        let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+        let last = |key: &str| field(key).and_then(|v| v.split_whitespace().last()).and_then(|v| v.parse().ok());
+        let gone = || io::Error::from_raw_os_error(libc::ESRCH);
+        Ok(Tracee {
+            tid,
+            tgid: field("Tgid:").and_then(|v| v.parse().ok()).ok_or_else(gone)?,
+            ns_tgid: last("NStgid:").ok_or_else(gone)?,
+            ns_tid: last("NSpid:").ok_or_else(gone)?,
+            umask: field("Umask:").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0o022),
+        })
     }
 
     fn proc(&self, rest: &str) -> PathBuf {
         PathBuf::from(format!("/proc/{}/{rest}", self.tid))
-    }
-
-    /// Thread-group id (the process id) of the task.
-    pub fn tgid(&self) -> io::Result<i32> {
-        self.status_field("Tgid:")?
-            .parse()
-            .map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))
-    }
-
-    /// The task's thread-group id and thread id inside its own PID namespace.
-    pub fn ns_ids(&self) -> io::Result<(i32, i32)> {
-        let last = |f: String| f.split_whitespace().last().and_then(|v| v.parse().ok());
-        let tgid = last(self.status_field("NStgid:")?)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
-        let tid = last(self.status_field("NSpid:")?)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
-        Ok((tgid, tid))
-    }
-
-    /// File-creation mask of the task.
-    pub fn umask(&self) -> u32 {
-        self.status_field("Umask:")
-            .ok()
-            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-            .unwrap_or(0o022)
-    }
-
-    fn status_field(&self, key: &str) -> io::Result<String> {
-        let s = fs::read_to_string(self.proc("status"))?;
-        s.lines()
-            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))
     }
 
     /// Copy `len` bytes at `addr`.
@@ -149,19 +136,12 @@ impl Tracee {
 
     /// An fd of the agent's, duplicated into the supervisor (same open file description).
     pub fn dup_fd(&self, fd: i32) -> io::Result<OwnedFd> {
-        let pidfd = sys::pidfd_open(self.tgid()?)?;
+        let pidfd = sys::pidfd_open(self.tgid)?;
         sys::pidfd_getfd(pidfd.as_fd(), fd)
     }
 
     fn root(&self) -> io::Result<OwnedFd> {
-        let c = CString::new(self.proc("root").into_os_string().into_vec()).expect("no NUL");
-        sys::openat2(
-            fs::File::open("/").map(OwnedFd::from)?.as_fd(),
-            &c,
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            0,
-            0,
-        )
+        fs::File::open(self.proc("root")).map(OwnedFd::from)
     }
 
     /// The absolute path (agent's view) of the agent's cwd or of directory fd `dirfd`.
@@ -200,7 +180,7 @@ impl Tracee {
                 lexical: p,
             });
         }
-        let (ns_tgid, ns_tid) = self.ns_ids()?;
+        let (ns_tgid, ns_tid) = (self.ns_tgid, self.ns_tid);
         let raw = Path::new(OsStr::from_bytes(path));
         let lexical = if raw.is_absolute() {
             normalize(raw)
