@@ -561,6 +561,44 @@ fn workspace_read_write_and_system_programs_are_allowed() {
     assert!(preset_rule(t[0]["rule"].as_str().unwrap()).contains("decision = \"allow\""));
 }
 
+#[test]
+fn the_workspace_flag_sets_the_writable_workspace() {
+    let ws = Workspace::new("ws-flag");
+    // Run from another directory: only --workspace (not the current directory) is writable.
+    let elsewhere = base(&ws).join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let policy = ws.policy(&sandboxed_plus(
+        "[filesystem]\nwrite = [\"{workspace}\", \"/dev/null\"]\n",
+    ));
+    let script = format!(
+        "echo in > '{}'; echo out > here.txt",
+        ws.path("in.txt").display()
+    );
+    let mut c = supervisor(
+        &ws,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--workspace",
+            ws.dir.to_str().unwrap(),
+        ],
+        &["/bin/sh", "-c", &script],
+    );
+    c.current_dir(&elsewhere);
+    let r = run_with_timeout(c, LIMIT);
+    assert!(!r.timed_out, "{r:?}");
+    assert_eq!(ws.read("in.txt").as_deref(), Some("in\n"), "{r:?}");
+    assert!(
+        !elsewhere.join("here.txt").exists(),
+        "the current directory was writable"
+    );
+    let start = &ws.audit()[0];
+    assert_eq!(
+        start["action"]["workspace"],
+        fs::canonicalize(&ws.dir).unwrap().display().to_string()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Network
 // ---------------------------------------------------------------------------------------------
