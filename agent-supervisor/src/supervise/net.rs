@@ -33,7 +33,9 @@ const SCM_CREDENTIALS: i32 = 2;
 enum Dest {
     Inet(SocketAddr),
     UnixPath(Vec<u8>),
-    /// Abstract or unnamed unix address: confined by Landlock's abstract-socket scope.
+    /// Abstract unix address (the name without its leading NUL).
+    UnixAbstract(Vec<u8>),
+    /// Unnamed unix address.
     UnixOther,
     Netlink,
     Unspec,
@@ -67,8 +69,11 @@ fn parse_sockaddr(b: &[u8]) -> Result<Dest, i32> {
         }
         libc::AF_UNIX => {
             let path = &b[2..];
-            if path.is_empty() || path[0] == 0 {
+            if path.is_empty() {
                 return Ok(Dest::UnixOther);
+            }
+            if path[0] == 0 {
+                return Ok(Dest::UnixAbstract(path[1..].to_vec()));
             }
             let end = path.iter().position(|&c| c == 0).unwrap_or(path.len());
             Ok(Dest::UnixPath(path[..end].to_vec()))
@@ -153,12 +158,32 @@ fn decide_dest(ctx: &Ctx, t: &Tracee, raw: &[u8], creating: bool) -> Result<Deci
                 hold: Some(target.fd),
             }
         }
+        Dest::UnixAbstract(name) => {
+            // The supervisor makes this connect, outside the agent's Landlock domain, so it
+            // applies Landlock's abstract-socket scope itself: only sockets bound inside this
+            // session are reachable, never the host's (D-Bus, X11, ...).
+            let shown = format!("unix:@{}", escape_for_human(&name));
+            let verdict = if creating {
+                builtin(Decision::Allow, "binding an abstract unix socket")
+            } else if bound_inside_session(t, &name) {
+                builtin(
+                    Decision::Allow,
+                    "abstract unix socket bound inside the sandbox",
+                )
+            } else {
+                builtin(Decision::Deny, "abstract unix socket outside the sandbox")
+            };
+            Decided {
+                verdict,
+                shown,
+                family: "unix",
+                addr: raw.to_vec(),
+                hold: None,
+            }
+        }
         Dest::UnixOther => Decided {
-            verdict: builtin(
-                Decision::Allow,
-                "abstract unix socket (confined to the sandbox by Landlock)",
-            ),
-            shown: "unix:@abstract".into(),
+            verdict: builtin(Decision::Allow, "unnamed unix address"),
+            shown: "unix:unnamed".into(),
             family: "unix",
             addr: raw.to_vec(),
             hold: None,
@@ -188,6 +213,57 @@ fn decide_dest(ctx: &Ctx, t: &Tracee, raw: &[u8], creating: bool) -> Result<Deci
             hold: None,
         },
     })
+}
+
+/// Is the abstract unix socket `name` bound by a process of the trapped task's session (its PID
+/// namespace)? Reads `/proc/net/unix` for the name's inodes, then looks for them among the fds
+/// of the session's processes. Any doubt is a no.
+fn bound_inside_session(t: &Tracee, name: &[u8]) -> bool {
+    let shown: Vec<u8> = std::iter::once(b'@')
+        .chain(name.iter().map(|&c| if c == 0 { b'@' } else { c }))
+        .collect();
+    let Ok(table) = std::fs::read(format!("/proc/{}/net/unix", t.tid)) else {
+        return false;
+    };
+    let inodes: Vec<String> = table
+        .split(|&c| c == b'\n')
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&[u8]> = line
+                .split(|&c| c == b' ')
+                .filter(|f| !f.is_empty())
+                .collect();
+            (fields.len() >= 8 && fields[7..].join(&b' ') == shown)
+                .then(|| String::from_utf8_lossy(fields[6]).into_owned())
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(our_ns) = std::fs::read_link(format!("/proc/{}/ns/pid", t.tid)) else {
+        return false;
+    };
+    let targets: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .any(|e| {
+            std::fs::read_link(e.path().join("ns/pid")).is_ok_and(|ns| ns == our_ns)
+                && std::fs::read_dir(e.path().join("fd")).is_ok_and(|fds| {
+                    fds.flatten().any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|l| targets.iter().any(|t| l.as_os_str() == t.as_str()))
+                    })
+                })
+        })
 }
 
 fn sockaddr_un(path: &[u8]) -> Result<Vec<u8>, i32> {
@@ -544,7 +620,7 @@ mod tests {
         un.extend_from_slice(b"/run/x.sock\0garbage");
         assert!(matches!(parse_sockaddr(&un), Ok(Dest::UnixPath(p)) if p == b"/run/x.sock"));
         let ab = [(libc::AF_UNIX as u16).to_ne_bytes().to_vec(), vec![0, b'a']].concat();
-        assert!(matches!(parse_sockaddr(&ab), Ok(Dest::UnixOther)));
+        assert!(matches!(parse_sockaddr(&ab), Ok(Dest::UnixAbstract(n)) if n == b"a"));
         assert_eq!(parse_sockaddr(&[1]).err(), Some(libc::EINVAL));
     }
 }

@@ -54,15 +54,28 @@ impl Tracee {
     pub fn load(tid: u32) -> io::Result<Tracee> {
         let tid = tid as i32;
         let status = fs::read_to_string(format!("/proc/{tid}/status"))?;
-        let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
-        let last = |key: &str| field(key).and_then(|v| v.split_whitespace().last()).and_then(|v| v.parse().ok());
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+        };
+        let last = |key: &str| {
+            field(key)
+                .and_then(|v| v.split_whitespace().last())
+                .and_then(|v| v.parse().ok())
+        };
         let gone = || io::Error::from_raw_os_error(libc::ESRCH);
         Ok(Tracee {
             tid,
-            tgid: field("Tgid:").and_then(|v| v.parse().ok()).ok_or_else(gone)?,
+            tgid: field("Tgid:")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(gone)?,
             ns_tgid: last("NStgid:").ok_or_else(gone)?,
             ns_tid: last("NSpid:").ok_or_else(gone)?,
-            umask: field("Umask:").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0o022),
+            umask: field("Umask:")
+                .and_then(|v| u32::from_str_radix(v, 8).ok())
+                .unwrap_or(0o022),
         })
     }
 
