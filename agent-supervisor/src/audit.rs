@@ -139,10 +139,10 @@ enum Msg {
 
 /// Why the audit log could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open the audit log {path}: {source} (choose another file with --audit FILE)")]
+#[error("cannot open the audit log {path}: {error} (choose another file with --audit FILE)")]
 pub struct OpenError {
     pub path: PathBuf,
-    pub source: io::Error,
+    pub error: io::Error,
 }
 
 /// The default audit file for today.
@@ -171,9 +171,9 @@ pub struct AuditFile {
 impl AuditFile {
     /// Create the directory (0700) and open the file for appending (0600).
     pub fn open(path: &Path) -> Result<AuditFile, OpenError> {
-        let err = |source| OpenError {
+        let err = |error| OpenError {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::DirBuilder::new()
@@ -208,9 +208,9 @@ impl AuditFile {
         std::thread::Builder::new()
             .name("audit".into())
             .spawn(move || writer(file, rx, s))
-            .map_err(|source| OpenError {
+            .map_err(|error| OpenError {
                 path: self.path.clone(),
-                source,
+                error,
             })?;
         Ok(Audit { tx, shared })
     }

@@ -391,8 +391,8 @@ pub fn kill(pid: libc::pid_t, sig: i32) -> io::Result<()> {
     check_int(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
-/// Block `sigs` in the calling thread; returns the previous mask.
-pub fn block_signals(sigs: &[i32]) -> io::Result<libc::sigset_t> {
+/// Block `sigs` in the calling thread (adding to the current mask).
+pub fn block_signals(sigs: &[i32]) -> io::Result<()> {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -405,21 +405,23 @@ pub fn block_signals(sigs: &[i32]) -> io::Result<libc::sigset_t> {
         if r != 0 {
             return Err(io::Error::from_raw_os_error(r));
         }
-        Ok(old)
+        Ok(())
     }
 }
 
-/// Restore a signal mask saved by [`block_signals`] and reset every handler to default
-/// (the agent must not inherit the supervisor's dispositions).
-pub fn restore_signals(old: &libc::sigset_t) {
+/// Reset every signal disposition to its default and unblock every signal: the agent must
+/// inherit neither the supervisor's handlers nor the signals it blocks for forwarding.
+pub fn reset_signals() {
     // SAFETY: resetting dispositions and the mask is async-signal-safe and always valid.
     unsafe {
-        for sig in 1..32 {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::signal(sig, libc::SIG_DFL);
             }
         }
-        libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut());
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
 }
 

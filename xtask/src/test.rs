@@ -37,7 +37,12 @@ pub fn run(workspace: &Path) -> Result<()> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |word: &str| {
                 rest.split(';')
-                    .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word))
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(word)
+                    })
                     .and_then(|n| n.trim().parse::<u64>().ok())
                     .unwrap_or(0)
             };
@@ -63,7 +68,10 @@ pub fn run(workspace: &Path) -> Result<()> {
         println!("test: {ignored} tests are marked #[ignore]");
     }
     let skipped = skips.len() as u64;
-    println!("tests: {} passed, {failed} failed, {skipped} skipped", passed.saturating_sub(skipped));
+    println!(
+        "tests: {} passed, {failed} failed, {skipped} skipped",
+        passed.saturating_sub(skipped)
+    );
     if !status.success() {
         bail!("some tests failed: see the cargo output above");
     }

@@ -72,6 +72,7 @@ pub enum Step {
     Exec,
     Hostname,
     DeathSignal,
+    Dev,
 }
 
 impl Step {
@@ -115,6 +116,7 @@ impl Step {
             Step::Exec => "executing the agent",
             Step::Hostname => "setting the sandbox host name",
             Step::DeathSignal => "arming the parent-death signal",
+            Step::Dev => "building the sandbox's private /dev",
         }
     }
 }
@@ -371,6 +373,10 @@ fn child_main(
     ) {
         fail(Step::MountProc, e, -1);
     }
+    if let Err((what, e)) = private_dev() {
+        report(ChildMsg::Failed { step: Step::Dev as u32, errno: e.raw_os_error().unwrap_or(libc::EIO), index: what });
+        sys::exit_now(127);
+    }
     if let Err(e) = apply_masks(&spec.masks, mask_paths) {
         let (idx, e) = e;
         fail(
@@ -470,17 +476,16 @@ fn child_main(
         libc::SIGINT,
         libc::SIGQUIT,
     ];
-    let old_mask = match sys::block_signals(&waited) {
-        Ok(m) => m,
-        Err(e) => fail(Step::ForkAgent, e, -1),
-    };
+    if let Err(e) = sys::block_signals(&waited) {
+        fail(Step::ForkAgent, e, -1);
+    }
     // SAFETY: init is single-threaded, so the child may do anything before exec.
     let agent = match unsafe { sys::fork() } {
         Ok(pid) => pid,
         Err(e) => fail(Step::ForkAgent, e, -1),
     };
     if agent == 0 {
-        sys::restore_signals(&old_mask);
+        sys::reset_signals();
         drop(to_parent);
         let err = sys::execvp(&spec.argv);
         // Like env(1): say why on the agent's stderr, exit 127 (not found) or 126.
@@ -551,6 +556,46 @@ fn drop_all_capabilities() -> io::Result<()> {
     caps::clear(None, CapSet::Inheritable).map_err(err)?;
     caps::clear(None, CapSet::Effective).map_err(err)?;
     caps::clear(None, CapSet::Permitted).map_err(err)?;
+    Ok(())
+}
+
+/// Device nodes the agent gets in its private /dev (bind-mounted from the host's).
+const DEV_NODES: &[&std::ffi::CStr] = &[c"null", c"zero", c"full", c"random", c"urandom", c"tty", c"ptmx"];
+
+/// Replace /dev with a fresh tmpfs holding only harmless devices, the host's /dev/pts, a fresh
+/// /dev/shm and the usual symlinks. Without this a uid-0 agent (capabilities or not) could
+/// open root-owned block devices (file permissions allow the owner) and read the raw disk.
+/// Returns (which node, error) on failure.
+fn private_dev() -> Result<(), (i32, io::Error)> {
+    // Clone the nodes we keep before the tmpfs hides them.
+    let mut nodes = Vec::with_capacity(DEV_NODES.len());
+    for (i, name) in DEV_NODES.iter().enumerate() {
+        let path = CString::new([b"/dev/", name.to_bytes()].concat()).expect("no NUL");
+        match sys::open_tree_clone(libc::AT_FDCWD, &path) {
+            Ok(fd) => nodes.push((*name, fd)),
+            // A host without that node: the sandbox goes without it too.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err((i as i32, e)),
+        }
+    }
+    let pts = sys::open_tree_clone(libc::AT_FDCWD, c"/dev/pts").ok();
+    let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+    sys::mount(Some(c"tmpfs"), c"/dev", Some(c"tmpfs"), flags).map_err(|e| (-1, e))?;
+    let dev = std::fs::File::open("/dev").map_err(|e| (-1, e))?;
+    for (i, (name, tree)) in nodes.iter().enumerate() {
+        sys::create_file_at(dev.as_fd(), name, 0o666).map_err(|e| (i as i32, e))?;
+        let target = CString::new([b"/dev/", name.to_bytes()].concat()).expect("no NUL");
+        sys::move_mount_to(tree.as_fd(), &target).map_err(|e| (i as i32, e))?;
+    }
+    if let Some(pts) = pts {
+        sys::mkdirat(dev.as_fd(), c"pts", 0o755).map_err(|e| (-2, e))?;
+        sys::move_mount_to(pts.as_fd(), c"/dev/pts").map_err(|e| (-2, e))?;
+    }
+    sys::mkdirat(dev.as_fd(), c"shm", 0o1777).map_err(|e| (-3, e))?;
+    sys::mount(Some(c"tmpfs"), c"/dev/shm", Some(c"tmpfs"), libc::MS_NOSUID | libc::MS_NODEV).map_err(|e| (-3, e))?;
+    for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        std::os::unix::fs::symlink(target, format!("/dev/{link}")).map_err(|e| (-4, e))?;
+    }
     Ok(())
 }
 
