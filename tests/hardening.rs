@@ -1,0 +1,149 @@
+//! Regression tests for holes found in review: each proves, from outside the sandbox, that a
+//! hostile agent does not get what it tries for, and that the legitimate use still works.
+mod common;
+
+use std::io::Read;
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+use common::{is_root, Workspace};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A uid-0 agent (the supervisor runs as root) has no capabilities, but file permissions let
+/// the owner open root-owned device nodes (disks, consoles, loop devices): the private /dev
+/// holds only the harmless ones.
+#[test]
+fn host_device_nodes_are_not_reachable() {
+    use std::os::unix::fs::FileTypeExt;
+    skip_unless!(
+        is_root(),
+        "needs root: only a uid-0 agent owns the host's device nodes"
+    );
+    let safe = ["null", "zero", "full", "random", "urandom", "tty", "ptmx"];
+    let host_nodes: Vec<String> = std::fs::read_dir("/dev")
+        .expect("/dev")
+        .flatten()
+        .filter(|e| {
+            e.file_type()
+                .is_ok_and(|t| t.is_block_device() || t.is_char_device())
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !safe.contains(&n.as_str()))
+        .collect();
+    // One the host can really read (so the test is live), e.g. a loop device or /dev/vcs.
+    let readable = host_nodes.iter().find(|n| {
+        let mut b = [0u8; 1];
+        std::fs::File::open(format!("/dev/{n}"))
+            .and_then(|mut f| f.read(&mut b))
+            .is_ok()
+    });
+    skip_unless!(
+        readable.is_some(),
+        "no host device node is readable here to try from the sandbox"
+    );
+    let readable = readable.unwrap().clone();
+    let ws = Workspace::new("devnodes");
+    let script = format!(
+        "head -c 1 /dev/{readable} > got.bin 2>/dev/null; echo $? > got.status; ls /dev > devlist.txt; head -c 16 /dev/urandom > rand.bin; echo ok > /dev/null && echo null-ok > null.txt"
+    );
+    let r = ws.run(&["--headless"], &["/bin/sh", "-c", &script], LIMIT);
+    assert!(!r.timed_out, "{r:?}");
+    assert_ne!(
+        ws.read("got.status").as_deref(),
+        Some("0\n"),
+        "the agent read /dev/{readable}"
+    );
+    assert!(
+        std::fs::read(ws.path("got.bin"))
+            .unwrap_or_default()
+            .is_empty(),
+        "the agent got bytes of /dev/{readable}"
+    );
+    let devs = ws.read("devlist.txt").expect("ls /dev ran");
+    for n in &host_nodes {
+        assert!(
+            !devs.lines().any(|l| l == n),
+            "/dev/{n} is visible in the sandbox: {devs}"
+        );
+    }
+    for needed in ["null", "zero", "urandom", "tty", "pts", "shm", "fd"] {
+        assert!(
+            devs.lines().any(|l| l == needed),
+            "/dev/{needed} missing in the sandbox: {devs}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(ws.path("rand.bin"))
+            .map(|b| b.len())
+            .unwrap_or(0),
+        16,
+        "/dev/urandom works"
+    );
+    assert_eq!(
+        ws.read("null.txt").as_deref(),
+        Some("null-ok\n"),
+        "/dev/null works"
+    );
+}
+
+/// The supervisor performs connects itself, outside the agent's Landlock domain: it must apply
+/// the abstract-unix-socket scope itself. A host service on an abstract socket is not
+/// reachable; an abstract socket of the agent's own is.
+#[test]
+fn abstract_unix_sockets_of_the_host_are_not_reachable() {
+    skip_unless!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "needs /usr/bin/python3"
+    );
+    let ws = Workspace::new("abstract");
+    let name = format!("as-test-host-{}", std::process::id());
+    let addr =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            name.as_bytes(),
+        )
+        .expect("abstract addr");
+    let host = UnixListener::bind_addr(&addr).expect("host listener");
+    host.set_nonblocking(true).expect("nonblocking");
+    let script = format!(
+        r#"
+import socket
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect("\0{name}")
+    open("host.txt", "w").write("connected")
+except OSError as e:
+    open("host.txt", "w").write("refused %d" % e.errno)
+l = socket.socket(socket.AF_UNIX); l.bind("\0{name}-inner"); l.listen(1)
+c = socket.socket(socket.AF_UNIX)
+c.connect("\0{name}-inner")
+a, _ = l.accept()
+c.send(b"hello"); open("inner.txt", "w").write(a.recv(5).decode())
+"#
+    );
+    let r = ws.run(&["--headless"], &["/usr/bin/python3", "-c", &script], LIMIT);
+    assert!(!r.timed_out, "{r:?}");
+    assert!(
+        host.accept().is_err(),
+        "the host's abstract socket was reached from the sandbox"
+    );
+    assert!(
+        ws.read("host.txt")
+            .is_some_and(|s| s.starts_with("refused")),
+        "{:?} {r:?}",
+        ws.read("host.txt")
+    );
+    assert_eq!(
+        ws.read("inner.txt").as_deref(),
+        Some("hello"),
+        "the agent's own abstract socket works: {r:?}"
+    );
+    let denied = ws.decisions("connect");
+    assert!(
+        denied.iter().any(|d| d["decision"] == "deny"
+            && d["action"]["destination"]
+                .as_str()
+                .is_some_and(|s| s.contains(&name))),
+        "the denial is audited: {denied:?}"
+    );
+}
