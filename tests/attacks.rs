@@ -1087,8 +1087,9 @@ fn memfd_and_anonymous_files_cannot_be_executed() {
 // ---------------------------------------------------------------------------------------------
 
 /// Try every fixed denial and print `name=ok` or `name=ERRNO`. Each of these calls would
-/// succeed here without the deny filter (root VM, legacy TIOCSTI on, io_uring enabled), or
-/// is checked for its side effect (the mask stays, the denied connect stays refused).
+/// succeed here without the deny filter (root VM, io_uring enabled, unprivileged userfaultfd
+/// in user mode...), or is checked for its side effect (the mask stays, the denied connect
+/// stays refused). TIOCSTI has its own test, on the user's terminal.
 const SECCOMP_PROBE_C: &str = r#"
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -1194,20 +1195,6 @@ int main(int argc, char **argv) {
     int mount_id;
     say("name_to_handle_at", syscall(SYS_name_to_handle_at, AT_FDCWD, ".", &fh, &mount_id, 0));
 
-    /* TIOCSTI on a pty that is our controlling terminal (done in a new session). */
-    pid_t t = fork();
-    if (t == 0) {
-        setsid();
-        int m = posix_openpt(O_RDWR);
-        grantpt(m); unlockpt(m);
-        int sl = open(ptsname(m), O_RDWR); /* becomes the controlling tty */
-        struct winsize w;
-        say("tiocgwinsz", ioctl(sl, TIOCGWINSZ, &w));
-        char c = 'x';
-        say("tiocsti", ioctl(sl, TIOCSTI, &c));
-        _exit(0);
-    }
-    waitpid(t, 0, 0);
     return 0;
 }
 "#;
@@ -1238,7 +1225,6 @@ fn seccomp_bypasses_and_fixed_denials_fail() {
         "pidfd_open",
         "clone_plain",
         "personality_query",
-        "tiocgwinsz",
     ] {
         assert_eq!(
             field(out, control),
@@ -1266,7 +1252,6 @@ fn seccomp_bypasses_and_fixed_denials_fail() {
         ("userfaultfd", "EPERM"),
         ("keyctl", "EPERM"),
         ("name_to_handle_at", "EPERM"),
-        ("tiocsti", "EPERM"),
     ] {
         assert_eq!(field(out, call), Some(errno), "{call}\n{}", show(&r));
     }
@@ -1837,7 +1822,7 @@ fn proc_self_fd_reopen_does_not_gain_access() {
 // 12. Unix sockets: path sockets outside the write trees, abstract sockets of the host
 // ---------------------------------------------------------------------------------------------
 
-/// Connect (stream) and send (datagram) to unix socket paths given on the command line.
+/// Connect (stream), send (dgram) or bind (bind) unix socket paths given on the command line.
 const UNIX_CLIENT_PY: &str = r#"
 import socket, sys
 for kind, path in zip(sys.argv[1::2], sys.argv[2::2]):
@@ -1848,9 +1833,12 @@ for kind, path in zip(sys.argv[1::2], sys.argv[2::2]):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.connect(path)
             s.sendall(b"hello")
-        else:
+        elif kind == "dgram":
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             s.sendto(b"hello", path)
+        else:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(path)
         print(f"{kind}:{path!r}=ok")
     except OSError as e:
         print(f"{kind}:{path!r}={e.errno}")
@@ -1894,7 +1882,21 @@ fn unix_sockets_outside_the_write_trees_are_not_reached() {
             "../outside.sock",
             "dgram",
             s(&b.join("outside.dgram")),
+            "bind",
+            s(&ws.path("bound-inside.sock")),
+            "bind",
+            s(&b.join("bound-outside.sock")),
         ],
+    );
+    assert!(
+        ws.path("bound-inside.sock").exists(),
+        "binding a socket in the workspace must work\n{}",
+        show(&r)
+    );
+    assert!(
+        !b.join("bound-outside.sock").exists(),
+        "a socket was bound outside the write trees\n{}",
+        show(&r)
     );
     assert!(
         accepted(&inside),
@@ -1922,7 +1924,6 @@ fn abstract_listener(name: &str) -> UnixListener {
 }
 
 #[test]
-#[ignore = "BUG: abstract unix connects are allowed as 'confined by Landlock', but the supervisor performs them itself, outside the Landlock domain"]
 fn abstract_unix_sockets_of_the_host_are_not_reached() {
     let ws = Workspace::new("unix-abstract");
     let name = base(&ws)
@@ -2416,4 +2417,182 @@ fn unspecified_address_does_not_reach_a_denied_loopback_port() {
         "the denied listener was reached through the unspecified address\n{}",
         show(&r)
     );
+}
+
+#[test]
+#[ignore = "BUG: under the sandboxed preset a unix socket of a host program in {tmp} (tmux, ssh-agent, X11 live there) is connectable: connect counts as a write inside the writable /tmp"]
+fn host_unix_sockets_in_tmp_are_not_reached() {
+    // tmux keeps its server at /tmp/tmux-UID/default, `ssh-agent` at /tmp/ssh-XXXX/agent.PID:
+    // whoever connects can run commands outside the sandbox, or sign with the user's keys.
+    let ws = Workspace::new("tmp-socket");
+    let host_dir = TmpDir::new("tmux");
+    let server = UnixListener::bind(host_dir.path().join("default")).expect("bind");
+    let own = format!("{}/own.sock", ws.dir.display());
+    let script = format!(
+        "{UNIX_CLIENT_PY}\nsrv = socket.socket(socket.AF_UNIX); srv.bind('{own}'); srv.listen(1)\n\
+         c = socket.socket(socket.AF_UNIX); c.connect('{own}'); print('own=ok')\n"
+    );
+    let host = host_dir.path().join("default");
+    let r = supervise(
+        &ws,
+        "preset:sandboxed",
+        &[],
+        &[PYTHON, "-c", &script, "stream", s(&host)],
+    );
+    assert_eq!(
+        field(&r.stdout, "own"),
+        Some("ok"),
+        "the agent's own sockets must work\n{}",
+        show(&r)
+    );
+    assert!(
+        !accepted(&server),
+        "the agent reached a host program's unix socket in /tmp\n{}",
+        show(&r)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The policy that governs the next session
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+#[ignore = "BUG: ./.agent-supervisor/policy.toml (first in the policy lookup) lies in the writable workspace: the agent can plant a policy for its next session"]
+fn agent_cannot_choose_the_policy_of_its_next_session() {
+    let ws = Workspace::new("plant-policy");
+    ws.write(".env", format!("{SECRET}\n").as_str());
+    ws.write("public.txt", "public-content\n");
+    // Session 1, under the sandboxed preset: the secret is hidden; plant a policy.
+    let plant = "mkdir -p .agent-supervisor && \
+                 printf 'version = 1\\nextends = \"unrestricted\"\\n' > .agent-supervisor/policy.toml; \
+                 cat .env public.txt >> leak 2>/dev/null; true";
+    let r1 = supervise(&ws, "preset:sandboxed", &[], &["/bin/sh", "-c", plant]);
+    assert!(
+        ws.read("leak")
+            .unwrap_or_default()
+            .contains("public-content"),
+        "{}",
+        show(&r1)
+    );
+    assert!(
+        !ws.read("leak").unwrap_or_default().contains(SECRET),
+        "the mask must hide the secret in session 1\n{}",
+        show(&r1)
+    );
+    // Session 2: the user runs the agent again in the same workspace, with the default lookup.
+    let r2 = ws.run(
+        &["--headless"],
+        &["/bin/sh", "-c", "cat .env >> leak 2>/dev/null; true"],
+        LIMIT,
+    );
+    assert!(!r2.timed_out, "{}", show(&r2));
+    assert!(
+        !ws.read("leak").unwrap_or_default().contains(SECRET),
+        "the agent's planted policy governed the next session\n{}",
+        show(&r2)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Terminal input injection into the user's terminal
+// ---------------------------------------------------------------------------------------------
+
+/// A pseudo-terminal pair made outside the sandbox: (master, slave).
+fn host_pty() -> (std::fs::File, std::fs::File) {
+    let (mut m, mut sl) = (-1, -1);
+    // SAFETY: openpty writes two fds; the name, termios and winsize arguments may be NULL.
+    let rc = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut sl,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned these two fds to us; nothing else owns them.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(m),
+            std::fs::File::from_raw_fd(sl),
+        )
+    }
+}
+
+#[test]
+fn tiocsti_cannot_inject_into_the_users_terminal() {
+    // The user runs the supervisor from a terminal (its controlling tty, the agent's stdin):
+    // characters pushed into its input queue would run in the user's shell after the agent.
+    let ws = Workspace::new("tiocsti");
+    let (_master, slave) = host_pty();
+    let script = r#"
+import fcntl, os, struct, termios
+print("tty=" + ("ok" if os.isatty(0) else "no"))
+fcntl.ioctl(0, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+print("winsize=ok")
+try:
+    for c in b"echo PWNED\n":
+        fcntl.ioctl(0, termios.TIOCSTI, bytes([c]))
+    print("tiocsti=ok")
+except OSError as e:
+    print(f"tiocsti={e.errno}")
+"#;
+    let mut c = std::process::Command::new(common::bin());
+    c.args([
+        "run",
+        "-q",
+        "--headless",
+        "--policy",
+        "preset:sandboxed",
+        "--audit",
+    ])
+    .arg(&ws.audit)
+    .args(["--", PYTHON, "-c", script])
+    .current_dir(&ws.dir)
+    .env_remove("CI")
+    .stdin(slave.try_clone().expect("dup slave"));
+    // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let r = common::run_with_timeout(c, LIMIT);
+    assert!(!r.timed_out, "{}", show(&r));
+    assert_eq!(field(&r.stdout, "tty"), Some("ok"), "{}", show(&r));
+    assert_eq!(
+        field(&r.stdout, "winsize"),
+        Some("ok"),
+        "other terminal ioctls must work\n{}",
+        show(&r)
+    );
+    assert_eq!(
+        field(&r.stdout, "tiocsti"),
+        Some("1"),
+        "TIOCSTI must fail with EPERM\n{}",
+        show(&r)
+    );
+    // What the user's shell would read next from the terminal.
+    // SAFETY: fcntl on our own fd.
+    unsafe { libc::fcntl(slave.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut pending = Vec::new();
+    let _ = (&slave).read_to_end(&mut pending);
+    assert!(
+        !String::from_utf8_lossy(&pending).contains("PWNED"),
+        "the agent injected input into the user's terminal\n{}",
+        show(&r)
+    );
+}
+
+#[test]
+#[ignore = "BUG: since the private /dev, /dev/ptmx is a bind of the host's node and opening it fails (ENOENT: no devpts next to it): no pty can be made in the sandbox"]
+fn the_agent_can_open_pseudo_terminals() {
+    let ws = Workspace::new("own-pty");
+    let script = "import os\na, b = os.openpty()\nos.write(b, b'own\\n')\n\
+                  print('own=' + ('ok' if os.read(a, 16).startswith(b'own') else 'no'))\n";
+    let r = supervise(&ws, "preset:sandboxed", &[], &[PYTHON, "-c", script]);
+    assert_eq!(field(&r.stdout, "own"), Some("ok"), "{}", show(&r));
 }
