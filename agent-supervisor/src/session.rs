@@ -106,6 +106,48 @@ pub fn noexec_trees(landlock: &LandlockSpec) -> Vec<PathBuf> {
         .collect()
 }
 
+/// What the agent must never change, whatever the policy says: where its next session's policy
+/// is looked up, and the audit log. Mounted read-only in the sandbox. The workspace's
+/// `.agent-supervisor/` is created (empty) when missing, so that the agent can't create it and
+/// plant a policy there either.
+fn protected_paths(vars: &Vars, audit_path: &Path) -> Vec<sandbox::masks::MaskMount> {
+    let workspace_dir = vars.workspace.join(".agent-supervisor");
+    if !workspace_dir.exists() {
+        if let Err(e) = std::fs::create_dir(&workspace_dir) {
+            tracing::warn!("cannot create {} to protect it: {e}", workspace_dir.display());
+        }
+    }
+    let mut dirs: Vec<PathBuf> = policy_search_path(vars)
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .map(|p| if p.is_absolute() { p } else { vars.workspace.join(p) })
+        .collect();
+    dirs.extend(audit_path.parent().map(Path::to_path_buf));
+    let mut out: Vec<sandbox::masks::MaskMount> = Vec::new();
+    let protect = |out: &mut Vec<sandbox::masks::MaskMount>, path: PathBuf, is_dir: bool| {
+        if !out.iter().any(|m| m.path == path) {
+            out.push(sandbox::masks::MaskMount { path, kind: agent_supervisor_policy::MaskKind::ReadOnly, is_dir, rule: None });
+        }
+    };
+    for dir in dirs {
+        let Ok(real) = std::fs::canonicalize(&dir) else { continue };
+        // A directory holding the workspace itself (an audit log written into the workspace)
+        // can't be made read-only: protect the file instead.
+        if vars.workspace.starts_with(&real) {
+            continue;
+        }
+        if real.is_dir() {
+            protect(&mut out, real, true);
+        }
+    }
+    if let Ok(file) = std::fs::canonicalize(audit_path) {
+        if !out.iter().any(|m| file.starts_with(&m.path)) {
+            protect(&mut out, file, false);
+        }
+    }
+    out
+}
+
 fn session_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -132,12 +174,14 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         write: plan.landlock_write.clone(),
         exec: plan.landlock_exec.clone(),
     };
-    let masks = sandbox::masks::plan_masks(&policy, &plan, &noexec_trees(&landlock));
     let audit_path = opts
         .audit
         .clone()
         .unwrap_or_else(|| crate::audit::default_path(sys::euid_egid().0));
     let audit_file = crate::audit::AuditFile::open(&audit_path)?;
+    let mut masks = sandbox::masks::plan_masks(&policy, &plan, &noexec_trees(&landlock));
+    masks.extend(protected_paths(&vars, &audit_path));
+    masks.sort_by_key(|m| m.path.components().count());
     let mode = approval::choose_mode(opts.headless, opts.default_allow);
     let session = session_id();
     if !opts.quiet {
@@ -192,6 +236,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         approvals,
         guard,
         remembered: Mutex::new(Default::default()),
+        own_sockets: Mutex::new(Default::default()),
         initial_argv: Mutex::new(Some(initial)),
         stopping: AtomicBool::new(false),
     });

@@ -648,16 +648,21 @@ pub fn move_mount_to(fd: BorrowedFd<'_>, target: &CStr) -> io::Result<()> {
 }
 
 /// `mount(src, target, fstype, flags, NULL)`.
-pub fn mount(
+pub fn mount(src: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: libc::c_ulong) -> io::Result<()> {
+    mount_with_data(src, target, fstype, flags, None)
+}
+
+/// `mount(src, target, fstype, flags, data)`.
+pub fn mount_with_data(
     src: Option<&CStr>,
     target: &CStr,
     fstype: Option<&CStr>,
     flags: libc::c_ulong,
+    data: Option<&CStr>,
 ) -> io::Result<()> {
     let p = |s: Option<&CStr>| s.map_or(std::ptr::null(), |s| s.as_ptr());
     // SAFETY: every pointer is NULL or a valid C string for the duration of the call.
-    check_int(unsafe { libc::mount(p(src), target.as_ptr(), p(fstype), flags, std::ptr::null()) })
-        .map(drop)
+    check_int(unsafe { libc::mount(p(src), target.as_ptr(), p(fstype), flags, p(data).cast()) }).map(drop)
 }
 
 /// `mkdirat` / create an empty file inside a directory fd (used on the detached tmpfs).
@@ -866,6 +871,17 @@ pub fn socket_domain(fd: BorrowedFd<'_>) -> io::Result<i32> {
             (&mut v as *mut libc::c_int).cast(),
             &mut len,
         )
+    })?;
+    Ok(v)
+}
+
+/// `getsockopt(fd, SOL_SOCKET, SO_PROTOCOL)`.
+pub fn socket_protocol(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: out pointers are valid for the given length.
+    check_int(unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL, (&mut v as *mut libc::c_int).cast(), &mut len)
     })?;
     Ok(v)
 }

@@ -560,10 +560,11 @@ fn drop_all_capabilities() -> io::Result<()> {
 }
 
 /// Device nodes the agent gets in its private /dev (bind-mounted from the host's).
-const DEV_NODES: &[&std::ffi::CStr] = &[c"null", c"zero", c"full", c"random", c"urandom", c"tty", c"ptmx"];
+const DEV_NODES: &[&std::ffi::CStr] = &[c"null", c"zero", c"full", c"random", c"urandom", c"tty"];
 
-/// Replace /dev with a fresh tmpfs holding only harmless devices, the host's /dev/pts, a fresh
-/// /dev/shm and the usual symlinks. Without this a uid-0 agent (capabilities or not) could
+/// Replace /dev with a fresh tmpfs holding only harmless devices, a devpts instance of its own
+/// (the host's terminals are not reachable; the agent's own stays its stdio and /dev/tty), a
+/// fresh /dev/shm and the usual symlinks. Without this a uid-0 agent (capabilities or not) could
 /// open root-owned block devices (file permissions allow the owner) and read the raw disk.
 /// Returns (which node, error) on failure.
 fn private_dev() -> Result<(), (i32, io::Error)> {
@@ -578,7 +579,6 @@ fn private_dev() -> Result<(), (i32, io::Error)> {
             Err(e) => return Err((i as i32, e)),
         }
     }
-    let pts = sys::open_tree_clone(libc::AT_FDCWD, c"/dev/pts").ok();
     let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
     sys::mount(Some(c"tmpfs"), c"/dev", Some(c"tmpfs"), flags).map_err(|e| (-1, e))?;
     let dev = std::fs::File::open("/dev").map_err(|e| (-1, e))?;
@@ -587,13 +587,18 @@ fn private_dev() -> Result<(), (i32, io::Error)> {
         let target = CString::new([b"/dev/", name.to_bytes()].concat()).expect("no NUL");
         sys::move_mount_to(tree.as_fd(), &target).map_err(|e| (i as i32, e))?;
     }
-    if let Some(pts) = pts {
-        sys::mkdirat(dev.as_fd(), c"pts", 0o755).map_err(|e| (-2, e))?;
-        sys::move_mount_to(pts.as_fd(), c"/dev/pts").map_err(|e| (-2, e))?;
-    }
+    sys::mkdirat(dev.as_fd(), c"pts", 0o755).map_err(|e| (-2, e))?;
+    sys::mount_with_data(
+        Some(c"devpts"),
+        c"/dev/pts",
+        Some(c"devpts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some(c"newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(|e| (-2, e))?;
     sys::mkdirat(dev.as_fd(), c"shm", 0o1777).map_err(|e| (-3, e))?;
     sys::mount(Some(c"tmpfs"), c"/dev/shm", Some(c"tmpfs"), libc::MS_NOSUID | libc::MS_NODEV).map_err(|e| (-3, e))?;
-    for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    for (link, target) in [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
         std::os::unix::fs::symlink(target, format!("/dev/{link}")).map_err(|e| (-4, e))?;
     }
     Ok(())

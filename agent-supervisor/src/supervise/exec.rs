@@ -40,13 +40,14 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
     let started = Instant::now();
     let t = Tracee::load(n.pid).map_err(|_| libc::ESRCH)?;
     let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EACCES);
-    let (dirfd, path_ptr, argv_ptr, flags) = if n.nr as i64 == libc::SYS_execveat {
-        (n.args[0] as i32, n.args[1], n.args[2], n.args[4])
+    let (dirfd, path_ptr, argv_ptr, envp_ptr, flags) = if n.nr as i64 == libc::SYS_execveat {
+        (n.args[0] as i32, n.args[1], n.args[2], n.args[3], n.args[4])
     } else {
-        (libc::AT_FDCWD, n.args[0], n.args[1], 0)
+        (libc::AT_FDCWD, n.args[0], n.args[1], n.args[2], 0)
     };
     let path = t.read_cstr(path_ptr, PATH_MAX).map_err(errno)?;
     let argv = t.read_argv(argv_ptr).map_err(errno)?;
+    let envp = t.read_argv(envp_ptr).map_err(errno)?;
     let follow = flags & AT_SYMLINK_NOFOLLOW == 0;
     let empty = flags & AT_EMPTY_PATH != 0;
     let resolved = t.resolve(dirfd, &path, follow, empty).map_err(errno)?;
@@ -63,6 +64,9 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
         invoked,
         argv: argv.clone(),
     }];
+    // The kernel's binfmt_script: argv becomes [interpreter, optional argument, the script's
+    // name (the path given to exec, then each outer interpreter), the old argv[1..]].
+    let mut script_name = path.clone();
     for _ in 0..MAX_INTERPRETERS {
         let last = chain.last().expect("non-empty");
         let Some((interp, arg)) = shebang(&last.resolved) else {
@@ -73,8 +77,8 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
             .map_err(errno)?;
         let mut iargv = vec![interp.as_os_str().as_bytes().to_vec()];
         iargv.extend(arg);
-        iargv.push(path.clone());
-        iargv.extend(argv.iter().skip(1).cloned());
+        iargv.push(std::mem::replace(&mut script_name, interp.as_os_str().as_bytes().to_vec()));
+        iargv.extend(last.argv.iter().skip(1).cloned());
         chain.push(Program {
             invoked: r.lexical.clone(),
             resolved: r,
@@ -93,8 +97,13 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
             (dev, ino)
         },
         argv_tail: argv.iter().skip(1).cloned().collect(),
+        // The runner's argv is what the kernel builds: for a binary, argv itself (an empty
+        // argv gets an empty argv[0] from the kernel); for scripts, interpreters first.
+        argc: runner.argv.len().max(1),
         summary: display_argv(&argv),
     };
+    let runner_path = runner.resolved.path.clone();
+    let runner_index = chain.len() - 1;
     if is_dynamic_loader(&runner.resolved.path) {
         if let Some(target) = loader_target(&runner.argv) {
             let r = t
@@ -132,7 +141,30 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
             verdict = Some(v);
         }
     }
-    let verdict = verdict.expect("non-empty chain");
+    let mut verdict = verdict.expect("non-empty chain");
+    let writable = |p: &Path| ctx.policy.filesystem.write.iter().any(|w| p.starts_with(w));
+    // `ld.so PROGRAM` opens PROGRAM by name after the exec, out of the guard's sight: a program
+    // in a tree the agent can write could be swapped in between.
+    if is_dynamic_loader(&runner_path) && chain.len() > runner_index + 1 {
+        let target = &chain[runner_index + 1];
+        if writable(&target.resolved.path) || writable(&target.invoked) {
+            verdict = Verdict {
+                decision: agent_supervisor_policy::Decision::Deny,
+                decided_by: agent_supervisor_policy::DecidedBy::Filesystem,
+                reason: Some(format!(
+                    "the dynamic loader would load {} by name from a writable tree (it could be swapped after the check)",
+                    target.invoked.display()
+                )),
+            };
+        }
+    }
+    if let Some(why) = loader_injection(&envp, &writable) {
+        verdict = Verdict {
+            decision: agent_supervisor_policy::Decision::Deny,
+            decided_by: agent_supervisor_policy::DecidedBy::Filesystem,
+            reason: Some(why),
+        };
+    }
 
     // The command line the user typed is the user's own approval for an ask (policy denials
     // still apply). Only its first exec, once.
@@ -222,6 +254,43 @@ fn trim(b: &[u8]) -> &[u8] {
         .rposition(|c| !c.is_ascii_whitespace())
         .map_or(start, |e| e + 1);
     &b[start..end]
+}
+
+/// Environment variables that make the dynamic loader load native code into any program.
+/// (`LD_LIBRARY_PATH` is not among them: build tools, cargo's test runner among them, point it
+/// into the workspace all the time; code loaded through it must still be mapped executable,
+/// which the `noexec` mounts of writable, non-exec trees refuse.)
+pub const LOADER_VARIABLES: &[&str] = &["LD_PRELOAD", "LD_AUDIT"];
+
+/// Does the environment make the dynamic loader load code from a tree the agent can write
+/// (or from a relative path)? Returns why. Used before the exec and, by the guard, on the new
+/// image's real environment.
+pub fn loader_injection(envp: &[Vec<u8>], writable: &dyn Fn(&Path) -> bool) -> Option<String> {
+    for entry in envp {
+        let Some(eq) = entry.iter().position(|&b| b == b'=') else { continue };
+        let name = String::from_utf8_lossy(&entry[..eq]);
+        if !LOADER_VARIABLES.contains(&name.as_ref()) {
+            continue;
+        }
+        for item in entry[eq + 1..].split(|&b| b == b':' || b == b' ' || b == b'\t') {
+            if item.is_empty() {
+                continue;
+            }
+            let p = Path::new(OsStr::from_bytes(item));
+            // A relative path is looked up from wherever the program runs.
+            let bad = !p.is_absolute() || {
+                let lexical = super::tracee::normalize(p);
+                writable(&lexical) || std::fs::canonicalize(&lexical).is_ok_and(|c| writable(&c))
+            };
+            if bad {
+                return Some(format!(
+                    "{name} points the dynamic loader at {} (writable by the agent, or relative): native code the agent wrote would run inside the program",
+                    super::escape_for_human(item)
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Is this the ELF dynamic loader (run directly, it loads and runs its first argument)?

@@ -30,6 +30,10 @@ pub struct Expectation {
     pub exe: (u64, u64),
     /// argv[1..] as decided; the new image's command line must end with exactly these.
     pub argv_tail: Vec<Vec<u8>>,
+    /// How many entries the new command line must have in all: `argv_tail` plus what the
+    /// kernel puts before it (argv[0]; for `#!` scripts, each interpreter, its optional
+    /// argument and the script path).
+    pub argc: usize,
     /// For messages.
     pub summary: String,
 }
@@ -100,8 +104,9 @@ fn check_one(ctx: &Arc<Ctx>, job: Job) {
         let event = (status >> 16) & 0xff;
         if event == sys::PTRACE_EVENT_EXEC {
             // `pid` is now the thread-group leader's id (a non-leader's tid changes on exec).
-            match verify(pid, &job.expect) {
+            match verify(pid, &job.expect, &ctx.policy.filesystem.write) {
                 Ok(()) => {
+                    tracing::debug!("exec guard: pid {pid} runs `{}` as decided", job.expect.summary);
                     let _ = sys::ptrace_detach(pid, 0);
                     return;
                 }
@@ -138,7 +143,7 @@ fn check_one(ctx: &Arc<Ctx>, job: Job) {
     }
 }
 
-fn verify(pid: i32, expect: &Expectation) -> Result<(), String> {
+fn verify(pid: i32, expect: &Expectation, write_trees: &[std::path::PathBuf]) -> Result<(), String> {
     let exe = fs::File::open(format!("/proc/{pid}/exe"))
         .map_err(|e| format!("cannot inspect the new image: {e}"))?;
     let (dev, ino, _) =
@@ -149,6 +154,11 @@ fn verify(pid: i32, expect: &Expectation) -> Result<(), String> {
             expect.summary
         ));
     }
+    let environ = fs::read(format!("/proc/{pid}/environ")).map_err(|e| format!("cannot read the new environment: {e}"))?;
+    let envp: Vec<Vec<u8>> = environ.split(|&b| b == 0).filter(|e| !e.is_empty()).map(<[u8]>::to_vec).collect();
+    if let Some(why) = super::exec::loader_injection(&envp, &|p| write_trees.iter().any(|w| p.starts_with(w))) {
+        return Err(format!("{why} (raced exec environment)"));
+    }
     let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
         .map_err(|e| format!("cannot read the new command line: {e}"))?;
     let mut args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
@@ -156,12 +166,11 @@ fn verify(pid: i32, expect: &Expectation) -> Result<(), String> {
         args.pop();
     }
     let tail = &expect.argv_tail;
-    let ok = args.len() > tail.len()
-        && args[args.len() - tail.len()..]
-            .iter()
-            .zip(tail)
-            .all(|(a, b)| *a == b.as_slice())
-        || (tail.is_empty() && args.len() <= 1);
+    // Exactly as long as decided (no argument inserted or dropped), ending with exactly the
+    // decided arguments.
+    let ok = args.len() == expect.argc
+        && args.len() >= tail.len()
+        && args[args.len() - tail.len()..].iter().zip(tail).all(|(a, b)| *a == b.as_slice());
     if !ok {
         return Err(format!(
             "its arguments differ from the ones approved for `{}` (raced exec)",

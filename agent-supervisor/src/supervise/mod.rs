@@ -65,6 +65,8 @@ pub enum Effect {
     AddFd { fd: OwnedFd, cloexec: bool },
     /// Let the exec run; the guard verifies the new image.
     ExecContinue(guard::Expectation),
+    /// Let the call run as issued: only for calls that grant nothing to check (`O_PATH` opens).
+    Continue,
 }
 
 /// Work to do once the action is allowed.
@@ -117,6 +119,9 @@ pub struct Ctx {
     pub guard: guard::Guard,
     /// Session-wide answers (A = allow, B = deny), by action key.
     pub remembered: Mutex<HashMap<String, Decision>>,
+    /// Unix socket files (st_dev, st_ino) the session bound: connecting to them is the session
+    /// talking to itself, not to a program outside the sandbox.
+    pub own_sockets: Mutex<std::collections::HashSet<(u64, u64)>>,
     /// The command line the user typed: its first exec is approved by the user already.
     pub initial_argv: Mutex<Option<Vec<Vec<u8>>>>,
     pub stopping: AtomicBool,
@@ -290,6 +295,13 @@ pub fn apply(ctx: &Arc<Ctx>, n: Notif, effect: Effect) {
             }
         }
         Effect::ExecContinue(expect) => ctx.guard.submit(n, expect),
+        Effect::Continue => {
+            if let Err(e) = sys::notif_continue(ctx.listener.as_fd(), n.id) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::warn!("continuing a seccomp notification failed: {e}");
+                }
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,7 +38,8 @@ enum Dest {
     UnixAbstract(Vec<u8>),
     /// Unnamed unix address.
     UnixOther,
-    Netlink,
+    /// Netlink: destination port id and multicast groups.
+    Netlink { pid: u32, groups: u32 },
     Unspec,
     Other(u16),
 }
@@ -78,7 +80,14 @@ fn parse_sockaddr(b: &[u8]) -> Result<Dest, i32> {
             let end = path.iter().position(|&c| c == 0).unwrap_or(path.len());
             Ok(Dest::UnixPath(path[..end].to_vec()))
         }
-        libc::AF_NETLINK => Ok(Dest::Netlink),
+        libc::AF_NETLINK => {
+            if b.len() < 12 {
+                return Err(libc::EINVAL);
+            }
+            let pid = u32::from_ne_bytes(b[4..8].try_into().expect("4 bytes"));
+            let groups = u32::from_ne_bytes(b[8..12].try_into().expect("4 bytes"));
+            Ok(Dest::Netlink { pid, groups })
+        }
         libc::AF_UNSPEC => Ok(Dest::Unspec),
         f => Ok(Dest::Other(f as u16)),
     }
@@ -103,20 +112,29 @@ fn builtin(decision: Decision, reason: &str) -> Verdict {
     }
 }
 
-fn decide_dest(ctx: &Ctx, t: &Tracee, raw: &[u8], creating: bool) -> Result<Decided, i32> {
+/// An IP destination. `0.0.0.0` and `::` mean this host to connect/send: they are decided as
+/// loopback (the strictest of the two spellings wins).
+fn decide_inet(ctx: &Ctx, sa: SocketAddr, raw: &[u8]) -> Decided {
+    let ask = |ip: IpAddr| ctx.policy.decide(&Request::Connect { ip, port: sa.port(), host: None });
+    let mut verdict = ask(sa.ip());
+    let unspecified = match sa.ip().to_canonical() {
+        IpAddr::V4(v4) => v4.is_unspecified().then_some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        IpAddr::V6(v6) => v6.is_unspecified().then_some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    };
+    if let Some(loopback) = unspecified {
+        let as_loopback = ask(loopback);
+        if as_loopback.decision > verdict.decision {
+            verdict = as_loopback;
+        }
+    }
+    Decided { verdict, shown: sa.to_string(), family: "inet", addr: raw.to_vec(), hold: None }
+}
+
+/// `creating`: bind (the address is being created); `is_send`: sendto/sendmsg/sendmmsg.
+fn decide_dest(ctx: &Ctx, t: &Tracee, raw: &[u8], creating: bool, is_send: bool, proto: i32) -> Result<Decided, i32> {
     let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EACCES);
     Ok(match parse_sockaddr(raw)? {
-        Dest::Inet(sa) => Decided {
-            verdict: ctx.policy.decide(&Request::Connect {
-                ip: sa.ip(),
-                port: sa.port(),
-                host: None,
-            }),
-            shown: sa.to_string(),
-            family: "inet",
-            addr: raw.to_vec(),
-            hold: None,
-        },
+        Dest::Inet(sa) => decide_inet(ctx, sa, raw),
         Dest::UnixPath(p) => {
             let (target, real): (Resolved, std::path::PathBuf) = if creating {
                 let (dir, name) = t.resolve_parent(libc::AT_FDCWD, &p).map_err(errno)?;
@@ -147,11 +165,22 @@ fn decide_dest(ctx: &Ctx, t: &Tracee, raw: &[u8], creating: bool) -> Result<Deci
                 (r, real)
             };
             let via = format!("/proc/self/fd/{}", target.fd.as_raw_fd());
+            // A socket the session bound itself is its own business. Any other is a program
+            // outside the sandbox (an ssh-agent, tmux, Docker): being allowed to write in the
+            // directory is not enough, it takes a rule that names it.
+            let own = crate::sys::fstat_id(target.fd.as_fd())
+                .is_ok_and(|(dev, ino, _)| ctx.own_sockets.lock().expect("own sockets lock").contains(&(dev, ino)));
+            let mut verdict = ctx.policy.decide(&Request::Open { path: &real, access: Access::WRITE });
+            if own {
+                verdict = builtin(Decision::Allow, "unix socket bound inside the sandbox");
+            } else if verdict.decided_by == DecidedBy::Filesystem {
+                verdict = builtin(
+                    Decision::Deny,
+                    "unix socket of a program outside the sandbox: allow it with a file rule naming the socket",
+                );
+            }
             Decided {
-                verdict: ctx.policy.decide(&Request::Open {
-                    path: &real,
-                    access: Access::WRITE,
-                }),
+                verdict,
                 shown: format!("unix:{}", real.display()),
                 family: "unix",
                 addr: sockaddr_un(via.as_bytes())?,
@@ -188,20 +217,39 @@ fn decide_dest(ctx: &Ctx, t: &Tracee, raw: &[u8], creating: bool) -> Result<Deci
             addr: raw.to_vec(),
             hold: None,
         },
-        Dest::Netlink => Decided {
-            verdict: builtin(Decision::Allow, "netlink (kernel-local, no capabilities)"),
-            shown: "netlink".into(),
+        Dest::Netlink { pid, groups } => Decided {
+            // To the kernel only: a non-zero port id or multicast groups reach user-space
+            // sockets of the host (NETLINK_USERSOCK and friends).
+            verdict: if creating {
+                builtin(Decision::Allow, "binding a netlink socket")
+            } else if pid == 0 && groups == 0 {
+                builtin(Decision::Allow, "netlink to the kernel")
+            } else if groups == 0 && netlink_port_inside_session(t, proto, pid) {
+                builtin(Decision::Allow, "netlink to a socket inside the sandbox")
+            } else {
+                builtin(Decision::Deny, "netlink to a user-space socket or multicast group of the host")
+            },
+            shown: format!("netlink:{pid}/{groups}"),
             family: "netlink",
             addr: raw.to_vec(),
             hold: None,
         },
-        Dest::Unspec => Decided {
+        // connect(AF_UNSPEC) dissolves an association. On a send, IPv4 UDP reads an AF_UNSPEC
+        // address as AF_INET (sin_addr, sin_port): decide it as that.
+        Dest::Unspec if creating || !is_send => Decided {
             verdict: builtin(Decision::Allow, "AF_UNSPEC (disconnect)"),
             shown: "unspec".into(),
             family: "unspec",
             addr: raw.to_vec(),
             hold: None,
         },
+        Dest::Unspec => {
+            let mut as_inet = raw.to_vec();
+            as_inet.resize(16, 0);
+            let port = u16::from_be_bytes([as_inet[2], as_inet[3]]);
+            let ip = Ipv4Addr::new(as_inet[4], as_inet[5], as_inet[6], as_inet[7]);
+            decide_inet(ctx, SocketAddr::new(IpAddr::V4(ip), port), raw)
+        }
         Dest::Other(f) => Decided {
             verdict: builtin(
                 Decision::Deny,
@@ -219,51 +267,50 @@ fn decide_dest(ctx: &Ctx, t: &Tracee, raw: &[u8], creating: bool) -> Result<Deci
 /// namespace)? Reads `/proc/net/unix` for the name's inodes, then looks for them among the fds
 /// of the session's processes. Any doubt is a no.
 fn bound_inside_session(t: &Tracee, name: &[u8]) -> bool {
-    let shown: Vec<u8> = std::iter::once(b'@')
-        .chain(name.iter().map(|&c| if c == 0 { b'@' } else { c }))
-        .collect();
-    let Ok(table) = std::fs::read(format!("/proc/{}/net/unix", t.tid)) else {
-        return false;
-    };
-    let inodes: Vec<String> = table
-        .split(|&c| c == b'\n')
+    let shown: Vec<u8> = std::iter::once(b'@').chain(name.iter().map(|&c| if c == 0 { b'@' } else { c })).collect();
+    let inodes = proc_net_inodes(t, "unix", |fields| fields.len() >= 8 && fields[7..].join(&b' ') == shown, 6);
+    sockets_in_session(t, &inodes)
+}
+
+/// Is netlink port id `port` (protocol `proto`) a socket of the trapped task's session?
+fn netlink_port_inside_session(t: &Tracee, proto: i32, port: u32) -> bool {
+    let (proto, port) = (proto.to_string(), port.to_string());
+    let inodes = proc_net_inodes(
+        t,
+        "netlink",
+        |f| f.len() >= 10 && f[1] == proto.as_bytes() && f[2] == port.as_bytes(),
+        9,
+    );
+    sockets_in_session(t, &inodes)
+}
+
+/// Inode column `col` of the rows of `/proc/<tid>/net/<table>` that `keep` accepts.
+fn proc_net_inodes(t: &Tracee, table: &str, keep: impl Fn(&[&[u8]]) -> bool, col: usize) -> Vec<String> {
+    let Ok(text) = std::fs::read(format!("/proc/{}/net/{table}", t.tid)) else { return vec![] };
+    text.split(|&c| c == b'\n')
         .skip(1)
         .filter_map(|line| {
-            let fields: Vec<&[u8]> = line
-                .split(|&c| c == b' ')
-                .filter(|f| !f.is_empty())
-                .collect();
-            (fields.len() >= 8 && fields[7..].join(&b' ') == shown)
-                .then(|| String::from_utf8_lossy(fields[6]).into_owned())
+            let fields: Vec<&[u8]> = line.split(|&c| c == b' ').filter(|f| !f.is_empty()).collect();
+            (fields.len() > col && keep(&fields)).then(|| String::from_utf8_lossy(fields[col]).into_owned())
         })
-        .collect();
+        .collect()
+}
+
+/// Does a process of the trapped task's session (its PID namespace) hold one of these socket
+/// inodes? Any doubt is a no.
+fn sockets_in_session(t: &Tracee, inodes: &[String]) -> bool {
     if inodes.is_empty() {
         return false;
     }
-    let Ok(our_ns) = std::fs::read_link(format!("/proc/{}/ns/pid", t.tid)) else {
-        return false;
-    };
+    let Ok(our_ns) = std::fs::read_link(format!("/proc/{}/ns/pid", t.tid)) else { return false };
     let targets: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    procs
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .any(|e| {
-            std::fs::read_link(e.path().join("ns/pid")).is_ok_and(|ns| ns == our_ns)
-                && std::fs::read_dir(e.path().join("fd")).is_ok_and(|fds| {
-                    fds.flatten().any(|fd| {
-                        std::fs::read_link(fd.path())
-                            .is_ok_and(|l| targets.iter().any(|t| l.as_os_str() == t.as_str()))
-                    })
-                })
-        })
+    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
+    procs.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).any(|e| {
+        std::fs::read_link(e.path().join("ns/pid")).is_ok_and(|ns| ns == our_ns)
+            && std::fs::read_dir(e.path().join("fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| targets.iter().any(|t| l.as_os_str() == t.as_str())))
+            })
+    })
 }
 
 fn sockaddr_un(path: &[u8]) -> Result<Vec<u8>, i32> {
@@ -285,7 +332,8 @@ fn read_addr(t: &Tracee, ptr: u64, len: u64) -> Result<Vec<u8>, i32> {
 }
 
 /// The agent's socket, duplicated; ENOTSOCK/EBADF as the kernel would say.
-fn agent_socket(t: &Tracee, fd: i32) -> Result<(Arc<OwnedFd>, bool), i32> {
+/// Returns the socket, whether it blocks, and its protocol (`SO_PROTOCOL`).
+fn agent_socket(t: &Tracee, fd: i32) -> Result<(Arc<OwnedFd>, bool, i32), i32> {
     let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EBADF);
     let sock = t.dup_fd(fd).map_err(|e| {
         if e.raw_os_error() == Some(libc::EBADF) {
@@ -295,8 +343,9 @@ fn agent_socket(t: &Tracee, fd: i32) -> Result<(Arc<OwnedFd>, bool), i32> {
         }
     })?;
     sys::socket_domain(sock.as_fd()).map_err(errno)?;
+    let proto = sys::socket_protocol(sock.as_fd()).map_err(errno)?;
     let nonblocking = sys::fd_status_flags(sock.as_fd()).map_err(errno)? & libc::O_NONBLOCK != 0;
-    Ok((Arc::new(sock), !nonblocking))
+    Ok((Arc::new(sock), !nonblocking, proto))
 }
 
 pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
@@ -305,7 +354,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
     let pid = t.tgid;
     let a = n.args;
     let nr = n.nr as i64;
-    let (sock, blocking) = agent_socket(&t, a[0] as i32)?;
+    let (sock, blocking, proto) = agent_socket(&t, a[0] as i32)?;
     let pending = |kind: Kind,
                    call: &str,
                    d: Decided,
@@ -334,10 +383,12 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
         libc::SYS_connect | libc::SYS_bind => {
             let raw = read_addr(&t, a[1], a[2])?;
             let is_bind = nr == libc::SYS_bind;
-            let mut d = decide_dest(ctx, &t, &raw, is_bind)?;
+            let mut d = decide_dest(ctx, &t, &raw, is_bind, false, proto)?;
             let addr = d.addr.clone();
             // The checked unix socket path (O_PATH) must stay open until the call.
             let hold = d.hold.take();
+            let unix_path = d.family == "unix" && hold.is_some();
+            let ctx2 = Arc::clone(ctx);
             let perform: super::Perform = Box::new(move || {
                 let _hold = hold;
                 let r = if is_bind {
@@ -345,6 +396,15 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
                 } else {
                     sys::connect_raw(sock.as_fd(), &addr)
                 };
+                // Remember the socket files the session creates: connecting to them later is
+                // talking to itself.
+                if is_bind && unix_path && r.is_ok() {
+                    let path = std::ffi::OsStr::from_bytes(addr[2..].split(|&b| b == 0).next().unwrap_or_default());
+                    if let Ok(md) = std::fs::metadata(path) {
+                        use std::os::unix::fs::MetadataExt;
+                        ctx2.own_sockets.lock().expect("own sockets lock").insert((md.dev(), md.ino()));
+                    }
+                }
                 to_effect(r.map(|_| 0))
             });
             let (kind, call, errno) = if is_bind {
@@ -360,7 +420,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
         }
         libc::SYS_sendto => {
             let raw = read_addr(&t, a[4], a[5])?;
-            let mut d = decide_dest(ctx, &t, &raw, false)?;
+            let mut d = decide_dest(ctx, &t, &raw, false, true, proto)?;
             let addr = d.addr.clone();
             let hold = d.hold.take();
             let (buf, len, flags) = (a[1], (a[2] as usize).min(SEND_MAX), a[3] as i32);
@@ -379,7 +439,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
             let msg = MsgHdr::parse(&hdr);
             let flags = a[2] as i32;
             let (mut d, quiet) = match msg.name(&t)? {
-                Some(raw) => (decide_dest(ctx, &t, &raw, false)?, false),
+                Some(raw) => (decide_dest(ctx, &t, &raw, false, true, proto)?, false),
                 None => (
                     Decided {
                         verdict: builtin(Decision::Allow, "data on an established connection"),
@@ -416,7 +476,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
                 let msg = MsgHdr::parse(&hdr);
                 let addr = match msg.name(&t)? {
                     Some(raw) => {
-                        let mut d = decide_dest(ctx, &t, &raw, false)?;
+                        let mut d = decide_dest(ctx, &t, &raw, false, true, proto)?;
                         let addr = d.addr.clone();
                         holds.extend(d.hold.take());
                         if decided

@@ -47,11 +47,13 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
         // root: ENOSYS makes callers fall back to openat.
         _ => return Err(libc::ENOSYS),
     };
-    // O_PATH grants no access to the contents; its uses (exec, reopen) are checked themselves.
+    // O_PATH grants no access to the contents, and every use of such an fd that would (exec,
+    // reopen through /proc/self/fd, openat relative to it) is trapped and checked itself. So it
+    // is the one open let through as issued (SECCOMP_IOCTL_NOTIF_ADDFD can't install O_PATH
+    // files, and emulating it would gain nothing). Its flags are in a register, not in memory,
+    // so O_PATH can't be raced away.
     if flags & libc::O_PATH != 0 {
-        return Ok(Prepared::Immediate(perform_path_only(
-            &t, dirfd, path_ptr, flags,
-        )));
+        return Ok(Prepared::Immediate(Effect::Continue));
     }
     let path = t.read_cstr(path_ptr, PATH_MAX).map_err(errno)?;
     let acc = flags & libc::O_ACCMODE;
@@ -89,10 +91,26 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
         Target::Existing(r) => r.path.clone(),
         Target::Create { dir, name } => dir.path.join(std::ffi::OsStr::from_bytes(name)),
     };
-    let verdict = ctx.policy.decide(&Request::Open {
-        path: &decided_path,
-        access,
-    });
+    // Opening a FIFO, socket or device can block (a FIFO waits for its other end, which may
+    // be an open waiting for our own decision): such opens run off the notification thread.
+    let blocking = match &target {
+        Target::Existing(r) => crate::sys::fstat_id(r.fd.as_fd()).map_or(true, |(_, _, mode)| {
+            !matches!(mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
+        }),
+        Target::Create { .. } => false,
+    };
+    // A pipe, socket or anonymous object the agent already holds, reopened through
+    // /proc/self/fd or /dev/stdout: not a file of any tree, and nothing new to decide.
+    let own_object = !decided_path.is_absolute();
+    let verdict = if own_object {
+        agent_supervisor_policy::Verdict {
+            decision: agent_supervisor_policy::Decision::Allow,
+            decided_by: agent_supervisor_policy::DecidedBy::Filesystem,
+            reason: Some("an object the agent already holds open".into()),
+        }
+    } else {
+        ctx.policy.decide(&Request::Open { path: &decided_path, access })
+    };
     let shown = decided_path.display().to_string();
     let access_s = [(access.read, "read"), (access.write, "write")]
         .iter()
@@ -113,8 +131,8 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
         verdict,
         perform,
         denied_errno: libc::EACCES,
-        blocking: false,
-        quiet_allow: false,
+        blocking,
+        quiet_allow: own_object,
         by_command_line: false,
         started,
         pid,
@@ -155,21 +173,6 @@ fn perform_open(target: Target, flags: i32, mode: u32) -> Effect {
     };
     match result {
         Ok(fd) => Effect::AddFd { fd, cloexec },
-        Err(e) => Effect::Errno(e.raw_os_error().unwrap_or(libc::EACCES)),
-    }
-}
-
-/// `O_PATH` opens: resolve in the agent's root and inject the O_PATH fd (no decision needed).
-fn perform_path_only(t: &Tracee, dirfd: i32, path_ptr: u64, flags: i32) -> Effect {
-    let path = match t.read_cstr(path_ptr, PATH_MAX) {
-        Ok(p) => p,
-        Err(e) => return Effect::Errno(e.raw_os_error().unwrap_or(libc::EFAULT)),
-    };
-    match t.resolve(dirfd, &path, flags & libc::O_NOFOLLOW == 0, false) {
-        Ok(r) => Effect::AddFd {
-            fd: r.fd,
-            cloexec: flags & libc::O_CLOEXEC != 0,
-        },
         Err(e) => Effect::Errno(e.raw_os_error().unwrap_or(libc::EACCES)),
     }
 }

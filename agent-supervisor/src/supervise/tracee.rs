@@ -200,18 +200,25 @@ impl Tracee {
         } else {
             normalize(&self.base_dir(dirfd)?.join(raw))
         };
-        let translated = translate_proc_self(&lexical, ns_tgid, ns_tid);
-        // `/proc/<own pid>/fd/N`: the agent reopening one of its own fds. Resolve it to the fd's
-        // object ourselves (RESOLVE_IN_ROOT refuses magic links, and the policy must see the
-        // real file, not the link).
-        if let Some(fd) = own_fd_reference(&translated, ns_tgid) {
-            let fd = self.dup_fd(fd)?;
-            let p = fd_path(&fd)?;
-            return Ok(Resolved {
-                fd,
-                path: p,
-                lexical,
-            });
+        let mut translated = translate_proc_self(&lexical, ns_tgid, ns_tid);
+        // The agent's own magic links (RESOLVE_IN_ROOT refuses magic links, and the policy must
+        // see the real file, not the link): `/proc/<own pid>/fd/N` is the fd's own object;
+        // `.../fd/N/rest`, `.../cwd/rest` and `.../root/rest` continue from where they point.
+        match own_magic_link(&translated, ns_tgid, ns_tid) {
+            Some((MagicLink::Fd(fd), None)) => {
+                let fd = self.dup_fd(fd)?;
+                let p = fd_path(&fd)?;
+                return Ok(Resolved { fd, path: p, lexical });
+            }
+            Some((link, rest)) => {
+                let base = match link {
+                    MagicLink::Fd(fd) => self.base_dir(fd)?,
+                    MagicLink::Cwd => self.base_dir(libc::AT_FDCWD)?,
+                    MagicLink::Root => PathBuf::from("/"),
+                };
+                translated = normalize(&base.join(rest.unwrap_or_default()));
+            }
+            None => {}
         }
         let root = self.root()?;
         let c = CString::new(translated.into_os_string().into_vec())
@@ -267,8 +274,17 @@ pub fn normalize(p: &Path) -> PathBuf {
 }
 
 /// `/proc/self/...` → `/proc/<tgid>/...`, `/proc/thread-self/...` → `/proc/<tgid>/task/<tid>/...`
-/// (the supervisor is not in the agent's PID namespace, so `self` would not resolve).
+/// (the supervisor is not in the agent's PID namespace, so `self` would not resolve), and the
+/// sandbox's /dev symlinks into them: `/dev/fd/...`, `/dev/stdin`, `/dev/stdout`, `/dev/stderr`.
 fn translate_proc_self(p: &Path, tgid: i32, tid: i32) -> PathBuf {
+    for (dev, fd) in [("/dev/stdin", 0), ("/dev/stdout", 1), ("/dev/stderr", 2)] {
+        if let Ok(rest) = p.strip_prefix(dev) {
+            return Path::new(&format!("/proc/{tgid}/fd/{fd}")).join(rest);
+        }
+    }
+    if let Ok(rest) = p.strip_prefix("/dev/fd") {
+        return Path::new(&format!("/proc/{tgid}/fd")).join(rest);
+    }
     if let Ok(rest) = p.strip_prefix("/proc/self") {
         return Path::new(&format!("/proc/{tgid}")).join(rest);
     }
@@ -278,12 +294,29 @@ fn translate_proc_self(p: &Path, tgid: i32, tid: i32) -> PathBuf {
     p.to_path_buf()
 }
 
-/// `/proc/<tgid>/fd/<n>` (exactly) for the agent's own pid → n.
-fn own_fd_reference(p: &Path, tgid: i32) -> Option<i32> {
-    let rest = p.strip_prefix(format!("/proc/{tgid}/fd")).ok()?;
+/// One of the agent's own per-process magic links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MagicLink {
+    Fd(i32),
+    Cwd,
+    Root,
+}
+
+/// `/proc/<tgid>[/task/<tid>]/{fd/N,cwd,root}[/rest]` for the agent's own process → the link and
+/// the rest of the path.
+fn own_magic_link(p: &Path, tgid: i32, tid: i32) -> Option<(MagicLink, Option<PathBuf>)> {
+    let proc_dir = Path::new("/proc").join(tgid.to_string());
+    let task_dir = proc_dir.join("task").join(tid.to_string());
+    let rest = p.strip_prefix(&task_dir).or_else(|_| p.strip_prefix(&proc_dir)).ok()?;
     let mut comps = rest.components();
-    let n = comps.next()?.as_os_str().to_str()?.parse().ok()?;
-    comps.next().is_none().then_some(n)
+    let link = match comps.next()?.as_os_str().to_str()? {
+        "fd" => MagicLink::Fd(comps.next()?.as_os_str().to_str()?.parse().ok()?),
+        "cwd" => MagicLink::Cwd,
+        "root" => MagicLink::Root,
+        _ => return None,
+    };
+    let rest: PathBuf = comps.collect();
+    Some((link, (!rest.as_os_str().is_empty()).then_some(rest)))
 }
 
 #[cfg(test)]
@@ -309,8 +342,13 @@ mod tests {
             translate_proc_self(Path::new("/proc/thread-self/x"), 7, 9),
             PathBuf::from("/proc/7/task/9/x")
         );
-        assert_eq!(own_fd_reference(Path::new("/proc/7/fd/3"), 7), Some(3));
-        assert_eq!(own_fd_reference(Path::new("/proc/8/fd/3"), 7), None);
-        assert_eq!(own_fd_reference(Path::new("/proc/7/fd/3/x"), 7), None);
+        assert_eq!(own_magic_link(Path::new("/proc/7/fd/3"), 7, 9), Some((MagicLink::Fd(3), None)));
+        assert_eq!(own_magic_link(Path::new("/proc/8/fd/3"), 7, 9), None);
+        assert_eq!(own_magic_link(Path::new("/proc/7/fd/3/x"), 7, 9), Some((MagicLink::Fd(3), Some(PathBuf::from("x")))));
+        assert_eq!(own_magic_link(Path::new("/proc/7/task/9/cwd/a/b"), 7, 9), Some((MagicLink::Cwd, Some(PathBuf::from("a/b")))));
+        assert_eq!(own_magic_link(Path::new("/proc/7/root"), 7, 9), Some((MagicLink::Root, None)));
+        assert_eq!(own_magic_link(Path::new("/proc/7/status"), 7, 9), None);
+        assert_eq!(translate_proc_self(Path::new("/dev/fd/4"), 7, 9), PathBuf::from("/proc/7/fd/4"));
+        assert_eq!(translate_proc_self(Path::new("/dev/stdout"), 7, 9), PathBuf::from("/proc/7/fd/1"));
     }
 }
