@@ -8,7 +8,7 @@
 //! must be unchanged, the audit log. Every test also proves that its setup is live: the
 //! allowed twin of the attack (the allowed address, program, file) does work in the same run.
 //!
-//! Attacks that currently get through are kept as `#[ignore = "BUG: ..."]` tests that assert
+//! Attacks that still get through are kept as `#[ignore = "KNOWN LIMITATION ..."]` tests that assert
 //! the secure outcome, so they fail until the supervisor is fixed (`cargo test -- --ignored`).
 
 mod common;
@@ -616,7 +616,6 @@ fn racing_exec_argv_never_runs_denied_arguments() {
 }
 
 #[test]
-#[ignore = "BUG: the exec guard compares only the tail of the new command line: {touch, forbidden, allowed} passes as {touch, allowed}"]
 fn racing_exec_argument_count_never_runs_denied_arguments() {
     // The supervisor reads {touch, allowed}; the kernel may copy {touch, forbidden, allowed}.
     let ws = Workspace::new("race-exec-argc");
@@ -816,7 +815,6 @@ int main(int argc, char **argv) {
 "#;
 
 #[test]
-#[ignore = "BUG: `ld.so LINK` is decided on LINK's target at trap time, but ld.so reopens LINK later: a swapped symlink runs a denied program"]
 fn racing_symlink_under_the_dynamic_loader_never_runs_the_denied_program() {
     let ws = Workspace::new("ldso-race");
     let marker = ws.path("evil-ran");
@@ -830,9 +828,14 @@ fn racing_symlink_under_the_dynamic_loader_never_runs_the_denied_program() {
         &[s(&bin), LDSO, s(&link), "/usr/bin/true", s(&evil), RACE_MS],
     );
     assert_eq!(r.code, Some(0), "{}", show(&r));
+    // ld.so reopens LINK by name after the exec, where the guard can't see: a target in a tree
+    // the agent can write is refused outright (even while it points at /usr/bin/true), with
+    // the reason in the audit.
     assert!(
-        audited(&ws, "exec", "chain", "/usr/bin/true", "allow") > 0,
-        "`ld.so LINK` -> true must run\n{}",
+        ws.decisions("exec").iter().any(|d| d["decision"] == "deny"
+            && d["action"]["chain"].to_string().contains("/usr/bin/true")
+            && d["reason"].as_str().is_some_and(|r| r.contains("writable tree"))),
+        "`ld.so LINK` with LINK in the workspace must be refused as swappable\n{}",
         show(&r)
     );
     assert!(
@@ -848,7 +851,6 @@ fn racing_symlink_under_the_dynamic_loader_never_runs_the_denied_program() {
 }
 
 #[test]
-#[ignore = "BUG: LD_PRELOAD of a library the agent wrote into its workspace runs unapproved code inside any allowed program"]
 fn ld_preload_does_not_run_unapproved_workspace_code() {
     // Headless, the sandboxed preset denies programs the agent writes into its workspace
     // (they need approval). The same code as a library preloaded into /usr/bin/true:
@@ -861,14 +863,27 @@ fn ld_preload_does_not_run_unapproved_workspace_code() {
         &format!("#include <fcntl.h>\n__attribute__((constructor)) static void c(void) {{ open(\"{}\", O_CREAT | O_WRONLY, 0644); }}\n", marker.display()),
         &["-shared", "-fPIC"],
     );
+    // The supervisor can't strip the variable from the exec, so the exec is refused (with the
+    // reason in the audit); the same program without it runs.
     let script = format!(
-        "./evil; LD_PRELOAD={} /usr/bin/touch control-ran; true",
+        "./evil; LD_PRELOAD={} /usr/bin/touch preloaded-ran; /usr/bin/touch control-ran; true",
         lib.display()
     );
     let r = supervise(&ws, "preset:sandboxed", &[], &["/bin/sh", "-c", &script]);
     assert!(
         ws.path("control-ran").exists(),
         "/usr/bin/touch must run\n{}",
+        show(&r)
+    );
+    assert!(
+        !ws.path("preloaded-ran").exists(),
+        "/usr/bin/touch ran with the workspace library preloaded\n{}",
+        show(&r)
+    );
+    assert!(
+        ws.decisions("exec").iter().any(|d| d["decision"] == "deny"
+            && d["reason"].as_str().is_some_and(|r| r.contains("LD_PRELOAD"))),
+        "the refusal names LD_PRELOAD in the audit\n{}",
         show(&r)
     );
     assert!(
@@ -1862,8 +1877,15 @@ fn unix_sockets_outside_the_write_trees_are_not_reached() {
     let outside = UnixListener::bind(b.join("outside.sock")).expect("bind outside");
     let outside_dgram = UnixDatagram::bind(b.join("outside.dgram")).expect("bind outside dgram");
     std::os::unix::fs::symlink(b.join("outside.sock"), ws.path("link.sock")).expect("symlink");
-    // The socket's directory is readable (it must not matter: connecting is writing).
-    let policy = narrow(&[&b], "");
+    // The socket's directory is readable (it must not matter: connecting is writing). A socket
+    // of a program outside the sandbox needs a rule naming it, even in a writable tree.
+    let policy = narrow(
+        &[&b],
+        &format!(
+            "[[rule]]\ndecision = \"allow\"\nfile = \"{}\"\naccess = [\"write\"]\n",
+            ws.path("inside.sock").display()
+        ),
+    );
     let r = supervise(
         &ws,
         &policy,
@@ -1999,7 +2021,6 @@ int main(int argc, char **argv) {
 "#;
 
 #[test]
-#[ignore = "BUG: UDP sendto/sendmsg with sin_family=AF_UNSPEC is allowed as 'disconnect', but IPv4 UDP sends it to sin_addr:sin_port"]
 fn udp_send_with_af_unspec_does_not_reach_a_denied_address() {
     let ws = Workspace::new("unspec");
     let (allowed, denied) = (udp(), udp());
@@ -2060,7 +2081,6 @@ except OSError as e:
 "#;
 
 #[test]
-#[ignore = "BUG: netlink sends are allowed as 'kernel-local', but NETLINK_USERSOCK unicast reaches user-space sockets of the host"]
 fn netlink_does_not_reach_host_processes() {
     let ws = Workspace::new("netlink");
     // SAFETY: plain socket/bind/recv calls on an fd we own; every pointer is to a local of the
@@ -2124,39 +2144,17 @@ fn netlink_does_not_reach_host_processes() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "BUG: the sandbox shares the host's devpts and may read/write /dev/pts: the agent can read another terminal's input and write to it"]
 fn other_terminals_of_the_host_cannot_be_read_or_written() {
     let ws = Workspace::new("pty");
     // A terminal of another session on the host: someone types a password into it.
-    let (mut master, slave_name) = {
-        let (mut m, mut sl) = (-1, -1);
-        let mut name = [0 as libc::c_char; 128];
-        // SAFETY: openpty writes two fds and a NUL-terminated name into 128 bytes (ttyname
-        // of a /dev/pts entry is far shorter).
-        let rc = unsafe {
-            libc::openpty(
-                &mut m,
-                &mut sl,
-                name.as_mut_ptr(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-        // SAFETY: openpty returned these fds to us; we own them from here on.
-        let (m, _sl) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(sl)) };
-        // SAFETY: openpty NUL-terminated `name`.
-        let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
-        (std::fs::File::from(m), (name, _sl))
-    };
+    let (mut master, slave) = host_pty();
+    let slave_name = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))
+        .expect("slave name")
+        .display()
+        .to_string();
     std::io::Write::write_all(&mut master, format!("{SECRET}\n").as_bytes()).expect("type");
     let script = r#"
 import os, sys
-a, b = os.openpty()
-os.write(b, b"own\n")
-print("own=" + ("ok" if os.read(a, 16).startswith(b"own") else "no"))
 try:
     fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     try:
@@ -2172,21 +2170,25 @@ except OSError as e:
         &ws,
         "preset:sandboxed",
         &[],
-        &[PYTHON, "-c", script, &slave_name.0],
+        &[PYTHON, "-c", script, &slave_name],
     );
-    assert_eq!(
-        field(&r.stdout, "own"),
-        Some("ok"),
-        "a terminal of its own must work\n{}",
-        show(&r)
-    );
-    // SAFETY: fcntl on our own fd.
-    unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-    let mut shown = Vec::new();
+    // SAFETY: fcntl on our own fds.
+    unsafe {
+        libc::fcntl(master.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+        libc::fcntl(slave.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+    }
+    let (mut shown, mut typed) = (Vec::new(), Vec::new());
     let _ = master.read_to_end(&mut shown);
+    let _ = (&slave).read_to_end(&mut typed);
     assert!(
         !ws.read("leak").unwrap_or_default().contains(SECRET),
         "the agent read what was typed into another terminal\n{}",
+        show(&r)
+    );
+    // The setup was live: the typed line is still waiting for its shell.
+    assert!(
+        String::from_utf8_lossy(&typed).contains(SECRET),
+        "the typed input was consumed\n{}",
         show(&r)
     );
     assert!(
@@ -2201,7 +2203,6 @@ except OSError as e:
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "BUG: with opens trapped, the supervisor opens a FIFO on its notification thread and blocks every later decision (the writer waits for a reader whose open is never decided)"]
 fn trapped_open_of_a_fifo_does_not_wedge_the_supervisor() {
     let ws = Workspace::new("fifo");
     let policy = ws.policy(&sandboxed(TRAP_OPENS));
@@ -2219,7 +2220,6 @@ fn trapped_open_of_a_fifo_does_not_wedge_the_supervisor() {
 }
 
 #[test]
-#[ignore = "BUG: with opens trapped, O_PATH opens fail (EMFILE: SECCOMP_IOCTL_NOTIF_ADDFD can't pass O_PATH fds) and /dev/stdout, /dev/fd/N, /proc/self/cwd/... fail"]
 fn trapped_opens_keep_fd_paths_working() {
     let ws = Workspace::new("trapped-fd-paths");
     let op = cc(
@@ -2272,7 +2272,7 @@ fn poll_read_while(ws: &Workspace, paths: &[&str], meanwhile: impl FnOnce()) -> 
 }
 
 #[test]
-#[ignore = "BUG: a masked file that the host replaces by rename (as editors save) loses its mask in the sandbox: the agent reads the new secret"]
+#[ignore = "KNOWN LIMITATION (mount masks cover the inodes present at start; needs the BPF LSM file_open hook of issue 3): a masked file that the host replaces by rename loses its mask"]
 fn masked_file_replaced_by_the_host_stays_hidden() {
     let ws = Workspace::new("mask-replaced");
     ws.write(".env", "OLD-SECRET\n");
@@ -2301,7 +2301,7 @@ fn masked_file_replaced_by_the_host_stays_hidden() {
 }
 
 #[test]
-#[ignore = "BUG: masks are planned once at start: a denied file (.env) that the host creates during the session is readable"]
+#[ignore = "KNOWN LIMITATION (mount masks cover the files present at start; needs the BPF LSM file_open hook of issue 3): a denied file that the host creates during the session is readable"]
 fn secret_created_by_the_host_during_the_session_stays_hidden() {
     let ws = Workspace::new("mask-late");
     ws.write("public.txt", "public-content\n");
@@ -2377,7 +2377,6 @@ fn ipv4_mapped_ipv6_does_not_reach_a_denied_address() {
 }
 
 #[test]
-#[ignore = "BUG: 0.0.0.0 / ::ffff:0.0.0.0 as a destination means this host: connect() reaches 127.0.0.1 services a deny rule names"]
 fn unspecified_address_does_not_reach_a_denied_loopback_port() {
     // "Allow by default, but not that local service."
     let ws = Workspace::new("unspecified");
@@ -2420,7 +2419,6 @@ fn unspecified_address_does_not_reach_a_denied_loopback_port() {
 }
 
 #[test]
-#[ignore = "BUG: under the sandboxed preset a unix socket of a host program in {tmp} (tmux, ssh-agent, X11 live there) is connectable: connect counts as a write inside the writable /tmp"]
 fn host_unix_sockets_in_tmp_are_not_reached() {
     // tmux keeps its server at /tmp/tmux-UID/default, `ssh-agent` at /tmp/ssh-XXXX/agent.PID:
     // whoever connects can run commands outside the sandbox, or sign with the user's keys.
@@ -2457,7 +2455,6 @@ fn host_unix_sockets_in_tmp_are_not_reached() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "BUG: ./.agent-supervisor/policy.toml (first in the policy lookup) lies in the writable workspace: the agent can plant a policy for its next session"]
 fn agent_cannot_choose_the_policy_of_its_next_session() {
     let ws = Workspace::new("plant-policy");
     ws.write(".env", format!("{SECRET}\n").as_str());
@@ -2588,11 +2585,76 @@ except OSError as e:
 }
 
 #[test]
-#[ignore = "BUG: since the private /dev, /dev/ptmx is a bind of the host's node and opening it fails (ENOENT: no devpts next to it): no pty can be made in the sandbox"]
 fn the_agent_can_open_pseudo_terminals() {
     let ws = Workspace::new("own-pty");
     let script = "import os\na, b = os.openpty()\nos.write(b, b'own\\n')\n\
                   print('own=' + ('ok' if os.read(a, 16).startswith(b'own') else 'no'))\n";
     let r = supervise(&ws, "preset:sandboxed", &[], &[PYTHON, "-c", script]);
     assert_eq!(field(&r.stdout, "own"), Some("ok"), "{}", show(&r));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outliving the session
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_daemonized_grandchild_does_not_outlive_the_session() {
+    let ws = Workspace::new("daemon");
+    let marker = ws.path("daemon-ran");
+    // Detach the usual ways, then let the agent exit at once.
+    let script = format!(
+        "touch control-ran; \
+         setsid sh -c 'sleep 1; touch {m}' </dev/null >/dev/null 2>&1 & \
+         nohup sh -c 'trap \"\" HUP TERM; sleep 1; touch {m}' </dev/null >/dev/null 2>&1 & \
+         exit 0",
+        m = marker.display()
+    );
+    let r = supervise(&ws, "preset:sandboxed", &[], &["/bin/sh", "-c", &script]);
+    assert_eq!(r.code, Some(0), "{}", show(&r));
+    assert!(ws.path("control-ran").exists(), "{}", show(&r));
+    std::thread::sleep(Duration::from_millis(1800));
+    assert!(
+        !marker.exists(),
+        "a process of the agent kept running after the session ended\n{}",
+        show(&r)
+    );
+}
+
+#[test]
+fn the_agent_dies_with_its_supervisor() {
+    // A supervisor killed outright (OOM killer, kill -9) must not leave a free agent behind.
+    let ws = Workspace::new("orphan");
+    let marker = ws.path("orphan-ran");
+    let script = format!(
+        "touch started; trap '' HUP TERM INT; sleep 1.5; touch {}",
+        marker.display()
+    );
+    let mut c = std::process::Command::new(common::bin());
+    c.args([
+        "run",
+        "-q",
+        "--headless",
+        "--policy",
+        "preset:sandboxed",
+        "--audit",
+    ])
+    .arg(&ws.audit)
+    .args(["--", "/bin/sh", "-c", &script])
+    .current_dir(&ws.dir)
+    .env_remove("CI")
+    .stdin(std::process::Stdio::null());
+    let mut supervisor = c.spawn().expect("spawn agent-supervisor");
+    let _guard = KillOnDrop(supervisor.id());
+    let t0 = std::time::Instant::now();
+    while !ws.path("started").exists() && t0.elapsed() < LIMIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(ws.path("started").exists(), "the agent must start");
+    supervisor.kill().expect("SIGKILL the supervisor");
+    let _ = supervisor.wait();
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(
+        !marker.exists(),
+        "the agent kept running after its supervisor was killed"
+    );
 }
