@@ -706,7 +706,8 @@ fn dynamic_loader_cannot_map_programs_from_the_noexec_tmp_tree() {
     let lib = cc(
         tmp.path(),
         "evil.so",
-        &format!("#include <fcntl.h>\n__attribute__((constructor)) static void c(void) {{ open(\"{}\", O_CREAT | O_WRONLY, 0644); }}\n",
+        &format!("#include <fcntl.h>\n__attribute__((constructor)) static void c(void) {{ open(\"{}\", O_CREAT | O_WRONLY, 0644); }}\n\
+         unsigned int la_version(unsigned int v) {{ return v; }}\n",
             ws.path("preload-ran").display()),
         &["-shared", "-fPIC"],
     );
@@ -834,7 +835,9 @@ fn racing_symlink_under_the_dynamic_loader_never_runs_the_denied_program() {
     assert!(
         ws.decisions("exec").iter().any(|d| d["decision"] == "deny"
             && d["action"]["chain"].to_string().contains("/usr/bin/true")
-            && d["reason"].as_str().is_some_and(|r| r.contains("writable tree"))),
+            && d["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("writable tree"))),
         "`ld.so LINK` with LINK in the workspace must be refused as swappable\n{}",
         show(&r)
     );
@@ -860,7 +863,8 @@ fn ld_preload_does_not_run_unapproved_workspace_code() {
     let lib = cc(
         &ws.dir,
         "evil.so",
-        &format!("#include <fcntl.h>\n__attribute__((constructor)) static void c(void) {{ open(\"{}\", O_CREAT | O_WRONLY, 0644); }}\n", marker.display()),
+        &format!("#include <fcntl.h>\n__attribute__((constructor)) static void c(void) {{ open(\"{}\", O_CREAT | O_WRONLY, 0644); }}\n\
+         unsigned int la_version(unsigned int v) {{ return v; }}\n", marker.display()),
         &["-shared", "-fPIC"],
     );
     // The supervisor can't strip the variable from the exec, so the exec is refused (with the
@@ -882,7 +886,9 @@ fn ld_preload_does_not_run_unapproved_workspace_code() {
     );
     assert!(
         ws.decisions("exec").iter().any(|d| d["decision"] == "deny"
-            && d["reason"].as_str().is_some_and(|r| r.contains("LD_PRELOAD"))),
+            && d["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("LD_PRELOAD"))),
         "the refusal names LD_PRELOAD in the audit\n{}",
         show(&r)
     );
@@ -894,6 +900,80 @@ fn ld_preload_does_not_run_unapproved_workspace_code() {
     assert!(
         !marker.exists(),
         "the preloaded workspace library ran\n{}",
+        show(&r)
+    );
+}
+
+/// A shared library whose constructor creates `marker`, built as `dir/name` with `soname`
+/// (it also passes for an `LD_AUDIT` module).
+fn constructor_lib(dir: &Path, name: &str, soname: &str, marker: &Path) -> PathBuf {
+    let src = format!(
+        "#include <fcntl.h>\n__attribute__((constructor)) static void c(void) {{ open(\"{}\", O_CREAT | O_WRONLY, 0644); }}\n\
+         unsigned int la_version(unsigned int v) {{ return v; }}\n",
+        marker.display()
+    );
+    let soname = format!("-Wl,-soname,{soname}");
+    cc(dir, name, &src, &["-shared", "-fPIC", &soname])
+}
+
+#[test]
+#[ignore = "BUG: the LD_PRELOAD/LD_AUDIT check misses its siblings: LD_LIBRARY_PATH (a workspace libselinux.so.1 runs inside /usr/bin/ls) and ld.so --preload/--audit/--library-path"]
+fn loader_search_paths_and_options_do_not_run_unapproved_workspace_code() {
+    // The same bypass as LD_PRELOAD, other spellings: make the loader take a library the
+    // agent wrote. /usr/bin/ls needs libselinux.so.1: a workspace library of that name runs
+    // its constructor before ls notices the missing symbols.
+    let ws = Workspace::new("ld-library-path");
+    std::fs::create_dir_all(ws.path("lib")).expect("mkdir");
+    constructor_lib(
+        &ws.path("lib"),
+        "libselinux.so.1",
+        "libselinux.so.1",
+        &ws.path("library-path-ran"),
+    );
+    let preload = constructor_lib(
+        &ws.dir,
+        "evil.so",
+        "evil.so",
+        &ws.path("option-preload-ran"),
+    );
+    let audit = constructor_lib(
+        &ws.dir,
+        "audit.so",
+        "audit.so",
+        &ws.path("option-audit-ran"),
+    );
+    let script = format!(
+        "/usr/bin/touch control-ran; \
+         LD_LIBRARY_PATH={lib} /usr/bin/ls >/dev/null 2>&1; \
+         {LDSO} --library-path {lib} /usr/bin/ls >/dev/null 2>&1; \
+         {LDSO} --preload {preload} /usr/bin/true; \
+         {LDSO} --audit {audit} /usr/bin/true; true",
+        lib = ws.path("lib").display(),
+        preload = preload.display(),
+        audit = audit.display()
+    );
+    let r = supervise(&ws, "preset:sandboxed", &[], &["/bin/sh", "-c", &script]);
+    assert!(
+        ws.path("control-ran").exists(),
+        "/usr/bin/touch must run\n{}",
+        show(&r)
+    );
+    let ran: Vec<&str> = [
+        (
+            "library-path-ran",
+            "LD_LIBRARY_PATH or ld.so --library-path",
+        ),
+        ("option-preload-ran", "ld.so --preload"),
+        ("option-audit-ran", "ld.so --audit"),
+    ]
+    .into_iter()
+    .filter(|(marker, _)| ws.path(marker).exists())
+    .map(|(_, how)| how)
+    .collect();
+    assert!(
+        ran.is_empty(),
+        "a workspace library ran through: {}\n{}",
+        ran.join("; "),
         show(&r)
     );
 }
@@ -1375,6 +1455,11 @@ fn host_processes_are_invisible_and_cannot_be_signalled() {
         .spawn()
         .expect("spawn sleep");
     let victim_guard = KillOnDrop(victim.id());
+    // (Right after a vfork-style spawn the new image's command line may not be set up yet.)
+    let t0 = std::time::Instant::now();
+    while !process_alive_with_marker(&marker) && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         process_alive_with_marker(&marker),
         "the victim must be visible from outside"
@@ -2656,5 +2741,49 @@ fn the_agent_dies_with_its_supervisor() {
     assert!(
         !marker.exists(),
         "the agent kept running after its supervisor was killed"
+    );
+}
+
+#[test]
+#[ignore = "BUG: only {workspace}/.agent-supervisor is protected: a policy planted in a subdirectory governs the next session started there"]
+fn agent_cannot_plant_a_policy_for_a_session_started_in_a_subdirectory() {
+    let ws = Workspace::new("plant-policy-sub");
+    ws.write("frontend/.env", format!("{SECRET}\n").as_str());
+    ws.write("frontend/public.txt", "public-content\n");
+    // Session 1, in the repository root: plant a policy in a subproject.
+    let plant = "mkdir -p frontend/.agent-supervisor && \
+                 printf 'version = 1\\nextends = \"unrestricted\"\\n' > frontend/.agent-supervisor/policy.toml; \
+                 cat frontend/.env >> leak 2>/dev/null; true";
+    let r1 = supervise(&ws, "preset:sandboxed", &[], &["/bin/sh", "-c", plant]);
+    assert!(
+        !ws.read("leak").unwrap_or_default().contains(SECRET),
+        "the mask must hide the secret in session 1\n{}",
+        show(&r1)
+    );
+    // Session 2: the user starts the agent in the subproject, with the default policy lookup.
+    let mut c = std::process::Command::new(common::bin());
+    c.args(["run", "-q", "--headless", "--audit"])
+        .arg(&ws.audit)
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "cat .env public.txt >> ../leak 2>/dev/null; true",
+        ])
+        .current_dir(ws.path("frontend"))
+        .env_remove("CI")
+        .stdin(std::process::Stdio::null());
+    let r2 = common::run_with_timeout(c, LIMIT);
+    assert!(!r2.timed_out, "{}", show(&r2));
+    let leak = ws.read("leak").unwrap_or_default();
+    assert!(
+        leak.contains("public-content"),
+        "session 2 must run\n{}",
+        show(&r2)
+    );
+    assert!(
+        !leak.contains(SECRET),
+        "the policy the agent planted governed the next session\n{}",
+        show(&r2)
     );
 }
