@@ -2787,3 +2787,144 @@ fn agent_cannot_plant_a_policy_for_a_session_started_in_a_subdirectory() {
         show(&r2)
     );
 }
+
+#[test]
+#[ignore = "BUG: the ld.so target parser doesn't know that --inhibit-rpath takes a value: `ld.so --inhibit-rpath /usr/bin/true ./evil` is decided as /usr/bin/true and runs ./evil"]
+fn dynamic_loader_option_values_are_not_taken_for_the_program() {
+    let ws = Workspace::new("ldso-options");
+    let marker = ws.path("evil-ran");
+    payload(&ws.dir, "evil", &marker);
+    let script = format!(
+        "{LDSO} /usr/bin/touch control-ran; {LDSO} ./evil; {LDSO} --inhibit-rpath /usr/bin/true ./evil; true"
+    );
+    let r = supervise(&ws, "preset:sandboxed", &[], &["/bin/sh", "-c", &script]);
+    assert!(
+        ws.path("control-ran").exists(),
+        "`ld.so /usr/bin/touch` must work\n{}",
+        show(&r)
+    );
+    assert!(
+        !marker.exists(),
+        "ld.so ran the denied workspace program named after an option's value\n{}",
+        show(&r)
+    );
+}
+
+/// Poison the supervisor's record of "sockets the session bound itself": one thread binds a
+/// unix socket at NAME again and again; another, as soon as NAME appears, renames a hard link
+/// of the HOST socket over it (before the supervisor looks up what it just bound); a third
+/// keeps trying to connect to HOST.
+const OWN_SOCKET_RACE_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static const char *host, *name, *tmp;
+static volatile int stop;
+static long binds, connects_ok;
+
+static struct sockaddr_un addr(const char *p) {
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    strncpy(a.sun_path, p, sizeof a.sun_path - 1);
+    return a;
+}
+
+static void *binder(void *u) {
+    struct sockaddr_un a = addr(name);
+    while (!stop) {
+        int s = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (bind(s, (struct sockaddr *)&a, sizeof a) == 0) binds++;
+        close(s);
+    }
+    return u;
+}
+
+static void *swapper(void *u) {
+    unlink(tmp);
+    link(host, tmp);
+    while (!stop) {
+        if (access(name, F_OK) == 0) {
+            rename(tmp, name);
+            usleep(100);
+            unlink(name);
+            link(host, tmp);
+        }
+    }
+    return u;
+}
+
+static void *prober(void *u) {
+    struct sockaddr_un a = addr(host);
+    while (!stop) {
+        int s = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (connect(s, (struct sockaddr *)&a, sizeof a) == 0) {
+            write(s, "PWNED", 5);
+            connects_ok++;
+            stop = 1;
+        }
+        close(s);
+        usleep(1000);
+    }
+    return u;
+}
+
+int main(int argc, char **argv) {
+    host = argv[1]; name = argv[2]; tmp = argv[3];
+    pthread_t t[3];
+    pthread_create(&t[0], 0, binder, 0);
+    pthread_create(&t[1], 0, swapper, 0);
+    pthread_create(&t[2], 0, prober, 0);
+    usleep(atoi(argv[4]) * 1000);
+    stop = 1;
+    for (int i = 0; i < 3; i++) pthread_join(t[i], 0);
+    printf("binds=%ld escaped=%ld\n", binds, connects_ok);
+    return 0;
+}
+"#;
+
+#[test]
+#[ignore = "BUG: the session's own unix sockets are remembered by stat()ing the bound path after bind: a hard link of a host socket renamed over it in between makes the host socket 'own' (tmux, ssh-agent reachable)"]
+fn racing_a_hard_link_does_not_make_a_host_socket_the_sessions_own() {
+    let ws = Workspace::new("own-socket-race");
+    // The host program's socket, and a directory of the agent's: both in {tmp}, so a hard link
+    // between them keeps the same Landlock rights (into the workspace, with exec, it would not).
+    let host_dir = TmpDir::new("host-socket");
+    let agent_dir = TmpDir::new("agent-socket");
+    let host = host_dir.path().join("default");
+    let server = UnixListener::bind(&host).expect("bind host socket");
+    let bin = cc(&ws.dir, "sockrace", OWN_SOCKET_RACE_C, &["-pthread"]);
+    let r = supervise(
+        &ws,
+        "preset:sandboxed",
+        &[],
+        &[
+            s(&bin),
+            s(&host),
+            s(&agent_dir.path().join("a.sock")),
+            s(&agent_dir.path().join("tmp.lnk")),
+            RACE_MS,
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", show(&r));
+    assert!(
+        count(&r.stdout, "binds") > 0,
+        "binding its own sockets must work\n{}",
+        show(&r)
+    );
+    assert!(
+        audited(&ws, "connect", "destination", s(&host), "deny") > 0,
+        "the host socket must be refused at first\n{}",
+        show(&r)
+    );
+    assert!(
+        !accepted(&server),
+        "the agent reached the host program's socket\n{}",
+        show(&r)
+    );
+}
