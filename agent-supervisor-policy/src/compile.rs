@@ -346,7 +346,7 @@ fn compile_rule(
                     program: program_text,
                     args: args_text,
                 },
-                RuleMatcher::Command(matcher),
+                RuleMatcher::Command(Box::new(matcher)),
                 catch_all,
             )
         }

@@ -19,7 +19,7 @@ use crate::paths::{has_glob, unescape};
 #[derive(Debug, Clone)]
 pub(crate) enum RuleMatcher {
     File(PathMatcher),
-    Command(CommandMatcher),
+    Command(Box<CommandMatcher>),
     Network(NetMatcher),
 }
 
@@ -266,8 +266,9 @@ pub(crate) enum HostMatcher {
     Any,
     Ip(IpAddr),
     Net(IpNet),
-    /// A host name glob, matched case-insensitively against the request's `host`.
-    Name(LazyGlob),
+    /// A host name glob, matched case-insensitively against the request's `host` (boxed: it
+    /// is much larger than the other variants).
+    Name(Box<LazyGlob>),
 }
 
 #[derive(Debug, Clone)]
@@ -358,9 +359,9 @@ impl NetMatcher {
         {
             let pattern = host.to_ascii_lowercase();
             let pattern = pattern.trim_end_matches('.');
-            HostMatcher::Name(glob(pattern, false).map_err(|e| {
+            HostMatcher::Name(Box::new(glob(pattern, false).map_err(|e| {
                 format!("bad host name glob `{host}` in network spec `{spec}`: {e}")
-            })?)
+            })?))
         } else {
             return Err(format!(
                 "bad host `{host}` in network spec `{spec}`, {expected}"

@@ -114,23 +114,39 @@ fn protected_paths(vars: &Vars, audit_path: &Path) -> Vec<sandbox::masks::MaskMo
     let workspace_dir = vars.workspace.join(".agent-supervisor");
     if !workspace_dir.exists() {
         if let Err(e) = std::fs::create_dir(&workspace_dir) {
-            tracing::warn!("cannot create {} to protect it: {e}", workspace_dir.display());
+            tracing::warn!(
+                "cannot create {} to protect it: {e}",
+                workspace_dir.display()
+            );
         }
     }
     let mut dirs: Vec<PathBuf> = policy_search_path(vars)
         .iter()
         .filter_map(|p| p.parent().map(Path::to_path_buf))
-        .map(|p| if p.is_absolute() { p } else { vars.workspace.join(p) })
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                vars.workspace.join(p)
+            }
+        })
         .collect();
     dirs.extend(audit_path.parent().map(Path::to_path_buf));
     let mut out: Vec<sandbox::masks::MaskMount> = Vec::new();
     let protect = |out: &mut Vec<sandbox::masks::MaskMount>, path: PathBuf, is_dir: bool| {
         if !out.iter().any(|m| m.path == path) {
-            out.push(sandbox::masks::MaskMount { path, kind: agent_supervisor_policy::MaskKind::ReadOnly, is_dir, rule: None });
+            out.push(sandbox::masks::MaskMount {
+                path,
+                kind: agent_supervisor_policy::MaskKind::ReadOnly,
+                is_dir,
+                rule: None,
+            });
         }
     };
     for dir in dirs {
-        let Ok(real) = std::fs::canonicalize(&dir) else { continue };
+        let Ok(real) = std::fs::canonicalize(&dir) else {
+            continue;
+        };
         // A directory holding the workspace itself (an audit log written into the workspace)
         // can't be made read-only: protect the file instead.
         if vars.workspace.starts_with(&real) {

@@ -285,8 +285,8 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
 /// an exit code: `Exited(n)` or `Signaled(sig)`.
 pub fn waitid_pidfd(pidfd: BorrowedFd<'_>) -> io::Result<ExitStatus> {
     let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-    // SAFETY: `info` is a valid siginfo_t buffer for the kernel to fill.
     retry(|| {
+        // SAFETY: `info` is a valid siginfo_t buffer for the kernel to fill.
         check_int(unsafe {
             libc::waitid(
                 libc::P_PIDFD,
@@ -509,8 +509,8 @@ pub fn openat2(
         0
     };
     how.resolve = resolve;
-    // SAFETY: `path` is a valid C string and `how` a valid open_how of the size we pass.
     retry(|| {
+        // SAFETY: `path` is a valid C string and `how` a valid open_how of the size we pass.
         check(unsafe {
             libc::syscall(
                 libc::SYS_openat2,
@@ -648,7 +648,12 @@ pub fn move_mount_to(fd: BorrowedFd<'_>, target: &CStr) -> io::Result<()> {
 }
 
 /// `mount(src, target, fstype, flags, NULL)`.
-pub fn mount(src: Option<&CStr>, target: &CStr, fstype: Option<&CStr>, flags: libc::c_ulong) -> io::Result<()> {
+pub fn mount(
+    src: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+) -> io::Result<()> {
     mount_with_data(src, target, fstype, flags, None)
 }
 
@@ -662,7 +667,8 @@ pub fn mount_with_data(
 ) -> io::Result<()> {
     let p = |s: Option<&CStr>| s.map_or(std::ptr::null(), |s| s.as_ptr());
     // SAFETY: every pointer is NULL or a valid C string for the duration of the call.
-    check_int(unsafe { libc::mount(p(src), target.as_ptr(), p(fstype), flags, p(data).cast()) }).map(drop)
+    check_int(unsafe { libc::mount(p(src), target.as_ptr(), p(fstype), flags, p(data).cast()) })
+        .map(drop)
 }
 
 /// `mkdirat` / create an empty file inside a directory fd (used on the detached tmpfs).
@@ -881,7 +887,13 @@ pub fn socket_protocol(fd: BorrowedFd<'_>) -> io::Result<i32> {
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: out pointers are valid for the given length.
     check_int(unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL, (&mut v as *mut libc::c_int).cast(), &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PROTOCOL,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
     })?;
     Ok(v)
 }

@@ -18,9 +18,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::process::find_in_path;
 
-const STARTUP_RUNS: usize = 200;
-const OPEN_RUNS: usize = 30;
-const BUILD_RUNS: usize = 5;
+const STARTUP_RUNS: usize = 100;
+const OPEN_RUNS: usize = 40;
+const BUILD_RUNS: usize = 7;
 const C_FILES: usize = 40;
 
 /// How to wrap a command.
@@ -155,89 +155,102 @@ fn bench_all(supervisor: &Path, dir: &Path, ws: &Path) -> Result<()> {
     let runners = runners(supervisor, dir);
     let mut rows = Vec::new();
 
+    // Runners are interleaved within each round (bare, bwrap, supervised, bare, ...), so that
+    // drift on a shared machine hits them alike; the first rounds are warm-up.
     // 1. start-up
-    for r in &runners {
-        let n = if r.name == "firejail" {
-            STARTUP_RUNS / 10
-        } else {
-            STARTUP_RUNS
-        };
-        let mut times = Vec::with_capacity(n);
-        for i in 0..n + 5 {
-            let (t, _) = timed(r, &["/bin/true"], ws)?;
-            if i >= 5 {
-                times.push(t.as_secs_f64() * 1e3);
-            }
-        }
+    let startup: Vec<&Runner> = runners.iter().collect();
+    let times = rounds(&startup, STARTUP_RUNS, 5, |r| {
+        Ok(timed(r, &["/bin/true"], ws)?.0.as_secs_f64() * 1e3)
+    })?;
+    for (r, t) in startup.iter().zip(times) {
         rows.push(Row {
             workload: "`/bin/true` start-up".into(),
             runner: r.name,
-            value: median(times),
+            value: median(t),
             unit: "ms",
         });
     }
 
-    // 2. 10,000 opens in the workspace
-    // In the workspace: /tmp is not executable under the default policy.
+    // 2. 10,000 opens in the workspace: the loop's own time, and the whole run's
     let opener = compile_opener(ws)?;
     std::fs::write(ws.join("data.txt"), "x")?;
     let opener_s = opener.display().to_string();
-    for r in runners.iter().filter(|r| r.name != "firejail") {
-        let mut loops = Vec::new();
-        let mut walls = Vec::new();
-        for i in 0..OPEN_RUNS + 3 {
-            let (t, out) = timed(r, &[&opener_s, "data.txt", "10000"], ws)?;
-            let us: f64 = out
-                .trim()
-                .parse()
-                .with_context(|| format!("opener printed {out:?}"))?;
-            if i >= 3 {
-                loops.push(us / 1e3);
-                walls.push(t.as_secs_f64() * 1e3);
-            }
-        }
+    let no_firejail: Vec<&Runner> = runners.iter().filter(|r| r.name != "firejail").collect();
+    let mut walls: Vec<Vec<f64>> = vec![Vec::new(); no_firejail.len()];
+    let loops = rounds(&no_firejail, OPEN_RUNS, 3, |r| {
+        let (t, out) = timed(r, &[&opener_s, "data.txt", "10000"], ws)?;
+        let us: f64 = out
+            .trim()
+            .parse()
+            .with_context(|| format!("opener printed {out:?}"))?;
+        let i = no_firejail
+            .iter()
+            .position(|x| x.name == r.name)
+            .unwrap_or(0);
+        walls[i].push(t.as_secs_f64() * 1e3);
+        Ok(us / 1e3)
+    })?;
+    // `walls` also got the warm-up rounds: drop them.
+    for ((r, l), w) in no_firejail
+        .iter()
+        .zip(loops)
+        .zip(walls.into_iter().map(|w| w[3..].to_vec()))
+    {
         rows.push(Row {
             workload: "10,000 opens (loop)".into(),
             runner: r.name,
-            value: median(loops),
+            value: median(l),
             unit: "ms",
         });
         rows.push(Row {
             workload: "10,000 opens (whole run)".into(),
             runner: r.name,
-            value: median(walls),
+            value: median(w),
             unit: "ms",
         });
     }
 
     // 3. make -j2 of a small C project, from clean
     let project = make_c_project(ws)?;
-    for r in runners.iter().filter(|r| r.name != "firejail") {
-        let mut times = Vec::new();
-        for i in 0..BUILD_RUNS + 1 {
-            timed(
-                &Runner {
-                    name: "bare",
-                    prefix: vec![],
-                },
-                &["make", "-s", "clean"],
-                &project,
-            )?;
-            let (t, _) = timed(r, &["make", "-s", "-j2"], &project)?;
-            if i >= 1 {
-                times.push(t.as_secs_f64() * 1e3);
-            }
-        }
+    let bare = Runner {
+        name: "bare",
+        prefix: vec![],
+    };
+    let builds = rounds(&no_firejail, BUILD_RUNS, 1, |r| {
+        timed(&bare, &["make", "-s", "clean"], &project)?;
+        Ok(timed(r, &["make", "-s", "-j2"], &project)?.0.as_secs_f64() * 1e3)
+    })?;
+    for (r, t) in no_firejail.iter().zip(builds) {
         rows.push(Row {
             workload: format!("`make -j2`, {C_FILES} C files"),
             runner: r.name,
-            value: median(times),
+            value: median(t),
             unit: "ms",
         });
     }
 
     print_table(&rows);
     Ok(())
+}
+
+/// `n` measured rounds (after `warmup` unmeasured ones), each running every runner once, in
+/// order. Returns the samples per runner.
+fn rounds(
+    runners: &[&Runner],
+    n: usize,
+    warmup: usize,
+    mut measure: impl FnMut(&Runner) -> Result<f64>,
+) -> Result<Vec<Vec<f64>>> {
+    let mut samples = vec![Vec::with_capacity(n); runners.len()];
+    for round in 0..n + warmup {
+        for (i, r) in runners.iter().enumerate() {
+            let v = measure(r)?;
+            if round >= warmup {
+                samples[i].push(v);
+            }
+        }
+    }
+    Ok(samples)
 }
 
 fn print_table(rows: &[Row]) {

@@ -374,7 +374,11 @@ fn child_main(
         fail(Step::MountProc, e, -1);
     }
     if let Err((what, e)) = private_dev() {
-        report(ChildMsg::Failed { step: Step::Dev as u32, errno: e.raw_os_error().unwrap_or(libc::EIO), index: what });
+        report(ChildMsg::Failed {
+            step: Step::Dev as u32,
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+            index: what,
+        });
         sys::exit_now(127);
     }
     if let Err(e) = apply_masks(&spec.masks, mask_paths) {
@@ -597,8 +601,20 @@ fn private_dev() -> Result<(), (i32, io::Error)> {
     )
     .map_err(|e| (-2, e))?;
     sys::mkdirat(dev.as_fd(), c"shm", 0o1777).map_err(|e| (-3, e))?;
-    sys::mount(Some(c"tmpfs"), c"/dev/shm", Some(c"tmpfs"), libc::MS_NOSUID | libc::MS_NODEV).map_err(|e| (-3, e))?;
-    for (link, target) in [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    sys::mount(
+        Some(c"tmpfs"),
+        c"/dev/shm",
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+    )
+    .map_err(|e| (-3, e))?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         std::os::unix::fs::symlink(target, format!("/dev/{link}")).map_err(|e| (-4, e))?;
     }
     Ok(())

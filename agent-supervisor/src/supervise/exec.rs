@@ -77,7 +77,10 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
             .map_err(errno)?;
         let mut iargv = vec![interp.as_os_str().as_bytes().to_vec()];
         iargv.extend(arg);
-        iargv.push(std::mem::replace(&mut script_name, interp.as_os_str().as_bytes().to_vec()));
+        iargv.push(std::mem::replace(
+            &mut script_name,
+            interp.as_os_str().as_bytes().to_vec(),
+        ));
         iargv.extend(last.argv.iter().skip(1).cloned());
         chain.push(Program {
             invoked: r.lexical.clone(),
@@ -267,7 +270,9 @@ pub const LOADER_VARIABLES: &[&str] = &["LD_PRELOAD", "LD_AUDIT"];
 /// image's real environment.
 pub fn loader_injection(envp: &[Vec<u8>], writable: &dyn Fn(&Path) -> bool) -> Option<String> {
     for entry in envp {
-        let Some(eq) = entry.iter().position(|&b| b == b'=') else { continue };
+        let Some(eq) = entry.iter().position(|&b| b == b'=') else {
+            continue;
+        };
         let name = String::from_utf8_lossy(&entry[..eq]);
         if !LOADER_VARIABLES.contains(&name.as_ref()) {
             continue;

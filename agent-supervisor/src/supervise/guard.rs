@@ -106,7 +106,10 @@ fn check_one(ctx: &Arc<Ctx>, job: Job) {
             // `pid` is now the thread-group leader's id (a non-leader's tid changes on exec).
             match verify(pid, &job.expect, &ctx.policy.filesystem.write) {
                 Ok(()) => {
-                    tracing::debug!("exec guard: pid {pid} runs `{}` as decided", job.expect.summary);
+                    tracing::debug!(
+                        "exec guard: pid {pid} runs `{}` as decided",
+                        job.expect.summary
+                    );
                     let _ = sys::ptrace_detach(pid, 0);
                     return;
                 }
@@ -143,7 +146,11 @@ fn check_one(ctx: &Arc<Ctx>, job: Job) {
     }
 }
 
-fn verify(pid: i32, expect: &Expectation, write_trees: &[std::path::PathBuf]) -> Result<(), String> {
+fn verify(
+    pid: i32,
+    expect: &Expectation,
+    write_trees: &[std::path::PathBuf],
+) -> Result<(), String> {
     let exe = fs::File::open(format!("/proc/{pid}/exe"))
         .map_err(|e| format!("cannot inspect the new image: {e}"))?;
     let (dev, ino, _) =
@@ -154,9 +161,16 @@ fn verify(pid: i32, expect: &Expectation, write_trees: &[std::path::PathBuf]) ->
             expect.summary
         ));
     }
-    let environ = fs::read(format!("/proc/{pid}/environ")).map_err(|e| format!("cannot read the new environment: {e}"))?;
-    let envp: Vec<Vec<u8>> = environ.split(|&b| b == 0).filter(|e| !e.is_empty()).map(<[u8]>::to_vec).collect();
-    if let Some(why) = super::exec::loader_injection(&envp, &|p| write_trees.iter().any(|w| p.starts_with(w))) {
+    let environ = fs::read(format!("/proc/{pid}/environ"))
+        .map_err(|e| format!("cannot read the new environment: {e}"))?;
+    let envp: Vec<Vec<u8>> = environ
+        .split(|&b| b == 0)
+        .filter(|e| !e.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    if let Some(why) =
+        super::exec::loader_injection(&envp, &|p| write_trees.iter().any(|w| p.starts_with(w)))
+    {
         return Err(format!("{why} (raced exec environment)"));
     }
     let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
@@ -170,7 +184,10 @@ fn verify(pid: i32, expect: &Expectation, write_trees: &[std::path::PathBuf]) ->
     // decided arguments.
     let ok = args.len() == expect.argc
         && args.len() >= tail.len()
-        && args[args.len() - tail.len()..].iter().zip(tail).all(|(a, b)| *a == b.as_slice());
+        && args[args.len() - tail.len()..]
+            .iter()
+            .zip(tail)
+            .all(|(a, b)| *a == b.as_slice());
     if !ok {
         return Err(format!(
             "its arguments differ from the ones approved for `{}` (raced exec)",

@@ -39,7 +39,10 @@ enum Dest {
     /// Unnamed unix address.
     UnixOther,
     /// Netlink: destination port id and multicast groups.
-    Netlink { pid: u32, groups: u32 },
+    Netlink {
+        pid: u32,
+        groups: u32,
+    },
     Unspec,
     Other(u16),
 }
@@ -115,11 +118,21 @@ fn builtin(decision: Decision, reason: &str) -> Verdict {
 /// An IP destination. `0.0.0.0` and `::` mean this host to connect/send: they are decided as
 /// loopback (the strictest of the two spellings wins).
 fn decide_inet(ctx: &Ctx, sa: SocketAddr, raw: &[u8]) -> Decided {
-    let ask = |ip: IpAddr| ctx.policy.decide(&Request::Connect { ip, port: sa.port(), host: None });
+    let ask = |ip: IpAddr| {
+        ctx.policy.decide(&Request::Connect {
+            ip,
+            port: sa.port(),
+            host: None,
+        })
+    };
     let mut verdict = ask(sa.ip());
     let unspecified = match sa.ip().to_canonical() {
-        IpAddr::V4(v4) => v4.is_unspecified().then_some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        IpAddr::V6(v6) => v6.is_unspecified().then_some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        IpAddr::V4(v4) => v4
+            .is_unspecified()
+            .then_some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        IpAddr::V6(v6) => v6
+            .is_unspecified()
+            .then_some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
     };
     if let Some(loopback) = unspecified {
         let as_loopback = ask(loopback);
@@ -127,11 +140,24 @@ fn decide_inet(ctx: &Ctx, sa: SocketAddr, raw: &[u8]) -> Decided {
             verdict = as_loopback;
         }
     }
-    Decided { verdict, shown: sa.to_string(), family: "inet", addr: raw.to_vec(), hold: None }
+    Decided {
+        verdict,
+        shown: sa.to_string(),
+        family: "inet",
+        addr: raw.to_vec(),
+        hold: None,
+    }
 }
 
 /// `creating`: bind (the address is being created); `is_send`: sendto/sendmsg/sendmmsg.
-fn decide_dest(ctx: &Ctx, t: &Tracee, raw: &[u8], creating: bool, is_send: bool, proto: i32) -> Result<Decided, i32> {
+fn decide_dest(
+    ctx: &Ctx,
+    t: &Tracee,
+    raw: &[u8],
+    creating: bool,
+    is_send: bool,
+    proto: i32,
+) -> Result<Decided, i32> {
     let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EACCES);
     Ok(match parse_sockaddr(raw)? {
         Dest::Inet(sa) => decide_inet(ctx, sa, raw),
@@ -168,9 +194,16 @@ fn decide_dest(ctx: &Ctx, t: &Tracee, raw: &[u8], creating: bool, is_send: bool,
             // A socket the session bound itself is its own business. Any other is a program
             // outside the sandbox (an ssh-agent, tmux, Docker): being allowed to write in the
             // directory is not enough, it takes a rule that names it.
-            let own = crate::sys::fstat_id(target.fd.as_fd())
-                .is_ok_and(|(dev, ino, _)| ctx.own_sockets.lock().expect("own sockets lock").contains(&(dev, ino)));
-            let mut verdict = ctx.policy.decide(&Request::Open { path: &real, access: Access::WRITE });
+            let own = crate::sys::fstat_id(target.fd.as_fd()).is_ok_and(|(dev, ino, _)| {
+                ctx.own_sockets
+                    .lock()
+                    .expect("own sockets lock")
+                    .contains(&(dev, ino))
+            });
+            let mut verdict = ctx.policy.decide(&Request::Open {
+                path: &real,
+                access: Access::WRITE,
+            });
             if own {
                 verdict = builtin(Decision::Allow, "unix socket bound inside the sandbox");
             } else if verdict.decided_by == DecidedBy::Filesystem {
@@ -227,7 +260,10 @@ fn decide_dest(ctx: &Ctx, t: &Tracee, raw: &[u8], creating: bool, is_send: bool,
             } else if groups == 0 && netlink_port_inside_session(t, proto, pid) {
                 builtin(Decision::Allow, "netlink to a socket inside the sandbox")
             } else {
-                builtin(Decision::Deny, "netlink to a user-space socket or multicast group of the host")
+                builtin(
+                    Decision::Deny,
+                    "netlink to a user-space socket or multicast group of the host",
+                )
             },
             shown: format!("netlink:{pid}/{groups}"),
             family: "netlink",
@@ -267,8 +303,15 @@ fn decide_dest(ctx: &Ctx, t: &Tracee, raw: &[u8], creating: bool, is_send: bool,
 /// namespace)? Reads `/proc/net/unix` for the name's inodes, then looks for them among the fds
 /// of the session's processes. Any doubt is a no.
 fn bound_inside_session(t: &Tracee, name: &[u8]) -> bool {
-    let shown: Vec<u8> = std::iter::once(b'@').chain(name.iter().map(|&c| if c == 0 { b'@' } else { c })).collect();
-    let inodes = proc_net_inodes(t, "unix", |fields| fields.len() >= 8 && fields[7..].join(&b' ') == shown, 6);
+    let shown: Vec<u8> = std::iter::once(b'@')
+        .chain(name.iter().map(|&c| if c == 0 { b'@' } else { c }))
+        .collect();
+    let inodes = proc_net_inodes(
+        t,
+        "unix",
+        |fields| fields.len() >= 8 && fields[7..].join(&b' ') == shown,
+        6,
+    );
     sockets_in_session(t, &inodes)
 }
 
@@ -285,13 +328,24 @@ fn netlink_port_inside_session(t: &Tracee, proto: i32, port: u32) -> bool {
 }
 
 /// Inode column `col` of the rows of `/proc/<tid>/net/<table>` that `keep` accepts.
-fn proc_net_inodes(t: &Tracee, table: &str, keep: impl Fn(&[&[u8]]) -> bool, col: usize) -> Vec<String> {
-    let Ok(text) = std::fs::read(format!("/proc/{}/net/{table}", t.tid)) else { return vec![] };
+fn proc_net_inodes(
+    t: &Tracee,
+    table: &str,
+    keep: impl Fn(&[&[u8]]) -> bool,
+    col: usize,
+) -> Vec<String> {
+    let Ok(text) = std::fs::read(format!("/proc/{}/net/{table}", t.tid)) else {
+        return vec![];
+    };
     text.split(|&c| c == b'\n')
         .skip(1)
         .filter_map(|line| {
-            let fields: Vec<&[u8]> = line.split(|&c| c == b' ').filter(|f| !f.is_empty()).collect();
-            (fields.len() > col && keep(&fields)).then(|| String::from_utf8_lossy(fields[col]).into_owned())
+            let fields: Vec<&[u8]> = line
+                .split(|&c| c == b' ')
+                .filter(|f| !f.is_empty())
+                .collect();
+            (fields.len() > col && keep(&fields))
+                .then(|| String::from_utf8_lossy(fields[col]).into_owned())
         })
         .collect()
 }
@@ -302,15 +356,30 @@ fn sockets_in_session(t: &Tracee, inodes: &[String]) -> bool {
     if inodes.is_empty() {
         return false;
     }
-    let Ok(our_ns) = std::fs::read_link(format!("/proc/{}/ns/pid", t.tid)) else { return false };
+    let Ok(our_ns) = std::fs::read_link(format!("/proc/{}/ns/pid", t.tid)) else {
+        return false;
+    };
     let targets: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
-    procs.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).any(|e| {
-        std::fs::read_link(e.path().join("ns/pid")).is_ok_and(|ns| ns == our_ns)
-            && std::fs::read_dir(e.path().join("fd")).is_ok_and(|fds| {
-                fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| targets.iter().any(|t| l.as_os_str() == t.as_str())))
-            })
-    })
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .any(|e| {
+            std::fs::read_link(e.path().join("ns/pid")).is_ok_and(|ns| ns == our_ns)
+                && std::fs::read_dir(e.path().join("fd")).is_ok_and(|fds| {
+                    fds.flatten().any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|l| targets.iter().any(|t| l.as_os_str() == t.as_str()))
+                    })
+                })
+        })
 }
 
 fn sockaddr_un(path: &[u8]) -> Result<Vec<u8>, i32> {
@@ -399,10 +468,15 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
                 // Remember the socket files the session creates: connecting to them later is
                 // talking to itself.
                 if is_bind && unix_path && r.is_ok() {
-                    let path = std::ffi::OsStr::from_bytes(addr[2..].split(|&b| b == 0).next().unwrap_or_default());
+                    let path = std::ffi::OsStr::from_bytes(
+                        addr[2..].split(|&b| b == 0).next().unwrap_or_default(),
+                    );
                     if let Ok(md) = std::fs::metadata(path) {
                         use std::os::unix::fs::MetadataExt;
-                        ctx2.own_sockets.lock().expect("own sockets lock").insert((md.dev(), md.ino()));
+                        ctx2.own_sockets
+                            .lock()
+                            .expect("own sockets lock")
+                            .insert((md.dev(), md.ino()));
                     }
                 }
                 to_effect(r.map(|_| 0))
@@ -565,6 +639,10 @@ fn send(
     }
 }
 
+/// A message to send: data (one buffer per iovec), control bytes with fds translated, and the
+/// duplicated fds that must stay open until the send.
+type Payload = (Vec<Vec<u8>>, Vec<u8>, Vec<OwnedFd>);
+
 /// The parts of a `struct msghdr` we use (addresses in the agent's memory).
 #[derive(Debug, Clone, Copy)]
 struct MsgHdr {
@@ -598,7 +676,7 @@ impl MsgHdr {
 
     /// Data (one buffer per iovec), control with SCM_RIGHTS fds translated into ours, and the
     /// fds that must stay open until the send.
-    fn payload(&self, t: &Tracee) -> Result<(Vec<Vec<u8>>, Vec<u8>, Vec<OwnedFd>), i32> {
+    fn payload(&self, t: &Tracee) -> Result<Payload, i32> {
         let efault = |_| libc::EFAULT;
         if self.iovlen as usize > UIO_MAXIOV {
             return Err(libc::EMSGSIZE);

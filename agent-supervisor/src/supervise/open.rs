@@ -109,7 +109,10 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
             reason: Some("an object the agent already holds open".into()),
         }
     } else {
-        ctx.policy.decide(&Request::Open { path: &decided_path, access })
+        ctx.policy.decide(&Request::Open {
+            path: &decided_path,
+            access,
+        })
     };
     let shown = decided_path.display().to_string();
     let access_s = [(access.read, "read"), (access.write, "write")]

@@ -208,7 +208,11 @@ impl Tracee {
             Some((MagicLink::Fd(fd), None)) => {
                 let fd = self.dup_fd(fd)?;
                 let p = fd_path(&fd)?;
-                return Ok(Resolved { fd, path: p, lexical });
+                return Ok(Resolved {
+                    fd,
+                    path: p,
+                    lexical,
+                });
             }
             Some((link, rest)) => {
                 let base = match link {
@@ -307,7 +311,10 @@ enum MagicLink {
 fn own_magic_link(p: &Path, tgid: i32, tid: i32) -> Option<(MagicLink, Option<PathBuf>)> {
     let proc_dir = Path::new("/proc").join(tgid.to_string());
     let task_dir = proc_dir.join("task").join(tid.to_string());
-    let rest = p.strip_prefix(&task_dir).or_else(|_| p.strip_prefix(&proc_dir)).ok()?;
+    let rest = p
+        .strip_prefix(&task_dir)
+        .or_else(|_| p.strip_prefix(&proc_dir))
+        .ok()?;
     let mut comps = rest.components();
     let link = match comps.next()?.as_os_str().to_str()? {
         "fd" => MagicLink::Fd(comps.next()?.as_os_str().to_str()?.parse().ok()?),
@@ -342,13 +349,31 @@ mod tests {
             translate_proc_self(Path::new("/proc/thread-self/x"), 7, 9),
             PathBuf::from("/proc/7/task/9/x")
         );
-        assert_eq!(own_magic_link(Path::new("/proc/7/fd/3"), 7, 9), Some((MagicLink::Fd(3), None)));
+        assert_eq!(
+            own_magic_link(Path::new("/proc/7/fd/3"), 7, 9),
+            Some((MagicLink::Fd(3), None))
+        );
         assert_eq!(own_magic_link(Path::new("/proc/8/fd/3"), 7, 9), None);
-        assert_eq!(own_magic_link(Path::new("/proc/7/fd/3/x"), 7, 9), Some((MagicLink::Fd(3), Some(PathBuf::from("x")))));
-        assert_eq!(own_magic_link(Path::new("/proc/7/task/9/cwd/a/b"), 7, 9), Some((MagicLink::Cwd, Some(PathBuf::from("a/b")))));
-        assert_eq!(own_magic_link(Path::new("/proc/7/root"), 7, 9), Some((MagicLink::Root, None)));
+        assert_eq!(
+            own_magic_link(Path::new("/proc/7/fd/3/x"), 7, 9),
+            Some((MagicLink::Fd(3), Some(PathBuf::from("x"))))
+        );
+        assert_eq!(
+            own_magic_link(Path::new("/proc/7/task/9/cwd/a/b"), 7, 9),
+            Some((MagicLink::Cwd, Some(PathBuf::from("a/b"))))
+        );
+        assert_eq!(
+            own_magic_link(Path::new("/proc/7/root"), 7, 9),
+            Some((MagicLink::Root, None))
+        );
         assert_eq!(own_magic_link(Path::new("/proc/7/status"), 7, 9), None);
-        assert_eq!(translate_proc_self(Path::new("/dev/fd/4"), 7, 9), PathBuf::from("/proc/7/fd/4"));
-        assert_eq!(translate_proc_self(Path::new("/dev/stdout"), 7, 9), PathBuf::from("/proc/7/fd/1"));
+        assert_eq!(
+            translate_proc_self(Path::new("/dev/fd/4"), 7, 9),
+            PathBuf::from("/proc/7/fd/4")
+        );
+        assert_eq!(
+            translate_proc_self(Path::new("/dev/stdout"), 7, 9),
+            PathBuf::from("/proc/7/fd/1")
+        );
     }
 }
