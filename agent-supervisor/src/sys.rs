@@ -757,38 +757,41 @@ pub fn gettid() -> libc::pid_t {
     unsafe { libc::gettid() }
 }
 
-/// Read `len` bytes at `addr` of process `pid` with `process_vm_readv`.
+/// Read `buf.len()` bytes at `addr` of process `pid` (`process_vm_readv`).
 pub fn read_process_memory(pid: libc::pid_t, addr: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: `local` describes our own valid buffer; the kernel checks the remote range.
-    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    process_vm(pid, addr, buf.as_mut_ptr(), buf.len(), false)
 }
 
-/// Write `buf` at `addr` of process `pid` with `process_vm_writev` (used to fill in
-/// `msg_len` results of an emulated `sendmmsg`).
+/// Write `buf` at `addr` of process `pid` (`process_vm_writev`; used to fill in the `msg_len`
+/// results of an emulated `sendmmsg`).
 pub fn write_process_memory(pid: libc::pid_t, addr: u64, buf: &[u8]) -> io::Result<usize> {
+    process_vm(pid, addr, buf.as_ptr() as *mut u8, buf.len(), true)
+}
+
+fn process_vm(
+    pid: libc::pid_t,
+    addr: u64,
+    local: *mut u8,
+    len: usize,
+    write: bool,
+) -> io::Result<usize> {
     let local = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
+        iov_base: local.cast(),
+        iov_len: len,
     };
     let remote = libc::iovec {
         iov_base: addr as *mut libc::c_void,
-        iov_len: buf.len(),
+        iov_len: len,
     };
-    // SAFETY: `local` describes our own valid buffer; the kernel checks the remote range.
-    let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+    // SAFETY: `local` describes a buffer of ours valid for `len` bytes (only read from when
+    // writing to the other process); the kernel checks the remote range.
+    let n = unsafe {
+        if write {
+            libc::process_vm_writev(pid, &local, 1, &remote, 1, 0)
+        } else {
+            libc::process_vm_readv(pid, &local, 1, &remote, 1, 0)
+        }
+    };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -866,23 +869,15 @@ pub fn sendmsg_raw(
 
 /// `getsockopt(fd, SOL_SOCKET, SO_DOMAIN)`.
 pub fn socket_domain(fd: BorrowedFd<'_>) -> io::Result<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: out pointers are valid for the given length.
-    check_int(unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    })?;
-    Ok(v)
+    socket_option(fd, libc::SO_DOMAIN)
 }
 
 /// `getsockopt(fd, SOL_SOCKET, SO_PROTOCOL)`.
 pub fn socket_protocol(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    socket_option(fd, libc::SO_PROTOCOL)
+}
+
+fn socket_option(fd: BorrowedFd<'_>, option: i32) -> io::Result<i32> {
     let mut v: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: out pointers are valid for the given length.
@@ -890,7 +885,7 @@ pub fn socket_protocol(fd: BorrowedFd<'_>) -> io::Result<i32> {
         libc::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_PROTOCOL,
+            option,
             (&mut v as *mut libc::c_int).cast(),
             &mut len,
         )

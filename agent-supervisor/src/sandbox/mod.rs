@@ -76,27 +76,28 @@ pub enum Step {
 }
 
 impl Step {
+    /// Every step, in order.
+    const ALL: [Step; 16] = [
+        Step::Sync,
+        Step::MountPrivate,
+        Step::MountProc,
+        Step::MaskSource,
+        Step::Mask,
+        Step::Fds,
+        Step::Landlock,
+        Step::NoNewPrivs,
+        Step::Capabilities,
+        Step::SeccompDeny,
+        Step::SeccompNotify,
+        Step::ForkAgent,
+        Step::Exec,
+        Step::Hostname,
+        Step::DeathSignal,
+        Step::Dev,
+    ];
+
     fn from_u32(v: u32) -> Option<Step> {
-        use Step::*;
-        [
-            Sync,
-            MountPrivate,
-            MountProc,
-            MaskSource,
-            Mask,
-            Fds,
-            Landlock,
-            NoNewPrivs,
-            Capabilities,
-            SeccompDeny,
-            SeccompNotify,
-            ForkAgent,
-            Exec,
-            Hostname,
-            DeathSignal,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == v)
+        Step::ALL.into_iter().find(|s| *s as u32 == v)
     }
 
     fn describe(self) -> &'static str {
@@ -663,4 +664,28 @@ fn apply_masks(masks: &[MaskMount], paths: &[CString]) -> Result<(), (i32, io::E
 /// The agent's command line as C strings.
 pub fn to_cstrings(argv: &[std::ffi::OsString]) -> Vec<CString> {
     argv.iter().map(|a| cstring(a)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_step_round_trips_through_the_child_message() {
+        for step in Step::ALL {
+            let msg = encode(ChildMsg::Failed {
+                step: step as u32,
+                errno: 5,
+                index: 2,
+            });
+            match decode(&msg) {
+                Some(ChildMsg::Failed {
+                    step: s,
+                    errno: 5,
+                    index: 2,
+                }) => assert_eq!(Step::from_u32(s), Some(step)),
+                other => panic!("{step:?} decoded as {other:?}"),
+            }
+        }
+    }
 }
