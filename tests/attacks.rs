@@ -8,8 +8,12 @@
 //! must be unchanged, the audit log. Every test also proves that its setup is live: the
 //! allowed twin of the attack (the allowed address, program, file) does work in the same run.
 //!
-//! Attacks that still get through are kept as `#[ignore = "KNOWN LIMITATION ..."]` tests that assert
-//! the secure outcome, so they fail until the supervisor is fixed (`cargo test -- --ignored`).
+//! Attacks that still get through are kept as ignored tests that assert the secure outcome,
+//! so they fail until the supervisor is fixed (`cargo test -- --ignored`): `#[ignore = "BUG:
+//! ..."]` for holes to fix, `#[ignore = "KNOWN LIMITATION ..."]` for those waiting on a
+//! mechanism the supervisor doesn't have yet.
+//!
+//! `ATTACKS_VERBOSE=1 cargo test --test attacks -- --nocapture` prints every supervised run.
 
 mod common;
 
