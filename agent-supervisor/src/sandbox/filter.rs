@@ -22,6 +22,7 @@ const SENTINEL: u32 = 0x5a5a;
 const SECCOMP_RET_TRACE: u32 = 0x7ff0_0000;
 const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
 const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 
@@ -147,7 +148,7 @@ pub fn deny_filter() -> Result<Vec<SockFilter>, seccompiler::BackendError> {
     out.extend(prog.into_iter().map(convert));
     // clone3 passes its flags in memory, out of the filter's sight: make callers fall back to
     // clone(2), whose flags we can check. ENOSYS (not EPERM) is what libcs fall back on.
-    Ok(prepend_clone3_enosys(out))
+    Ok(insert_after_guard(out, hot_path_allow()))
 }
 
 /// Filter 2: user notification for the per-call decisions.
@@ -255,9 +256,44 @@ fn x32_guard() -> Vec<SockFilter> {
     ]
 }
 
-/// Insert `if nr == clone3 return ERRNO(ENOSYS)` after the x32 guard (nr is still loaded).
-fn prepend_clone3_enosys(mut prog: Vec<SockFilter>) -> Vec<SockFilter> {
-    let check = [
+/// The most frequent syscalls, none of which this filter restricts: answered ALLOW right after
+/// the guard instead of after walking the whole rule chain (seccompiler's chain is linear, and
+/// the filter runs on every syscall the agent makes). The notify filter is separate, so a
+/// trapped `openat` is still trapped.
+const HOT: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_close,
+    libc::SYS_openat,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_statx,
+    libc::SYS_lseek,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_brk,
+    libc::SYS_futex,
+    libc::SYS_pread64,
+    libc::SYS_getdents64,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_clock_gettime,
+    libc::SYS_readlink,
+    libc::SYS_access,
+    libc::SYS_faccessat2,
+    libc::SYS_getpid,
+    libc::SYS_wait4,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_epoll_wait,
+    libc::SYS_fcntl,
+];
+
+/// `if nr == clone3 return ERRNO(ENOSYS)`, then `if nr in HOT return ALLOW` (nr is still in
+/// the accumulator after the guard).
+fn hot_path_allow() -> Vec<SockFilter> {
+    let mut v = vec![
         jump(
             libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
             libc::SYS_clone3 as u32,
@@ -269,8 +305,25 @@ fn prepend_clone3_enosys(mut prog: Vec<SockFilter>) -> Vec<SockFilter> {
             0x0005_0000 | libc::ENOSYS as u32,
         ),
     ];
+    let k = HOT.len();
+    for (i, &nr) in HOT.iter().enumerate() {
+        // On a match, jump over the remaining checks and the JA, to the RET ALLOW.
+        v.push(jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            nr as u32,
+            (k - i) as u8,
+            0,
+        ));
+    }
+    v.push(stmt(libc::BPF_JMP | libc::BPF_JA, 1));
+    v.push(stmt(libc::BPF_RET | libc::BPF_K, SECCOMP_RET_ALLOW));
+    v
+}
+
+/// Insert `block` after the 6-instruction arch/x32 guard.
+fn insert_after_guard(mut prog: Vec<SockFilter>, block: Vec<SockFilter>) -> Vec<SockFilter> {
     let guard_len = 6;
-    prog.splice(guard_len..guard_len, check);
+    prog.splice(guard_len..guard_len, block);
     prog
 }
 
@@ -287,6 +340,31 @@ mod tests {
         assert!(!p
             .iter()
             .any(|i| is_ret_k(i) && i.k & 0xffff_0000 == SECCOMP_RET_TRACE));
+    }
+
+    /// No hot syscall may be one the deny filter restricts: the fast path would let it through.
+    #[test]
+    fn hot_syscalls_are_never_restricted() {
+        let restricted: Vec<i64> = DENIED
+            .iter()
+            .map(|&(nr, _)| nr)
+            .chain([
+                libc::SYS_unshare,
+                libc::SYS_clone,
+                libc::SYS_clone3,
+                libc::SYS_personality,
+                libc::SYS_ioctl,
+                libc::SYS_seccomp,
+            ])
+            .collect();
+        for nr in HOT {
+            assert!(
+                !restricted.contains(nr),
+                "syscall {nr} is restricted but on the hot path"
+            );
+        }
+        let p = deny_filter().unwrap();
+        assert!(p.iter().all(|i| i.jt as usize + i.jf as usize <= p.len()));
     }
 
     #[test]
