@@ -107,8 +107,9 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
     };
     let runner_path = runner.resolved.path.clone();
     let runner_index = chain.len() - 1;
-    if is_dynamic_loader(&runner.resolved.path) {
-        if let Some(target) = loader_target(&runner.argv) {
+    let loader = is_dynamic_loader(&runner.resolved.path).then(|| loader_call(&runner.argv));
+    if let Some(call) = &loader {
+        if let Some(target) = call.target.clone() {
             let r = t
                 .resolve(libc::AT_FDCWD, &target, true, false)
                 .map_err(errno)?;
@@ -158,6 +159,31 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
                     "the dynamic loader would load {} by name from a writable tree (it could be swapped after the check)",
                     target.invoked.display()
                 )),
+            };
+        }
+    }
+    if let Some(call) = &loader {
+        let why = if let Some(opt) = &call.unknown_option {
+            Some(format!(
+                "unknown dynamic loader option {}: what it loads can't be told",
+                super::escape_for_human(opt)
+            ))
+        } else {
+            call.paths.iter().find_map(|p| {
+                let as_env = [[b"LD_PRELOAD=".as_slice(), p].concat()];
+                loader_injection(&as_env, &writable).map(|_| {
+                    format!(
+                        "the dynamic loader is told to load from {} (writable by the agent, or relative)",
+                        super::escape_for_human(p)
+                    )
+                })
+            })
+        };
+        if let Some(why) = why {
+            verdict = Verdict {
+                decision: agent_supervisor_policy::Decision::Deny,
+                decided_by: agent_supervisor_policy::DecidedBy::Filesystem,
+                reason: Some(why),
             };
         }
     }
@@ -263,7 +289,7 @@ fn trim(b: &[u8]) -> &[u8] {
 /// (`LD_LIBRARY_PATH` is not among them: build tools, cargo's test runner among them, point it
 /// into the workspace all the time; code loaded through it must still be mapped executable,
 /// which the `noexec` mounts of writable, non-exec trees refuse.)
-pub const LOADER_VARIABLES: &[&str] = &["LD_PRELOAD", "LD_AUDIT"];
+pub const LOADER_VARIABLES: &[&str] = &["LD_PRELOAD", "LD_AUDIT", "GCONV_PATH"];
 
 /// Does the environment make the dynamic loader load code from a tree the agent can write
 /// (or from a relative path)? Returns why. Used before the exec and, by the guard, on the new
@@ -310,27 +336,61 @@ pub fn is_dynamic_loader(p: &Path) -> bool {
         || name.starts_with("ld64.so")
 }
 
-/// The program `ld.so [options] PROGRAM [args]` will load.
-fn loader_target(argv: &[Vec<u8>]) -> Option<Vec<u8>> {
-    const WITH_VALUE: &[&[u8]] = &[
-        b"--library-path",
-        b"--preload",
-        b"--audit",
+/// What a direct `ld.so [options] PROGRAM [args]` invocation does.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct LoaderCall {
+    /// The program it loads and runs (None for `--list`, `--help`, ...).
+    target: Option<Vec<u8>>,
+    /// Libraries and search paths the options add (`--library-path`, `--preload`, `--audit`).
+    paths: Vec<Vec<u8>>,
+    /// An option we don't know: we can't tell what it takes, so the call is refused.
+    unknown_option: Option<Vec<u8>>,
+}
+
+/// Parse a direct loader invocation like glibc's `ld.so` does.
+fn loader_call(argv: &[Vec<u8>]) -> LoaderCall {
+    const FLAGS: &[&[u8]] = &[
+        b"--list",
+        b"--verify",
+        b"--help",
+        b"--version",
+        b"--list-tunables",
+        b"--list-diagnostics",
+    ];
+    const PATH_VALUES: &[&[u8]] = &[b"--library-path", b"--preload", b"--audit"];
+    const OTHER_VALUES: &[&[u8]] = &[
+        b"--inhibit-rpath",
         b"--argv0",
         b"--glibc-hwcaps-prepend",
         b"--glibc-hwcaps-mask",
     ];
+    let mut call = LoaderCall::default();
     let mut it = argv.iter().skip(1);
     while let Some(a) = it.next() {
-        if WITH_VALUE.contains(&a.as_slice()) {
+        if a.as_slice() == b"--" {
+            call.target = it.next().cloned();
+            break;
+        } else if PATH_VALUES.contains(&a.as_slice()) {
+            if let Some(v) = it.next() {
+                call.paths.extend(
+                    v.split(|&b| b == b':' || b == b' ')
+                        .filter(|p| !p.is_empty())
+                        .map(<[u8]>::to_vec),
+                );
+            }
+        } else if OTHER_VALUES.contains(&a.as_slice()) {
             it.next();
-        } else if a.starts_with(b"--") {
+        } else if FLAGS.contains(&a.as_slice()) {
             continue;
+        } else if a.starts_with(b"-") {
+            call.unknown_option = Some(a.clone());
+            break;
         } else {
-            return Some(a.clone());
+            call.target = Some(a.clone());
+            break;
         }
     }
-    None
+    call
 }
 
 #[cfg(test)]
@@ -340,6 +400,23 @@ mod tests {
     #[test]
     fn loader_target_skips_options() {
         let v = |s: &[&str]| s.iter().map(|x| x.as_bytes().to_vec()).collect::<Vec<_>>();
+        let loader_target = |a: &[Vec<u8>]| loader_call(a).target;
+        let inhibit = loader_call(&v(&["ld.so", "--inhibit-rpath", "/usr/bin/true", "./evil"]));
+        assert_eq!(inhibit.target, Some(b"./evil".to_vec()));
+        let pre = loader_call(&v(&[
+            "ld.so",
+            "--preload",
+            "./a.so:/x/b.so",
+            "--audit",
+            "c.so",
+            "/usr/bin/true",
+        ]));
+        assert_eq!(pre.paths, v(&["./a.so", "/x/b.so", "c.so"]));
+        assert_eq!(pre.target, Some(b"/usr/bin/true".to_vec()));
+        assert_eq!(
+            loader_call(&v(&["ld.so", "--new-thing", "x"])).unknown_option,
+            Some(b"--new-thing".to_vec())
+        );
         assert_eq!(
             loader_target(&v(&["ld.so", "./tool", "x"])),
             Some(b"./tool".to_vec())
