@@ -2089,7 +2089,6 @@ fn abstract_unix_sockets_of_the_host_are_not_reached() {
 }
 
 #[test]
-#[ignore = "BUG: 'bound inside the session' compares abstract names as /proc/net/unix prints them (NUL shown as '@'): the agent's \\0a\\0b vouches for the host's \\0a@b"]
 fn an_abstract_name_that_prints_alike_does_not_vouch_for_a_host_socket() {
     // /proc/net/unix prints every NUL of an abstract name as '@': the host's "\0x@y" and the
     // agent's "\0x\0y" are both "@x@y" there.
@@ -2945,7 +2944,6 @@ int main(int argc, char **argv) {
 "#;
 
 #[test]
-#[ignore = "BUG: the session's own unix sockets are remembered by stat()ing the bound path after bind: a hard link of a host socket renamed over it in between makes the host socket 'own' (tmux, ssh-agent reachable)"]
 fn racing_a_hard_link_does_not_make_a_host_socket_the_sessions_own() {
     let ws = Workspace::new("own-socket-race");
     // The host program's socket, and a directory of the agent's: both in {tmp}, so a hard link

@@ -147,3 +147,37 @@ c.send(b"hello"); open("inner.txt", "w").write(a.recv(5).decode())
         "the denial is audited: {denied:?}"
     );
 }
+
+/// The agent's own unix sockets keep working (Python's multiprocessing and many tools talk to
+/// themselves over path sockets in /tmp or the workspace): the kernel's sock_diag says which
+/// socket is bound to the file, and it is the session's.
+#[test]
+fn the_agents_own_unix_path_sockets_work() {
+    skip_unless!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "needs /usr/bin/python3"
+    );
+    let ws = Workspace::new("own-unix");
+    let tmp_sock = format!("/tmp/as-test-own-{}.sock", std::process::id());
+    let script = format!(
+        r#"
+import os, socket
+out = []
+for path in ("own.sock", "{tmp_sock}"):
+    l = socket.socket(socket.AF_UNIX); l.bind(path); l.listen(1)
+    c = socket.socket(socket.AF_UNIX); c.connect(path)
+    a, _ = l.accept(); c.send(b"ping"); out.append(a.recv(4).decode())
+    os.unlink(path)
+open("result.txt", "w").write(",".join(out))
+"#
+    );
+    let r = ws.run(&["--headless"], &["/usr/bin/python3", "-c", &script], LIMIT);
+    let _ = std::fs::remove_file(&tmp_sock);
+    assert!(!r.timed_out, "{r:?}");
+    assert_eq!(ws.read("result.txt").as_deref(), Some("ping,ping"), "{r:?}");
+    let connects = ws.decisions("connect");
+    assert!(
+        connects.iter().filter(|d| d["decision"] == "allow").count() >= 2,
+        "both connects are decided and audited as the session's own: {connects:?}"
+    );
+}

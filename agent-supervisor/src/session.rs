@@ -252,7 +252,6 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         approvals,
         guard,
         remembered: Mutex::new(Default::default()),
-        own_sockets: Mutex::new(Default::default()),
         initial_argv: Mutex::new(Some(initial)),
         stopping: AtomicBool::new(false),
     });

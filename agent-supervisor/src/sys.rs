@@ -893,6 +893,72 @@ fn socket_option(fd: BorrowedFd<'_>, option: i32) -> io::Result<i32> {
     Ok(v)
 }
 
+/// Dump every unix socket of our network namespace with `sock_diag` (NETLINK_SOCK_DIAG,
+/// `UDIAG_SHOW_NAME | UDIAG_SHOW_VFS`): the raw netlink messages, parsed by the caller. Tells
+/// the exact bound name of each socket and the (device, inode) of the file it is bound to.
+pub fn unix_sock_diag_dump() -> io::Result<Vec<u8>> {
+    const NETLINK_SOCK_DIAG: i32 = 4;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_NAME: u32 = 1;
+    const UDIAG_SHOW_VFS: u32 = 2;
+    // SAFETY: plain socket(2) call; the fd is owned right away.
+    let fd = check_int(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    })?;
+    let fd = owned(fd as libc::c_long);
+    // nlmsghdr (16) + unix_diag_req (24).
+    let mut req = [0u8; 40];
+    req[0..4].copy_from_slice(&40u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req[16] = libc::AF_UNIX as u8;
+    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req[28..32].copy_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS).to_ne_bytes());
+    // SAFETY: `req` is a valid buffer of its length; the kernel address is implied for netlink.
+    check(
+        unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } as libc::c_long,
+    )?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        // SAFETY: `buf` is valid for writing `buf.len()` bytes.
+        let n = retry(|| {
+            check(
+                unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) }
+                    as libc::c_long,
+            )
+        })?;
+        let chunk = &buf[..n as usize];
+        out.extend_from_slice(chunk);
+        // Done when this datagram holds NLMSG_DONE or NLMSG_ERROR.
+        let mut off = 0;
+        let mut done = n == 0;
+        while off + 16 <= chunk.len() {
+            let len = u32::from_ne_bytes(chunk[off..off + 4].try_into().expect("4 bytes")) as usize;
+            let typ = u16::from_ne_bytes(chunk[off + 4..off + 6].try_into().expect("2 bytes"));
+            if typ == libc::NLMSG_DONE as u16 || typ == libc::NLMSG_ERROR as u16 {
+                done = true;
+            }
+            if len < 16 {
+                break;
+            }
+            off += (len + 3) & !3;
+        }
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// The user-space `st_dev` value of a kernel-internal `dev_t` (as `sock_diag` reports it).
+pub fn userspace_dev(kernel_dev: u32) -> u64 {
+    libc::makedev(kernel_dev >> 20, kernel_dev & 0xf_ffff)
+}
+
 /// `tgkill(tgid, tid, sig)`.
 pub fn tgkill(tgid: libc::pid_t, tid: libc::pid_t, sig: i32) -> io::Result<()> {
     // SAFETY: integer arguments only.

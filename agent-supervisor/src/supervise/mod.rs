@@ -119,9 +119,6 @@ pub struct Ctx {
     pub guard: guard::Guard,
     /// Session-wide answers (A = allow, B = deny), by action key.
     pub remembered: Mutex<HashMap<String, Decision>>,
-    /// Unix socket files (st_dev, st_ino) the session bound: connecting to them is the session
-    /// talking to itself, not to a program outside the sandbox.
-    pub own_sockets: Mutex<std::collections::HashSet<(u64, u64)>>,
     /// The command line the user typed: its first exec is approved by the user already.
     pub initial_argv: Mutex<Option<Vec<Vec<u8>>>>,
     pub stopping: AtomicBool,

@@ -10,7 +10,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -194,12 +193,10 @@ fn decide_dest(
             // A socket the session bound itself is its own business. Any other is a program
             // outside the sandbox (an ssh-agent, tmux, Docker): being allowed to write in the
             // directory is not enough, it takes a rule that names it.
-            let own = crate::sys::fstat_id(target.fd.as_fd()).is_ok_and(|(dev, ino, _)| {
-                ctx.own_sockets
-                    .lock()
-                    .expect("own sockets lock")
-                    .contains(&(dev, ino))
-            });
+            // Which socket is bound to this very file, and does the session hold it? (Asked of
+            // the kernel with sock_diag at connect time: nothing to race.)
+            let own = crate::sys::fstat_id(target.fd.as_fd())
+                .is_ok_and(|(dev, ino, _)| socket_file_inside_session(t, dev, ino));
             let mut verdict = ctx.policy.decide(&Request::Open {
                 path: &real,
                 access: Access::WRITE,
@@ -303,16 +300,89 @@ fn decide_dest(
 /// namespace)? Reads `/proc/net/unix` for the name's inodes, then looks for them among the fds
 /// of the session's processes. Any doubt is a no.
 fn bound_inside_session(t: &Tracee, name: &[u8]) -> bool {
-    let shown: Vec<u8> = std::iter::once(b'@')
-        .chain(name.iter().map(|&c| if c == 0 { b'@' } else { c }))
+    let abstract_name: Vec<u8> = [&[0u8][..], name].concat();
+    let inodes: Vec<String> = unix_sockets()
+        .into_iter()
+        .filter(|s| s.name.as_deref() == Some(abstract_name.as_slice()))
+        .map(|s| s.inode.to_string())
         .collect();
-    let inodes = proc_net_inodes(
-        t,
-        "unix",
-        |fields| fields.len() >= 8 && fields[7..].join(&b' ') == shown,
-        6,
-    );
     sockets_in_session(t, &inodes)
+}
+
+/// Is the unix socket bound to the file (st_dev, st_ino) a socket of the session?
+fn socket_file_inside_session(t: &Tracee, dev: u64, ino: u64) -> bool {
+    let inodes: Vec<String> = unix_sockets()
+        .into_iter()
+        .filter(|s| s.vfs == Some((dev, ino as u32)))
+        .map(|s| s.inode.to_string())
+        .collect();
+    sockets_in_session(t, &inodes)
+}
+
+/// One unix socket as `sock_diag` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UnixSocket {
+    /// The socket's inode (as in `socket:[N]`).
+    inode: u32,
+    /// Exact bound name (abstract names start with NUL).
+    name: Option<Vec<u8>>,
+    /// (st_dev, low 32 bits of st_ino) of the file it is bound to.
+    vfs: Option<(u64, u32)>,
+}
+
+/// Every unix socket of the network namespace (empty on error: then nothing counts as the
+/// session's own, which is the safe answer).
+fn unix_sockets() -> Vec<UnixSocket> {
+    crate::sys::unix_sock_diag_dump()
+        .map(|raw| parse_unix_diag(&raw))
+        .unwrap_or_default()
+}
+
+/// Parse `sock_diag` messages: nlmsghdr, unix_diag_msg, then attributes (UNIX_DIAG_NAME = 0,
+/// UNIX_DIAG_VFS = 1).
+fn parse_unix_diag(raw: &[u8]) -> Vec<UnixSocket> {
+    let u16_at = |b: &[u8], o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+    let u32_at = |b: &[u8], o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= raw.len() {
+        let len = u32_at(raw, off) as usize;
+        let typ = u16_at(raw, off + 4);
+        if len < 16 || off + len > raw.len() {
+            break;
+        }
+        if typ == 20 && len >= 32 {
+            let msg = &raw[off + 16..off + len];
+            let mut sock = UnixSocket {
+                inode: u32_at(msg, 4),
+                name: None,
+                vfs: None,
+            };
+            let mut a = 16;
+            while a + 4 <= msg.len() {
+                let alen = u16_at(msg, a) as usize;
+                let atype = u16_at(msg, a + 2);
+                if alen < 4 || a + alen > msg.len() {
+                    break;
+                }
+                let payload = &msg[a + 4..a + alen];
+                match atype {
+                    0 => sock.name = Some(payload.to_vec()),
+                    1 if payload.len() >= 8 => {
+                        sock.vfs = Some((
+                            crate::sys::userspace_dev(u32_at(payload, 4)),
+                            u32_at(payload, 0),
+                        ))
+                    }
+                    _ => {}
+                }
+                a += (alen + 3) & !3;
+            }
+            out.push(sock);
+        }
+        off += (len + 3) & !3;
+    }
+    out
 }
 
 /// Is netlink port id `port` (protocol `proto`) a socket of the trapped task's session?
@@ -456,8 +526,6 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
             let addr = d.addr.clone();
             // The checked unix socket path (O_PATH) must stay open until the call.
             let hold = d.hold.take();
-            let unix_path = d.family == "unix" && hold.is_some();
-            let ctx2 = Arc::clone(ctx);
             let perform: super::Perform = Box::new(move || {
                 let _hold = hold;
                 let r = if is_bind {
@@ -465,20 +533,6 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
                 } else {
                     sys::connect_raw(sock.as_fd(), &addr)
                 };
-                // Remember the socket files the session creates: connecting to them later is
-                // talking to itself.
-                if is_bind && unix_path && r.is_ok() {
-                    let path = std::ffi::OsStr::from_bytes(
-                        addr[2..].split(|&b| b == 0).next().unwrap_or_default(),
-                    );
-                    if let Ok(md) = std::fs::metadata(path) {
-                        use std::os::unix::fs::MetadataExt;
-                        ctx2.own_sockets
-                            .lock()
-                            .expect("own sockets lock")
-                            .insert((md.dev(), md.ino()));
-                    }
-                }
                 to_effect(r.map(|_| 0))
             });
             let (kind, call, errno) = if is_bind {
