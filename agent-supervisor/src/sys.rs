@@ -919,18 +919,15 @@ pub fn unix_sock_diag_dump() -> io::Result<Vec<u8>> {
     req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req[28..32].copy_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_VFS).to_ne_bytes());
     // SAFETY: `req` is a valid buffer of its length; the kernel address is implied for netlink.
-    check(
-        unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } as libc::c_long,
-    )?;
+    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    check(sent as libc::c_long)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     loop {
-        // SAFETY: `buf` is valid for writing `buf.len()` bytes.
         let n = retry(|| {
-            check(
-                unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) }
-                    as libc::c_long,
-            )
+            // SAFETY: `buf` is valid for writing `buf.len()` bytes.
+            let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            check(got as libc::c_long)
         })?;
         let chunk = &buf[..n as usize];
         out.extend_from_slice(chunk);
