@@ -2801,7 +2801,6 @@ fn the_agent_dies_with_its_supervisor() {
 }
 
 #[test]
-#[ignore = "BUG: only {workspace}/.agent-supervisor is protected: a policy planted in a subdirectory governs the next session started there"]
 fn agent_cannot_plant_a_policy_for_a_session_started_in_a_subdirectory() {
     let ws = Workspace::new("plant-policy-sub");
     ws.write("frontend/.env", format!("{SECRET}\n").as_str());
@@ -2817,30 +2816,51 @@ fn agent_cannot_plant_a_policy_for_a_session_started_in_a_subdirectory() {
         show(&r1)
     );
     // Session 2: the user starts the agent in the subproject, with the default policy lookup.
-    let mut c = std::process::Command::new(common::bin());
-    c.args(["run", "-q", "--headless", "--audit"])
-        .arg(&ws.audit)
-        .args([
-            "--",
-            "/bin/sh",
-            "-c",
-            "cat .env public.txt >> ../leak 2>/dev/null; true",
-        ])
-        .current_dir(ws.path("frontend"))
-        .env_remove("CI")
-        .stdin(std::process::Stdio::null());
-    let r2 = common::run_with_timeout(c, LIMIT);
+    // The planted policy was never trusted: the supervisor refuses to start under it and says
+    // so; with an explicit policy the session runs and the mask holds.
+    let state = ws.dir.parent().expect("base").join("state");
+    let session2 = |extra: &[&str]| {
+        let mut c = std::process::Command::new(common::bin());
+        c.args(["run", "-q", "--headless", "--audit"])
+            .arg(&ws.audit)
+            .args(extra)
+            .args([
+                "--",
+                "/bin/sh",
+                "-c",
+                "cat .env public.txt >> ../leak 2>/dev/null; true",
+            ])
+            .current_dir(ws.path("frontend"))
+            .env("AGENT_SUPERVISOR_STATE_DIR", &state)
+            .env_remove("CI")
+            .stdin(std::process::Stdio::null());
+        common::run_with_timeout(c, LIMIT)
+    };
+    let r2 = session2(&[]);
     assert!(!r2.timed_out, "{}", show(&r2));
+    assert_eq!(
+        r2.code,
+        Some(125),
+        "an untrusted planted policy must be refused\n{}",
+        show(&r2)
+    );
+    assert!(r2.stderr.contains("not trusted"), "{}", show(&r2));
+    assert!(
+        !ws.read("leak").unwrap_or_default().contains(SECRET),
+        "the planted policy governed the next session\n{}",
+        show(&r2)
+    );
+    let r3 = session2(&["--policy", "preset:sandboxed"]);
     let leak = ws.read("leak").unwrap_or_default();
     assert!(
         leak.contains("public-content"),
-        "session 2 must run\n{}",
-        show(&r2)
+        "session 2 must run with an explicit policy\n{}",
+        show(&r3)
     );
     assert!(
         !leak.contains(SECRET),
-        "the policy the agent planted governed the next session\n{}",
-        show(&r2)
+        "the secret leaked in session 2\n{}",
+        show(&r3)
     );
 }
 

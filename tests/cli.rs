@@ -483,15 +483,51 @@ fn run_without_a_command_is_a_usage_error() {
 #[test]
 fn run_finds_the_workspace_policy() {
     let ws = Workspace::new("run-lookup");
+    let state = ws.dir.parent().expect("base").join("state");
+    let policy = ".agent-supervisor/policy.toml";
     ws.write(
-        ".agent-supervisor/policy.toml",
+        policy,
         "version = 1\nextends = \"sandboxed\"\n\n[[rule]]\ndecision = \"deny\"\ncommand = \"touch\"\nreason = \"test\"\n",
     );
-    let r = ws.run(
-        &["--headless"],
-        &["/bin/sh", "-c", "touch touched; echo ok > written"],
-        LIMIT,
+    let supervisor = |args: &[&str]| {
+        let mut c = Command::new(common::bin());
+        c.args(args)
+            .current_dir(&ws.dir)
+            .env("AGENT_SUPERVISOR_STATE_DIR", &state)
+            .env_remove("CI");
+        run_with_timeout(c, LIMIT)
+    };
+    let audit = ws.audit.display().to_string();
+    let run = || {
+        supervisor(&[
+            "run",
+            "-q",
+            "--headless",
+            "--audit",
+            &audit,
+            "--",
+            "/bin/sh",
+            "-c",
+            "touch touched; echo ok > written",
+        ])
+    };
+
+    // Found by lookup but never trusted (an agent could have planted it): refused.
+    let r = run();
+    assert_eq!(r.code, Some(125), "{r:?}");
+    assert!(
+        r.stderr.contains("not trusted") && r.stderr.contains("policy trust"),
+        "{r:?}"
     );
+    assert!(
+        ws.read("written").is_none(),
+        "the agent ran under an untrusted policy"
+    );
+
+    // Trusted: used.
+    let t = supervisor(&["policy", "trust", policy]);
+    assert_eq!(t.code, Some(0), "{t:?}");
+    let r = run();
     assert_eq!(r.code, Some(0), "{r:?}");
     assert_eq!(ws.read("written").as_deref(), Some("ok\n"), "{r:?}");
     assert!(
@@ -506,5 +542,15 @@ fn run_finds_the_workspace_policy() {
             .unwrap_or_default()
             .ends_with(".agent-supervisor/policy.toml"),
         "{start}"
+    );
+
+    // Changed after it was trusted: refused again.
+    ws.write(policy, "version = 1\nextends = \"unrestricted\"\n");
+    std::fs::remove_file(ws.path("written")).expect("rm");
+    let r = run();
+    assert_eq!(r.code, Some(125), "{r:?}");
+    assert!(
+        ws.read("written").is_none(),
+        "the agent ran under a changed, untrusted policy"
     );
 }

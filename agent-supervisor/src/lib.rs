@@ -18,3 +18,4 @@ pub mod sandbox;
 pub mod session;
 pub mod supervise;
 pub mod sys;
+pub mod trust;

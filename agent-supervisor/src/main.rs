@@ -96,6 +96,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
+    /// Trust a policy found by lookup (./.agent-supervisor/policy.toml or
+    /// ~/.config/agent-supervisor/policy.toml): its current content may govern sessions. A new
+    /// or changed one is refused until trusted, since an agent could have written it.
+    #[command(
+        after_help = "Example:\n  agent-supervisor policy check .agent-supervisor/policy.toml && agent-supervisor policy trust .agent-supervisor/policy.toml"
+    )]
+    Trust {
+        /// Policy file.
+        file: PathBuf,
+    },
     /// Validate a policy file; errors are printed as file:line:column: message.
     #[command(
         after_help = "Example:\n  agent-supervisor policy check .agent-supervisor/policy.toml"
@@ -200,6 +210,20 @@ fn dispatch(cmd: Command) -> Result<i32> {
         Command::Policy(PolicyCommand::Explain { file, json, action }) => {
             explain(&file, json, &action)
         }
+        Command::Policy(PolicyCommand::Trust { file }) => {
+            let vars = session::vars(None)?;
+            // Only a valid policy can be trusted.
+            session::load_policy(Some(&file), &vars)?;
+            let store = agent_supervisor::trust::store_path(agent_supervisor::sys::euid_egid().0);
+            agent_supervisor::trust::trust(&store, &file)
+                .with_context(|| format!("recording trust in {}", store.display()))?;
+            println!(
+                "trusted {} (recorded in {})",
+                file.display(),
+                store.display()
+            );
+            Ok(0)
+        }
     }
 }
 
@@ -216,6 +240,10 @@ fn init(path: Option<PathBuf>, force: bool) -> Result<i32> {
     }
     std::fs::write(&path, agent_supervisor_policy::init_template())
         .with_context(|| format!("writing {}", path.display()))?;
+    // The user just wrote it: trusted (see `policy trust`).
+    let store = agent_supervisor::trust::store_path(agent_supervisor::sys::euid_egid().0);
+    agent_supervisor::trust::trust(&store, &path)
+        .with_context(|| format!("recording trust in {}", store.display()))?;
     println!(
         "wrote {}; check it with: agent-supervisor policy check {}",
         path.display(),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use agent_supervisor_policy::{Policy, PolicyError, Vars};
+use agent_supervisor_policy::{Policy, Vars};
 use anyhow::{Context, Result};
 
 use crate::approval::{self, Approvals};
@@ -73,20 +73,46 @@ pub fn policy_search_path(vars: &Vars) -> Vec<PathBuf> {
 }
 
 /// Load the policy: `--policy FILE` (or `preset:NAME`), else the first file of the search
-/// path, else the built-in `sandboxed` preset. Paths are canonicalised (symlinks resolved).
-pub fn load_policy(explicit: Option<&Path>, vars: &Vars) -> Result<Policy, PolicyError> {
+/// path, else the built-in `sandboxed` preset. A file found by lookup in the current directory
+/// or the user's config must be trusted (see [`crate::trust`]). Paths are canonicalised
+/// (symlinks resolved).
+pub fn load_policy(explicit: Option<&Path>, vars: &Vars) -> Result<Policy> {
     let mut policy = match explicit {
         Some(p) => match p.to_str().and_then(|s| s.strip_prefix("preset:")) {
             Some(name) => Policy::preset(name, vars)?,
             None => Policy::load(p, vars)?,
         },
         None => match policy_search_path(vars).into_iter().find(|p| p.is_file()) {
-            Some(p) => Policy::load(&p, vars)?,
+            Some(p) => {
+                if !p.starts_with("/etc") {
+                    require_trusted(&p)?;
+                }
+                Policy::load(&p, vars)?
+            }
             None => Policy::preset("sandboxed", vars)?,
         },
     };
     policy.canonicalize_paths(&|p: &Path| std::fs::canonicalize(p).ok());
     Ok(policy)
+}
+
+fn require_trusted(path: &Path) -> Result<()> {
+    let store = crate::trust::store_path(sys::euid_egid().0);
+    let trusted = crate::trust::is_trusted(&store, path).with_context(|| {
+        format!(
+            "checking whether {} is trusted (store {})",
+            path.display(),
+            store.display()
+        )
+    })?;
+    anyhow::ensure!(
+        trusted,
+        "{p}: this policy is not trusted yet (it is new, or changed since it was trusted; an agent \
+         could have written it). Review it, then run `agent-supervisor policy trust {p}`, or pass \
+         --policy explicitly",
+        p = path.display()
+    );
+    Ok(())
 }
 
 /// Writable directory trees that are not executable: bound `noexec` in the sandbox.
@@ -132,6 +158,7 @@ fn protected_paths(vars: &Vars, audit_path: &Path) -> Vec<sandbox::masks::MaskMo
         })
         .collect();
     dirs.extend(audit_path.parent().map(Path::to_path_buf));
+    dirs.push(crate::trust::state_dir(sys::euid_egid().0));
     let mut out: Vec<sandbox::masks::MaskMount> = Vec::new();
     let protect = |out: &mut Vec<sandbox::masks::MaskMount>, path: PathBuf, is_dir: bool| {
         if !out.iter().any(|m| m.path == path) {
@@ -182,7 +209,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         "no command given: agent-supervisor run -- COMMAND [ARGS...]"
     );
     let vars = vars(opts.workspace.as_deref())?;
-    let policy = load_policy(opts.policy.as_deref(), &vars).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policy = load_policy(opts.policy.as_deref(), &vars)?;
     tracing::debug!("policy loaded: {}", policy.source);
     let plan = policy.plan();
     let landlock = LandlockSpec {
