@@ -143,6 +143,9 @@ mod vars;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+/// An IP network (IPv4 or IPv6 CIDR), as returned by [`Policy::network_rule_ips`].
+pub use ipnet::IpNet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -585,6 +588,18 @@ impl Policy {
         match self.matchers.get(rule) {
             Some(matcher::RuleMatcher::File(m)) => m.is_match(path),
             _ => false,
+        }
+    }
+    /// The IP networks and port rule `rule` matches, for in-kernel filters that see addresses
+    /// only: `Some((networks, port))` for a network rule whose host is an IP address (its host
+    /// prefix), a CIDR, or `*` (`0.0.0.0/0` and `::/0`); `port` None means any port. None for
+    /// host-name rules (they match only when the host name is known), for other rules and for
+    /// out-of-range indices. Networks are as [`Policy::decide`] matches them: v4-mapped IPv6
+    /// addresses are IPv4, host bits are cleared.
+    pub fn network_rule_ips(&self, rule: usize) -> Option<(Vec<IpNet>, Option<u16>)> {
+        match self.matchers.get(rule) {
+            Some(matcher::RuleMatcher::Network(n)) => n.ip_networks(),
+            _ => None,
         }
     }
     /// Compile to the cheapest exact kernel mechanisms.

@@ -370,6 +370,21 @@ impl NetMatcher {
         Ok((NetMatcher { host, port }, false))
     }
 
+    /// The IP networks and port this spec matches, for filters that see only addresses:
+    /// `*` is `0.0.0.0/0` and `::/0`, an address is its host prefix. None for host names.
+    pub fn ip_networks(&self) -> Option<(Vec<IpNet>, Option<u16>)> {
+        let nets = match &self.host {
+            HostMatcher::Any => vec![
+                IpNet::V4(ipnet::Ipv4Net::default()),
+                IpNet::V6(ipnet::Ipv6Net::default()),
+            ],
+            HostMatcher::Ip(ip) => vec![IpNet::from(*ip)],
+            HostMatcher::Net(net) => vec![*net],
+            HostMatcher::Name(_) => return None,
+        };
+        Some((nets, self.port))
+    }
+
     pub fn is_match(&self, ip: IpAddr, port: u16, host: Option<&str>) -> bool {
         if self.port.is_some_and(|p| p != port) {
             return false;
@@ -436,6 +451,26 @@ mod tests {
         assert!(rm.args_match("-rf /home/user/x"));
         assert!(rm.program_matches(Path::new("/usr/bin/rm")));
         assert!(!rm.program_matches(Path::new("/usr/bin/rmdir")));
+    }
+
+    #[test]
+    fn network_specs_as_ip_networks() {
+        let nets = |spec: &str| NetMatcher::parse(spec).expect("valid spec").0.ip_networks();
+        let v = |s: &[&str]| {
+            s.iter()
+                .map(|n| n.parse().expect("net"))
+                .collect::<Vec<IpNet>>()
+        };
+        assert_eq!(nets("*"), Some((v(&["0.0.0.0/0", "::/0"]), None)));
+        assert_eq!(nets("*:443"), Some((v(&["0.0.0.0/0", "::/0"]), Some(443))));
+        assert_eq!(nets("10.1.2.3/8:*"), Some((v(&["10.0.0.0/8"]), None)));
+        assert_eq!(nets("127.0.0.1:80"), Some((v(&["127.0.0.1/32"]), Some(80))));
+        assert_eq!(
+            nets("[::ffff:1.2.3.4]:80"),
+            Some((v(&["1.2.3.4/32"]), Some(80)))
+        );
+        assert_eq!(nets("[fd00::/8]:*"), Some((v(&["fd00::/8"]), None)));
+        assert_eq!(nets("*.example.com:443"), None);
     }
 
     #[test]
