@@ -6,6 +6,8 @@
 //!   (`exec`, `open`, `net`), plus the exec guard.
 //! - [`approval`]: asking a human (terminal) or answering headless.
 //! - [`audit`]: the JSON-lines audit log.
+//! - [`cgroup`]: the session's own cgroup v2 directory (where the eBPF programs attach).
+//! - [`ebpf`]: the embedded eBPF object and the in-kernel network backstop.
 //! - [`session`]: `agent-supervisor run` from policy to exit code.
 //! - [`sys`]: every raw system call (the only `unsafe` code).
 //!
@@ -13,6 +15,7 @@
 
 pub mod approval;
 pub mod audit;
+pub mod cgroup;
 pub mod ebpf;
 pub mod sandbox;
 pub mod session;

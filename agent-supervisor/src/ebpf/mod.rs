@@ -8,7 +8,16 @@
 //! Programs (kernel requirements):
 //! - `sched_process_exec`: tracepoint `sched/sched_process_exec` counting execs in the
 //!   cgroups listed in `SESSION_CGROUPS` (Linux 4.18+; tracefs must be mounted to attach).
+//! - `connect4`, `connect6`, `sendmsg4`, `sendmsg6`: `cgroup_sock_addr` programs that refuse
+//!   connects and sends to destinations the supervisor has not allowed (Linux 4.18+, cgroup
+//!   v2); loaded, attached and fed by [`network`].
+//!
+//! Submodules: [`network`] (the in-kernel network backstop: loader and map updater) and
+//! [`rules`] (which policy rules can become kernel map entries without allowing more).
 #![forbid(unsafe_code)]
+
+pub mod network;
+pub mod rules;
 
 /// The eBPF object file (ELF, with BTF) holding every program and map of the supervisor.
 pub fn object() -> &'static [u8] {

@@ -1,0 +1,320 @@
+//! The session's own cgroup v2 directory: `<cgroup2 root>/agent-supervisor/<session id>`.
+//!
+//! The eBPF network programs are attached to this directory and nowhere else, so they only
+//! ever see the sockets of the session's processes: everything else on the host is untouched.
+//! The sandbox's init is written into its `cgroup.procs` before it starts the agent, so every
+//! process and socket of the session lives in it.
+//!
+//! Layout: the cgroup2 root is `/sys/fs/cgroup` on pure cgroup v2 hosts and
+//! `/sys/fs/cgroup/unified` on hybrid (v1 + v2) ones; it is found in `/proc/mounts`. Only the
+//! v2 hierarchy is used: BPF cgroup programs attach to v2 directories, and a process's v2
+//! membership does not change its v1 ones. The shared parent `agent-supervisor/` is created
+//! when missing and never removed (other sessions may be using it). The session directory is
+//! removed on drop, once the session's processes are gone; nothing else is ever moved,
+//! changed or removed.
+//!
+//! Needs root (or a delegated cgroup2 subtree) and Linux 4.5+ (cgroup v2); the cgroup id is
+//! the directory's inode number, which is what `bpf_get_current_cgroup_id` returns.
+//! Docs: <https://docs.kernel.org/admin-guide/cgroup-v2.html>.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Name of the directory under the cgroup2 root that holds the sessions' cgroups.
+pub const PARENT_DIR: &str = "agent-supervisor";
+
+/// How long drop waits for a just-emptied cgroup to become removable (the kernel updates a
+/// cgroup's "populated" state shortly after its last task exits).
+const REMOVE_WAIT: Duration = Duration::from_secs(2);
+
+/// Why the session cgroup could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup v2 hierarchy is mounted (looked for a cgroup2 mount in /proc/mounts)")]
+    NoCgroup2,
+    #[error("reading /proc/mounts to find the cgroup v2 hierarchy")]
+    Mounts(#[source] io::Error),
+    #[error("`{0}` is not a usable session id for a cgroup directory name")]
+    BadSessionId(String),
+    #[error("creating the session cgroup {}{}", path.display(), needs_root(source))]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("opening the session cgroup {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn needs_root(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            " (creating cgroups needs root or a delegated cgroup v2 subtree)"
+        }
+        _ => "",
+    }
+}
+
+/// The cgroup v2 directory of one session, removed on drop.
+#[derive(Debug)]
+pub struct SessionCgroup {
+    dir: PathBuf,
+    id: u64,
+    /// The directory, open: what BPF programs are attached to.
+    fd: File,
+}
+
+impl SessionCgroup {
+    /// Create `<cgroup2 root>/agent-supervisor/<session_id>` (the cgroup2 root found in
+    /// `/proc/mounts`). Fails if the directory already exists: a session never adopts a
+    /// cgroup it did not create.
+    pub fn create(session_id: &str) -> Result<SessionCgroup, CgroupError> {
+        Self::create_under(&cgroup2_root()?, session_id)
+    }
+
+    /// Create `<root>/agent-supervisor/<session_id>`; `root` must be a cgroup2 mount.
+    pub fn create_under(root: &Path, session_id: &str) -> Result<SessionCgroup, CgroupError> {
+        let plain = !session_id.is_empty()
+            && session_id != "."
+            && session_id != ".."
+            && !session_id.contains(['/', '\0', '\n']);
+        if !plain {
+            return Err(CgroupError::BadSessionId(session_id.to_string()));
+        }
+        let parent = root.join(PARENT_DIR);
+        match std::fs::create_dir(&parent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(CgroupError::Create {
+                    path: parent,
+                    source,
+                })
+            }
+        }
+        let dir = parent.join(session_id);
+        std::fs::create_dir(&dir).map_err(|source| CgroupError::Create {
+            path: dir.clone(),
+            source,
+        })?;
+        // From here on the directory is ours: a failure removes it again.
+        let opened = File::open(&dir).and_then(|fd| {
+            let id = fd.metadata()?.ino();
+            Ok((fd, id))
+        });
+        match opened {
+            Ok((fd, id)) => Ok(SessionCgroup { dir, id, fd }),
+            Err(source) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(CgroupError::Open { path: dir, source })
+            }
+        }
+    }
+
+    /// The cgroup v2 id (inode number of the directory), as BPF programs see it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its `cgroup.procs`: writing a pid there moves that whole process into the cgroup.
+    pub fn procs_path(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// Move process `pid` (all its threads) into the cgroup. Its children forked afterwards
+    /// are born in it; children it already has stay where they are.
+    pub fn add_process(&self, pid: libc::pid_t) -> io::Result<()> {
+        move_into(&self.procs_path(), pid)
+    }
+
+    /// The pids in the cgroup (not in its descendants).
+    pub fn processes(&self) -> io::Result<Vec<libc::pid_t>> {
+        Ok(std::fs::read_to_string(self.procs_path())?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect())
+    }
+}
+
+/// Write `pid` into a `cgroup.procs` file.
+pub fn move_into(procs: &Path, pid: libc::pid_t) -> io::Result<()> {
+    std::fs::write(procs, pid.to_string())
+}
+
+impl AsFd for SessionCgroup {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SessionCgroup {
+    /// Remove the directory once it is empty. Only this directory, and only if it is still the
+    /// one we created (same inode); never the shared parent.
+    fn drop(&mut self) {
+        let deadline = Instant::now() + REMOVE_WAIT;
+        loop {
+            match std::fs::metadata(&self.dir) {
+                Ok(md) if md.ino() == self.id => {}
+                _ => return,
+            }
+            match std::fs::remove_dir(&self.dir) {
+                Ok(()) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "could not remove the session cgroup {}: {e}",
+                        self.dir.display()
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` (pure v2), or
+/// `/sys/fs/cgroup/unified` (hybrid), or else the first cgroup2 mount.
+pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(CgroupError::Mounts)?;
+    cgroup2_root_in(&mounts).ok_or(CgroupError::NoCgroup2)
+}
+
+/// [`cgroup2_root`] over the text of `/proc/mounts`.
+pub fn cgroup2_root_in(mounts: &str) -> Option<PathBuf> {
+    let cgroup2: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_source, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(target)))
+        })
+        .collect();
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .find_map(|preferred| cgroup2.iter().find(|m| m.as_path() == Path::new(preferred)))
+        .or(cgroup2.first())
+        .cloned()
+}
+
+/// `/proc/mounts` writes space, tab, newline and backslash as `\ooo` octal escapes.
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0
+tmpfs /sys/fs/cgroup tmpfs ro,nosuid,nodev,noexec,mode=755 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,nosuid,nodev,noexec,relatime,memory 0 0
+";
+    const PURE: &str = "\
+cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime 0 0
+";
+
+    #[test]
+    fn finds_the_cgroup2_root_on_hybrid_and_pure_hosts() {
+        assert_eq!(
+            cgroup2_root_in(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(cgroup2_root_in(PURE), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_root_in("none /mnt/my\\040cg cgroup2 rw 0 0\n"),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+        assert_eq!(
+            cgroup2_root_in("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn session_ids_must_be_plain_names() {
+        for bad in ["", ".", "..", "a/b", "../x"] {
+            assert!(matches!(
+                SessionCgroup::create_under(Path::new("/nonexistent"), bad),
+                Err(CgroupError::BadSessionId(_))
+            ));
+        }
+    }
+
+    /// Privileged: the directory is created with the right id, takes a process, and is
+    /// removed on drop once the process is gone.
+    #[test]
+    fn creates_moves_into_and_removes_a_session_cgroup() {
+        let root = match cgroup2_root() {
+            Ok(root) => root,
+            Err(e) => {
+                eprintln!("skipping: {e}");
+                return;
+            }
+        };
+        let name = format!("unit-test-{}", std::process::id());
+        let cgroup = match SessionCgroup::create_under(&root, &name) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("skipping: {e}");
+                return;
+            }
+        };
+        let dir = cgroup.path().to_path_buf();
+        assert_eq!(dir, root.join(PARENT_DIR).join(&name));
+        assert_eq!(std::fs::metadata(&dir).expect("dir").ino(), cgroup.id());
+        assert!(matches!(
+            SessionCgroup::create_under(&root, &name),
+            Err(CgroupError::Create { .. })
+        ));
+
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let moved = cgroup.add_process(child.id() as libc::pid_t);
+        let listed = cgroup.processes();
+        let _ = child.kill();
+        let _ = child.wait();
+        moved.expect("write cgroup.procs");
+        assert_eq!(listed.expect("read cgroup.procs"), vec![child.id() as i32]);
+        drop(cgroup);
+        assert!(!dir.exists(), "{} is still there", dir.display());
+        assert!(root.join(PARENT_DIR).is_dir(), "the shared parent stays");
+    }
+}
