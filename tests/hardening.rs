@@ -181,3 +181,51 @@ open("result.txt", "w").write(",".join(out))
         "both connects are decided and audited as the session's own: {connects:?}"
     );
 }
+
+/// Git runs hooks and programs named in its config on the host, the next time the user runs
+/// git: under the default policy the agent can commit, but not change those.
+#[test]
+fn git_hooks_and_config_are_read_only_but_commits_work() {
+    skip_unless!(
+        std::process::Command::new("git")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "needs git"
+    );
+    let ws = Workspace::new("git-hooks");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(&ws.dir)
+            .output()
+            .expect("git runs")
+    };
+    assert!(git(&["init", "-q"]).status.success());
+    let config_before = std::fs::read_to_string(ws.path(".git/config")).expect("config");
+    let script = "git -c user.name=agent -c user.email=agent@example.invalid commit -q --allow-empty -m from-agent; \
+                  echo 'touch /tmp/pwned' > .git/hooks/pre-commit; chmod +x .git/hooks/pre-commit; \
+                  git config core.hooksPath /tmp/evil-hooks; \
+                  printf '[core]\\n\\tfsmonitor = /tmp/evil\\n' >> .git/config; true";
+    let r = ws.run(
+        &["--headless", "--policy", "preset:sandboxed"],
+        &["/bin/sh", "-c", script],
+        LIMIT,
+    );
+    assert!(!r.timed_out, "{r:?}");
+    let log = git(&["log", "--format=%s"]);
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout).trim(),
+        "from-agent",
+        "the agent's commit landed: {r:?}"
+    );
+    assert!(
+        !ws.path(".git/hooks/pre-commit").exists(),
+        "the agent installed a hook: {r:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path(".git/config")).expect("config"),
+        config_before,
+        "the agent changed the git config: {r:?}"
+    );
+}
