@@ -229,3 +229,41 @@ fn git_hooks_and_config_are_read_only_but_commits_work() {
         "the agent changed the git config: {r:?}"
     );
 }
+
+/// An audit log that can't be written (here: every write fails with ENOSPC, as on a full disk)
+/// is a loud error, its records go to stderr instead of being lost, every later action of the
+/// agent is denied, and the supervisor exits with its own error code.
+#[test]
+fn an_unwritable_audit_log_fails_closed_and_loses_nothing() {
+    skip_unless!(
+        std::path::Path::new("/dev/full").exists(),
+        "needs /dev/full"
+    );
+    let ws = Workspace::new("audit-full");
+    let mut c = std::process::Command::new(common::bin());
+    // Spin in the shell (no exec) until the writer has met the full disk, then try a program.
+    c.args(["run", "-q", "--headless", "--audit", "/dev/full", "--", "/bin/sh", "-c"])
+        .arg("i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; /usr/bin/touch ran; echo done > shell-ran")
+        .current_dir(&ws.dir)
+        .env_remove("CI");
+    let r = common::run_with_timeout(c, LIMIT);
+    assert!(!r.timed_out, "{r:?}");
+    assert!(ws.path("shell-ran").exists(), "the agent itself ran: {r:?}");
+    assert!(
+        !ws.path("ran").exists(),
+        "an action was allowed after the audit log failed: {r:?}"
+    );
+    assert!(
+        r.stderr.contains("cannot be written"),
+        "the failure is loud: {r:?}"
+    );
+    assert!(
+        r.stderr.contains("\"kind\":\"exec\"") && r.stderr.contains("audit-unavailable"),
+        "the records that could not be written are on stderr: {r:?}"
+    );
+    assert_eq!(
+        r.code,
+        Some(125),
+        "the supervisor reports its own failure: {r:?}"
+    );
+}

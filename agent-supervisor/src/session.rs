@@ -176,7 +176,11 @@ fn protected_paths(vars: &Vars, audit_path: &Path) -> Vec<sandbox::masks::MaskMo
         };
         // A directory holding the workspace itself (an audit log written into the workspace)
         // can't be made read-only: protect the file instead.
-        if vars.workspace.starts_with(&real) {
+        if vars.workspace.starts_with(&real)
+            || ["/dev", "/proc", "/sys"]
+                .iter()
+                .any(|p| real.starts_with(p))
+        {
             continue;
         }
         if real.is_dir() {
@@ -184,7 +188,10 @@ fn protected_paths(vars: &Vars, audit_path: &Path) -> Vec<sandbox::masks::MaskMo
         }
     }
     if let Ok(file) = std::fs::canonicalize(audit_path) {
-        if !out.iter().any(|m| file.starts_with(&m.path)) {
+        let pseudo = ["/dev", "/proc", "/sys"]
+            .iter()
+            .any(|p| file.starts_with(p));
+        if !pseudo && !out.iter().any(|m| file.starts_with(&m.path)) {
             protect(&mut out, file, false);
         }
     }
