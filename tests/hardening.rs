@@ -248,7 +248,8 @@ fn an_unwritable_audit_log_fails_closed_and_loses_nothing() {
         .env_remove("CI");
     let r = common::run_with_timeout(c, LIMIT);
     assert!(!r.timed_out, "{r:?}");
-    assert!(ws.path("shell-ran").exists(), "the agent itself ran: {r:?}");
+    // (Whether the shell itself gets to run depends on how fast the writer meets the full disk:
+    // its exec may already be denied. What may never happen is an action allowed after.)
     assert!(
         !ws.path("ran").exists(),
         "an action was allowed after the audit log failed: {r:?}"
