@@ -241,6 +241,9 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             audit_path.display()
         );
     }
+    // The kernel's own check of network destinations: the session's cgroup with the eBPF
+    // programs attached (without it, one "weaker" line says so).
+    let (network, network_weaker) = crate::ebpf::network::start_session(&session, &policy);
 
     let spec = SandboxSpec {
         argv: sandbox::to_cstrings(&opts.command),
@@ -251,6 +254,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         },
         keep_fds: opts.keep_fds.clone(),
         hostname: "agent-sandbox".into(),
+        cgroup_procs: network.as_ref().map(|n| n.cgroup().procs_path()),
     };
     // Signals we forward are blocked before any thread exists, so every thread inherits the
     // mask and only the forwarder receives them.
@@ -264,7 +268,8 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     ];
     sys::block_signals(&forwarded).context("blocking signals")?;
     tracing::debug!("launching the sandbox");
-    let sandbox = sandbox::launch(&spec)?;
+    let mut sandbox = sandbox::launch(&spec)?;
+    sandbox.weaker.extend(network_weaker);
     tracing::debug!("sandbox ready (init pid {})", sandbox.init_pid);
     for w in &sandbox.weaker {
         eprintln!("agent-supervisor: warning: {w}");
@@ -288,6 +293,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         remembered: Mutex::new(Default::default()),
         initial_argv: Mutex::new(Some(initial)),
         stopping: AtomicBool::new(false),
+        network: network.as_ref().map(|n| n.maps()),
     });
     audit.record(Record::session(
         &session,
@@ -333,6 +339,8 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     let status = sys::waitid_pidfd(init_pidfd.as_fd()).context("waiting for the agent")?;
     tracing::debug!("agent exited: {status:?}");
     supervise::mark_stopping(&ctx);
+    // Every process of the session is gone with init: detach the programs, remove the cgroup.
+    drop(network);
     audit.record(Record::session(
         &session,
         sandbox.init_pid,

@@ -236,3 +236,40 @@ fn map_io_error(map: &str, error: MapError) -> io::Error {
         other => io::Error::other(format!("writing {map}: {other}")),
     }
 }
+
+/// Start the backstop for session `session_id` under `policy`, as `run` wants it: the
+/// backstop, or the one line that says what is weaker without it (not root, no cgroup v2, a
+/// kernel that refuses the programs). The policy's qualifying allow rules are written in; if
+/// that fails the backstop still stands on the exact entries written before each call.
+pub fn start_session(
+    session_id: &str,
+    policy: &Policy,
+) -> (Option<NetworkBackstop>, Option<String>) {
+    match NetworkBackstop::start(session_id) {
+        Ok(backstop) => {
+            match backstop.allow_policy_rules(policy) {
+                Ok(n) => tracing::debug!("{n} policy network rules written to the kernel"),
+                Err(e) => tracing::warn!(
+                    "writing the policy's network rules to the kernel failed ({e}): each \
+                     allowed destination is still written before its call"
+                ),
+            }
+            (Some(backstop), None)
+        }
+        Err(e) => {
+            let mut cause = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                cause.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            (
+                None,
+                Some(format!(
+                    "the in-kernel network backstop is off ({cause}): network destinations are \
+                     checked by the supervisor only, not by the kernel"
+                )),
+            )
+        }
+    }
+}

@@ -39,6 +39,9 @@ pub struct SandboxSpec {
     /// Extra fds (beyond 0, 1, 2) the agent may inherit (`--keep-fd`).
     pub keep_fds: Vec<RawFd>,
     pub hostname: String,
+    /// The session cgroup's `cgroup.procs`: init is written into it before it starts anything,
+    /// so the agent and all its processes (and sockets) live in that cgroup. None: no cgroup.
+    pub cgroup_procs: Option<std::path::PathBuf>,
 }
 
 /// A running sandbox.
@@ -250,9 +253,20 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
             source: e,
         })
     })?;
+    // Into the session cgroup while init still waits for "g": the agent is forked only after
+    // the listener handshake below, so it is born in the cgroup.
+    let mut weaker = Vec::new();
+    if let Some(procs) = &spec.cgroup_procs {
+        if let Err(e) = crate::cgroup::move_into(procs, init_pid) {
+            weaker.push(format!(
+                "the sandbox could not be moved into its cgroup ({}: {e}): network destinations \
+                 are checked by the supervisor only, not by the kernel",
+                procs.display()
+            ));
+        }
+    }
     sys::write_all_fd(to_child_w.as_fd(), b"g").map_err(|e| kill_child(parent("pipe write")(e)))?;
 
-    let mut weaker = Vec::new();
     loop {
         let mut buf = [0u8; 16];
         match sys::read_exact_fd(from_child_r.as_fd(), &mut buf) {

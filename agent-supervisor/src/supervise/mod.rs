@@ -122,6 +122,9 @@ pub struct Ctx {
     /// The command line the user typed: its first exec is approved by the user already.
     pub initial_argv: Mutex<Option<Vec<Vec<u8>>>>,
     pub stopping: AtomicBool,
+    /// The in-kernel network backstop's map writer (None when it is off): every inet
+    /// destination is written there right before the supervisor connects or sends to it.
+    pub network: Option<Arc<crate::ebpf::network::NetworkMaps>>,
 }
 
 /// Run the notification loop until every sandboxed task is gone (listener hang-up).

@@ -452,6 +452,42 @@ fn sockets_in_session(t: &Tracee, inodes: &[String]) -> bool {
         })
 }
 
+/// The IP destination the kernel's connect/sendmsg hooks will see for `addr` (None for other
+/// families): on a send, IPv4 UDP reads `AF_UNSPEC` as `AF_INET`, as [`decide_dest`] does.
+fn kernel_destination(addr: &[u8], is_send: bool) -> Option<SocketAddr> {
+    match parse_sockaddr(addr).ok()? {
+        Dest::Inet(sa) => Some(sa),
+        Dest::Unspec if is_send => {
+            let mut as_inet = addr.to_vec();
+            as_inet.resize(16, 0);
+            let port = u16::from_be_bytes([as_inet[2], as_inet[3]]);
+            let ip = Ipv4Addr::new(as_inet[4], as_inet[5], as_inet[6], as_inet[7]);
+            Some(SocketAddr::new(IpAddr::V4(ip), port))
+        }
+        _ => None,
+    }
+}
+
+/// Right before the supervisor connects or sends to an allowed `addr`: let exactly that
+/// destination through the in-kernel backstop (when it is on). Err(errno): the kernel would
+/// refuse the call, so answer it as refused.
+fn allow_in_kernel(
+    network: Option<&crate::ebpf::network::NetworkMaps>,
+    addr: &[u8],
+    is_send: bool,
+    proto: i32,
+) -> Result<(), i32> {
+    let (Some(network), Some(dest)) = (network, kernel_destination(addr, is_send)) else {
+        return Ok(());
+    };
+    network
+        .before_connect(dest.ip(), dest.port(), proto)
+        .map_err(|e| {
+            tracing::warn!("the kernel backstop could not take {dest}: {e}");
+            libc::EPERM
+        })
+}
+
 fn sockaddr_un(path: &[u8]) -> Result<Vec<u8>, i32> {
     if path.len() >= 108 {
         return Err(libc::ENAMETOOLONG);
@@ -526,10 +562,14 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
             let addr = d.addr.clone();
             // The checked unix socket path (O_PATH) must stay open until the call.
             let hold = d.hold.take();
+            let network = ctx.network.clone();
             let perform: super::Perform = Box::new(move || {
                 let _hold = hold;
                 let r = if is_bind {
                     sys::bind_raw(sock.as_fd(), &addr)
+                } else if let Err(errno) = allow_in_kernel(network.as_deref(), &addr, false, proto)
+                {
+                    return Effect::Errno(errno);
                 } else {
                     sys::connect_raw(sock.as_fd(), &addr)
                 };
@@ -552,12 +592,16 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
             let addr = d.addr.clone();
             let hold = d.hold.take();
             let (buf, len, flags) = (a[1], (a[2] as usize).min(SEND_MAX), a[3] as i32);
+            let network = ctx.network.clone();
             let perform: super::Perform = Box::new(move || {
                 let _hold = hold;
                 let data = match t.read_bytes(buf, len) {
                     Ok(d) => d,
                     Err(e) => return Effect::Errno(e.raw_os_error().unwrap_or(libc::EFAULT)),
                 };
+                if let Err(errno) = allow_in_kernel(network.as_deref(), &addr, true, proto) {
+                    return Effect::Errno(errno);
+                }
                 send(&t, pid, &sock, &[&data], Some(&addr), &[], flags)
             });
             pending(Kind::Send, "sendto", d, libc::EPERM, perform, false)
@@ -581,9 +625,15 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
             };
             let addr = (!quiet).then(|| d.addr.clone());
             let hold = d.hold.take();
+            let network = ctx.network.clone();
             let perform: super::Perform = Box::new(move || match msg.payload(&t) {
                 Ok((data, control, _fds)) => {
                     let _hold = &hold;
+                    if let Some(addr) = &addr {
+                        if let Err(errno) = allow_in_kernel(network.as_deref(), addr, true, proto) {
+                            return Effect::Errno(errno);
+                        }
+                    }
                     let parts: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
                     send(&t, pid, &sock, &parts, addr.as_deref(), &control, flags)
                 }
@@ -628,11 +678,15 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
                 hold: None,
             });
             let vec_addr = a[1];
+            let network = ctx.network.clone();
             let perform: super::Perform = Box::new(move || {
                 let _holds = holds;
                 let mut sent = 0i64;
                 for (i, (msg, addr)) in msgs.iter().enumerate() {
-                    let eff = match msg.payload(&t) {
+                    let allowed = addr.as_deref().map_or(Ok(()), |addr| {
+                        allow_in_kernel(network.as_deref(), addr, true, proto)
+                    });
+                    let eff = match allowed.and_then(|()| msg.payload(&t)) {
                         Ok((data, control, _fds)) => {
                             let parts: Vec<&[u8]> = data.iter().map(|v| v.as_slice()).collect();
                             send(&t, pid, &sock, &parts, addr.as_deref(), &control, flags)
