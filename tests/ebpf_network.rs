@@ -628,3 +628,59 @@ fn supervised_racing_sendto_never_reaches_the_denied_socket() {
     );
     assert_session_cgroup_used_and_removed(&r, &session);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. Without root
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn without_root_the_session_still_runs_and_says_once_that_the_backstop_is_off() {
+    use std::os::unix::fs::PermissionsExt as _;
+    skip_unless!(
+        is_root(),
+        "needs root to run the supervisor as another user"
+    );
+    skip_unless!(
+        Path::new("/usr/bin/setpriv").exists(),
+        "setpriv (util-linux) is not installed"
+    );
+    let ws = Workspace::new("ebpf-nonroot");
+    let base = ws.dir.parent().expect("workspace base").to_path_buf();
+    for dir in [&base, &ws.dir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let mut c = Command::new("/usr/bin/setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::bin())
+        .args([
+            "run",
+            "--headless",
+            "--policy",
+            "preset:sandboxed",
+            "--audit",
+        ])
+        .arg(&ws.audit)
+        .args(["--", "true"])
+        .current_dir(&ws.dir)
+        .env("HOME", &ws.dir)
+        .env_remove("XDG_CONFIG_HOME")
+        .stdin(Stdio::null());
+    let r = common::run_with_timeout(c, LIMIT);
+    assert!(
+        !r.timed_out,
+        "the session hit the {LIMIT:?} limit\n{}",
+        show(&r)
+    );
+    assert_eq!(r.code, Some(0), "{}", show(&r));
+    let warnings: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("in-kernel network backstop is off"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", show(&r));
+    assert!(
+        warnings[0].starts_with("agent-supervisor: warning: ") && warnings[0].contains("root"),
+        "the warning says what is weaker and why: {}",
+        warnings[0]
+    );
+}
