@@ -92,6 +92,19 @@ enum Command {
     /// Check or explain a policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Show what this kernel can enforce (proven by trying) and, for each protection of the
+    /// policy, which mechanism enforces it and whether it is available here.
+    #[command(
+        after_help = "Examples:\n  agent-supervisor doctor\n  agent-supervisor doctor --policy preset:locked --json\n\nExit codes: 0 when everything the policy needs is available, 1 when something\nis weaker on this host (each listed as WEAKER: ...), 125 on an internal error."
+    )]
+    Doctor {
+        /// Policy file, or `preset:NAME`; default: looked up like `run` does.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +202,9 @@ fn dispatch(cmd: Command) -> Result<i32> {
         }
         Command::Init { path, force } => init(path, force),
         Command::Version { json } => version(json),
+        Command::Doctor { policy, json } => {
+            agent_supervisor::doctor::run(&agent_supervisor::doctor::Options { policy, json })
+        }
         Command::Policy(PolicyCommand::Check { file }) => {
             let vars = session::vars(None)?;
             match session::load_policy(Some(&file), &vars) {

@@ -1053,3 +1053,141 @@ pub fn landlock_abi() -> i32 {
         r as i32
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// doctor probes (`agent-supervisor doctor`)
+
+/// Is the calling process single-threaded right now? (Counts `/proc/self/task`.) Only the one
+/// thread could start another, so the answer stays true until this thread spawns one.
+pub fn is_single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|d| d.count() == 1)
+}
+
+/// [`clone3_fork`] for a process that is single-threaded, checked at run time: the doctor's
+/// probes fork children that install filters and enter namespaces. Refuses when another
+/// thread exists (or `/proc/self/task` cannot tell), as a forked child could then deadlock on
+/// a lock held by that thread.
+pub fn fork_single_threaded(ns_flags: u64) -> io::Result<Option<(libc::pid_t, OwnedFd)>> {
+    if !is_single_threaded() {
+        return Err(io::Error::other(
+            "not forking: the process is not single-threaded (per /proc/self/task)",
+        ));
+    }
+    // SAFETY: the process has exactly one thread (checked above, and only this thread could
+    // have started another since), so the child is an ordinary fork of a single-threaded
+    // process and may allocate and use the standard library.
+    unsafe { clone3_fork(ns_flags) }
+}
+
+/// `getppid()` as a raw system call, never a cached value (the doctor's seccomp probe traps it).
+pub fn getppid_raw() -> io::Result<libc::c_long> {
+    // SAFETY: getppid takes no arguments; a seccomp answer may turn it into an error or fd.
+    check(unsafe { libc::syscall(libc::SYS_getppid) })
+}
+
+/// One eBPF instruction (`struct bpf_insn`): `regs` holds dst_reg in the low and src_reg in
+/// the high nibble.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct BpfInsn {
+    pub code: u8,
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+const _: () = assert!(size_of::<BpfInsn>() == 8);
+
+/// The `BPF_PROG_LOAD` part of `union bpf_attr`, up to `attach_btf_obj_fd` (Linux 5.10); the
+/// kernel zero-fills what a shorter attribute leaves out.
+#[repr(C)]
+struct BpfProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+    attach_btf_obj_fd: u32,
+    core_relo_cnt: u32,
+}
+const _: () = assert!(size_of::<BpfProgLoadAttr>() == 120);
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+
+/// What to load with [`bpf_prog_load`].
+#[derive(Debug, Clone, Copy)]
+pub struct BpfProgLoad<'a> {
+    /// `enum bpf_prog_type`.
+    pub prog_type: u32,
+    /// `enum bpf_attach_type` (0 where the type needs none).
+    pub expected_attach_type: u32,
+    /// BTF type id in vmlinux of the hook (LSM, tp_btf, fentry), else 0.
+    pub attach_btf_id: u32,
+    pub insns: &'a [BpfInsn],
+    pub license: &'a CStr,
+}
+
+/// `bpf(BPF_PROG_LOAD)`: the new program's fd, or the kernel's errno. The verifier's log (level
+/// 1) is written into `log` (NUL-terminated; empty when the load failed before the verifier).
+pub fn bpf_prog_load(prog: &BpfProgLoad<'_>, log: &mut [u8]) -> io::Result<OwnedFd> {
+    if let Some(first) = log.first_mut() {
+        *first = 0;
+    }
+    let attr = BpfProgLoadAttr {
+        prog_type: prog.prog_type,
+        insn_cnt: u32::try_from(prog.insns.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        insns: prog.insns.as_ptr() as u64,
+        license: prog.license.as_ptr() as u64,
+        log_level: u32::from(!log.is_empty()),
+        log_size: u32::try_from(log.len()).unwrap_or(u32::MAX),
+        log_buf: if log.is_empty() {
+            0
+        } else {
+            log.as_mut_ptr() as u64
+        },
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: [0; 16],
+        prog_ifindex: 0,
+        expected_attach_type: prog.expected_attach_type,
+        prog_btf_fd: 0,
+        func_info_rec_size: 0,
+        func_info: 0,
+        func_info_cnt: 0,
+        line_info_rec_size: 0,
+        line_info: 0,
+        line_info_cnt: 0,
+        attach_btf_id: prog.attach_btf_id,
+        attach_btf_obj_fd: 0,
+        core_relo_cnt: 0,
+    };
+    retry(|| {
+        // SAFETY: `attr` is a valid BPF_PROG_LOAD attribute of the size we pass; the
+        // instructions, license and log buffer it points to outlive the call, and the kernel
+        // writes at most `log_size` bytes into the log.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr as *const BpfProgLoadAttr,
+                size_of::<BpfProgLoadAttr>(),
+            )
+        })
+    })
+    .map(owned)
+}
