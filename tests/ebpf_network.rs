@@ -684,3 +684,39 @@ fn without_root_the_session_still_runs_and_says_once_that_the_backstop_is_off() 
         warnings[0]
     );
 }
+
+#[test]
+fn the_agent_cannot_leave_its_session_cgroup_even_where_it_may_write_everything() {
+    skip_unless_privileged!();
+    let ws = Workspace::new("ebpf-escape");
+    let root = cgroup2_root().expect("cgroup2");
+    let script = format!(
+        "echo 0 > {}/cgroup.procs; echo escape=$?; grep ^0:: /proc/self/cgroup",
+        root.display()
+    );
+    let r = ws.run(
+        &["--headless", "--policy", "preset:unrestricted"],
+        &["sh", "-c", &script],
+        LIMIT,
+    );
+    assert!(
+        !r.timed_out,
+        "the session hit the {LIMIT:?} limit\n{}",
+        show(&r)
+    );
+    assert_eq!(r.code, Some(0), "{}", show(&r));
+    assert_ne!(field(&r.stdout, "escape"), Some("0"), "{}", show(&r));
+    let session = ws
+        .audit()
+        .into_iter()
+        .find(|rec| rec["kind"] == "session-start")
+        .and_then(|rec| rec["session"].as_str().map(str::to_string))
+        .expect("session-start record with the session id");
+    assert!(
+        r.stdout
+            .trim_end()
+            .ends_with(&format!("{PARENT_DIR}/{session}")),
+        "the agent left its session cgroup\n{}",
+        show(&r)
+    );
+}

@@ -11,7 +11,8 @@
 //! membership does not change its v1 ones. The shared parent `agent-supervisor/` is created
 //! when missing and never removed (other sessions may be using it). The session directory is
 //! removed on drop, once the session's processes are gone; nothing else is ever moved,
-//! changed or removed.
+//! changed or removed. A supervisor killed with SIGKILL can't remove it: the empty directory
+//! stays behind (harmless, but not cleaned up by anyone yet).
 //!
 //! Needs root (or a delegated cgroup2 subtree) and Linux 4.5+ (cgroup v2); the cgroup id is
 //! the directory's inode number, which is what `bpf_get_current_cgroup_id` returns.
@@ -139,6 +140,24 @@ impl SessionCgroup {
     /// are born in it; children it already has stay where they are.
     pub fn add_process(&self, pid: libc::pid_t) -> io::Result<()> {
         move_into(&self.procs_path(), pid)
+    }
+
+    /// A read-only bind of the whole cgroup2 hierarchy for the sandbox: its processes keep
+    /// reading cgroupfs, but none can write `cgroup.procs` to leave the session cgroup (which
+    /// file permissions alone would let an agent running as host uid 0 do).
+    pub fn read_only_root_mask(&self) -> crate::sandbox::masks::MaskMount {
+        let root = self
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("/"))
+            .to_path_buf();
+        crate::sandbox::masks::MaskMount {
+            path: root,
+            kind: agent_supervisor_policy::MaskKind::ReadOnly,
+            is_dir: true,
+            rule: None,
+        }
     }
 
     /// The pids in the cgroup (not in its descendants).

@@ -244,6 +244,11 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     // The kernel's own check of network destinations: the session's cgroup with the eBPF
     // programs attached (without it, one "weaker" line says so).
     let (network, network_weaker) = crate::ebpf::network::start_session(&session, &policy);
+    if let Some(network) = &network {
+        // The agent (host uid 0 when we are root) must not move itself out of that cgroup.
+        masks.push(network.cgroup().read_only_root_mask());
+        masks.sort_by_key(|m| m.path.components().count());
+    }
 
     let spec = SandboxSpec {
         argv: sandbox::to_cstrings(&opts.command),
