@@ -82,6 +82,42 @@ impl SessionCgroup {
         Self::create_under(&cgroup2_root()?, session_id)
     }
 
+    /// A session directory with no process in it for this long was left by a supervisor that was
+    /// killed before it could remove it (a live session always holds its init process).
+    pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Remove session directories under our own `agent-supervisor/` parent that are empty (no
+    /// process: `populated 0`) and older than `age`. Only directories named like a session id, only
+    /// empty ones (rmdir refuses anything else), never anything outside the parent we create.
+    pub fn sweep_abandoned(parent: &Path, age: std::time::Duration) {
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let session_like = name.len() == 12
+                && name
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit());
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|d| d > age));
+            let empty = std::fs::read_to_string(e.path().join("cgroup.events"))
+                .is_ok_and(|ev| ev.lines().any(|l| l == "populated 0"));
+            if session_like && old && empty {
+                match std::fs::remove_dir(e.path()) {
+                    Ok(()) => tracing::info!(
+                        "removed the abandoned session cgroup {}",
+                        e.path().display()
+                    ),
+                    Err(err) => tracing::debug!("could not remove {}: {err}", e.path().display()),
+                }
+            }
+        }
+    }
+
     /// Create `<root>/agent-supervisor/<session_id>`; `root` must be a cgroup2 mount.
     pub fn create_under(root: &Path, session_id: &str) -> Result<SessionCgroup, CgroupError> {
         let plain = !session_id.is_empty()
@@ -102,6 +138,7 @@ impl SessionCgroup {
                 })
             }
         }
+        Self::sweep_abandoned(&parent, Self::STALE_AFTER);
         let dir = parent.join(session_id);
         std::fs::create_dir(&dir).map_err(|source| CgroupError::Create {
             path: dir.clone(),
@@ -293,6 +330,46 @@ cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime 0 0
                 Err(CgroupError::BadSessionId(_))
             ));
         }
+    }
+
+    /// A session directory left by a killed supervisor (empty, old) is swept; one with a
+    /// process in it is not.
+    #[test]
+    fn abandoned_empty_session_cgroups_are_swept_populated_ones_are_not() {
+        let root = match cgroup2_root() {
+            Ok(root) => root,
+            Err(e) => {
+                eprintln!("skipping: {e}");
+                return;
+            }
+        };
+        let suffix = format!("{:06x}", std::process::id() & 0xff_ffff);
+        let abandoned = match SessionCgroup::create_under(&root, &format!("aaaaaa{suffix}")) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("skipping: {e}");
+                return;
+            }
+        };
+        let busy =
+            SessionCgroup::create_under(&root, &format!("bbbbbb{suffix}")).expect("second cgroup");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        busy.add_process(child.id() as libc::pid_t)
+            .expect("move child");
+        let (abandoned_dir, busy_dir) = (abandoned.path().to_path_buf(), busy.path().to_path_buf());
+        std::mem::forget(abandoned); // as if its supervisor had been killed
+        SessionCgroup::sweep_abandoned(&root.join(PARENT_DIR), std::time::Duration::ZERO);
+        let swept = !abandoned_dir.exists();
+        let kept = busy_dir.exists();
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir(&abandoned_dir);
+        drop(busy);
+        assert!(swept, "the abandoned empty session cgroup was not removed");
+        assert!(kept, "a session cgroup with a process in it was removed");
     }
 
     /// Privileged: the directory is created with the right id, takes a process, and is
