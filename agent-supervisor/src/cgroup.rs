@@ -90,16 +90,23 @@ impl SessionCgroup {
     /// process: `populated 0`) and older than `age`. Only directories named like a session id, only
     /// empty ones (rmdir refuses anything else), never anything outside the parent we create.
     pub fn sweep_abandoned(parent: &Path, age: std::time::Duration) {
+        Self::sweep_abandoned_where(parent, age, |name| {
+            name.len() == 12 && name.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    }
+
+    /// [`Self::sweep_abandoned`] for the directories whose names `select` accepts.
+    fn sweep_abandoned_where(
+        parent: &Path,
+        age: std::time::Duration,
+        select: impl Fn(&str) -> bool,
+    ) {
         let Ok(entries) = std::fs::read_dir(parent) else {
             return;
         };
         for e in entries.flatten() {
             let name = e.file_name();
-            let session_like = name.len() == 12
-                && name
-                    .to_string_lossy()
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit());
+            let session_like = select(&name.to_string_lossy());
             let old = e
                 .metadata()
                 .and_then(|m| m.modified())
@@ -361,7 +368,13 @@ cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime 0 0
             .expect("move child");
         let (abandoned_dir, busy_dir) = (abandoned.path().to_path_buf(), busy.path().to_path_buf());
         std::mem::forget(abandoned); // as if its supervisor had been killed
-        SessionCgroup::sweep_abandoned(&root.join(PARENT_DIR), std::time::Duration::ZERO);
+                                     // Only our two: other tests in this binary may be creating session cgroups right now.
+        let ours = |n: &str| n == format!("aaaaaa{suffix}") || n == format!("bbbbbb{suffix}");
+        SessionCgroup::sweep_abandoned_where(
+            &root.join(PARENT_DIR),
+            std::time::Duration::ZERO,
+            ours,
+        );
         let swept = !abandoned_dir.exists();
         let kept = busy_dir.exists();
         let _ = child.kill();
