@@ -268,3 +268,57 @@ fn an_unwritable_audit_log_fails_closed_and_loses_nothing() {
         "the supervisor reports its own failure: {r:?}"
     );
 }
+
+/// `run --require` refuses to start exactly when `doctor` (its own probes) says the required
+/// protection is missing here, and then the agent never runs.
+#[test]
+fn require_refuses_to_start_exactly_when_doctor_says_the_protection_is_missing() {
+    let doctor = {
+        let mut c = std::process::Command::new(common::bin());
+        c.args(["doctor", "--json", "--policy", "preset:sandboxed"]);
+        common::run_with_timeout(c, LIMIT)
+    };
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
+    for (what, usable) in [
+        (
+            "lsm",
+            report["bpf_lsm"]["usable"]["works"]
+                .as_bool()
+                .expect("bpf_lsm.usable"),
+        ),
+        (
+            "ebpf",
+            report["network_backstop"]["works"]
+                .as_bool()
+                .expect("network_backstop"),
+        ),
+        (
+            "landlock",
+            report["landlock_abi"].as_i64().unwrap_or(0) >= 1,
+        ),
+    ] {
+        let ws = Workspace::new(&format!("require-{what}"));
+        let r = ws.run(
+            &["--headless", "--require", what],
+            &["/bin/sh", "-c", "echo ran > ran.txt"],
+            LIMIT,
+        );
+        assert!(!r.timed_out, "{r:?}");
+        if usable {
+            assert_eq!(
+                r.code,
+                Some(0),
+                "--require {what} refused although doctor says it is usable: {r:?}"
+            );
+            assert!(ws.path("ran.txt").exists(), "{r:?}");
+        } else {
+            assert_eq!(
+                r.code,
+                Some(125),
+                "--require {what} started although doctor says it is missing: {r:?}"
+            );
+            assert!(r.stderr.contains(&format!("--require {what}")), "{r:?}");
+            assert!(!ws.path("ran.txt").exists(), "the agent ran: {r:?}");
+        }
+    }
+}

@@ -142,6 +142,27 @@ pub struct Memfd {
     pub settable_in_sandbox: Probe,
 }
 
+/// Is BPF LSM usable here (bpf in the active LSMs, and an `lsm` program loads)? For
+/// `run --require lsm`.
+pub fn bpf_lsm_usable() -> Probe {
+    let mounts = host::mounts();
+    let lsm = host::lsm_state(&mounts);
+    let loads = bpf::probe()
+        .into_iter()
+        .find(|p| p.prog_type == "lsm")
+        .map(|p| p.result)
+        .unwrap_or_else(|| Probe::not_tested("no lsm probe"));
+    match (lsm.bpf_active, loads.works) {
+        (_, false) => Probe::failed_msg(format!("lsm programs do not load: {}", loads.why())),
+        (None, true) => Probe::failed_msg(format!(
+            "unknown whether the bpf LSM is active: {}",
+            lsm.unknown.unwrap_or_default()
+        )),
+        (Some(false), true) => Probe::failed_msg("bpf is not in the active LSM list"),
+        (Some(true), true) => Probe::works(),
+    }
+}
+
 /// BPF LSM: active, and usable (active and its programs load).
 #[derive(Debug, Clone, Serialize)]
 pub struct BpfLsm {

@@ -62,6 +62,10 @@ enum Command {
         /// Don't print the session line on start.
         #[arg(short, long)]
         quiet: bool,
+        /// Refuse to start unless these are enforced by the kernel here (comma-separated):
+        /// ebpf, lsm, landlock. Without it, missing protections are reported once on stderr.
+        #[arg(long, value_enum, value_delimiter = ',', value_name = "WHAT")]
+        require: Vec<session::Requirement>,
         /// The agent's command line.
         #[arg(
             required = true,
@@ -186,6 +190,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             keep_fds,
             workspace,
             quiet,
+            require,
             command,
         } => {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -197,6 +202,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 keep_fds,
                 workspace,
                 quiet,
+                require,
                 command,
             })
         }

@@ -35,7 +35,28 @@ pub struct RunOptions {
     pub keep_fds: Vec<i32>,
     pub workspace: Option<PathBuf>,
     pub quiet: bool,
+    /// Protections that must be fully enforced by the kernel: refuse to start otherwise.
+    pub require: Vec<Requirement>,
     pub command: Vec<OsString>,
+}
+
+/// What `run --require` can insist on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Requirement {
+    /// Every eBPF backstop this host can have (the in-kernel network check).
+    Ebpf,
+    /// BPF LSM hooks (bpf in the active LSMs and lsm programs load).
+    Lsm,
+    /// Landlock fully enforcing the [filesystem] trees.
+    Landlock,
+}
+
+/// Refuse to start: a required protection is missing (exit code 125 through `main`).
+fn refuse(what: Requirement, why: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "--require {}: {why}; refusing to start the agent (run `agent-supervisor doctor` to see what this host can enforce)",
+        format!("{what:?}").to_lowercase()
+    )
 }
 
 /// Built-in variables from the environment.
@@ -244,6 +265,20 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     // The kernel's own check of network destinations: the session's cgroup with the eBPF
     // programs attached (without it, one "weaker" line says so).
     let (network, network_weaker) = crate::ebpf::network::start_session(&session, &policy);
+    if opts.require.contains(&Requirement::Ebpf) {
+        if let Some(why) = &network_weaker {
+            return Err(refuse(Requirement::Ebpf, why));
+        }
+    }
+    if opts.require.contains(&Requirement::Lsm) {
+        let lsm = crate::doctor::bpf_lsm_usable();
+        if !lsm.works {
+            return Err(refuse(
+                Requirement::Lsm,
+                &format!("BPF LSM is not usable here: {}", lsm.why()),
+            ));
+        }
+    }
     if let Some(network) = &network {
         // The agent (host uid 0 when we are root) must not move itself out of that cgroup.
         masks.push(network.cgroup().read_only_root_mask());
@@ -274,6 +309,15 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     sys::block_signals(&forwarded).context("blocking signals")?;
     tracing::debug!("launching the sandbox");
     let mut sandbox = sandbox::launch(&spec)?;
+    // Landlock's enforcement is known only once the child applied it; the agent has not run
+    // yet (its first exec waits for a notification loop that has not started).
+    if opts.require.contains(&Requirement::Landlock) {
+        if let Some(w) = sandbox.weaker.iter().find(|w| w.contains("Landlock")) {
+            let _ = sys::pidfd_send_signal(sandbox.init_pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::waitid_pidfd(sandbox.init_pidfd.as_fd());
+            return Err(refuse(Requirement::Landlock, w));
+        }
+    }
     sandbox.weaker.extend(network_weaker);
     tracing::debug!("sandbox ready (init pid {})", sandbox.init_pid);
     for w in &sandbox.weaker {
