@@ -11,13 +11,33 @@
 /// (`Ebpf::program_mut`, `Ebpf::map_mut`). Each equals the Rust item name in
 /// `agent-supervisor-ebpf`, which is what aya names them after.
 pub mod names {
-    /// Tracepoint program on `sched/sched_process_exec` (kernel 4.18+ for
-    /// `bpf_get_current_cgroup_id`).
+    /// `tp_btf/sched_process_exec` program: the exec backstop and the exec event (Linux 5.5+
+    /// for `tp_btf`, 5.3+ for `bpf_send_signal`).
     pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
-    /// `HashMap<u64, u8>`: cgroup v2 id → [`SESSION_CGROUP_ACTIVE`](crate::SESSION_CGROUP_ACTIVE).
-    pub const SESSION_CGROUPS: &str = "SESSION_CGROUPS";
-    /// `PerCpuArray<u64>` with one slot ([`EXEC_COUNT_SLOT`](crate::EXEC_COUNT_SLOT)).
-    pub const EXEC_COUNT: &str = "EXEC_COUNT";
+    /// `tp_btf/sched_process_fork` program: fork events.
+    pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
+    /// `tp_btf/sched_process_exit` program: exit events.
+    pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    /// The process programs, each attached to the tracepoint of the same name.
+    pub const PROCESS_PROGRAMS: [&str; 3] =
+        [SCHED_PROCESS_EXEC, SCHED_PROCESS_FORK, SCHED_PROCESS_EXIT];
+    /// Read-only global (`u64`, set at load time): the cgroup v2 id of the session this copy
+    /// of the object serves. The process programs act only on tasks of this cgroup; the
+    /// network programs key their maps with it (see [`NetAllowKey`](crate::NetAllowKey)).
+    pub const SESSION_CGROUP: &str = "SESSION_CGROUP";
+    /// Read-only global ([`KernelOffsets`](crate::KernelOffsets), set at load time): where
+    /// the fields the process programs read sit in this kernel's structs.
+    pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
+    /// Read-only global (`u32`, set at load time): [`EXEC_ENFORCE`](crate::EXEC_ENFORCE)
+    /// makes `sched_process_exec` kill execs without an approval; anything else only reports.
+    pub const EXEC_MODE: &str = "EXEC_MODE";
+    /// `HashMap<ExecApprovalKey, u8>`: execs the supervisor let continue, consumed by
+    /// `sched_process_exec`.
+    pub const EXEC_APPROVALS: &str = "EXEC_APPROVALS";
+    /// `RingBuf` of [`ProcEvent`](crate::ProcEvent)s.
+    pub const PROC_EVENTS: &str = "PROC_EVENTS";
+    /// `PerCpuArray<u64>` with one slot: events that did not fit in `PROC_EVENTS`.
+    pub const PROC_EVENTS_LOST: &str = "PROC_EVENTS_LOST";
 
     /// `cgroup/connect4` program (`cgroup_sock_addr`, Linux 4.17+).
     pub const CONNECT4: &str = "connect4";
@@ -29,10 +49,6 @@ pub mod names {
     pub const SENDMSG6: &str = "sendmsg6";
     /// The four network programs, in the order the supervisor attaches them.
     pub const NETWORK_PROGRAMS: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
-    /// Read-only global (`u64`, set at load time): the cgroup v2 id of the session whose
-    /// cgroup this copy of the network programs is attached to. See
-    /// [`NetAllowKey`](crate::NetAllowKey) for why the programs can't ask the kernel.
-    pub const NET_SESSION_CGROUP: &str = "NET_SESSION_CGROUP";
     /// `HashMap<u64, u32>`: cgroup v2 id → network mode ([`NET_MODE_ENFORCE`](crate::NET_MODE_ENFORCE)).
     pub const NET_MODE: &str = "NET_MODE";
     /// `HashMap<NetAllowKey, u8>`: exact destinations → [`NET_VERDICT_ALLOW`](crate::NET_VERDICT_ALLOW).
@@ -40,20 +56,6 @@ pub mod names {
     /// `LpmTrie<NetRuleKey, u8>`: CIDR rules → [`NET_VERDICT_ALLOW`](crate::NET_VERDICT_ALLOW).
     pub const NET_RULES: &str = "NET_RULES";
 }
-
-/// The tracepoint [`names::SCHED_PROCESS_EXEC`] attaches to: (category, name).
-pub const SCHED_PROCESS_EXEC_TRACEPOINT: (&str, &str) = ("sched", "sched_process_exec");
-
-/// Capacity of `SESSION_CGROUPS`: how many session cgroups can be watched at once.
-pub const MAX_SESSION_CGROUPS: u32 = 1024;
-
-/// Value stored in `SESSION_CGROUPS` for a cgroup that belongs to a live agent session.
-/// (The key is the cgroup v2 id, which is the inode number of the cgroup's directory and what
-/// `bpf_get_current_cgroup_id` returns.)
-pub const SESSION_CGROUP_ACTIVE: u8 = 1;
-
-/// The only slot of the per-CPU `EXEC_COUNT` array: execs seen in session cgroups.
-pub const EXEC_COUNT_SLOT: u32 = 0;
 
 /// Network mode of a session cgroup in `NET_MODE`: destinations are looked up in `NET_ALLOW`
 /// and `NET_RULES`, anything else is refused (`EPERM`). A session cgroup without a mode entry
@@ -85,7 +87,7 @@ pub const NET_RULE_FIXED_BITS: u32 = 96;
 /// entry. `port` is in host byte order, `protocol` is the socket's (`IPPROTO_TCP`,
 /// `IPPROTO_UDP`, ...).
 ///
-/// Why `cgroup_id` comes from `NET_SESSION_CGROUP` and not from the kernel: a `cgroup_sock_addr`
+/// Why `cgroup_id` comes from `SESSION_CGROUP` and not from the kernel: a `cgroup_sock_addr`
 /// program runs for the *socket's* cgroup, but the only cgroup helper it has,
 /// `bpf_get_current_cgroup_id`, names the *calling task's*, and the supervisor makes the
 /// connects it allowed itself, on a duplicate of the agent's socket. Each loaded copy of the
@@ -128,26 +130,147 @@ pub struct NetRuleKey {
 const _: () = assert!(core::mem::size_of::<NetRuleKey>() == 32);
 const _: () = assert!(core::mem::align_of::<NetRuleKey>() == 8);
 
-/// One exec seen in a session cgroup, as the exec backstop will report it to the supervisor
-/// (the ring buffer that carries it comes with that backstop; the layout is fixed here first).
+/// [`names::EXEC_MODE`] value: kill a session exec that has no approval.
+pub const EXEC_ENFORCE: u32 = 1;
+/// [`names::EXEC_MODE`] value: report execs only (the policy lets every program run, so the
+/// supervisor does not trap execs and writes no approvals).
+pub const EXEC_REPORT: u32 = 0;
+
+/// Capacity of `EXEC_APPROVALS` (one session per loaded object). An approval lives from the
+/// supervisor's `CONTINUE` to the exec's tracepoint (or the exec's failure), so only execs in
+/// flight at the same time take entries.
+pub const MAX_EXEC_APPROVALS: u32 = 4096;
+/// Value of an entry in `EXEC_APPROVALS`.
+pub const EXEC_APPROVED: u8 = 1;
+/// Size of the `PROC_EVENTS` ring buffer in bytes (a power of two, a multiple of the page size).
+pub const PROC_EVENTS_BYTES: u32 = 256 * 1024;
+/// The only slot of `PROC_EVENTS_LOST`.
+pub const PROC_EVENTS_LOST_SLOT: u32 = 0;
+
+/// Where the fields the process programs read sit in the running kernel's structs, in bytes,
+/// found in `/sys/kernel/btf/vmlinux` by the supervisor (rustc emits no CO-RE relocations, so
+/// the programs can't be relocated by the loader) and passed as [`names::KERNEL_OFFSETS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ExecEvent {
-    /// cgroup v2 id of the process (inode number of its cgroup directory).
-    pub cgroup_id: u64,
-    /// Thread-group id (the userspace "pid") of the process that exec'd.
-    pub tgid: u32,
-    /// Explicit padding to 8-byte alignment; always zero.
-    pub _padding: u32,
+pub struct KernelOffsets {
+    /// `struct linux_binprm`: `file` (`struct file *`).
+    pub binprm_file: u32,
+    /// `struct linux_binprm`: `filename` (`const char *`).
+    pub binprm_filename: u32,
+    /// `struct file`: `f_inode`.
+    pub file_inode: u32,
+    /// `struct inode`: `i_ino` (`unsigned long`).
+    pub inode_ino: u32,
+    /// `struct inode`: `i_sb`.
+    pub inode_sb: u32,
+    /// `struct super_block`: `s_dev` (`dev_t`, the kernel's `MAJOR << 20 | MINOR`).
+    pub sb_dev: u32,
+    /// `struct task_struct`: `pid` (thread id).
+    pub task_pid: u32,
+    /// `struct task_struct`: `tgid`.
+    pub task_tgid: u32,
+    /// `struct task_struct`: `real_parent`.
+    pub task_real_parent: u32,
+    /// `struct task_struct`: `exit_code` (a wait status).
+    pub task_exit_code: u32,
+    /// `struct task_struct`: `comm` (16 bytes).
+    pub task_comm: u32,
+    /// `struct task_struct`: `thread_pid` (`struct pid *`).
+    pub task_thread_pid: u32,
+    /// `struct pid`: `level` (depth of the task's PID namespace).
+    pub pid_level: u32,
+    /// `struct pid`: `numbers` (`struct upid[]`, one per namespace level).
+    pub pid_numbers: u32,
+    /// `struct upid`: `nr`.
+    pub upid_nr: u32,
+    /// `sizeof(struct upid)`.
+    pub upid_size: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16);
-const _: () = assert!(core::mem::align_of::<ExecEvent>() == 8);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
 
-// SAFETY: `ExecEvent` is `#[repr(C)]`, `Copy`, made only of integers, and has no implicit
-// padding (the size assertion above pins it), so every bit pattern is a valid value.
+/// Key of `EXEC_APPROVALS`: "thread `tid` may finish an exec of the file `(dev, ino)`".
+///
+/// `tid` is the thread that called `execve`, as the supervisor got it from the seccomp
+/// notification, which is what the `sched_process_exec` tracepoint passes as `old_pid`: by the
+/// time it fires, a non-leader thread's exec has gone through `de_thread` and the task already
+/// carries the thread-group leader's pid. `dev` is the kernel's `dev_t` (`MAJOR << 20 |
+/// MINOR`, as in `super_block::s_dev`), not the userspace `st_dev` encoding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExecApprovalKey {
+    /// `inode::i_ino` of the executed file (for `#!` scripts: the final interpreter).
+    pub ino: u64,
+    /// `super_block::s_dev` of its filesystem, kernel encoding.
+    pub dev: u32,
+    /// The exec'ing thread (host PID namespace).
+    pub tid: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ExecApprovalKey>() == 16);
+
+/// [`ProcEvent::kind`]: a successful exec (`sched_process_exec`).
+pub const PROC_EXEC: u32 = 1;
+/// [`ProcEvent::kind`]: a new process (`sched_process_fork`; new threads are not reported).
+pub const PROC_FORK: u32 = 2;
+/// [`ProcEvent::kind`]: a process ended (`sched_process_exit` of its thread-group leader).
+pub const PROC_EXIT: u32 = 3;
+
+/// [`ProcEvent::flags`]: the exec had no approval and was killed with `SIGKILL` before the
+/// new image ran.
+pub const PROC_FLAG_KILLED: u32 = 1;
+/// [`ProcEvent::flags`]: the exec had an approval (consumed).
+pub const PROC_FLAG_APPROVED: u32 = 2;
+/// [`ProcEvent::flags`]: `bpf_send_signal` failed for an unapproved exec.
+pub const PROC_FLAG_KILL_FAILED: u32 = 4;
+
+/// Length of [`ProcEvent::filename`].
+pub const PROC_FILENAME_LEN: usize = 256;
+
+/// One process event of a session, written into `PROC_EVENTS` by the process programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcEvent {
+    /// [`PROC_EXEC`], [`PROC_FORK`] or [`PROC_EXIT`].
+    pub kind: u32,
+    /// `PROC_FLAG_*` bits (exec only).
+    pub flags: u32,
+    /// cgroup v2 id of the task that fired the tracepoint.
+    pub cgroup_id: u64,
+    /// Process (thread-group) id, host PID namespace. Fork: the new process.
+    pub pid: u32,
+    /// Thread id, host PID namespace. Exec: the thread that called exec (`old_pid`).
+    pub tid: u32,
+    /// Parent process id, host PID namespace. Fork: the forking process.
+    pub ppid: u32,
+    /// The process id in its own (the sandbox's) PID namespace.
+    pub ns_pid: u32,
+    /// Exit: `task_struct::exit_code`, a wait status. Otherwise 0.
+    pub exit_status: u32,
+    /// Exec: `dev` of the executed file (kernel encoding). Otherwise 0.
+    pub dev: u32,
+    /// Exec: inode number of the executed file. Otherwise 0.
+    pub ino: u64,
+    /// `task_struct::comm`, NUL-padded.
+    pub comm: [u8; 16],
+    /// Exec: `linux_binprm::filename` (the path given to exec), NUL-terminated. Otherwise empty.
+    pub filename: [u8; PROC_FILENAME_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 64 + PROC_FILENAME_LEN);
+const _: () = assert!(core::mem::align_of::<ProcEvent>() == 8);
+
+// SAFETY: `ProcEvent`, `ExecApprovalKey` and `KernelOffsets` are `#[repr(C)]`, `Copy`, made
+// only of integers and byte arrays, with no implicit padding (the size assertions above pin
+// it), so every bit pattern is a valid value.
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for ExecEvent {}
+unsafe impl aya::Pod for ProcEvent {}
+// SAFETY: as for `ProcEvent`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ExecApprovalKey {}
+// SAFETY: as for `ProcEvent`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for KernelOffsets {}
 
 // SAFETY: `#[repr(C)]`, `Copy`, integers and byte arrays only, padding explicit (the size
 // assertion pins the layout): every bit pattern is a valid value.
@@ -163,10 +286,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exec_event_fields_sit_where_the_ebpf_side_writes_them() {
-        assert_eq!(core::mem::offset_of!(ExecEvent, cgroup_id), 0);
-        assert_eq!(core::mem::offset_of!(ExecEvent, tgid), 8);
-        assert_eq!(core::mem::offset_of!(ExecEvent, _padding), 12);
+    fn process_records_have_no_hidden_padding() {
+        assert_eq!(core::mem::offset_of!(ExecApprovalKey, dev), 8);
+        assert_eq!(core::mem::offset_of!(ExecApprovalKey, tid), 12);
+        assert_eq!(core::mem::offset_of!(ProcEvent, cgroup_id), 8);
+        assert_eq!(core::mem::offset_of!(ProcEvent, ino), 40);
+        assert_eq!(core::mem::offset_of!(ProcEvent, comm), 48);
+        assert_eq!(core::mem::offset_of!(ProcEvent, filename), 64);
+        assert_eq!(core::mem::offset_of!(KernelOffsets, upid_size), 60);
     }
 
     #[test]

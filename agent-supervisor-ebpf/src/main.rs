@@ -1,12 +1,19 @@
 //! The eBPF programs of agent-supervisor, built for `bpfel-unknown-none` by
 //! `agent-supervisor/build.rs` (through `aya_build`) and embedded in the supervisor
-//! (`agent-supervisor/src/ebpf.rs`).
+//! (`agent-supervisor/src/ebpf/mod.rs`). Each session loads its own copy, told its cgroup v2
+//! id through the read-only global [`SESSION_CGROUP`].
 //!
-//! - [`sched_process_exec`], a tracepoint that counts the execs made in agent sessions. It is
-//!   the seed of the exec backstop: the tracepoint runs after every successful `execve` and
-//!   before the new image runs a single instruction. Kernel requirements: tracepoint programs
-//!   and `bpf_get_current_cgroup_id` (Linux 4.18+). The supervisor fills [`SESSION_CGROUPS`]
-//!   with the cgroup v2 ids of its sessions.
+//! - [`sched_process_exec`], [`sched_process_fork`], [`sched_process_exit`]: `tp_btf` programs
+//!   (Linux 5.5+) on the scheduler's process tracepoints. For tasks of the session cgroup only,
+//!   they write a [`ProcEvent`] into the [`PROC_EVENTS`] ring buffer (Linux 5.8+), counting in
+//!   [`PROC_EVENTS_LOST`] what does not fit. `sched_process_exec` is also the exec backstop:
+//!   when [`EXEC_MODE`] is `EXEC_ENFORCE`, an exec whose (thread, file) is not in
+//!   [`EXEC_APPROVALS`] gets `SIGKILL` (`bpf_send_signal`, Linux 5.3+) before the new image
+//!   runs a single instruction; an approval is consumed by the exec it allows. The tracepoint
+//!   fires after the new image is set up (`exec_binprm`), before `PTRACE_EVENT_EXEC` and
+//!   before the return to user space. Struct fields are read with `bpf_probe_read_kernel` at
+//!   the offsets in [`KERNEL_OFFSETS`], which the supervisor found in the running kernel's BTF
+//!   (rustc emits no CO-RE relocations).
 //! - [`connect4`], [`connect6`], [`sendmsg4`], [`sendmsg6`]: `cgroup_sock_addr` programs
 //!   (Linux 4.17 for connect, 4.18 for sendmsg) attached to one session's cgroup v2 directory
 //!   only. They see the address the kernel is about to use and return 1 (go on) only when it
@@ -18,48 +25,249 @@
 //! `no_main`, `no_std` and the panic handler apply only to the BPF target.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
+use core::ffi::c_void;
+
 use agent_supervisor_common::{
-    NetAllowKey, NetRuleKey, EXEC_COUNT_SLOT, MAX_NET_ALLOW, MAX_NET_RULES, MAX_NET_SESSIONS,
-    MAX_SESSION_CGROUPS, NET_ANY_PORT, NET_MODE_ENFORCE, NET_RULE_FIXED_BITS, NET_VERDICT_ALLOW,
+    ExecApprovalKey, KernelOffsets, NetAllowKey, NetRuleKey, ProcEvent, EXEC_ENFORCE, EXEC_REPORT,
+    MAX_EXEC_APPROVALS, MAX_NET_ALLOW, MAX_NET_RULES, MAX_NET_SESSIONS, NET_ANY_PORT,
+    NET_MODE_ENFORCE, NET_RULE_FIXED_BITS, NET_VERDICT_ALLOW, PROC_EVENTS_BYTES,
+    PROC_EVENTS_LOST_SLOT, PROC_EXEC, PROC_EXIT, PROC_FILENAME_LEN, PROC_FLAG_APPROVED,
+    PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED, PROC_FORK,
 };
-use aya_ebpf::helpers::bpf_get_current_cgroup_id;
-use aya_ebpf::macros::{cgroup_sock_addr, map, tracepoint};
+use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_send_signal};
+use aya_ebpf::macros::{btf_tracepoint, cgroup_sock_addr, map};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray};
-use aya_ebpf::programs::{SockAddrContext, TracePointContext};
+use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, RingBuf};
+use aya_ebpf::programs::{BtfTracePointContext, SockAddrContext};
 
-/// cgroup v2 id → `SESSION_CGROUP_ACTIVE`, for every cgroup that holds an agent session.
-/// Written by the supervisor; read here.
+/// The cgroup v2 id of the session this copy of the programs serves, set by the supervisor at
+/// load time (read-only to the programs). See `NetAllowKey` in `agent-supervisor-common` for
+/// why the network programs can't get it from `bpf_get_current_cgroup_id`.
+#[unsafe(no_mangle)]
+static SESSION_CGROUP: u64 = 0;
+
+/// Field offsets in this kernel's structs, set at load time from its BTF.
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+    binprm_file: 0,
+    binprm_filename: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+    task_pid: 0,
+    task_tgid: 0,
+    task_real_parent: 0,
+    task_exit_code: 0,
+    task_comm: 0,
+    task_thread_pid: 0,
+    pid_level: 0,
+    pid_numbers: 0,
+    upid_nr: 0,
+    upid_size: 0,
+};
+
+/// `EXEC_ENFORCE`: kill unapproved execs; `EXEC_REPORT`: only report them. Set at load time.
+#[unsafe(no_mangle)]
+static EXEC_MODE: u32 = EXEC_REPORT;
+
+/// Execs the supervisor let continue (thread, file) → `EXEC_APPROVED`; deleted by the exec
+/// they allow.
 #[map]
-static SESSION_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_SESSION_CGROUPS, 0);
+static EXEC_APPROVALS: HashMap<ExecApprovalKey, u8> =
+    HashMap::with_max_entries(MAX_EXEC_APPROVALS, 0);
 
-/// Per-CPU count of execs in session cgroups (one slot, `EXEC_COUNT_SLOT`). The supervisor
-/// sums the CPUs' values.
+/// Process events of the session, read by the supervisor.
 #[map]
-static EXEC_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(PROC_EVENTS_BYTES, 0);
 
-/// `sched/sched_process_exec`: counts the exec if the calling task is in a session cgroup.
-#[tracepoint(category = "sched", name = "sched_process_exec")]
-pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    // SAFETY: a BPF helper without arguments, allowed in tracepoint programs since 4.18.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if SESSION_CGROUPS.get_ptr(cgroup_id).is_none() {
+/// Per-CPU count of events that found `PROC_EVENTS` full.
+#[map]
+static PROC_EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+const SIGKILL: u32 = 9;
+
+/// The current task's cgroup id when it is the session's.
+fn session_cgroup() -> Option<u64> {
+    // SAFETY: a read of a global the loader sets before the program is loaded (it lives in
+    // .rodata: volatile so the compiler doesn't fold the placeholder 0).
+    let session = unsafe { core::ptr::read_volatile(&SESSION_CGROUP) };
+    // SAFETY: a BPF helper without arguments, allowed in tracing programs since 4.18.
+    let current = unsafe { bpf_get_current_cgroup_id() };
+    (session != 0 && current == session).then_some(current)
+}
+
+fn offsets() -> KernelOffsets {
+    // SAFETY: as for SESSION_CGROUP.
+    unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+}
+
+/// Read a `T` at kernel address `base + offset`; zero when it can't be read (a null pointer
+/// along a chain of reads ends as zeros, which never match an approval).
+fn read<T: Copy + Default>(base: u64, offset: u32) -> T {
+    if base == 0 {
+        return T::default();
+    }
+    let mut value = T::default();
+    // SAFETY: bpf_probe_read_kernel copies size_of::<T>() bytes from any kernel address into
+    // `value` (a local of that size), failing cleanly on a bad address.
+    let r = unsafe {
+        bpf_probe_read_kernel(
+            (&mut value as *mut T).cast::<c_void>(),
+            core::mem::size_of::<T>() as u32,
+            (base + offset as u64) as *const c_void,
+        )
+    };
+    if r < 0 {
+        T::default()
+    } else {
+        value
+    }
+}
+
+/// The process id of `task` in its own (innermost) PID namespace.
+fn ns_pid(o: &KernelOffsets, task: u64) -> u32 {
+    let pid: u64 = read(task, o.task_thread_pid);
+    let level: u32 = read(pid, o.pid_level);
+    // Bounded so the multiplication stays small (PID namespaces nest at most 32 deep).
+    let level = (level & 63) as u64;
+    let upid = pid + o.pid_numbers as u64 + level * o.upid_size as u64;
+    read::<i32>(upid, o.upid_nr) as u32
+}
+
+/// Reserve an event in the ring buffer and fill the fields common to all kinds; None (and
+/// the lost counter incremented) when the buffer is full.
+fn start_event(
+    o: &KernelOffsets,
+    kind: u32,
+    cgroup_id: u64,
+    task: u64,
+) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<ProcEvent>> {
+    let Some(mut entry) = PROC_EVENTS.reserve::<ProcEvent>(0) else {
+        if let Some(lost) = PROC_EVENTS_LOST.get_ptr_mut(PROC_EVENTS_LOST_SLOT) {
+            // SAFETY: the pointer comes from a successful lookup of this CPU's u64 slot; a
+            // per-CPU slot is not written concurrently (the program runs with migration
+            // disabled).
+            unsafe { *lost += 1 };
+        }
+        return None;
+    };
+    let parent: u64 = read(task, o.task_real_parent);
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at the reserved, writable ProcEvent-sized record; every field is
+    // written through raw pointers (never read) before the record is submitted.
+    unsafe {
+        (*event).kind = kind;
+        (*event).flags = 0;
+        (*event).cgroup_id = cgroup_id;
+        (*event).pid = read::<i32>(task, o.task_tgid) as u32;
+        (*event).tid = read::<i32>(task, o.task_pid) as u32;
+        (*event).ppid = read::<i32>(parent, o.task_tgid) as u32;
+        (*event).ns_pid = ns_pid(o, task);
+        (*event).exit_status = 0;
+        (*event).dev = 0;
+        (*event).ino = 0;
+        (*event).comm = read::<[u8; 16]>(task, o.task_comm);
+        (*event).filename[0] = 0;
+    }
+    Some(entry)
+}
+
+/// `sched_process_exec(task, old_pid, bprm)`: the exec backstop and the exec event.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
+    let Some(cgroup_id) = session_cgroup() else {
+        return 0;
+    };
+    let o = offsets();
+    let task = ctx.arg::<*const c_void>(0) as u64;
+    let old_pid: i32 = ctx.arg(1);
+    let bprm = ctx.arg::<*const c_void>(2) as u64;
+    let file: u64 = read(bprm, o.binprm_file);
+    let inode: u64 = read(file, o.file_inode);
+    let ino: u64 = read(inode, o.inode_ino);
+    let sb: u64 = read(inode, o.inode_sb);
+    let dev: u32 = read(sb, o.sb_dev);
+    let key = ExecApprovalKey {
+        ino,
+        dev,
+        tid: old_pid as u32,
+    };
+    let mut flags = 0;
+    // SAFETY: as for SESSION_CGROUP.
+    if unsafe { core::ptr::read_volatile(&EXEC_MODE) } == EXEC_ENFORCE {
+        if EXEC_APPROVALS.get_ptr(key).is_some() {
+            let _ = EXEC_APPROVALS.remove(key);
+            flags = PROC_FLAG_APPROVED;
+        } else {
+            // SAFETY: a helper taking a signal number; allowed in tracing programs (5.3+). It
+            // signals the current task's whole process: the one that just exec'd.
+            let sent = unsafe { bpf_send_signal(SIGKILL) };
+            flags = if sent == 0 {
+                PROC_FLAG_KILLED
+            } else {
+                PROC_FLAG_KILLED | PROC_FLAG_KILL_FAILED
+            };
+        }
+    }
+    let Some(mut entry) = start_event(&o, PROC_EXEC, cgroup_id, task) else {
+        return 0;
+    };
+    let event = entry.as_mut_ptr();
+    let filename: u64 = read(bprm, o.binprm_filename);
+    // SAFETY: as in `start_event`; bpf_probe_read_kernel_str writes at most
+    // PROC_FILENAME_LEN bytes (NUL included) into the record's filename array.
+    unsafe {
+        (*event).flags = flags;
+        (*event).tid = old_pid as u32;
+        (*event).dev = dev;
+        (*event).ino = ino;
+        let dst = core::ptr::addr_of_mut!((*event).filename).cast::<c_void>();
+        if bpf_probe_read_kernel_str(dst, PROC_FILENAME_LEN as u32, filename as *const c_void) < 0 {
+            (*event).filename[0] = 0;
+        }
+    }
+    entry.submit(0);
+    0
+}
+
+/// `sched_process_fork(parent, child)`: a new process (threads are not reported).
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
+    let Some(cgroup_id) = session_cgroup() else {
+        return 0;
+    };
+    let o = offsets();
+    let child = ctx.arg::<*const c_void>(1) as u64;
+    if read::<i32>(child, o.task_pid) != read::<i32>(child, o.task_tgid) {
         return 0;
     }
-    if let Some(count) = EXEC_COUNT.get_ptr_mut(EXEC_COUNT_SLOT) {
-        // SAFETY: the pointer comes from a successful map lookup, so it points at this CPU's
-        // u64 in EXEC_COUNT; a per-CPU slot is not written concurrently (the program runs
-        // with migration disabled).
-        unsafe { *count += 1 };
+    if let Some(entry) = start_event(&o, PROC_FORK, cgroup_id, child) {
+        entry.submit(0);
     }
     0
 }
 
-/// The cgroup v2 id of the session this copy of the network programs is attached to, set by
-/// the supervisor at load time (read-only to the programs). See `NetAllowKey` in
-/// `agent-supervisor-common` for why it can't come from `bpf_get_current_cgroup_id`.
-#[unsafe(no_mangle)]
-static NET_SESSION_CGROUP: u64 = 0;
+/// `sched_process_exit(task, ...)`: a process ended (its thread-group leader exits).
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
+    let Some(cgroup_id) = session_cgroup() else {
+        return 0;
+    };
+    let o = offsets();
+    let task = ctx.arg::<*const c_void>(0) as u64;
+    if read::<i32>(task, o.task_pid) != read::<i32>(task, o.task_tgid) {
+        return 0;
+    }
+    let status: i32 = read(task, o.task_exit_code);
+    if let Some(mut entry) = start_event(&o, PROC_EXIT, cgroup_id, task) {
+        // SAFETY: as in `start_event`.
+        unsafe { (*entry.as_mut_ptr()).exit_status = status as u32 };
+        entry.submit(0);
+    }
+    0
+}
 
 /// cgroup v2 id → network mode (`NET_MODE_ENFORCE`). No entry: everything refused.
 #[map]
@@ -148,7 +356,7 @@ fn is_unspecified(ip: &[u8; 16]) -> bool {
 fn decide(ctx: &SockAddrContext, ip: [u8; 16]) -> i32 {
     // SAFETY: a read of a global the loader sets before the program is loaded (it lives in
     // .rodata: volatile so the compiler doesn't fold the placeholder 0).
-    let cgroup_id = unsafe { core::ptr::read_volatile(&NET_SESSION_CGROUP) };
+    let cgroup_id = unsafe { core::ptr::read_volatile(&SESSION_CGROUP) };
     match NET_MODE.get_ptr(cgroup_id) {
         // SAFETY: the pointer comes from a successful lookup of a u32 value.
         Some(mode) if unsafe { *mode } == NET_MODE_ENFORCE => {}

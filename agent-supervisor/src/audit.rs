@@ -51,6 +51,10 @@ pub struct Record {
     /// Time from trap to decision, microseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_us: Option<u64>,
+    /// Who observed it when not the supervisor's own decision pipeline: `ebpf` for the
+    /// kernel's process events (`proc-exec`, `proc-fork`, `proc-exit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 fn now() -> String {
@@ -71,6 +75,7 @@ impl Record {
             rule: None,
             reason: None,
             response_us: None,
+            source: None,
         }
     }
 

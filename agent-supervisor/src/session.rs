@@ -262,11 +262,17 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             audit_path.display()
         );
     }
-    // The kernel's own check of network destinations: the session's cgroup with the eBPF
-    // programs attached (without it, one "weaker" line says so).
-    let (network, network_weaker) = crate::ebpf::network::start_session(&session, &policy);
+    // The kernel's own checks of network destinations and executed files, and its process
+    // events: the session's cgroup with the eBPF programs attached (without them, one
+    // "weaker" line says so). The exec backstop enforces only when every exec is trapped.
+    let exec_mode = if plan.notify_exec {
+        crate::ebpf::ExecMode::Enforce
+    } else {
+        crate::ebpf::ExecMode::Report
+    };
+    let (mut bpf, bpf_weaker) = crate::ebpf::start_session(&session, &policy, exec_mode);
     if opts.require.contains(&Requirement::Ebpf) {
-        if let Some(why) = &network_weaker {
+        if let Some(why) = bpf_weaker.first() {
             return Err(refuse(Requirement::Ebpf, why));
         }
     }
@@ -279,9 +285,9 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             ));
         }
     }
-    if let Some(network) = &network {
+    if let Some(bpf) = &bpf {
         // The agent (host uid 0 when we are root) must not move itself out of that cgroup.
-        masks.push(network.cgroup().read_only_root_mask());
+        masks.push(bpf.session.cgroup().read_only_root_mask());
         masks.sort_by_key(|m| m.path.components().count());
     }
 
@@ -294,7 +300,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         },
         keep_fds: opts.keep_fds.clone(),
         hostname: "agent-sandbox".into(),
-        cgroup_procs: network.as_ref().map(|n| n.cgroup().procs_path()),
+        cgroup_procs: bpf.as_ref().map(|b| b.session.cgroup().procs_path()),
     };
     // Signals we forward are blocked before any thread exists, so every thread inherits the
     // mask and only the forwarder receives them.
@@ -318,7 +324,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             return Err(refuse(Requirement::Landlock, w));
         }
     }
-    sandbox.weaker.extend(network_weaker);
+    sandbox.weaker.extend(bpf_weaker);
     tracing::debug!("sandbox ready (init pid {})", sandbox.init_pid);
     for w in &sandbox.weaker {
         eprintln!("agent-supervisor: warning: {w}");
@@ -330,7 +336,8 @@ pub fn run(opts: RunOptions) -> Result<i32> {
 
     let audit = audit_file.start()?;
     let (approvals, broker) = Approvals::new(mode, policy.approval_timeout);
-    let (guard, guard_jobs) = Guard::new();
+    let (guard, guard_jobs) =
+        Guard::with_exec_backstop(bpf.as_mut().and_then(|b| b.exec_approvals.take()));
     let initial: Vec<Vec<u8>> = opts.command.iter().map(|a| a.as_bytes().to_vec()).collect();
     let ctx = Arc::new(Ctx {
         session: session.clone(),
@@ -342,7 +349,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         remembered: Mutex::new(Default::default()),
         initial_argv: Mutex::new(Some(initial)),
         stopping: AtomicBool::new(false),
-        network: network.as_ref().map(|n| n.maps()),
+        network: bpf.as_ref().and_then(|b| b.network.clone()),
     });
     audit.record(Record::session(
         &session,
@@ -355,6 +362,16 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             "weaker": sandbox.weaker,
         }),
     ));
+    // The kernel's process events go to the audit log (those from before this point wait in
+    // the ring buffer).
+    let events = match bpf.as_mut().and_then(|b| b.events.take()) {
+        Some(events) => Some(
+            events
+                .spawn(session.clone(), audit.clone())
+                .context("starting the ebpf-events thread")?,
+        ),
+        None => None,
+    };
     spawn("notify", {
         let ctx = Arc::clone(&ctx);
         move || supervise::run_loop(ctx)
@@ -388,13 +405,21 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     let status = sys::waitid_pidfd(init_pidfd.as_fd()).context("waiting for the agent")?;
     tracing::debug!("agent exited: {status:?}");
     supervise::mark_stopping(&ctx);
-    // Every process of the session is gone with init: detach the programs, remove the cgroup.
-    drop(network);
+    // Every process of the session is gone with init: read the last events, detach the
+    // programs, remove the cgroup.
+    let events_lost = events.map(|reader| reader.finish());
+    if let Some(lost) = events_lost.filter(|&n| n > 0) {
+        eprintln!(
+            "agent-supervisor: warning: {lost} kernel process events were lost (the ring buffer \
+             was full): the audit log does not have them"
+        );
+    }
+    drop(bpf);
     audit.record(Record::session(
         &session,
         sandbox.init_pid,
         "session-end",
-        serde_json::json!({ "exit_code": status.code() }),
+        serde_json::json!({ "exit_code": status.code(), "ebpf_events_lost": events_lost }),
     ));
     if let Err(e) = audit.flush() {
         eprintln!(

@@ -1,23 +1,36 @@
-//! The supervisor's eBPF object, embedded at build time.
+//! The supervisor's eBPF object, embedded at build time, and what each session does with it.
 //!
 //! `build.rs` builds `agent-supervisor-ebpf` for `bpfel-unknown-none` (see its header) and
 //! leaves the object in `OUT_DIR`; it is embedded here, 8-byte aligned as aya needs, so the
-//! supervisor is a single file. Load it with `aya::Ebpf::load(ebpf::object())`. Program and
-//! map names are in [`agent_supervisor_common::names`].
+//! supervisor is a single file. Program and map names are in
+//! [`agent_supervisor_common::names`]. See `docs/ebpf.md` for the whole picture.
 //!
 //! Programs (kernel requirements):
-//! - `sched_process_exec`: tracepoint `sched/sched_process_exec` counting execs in the
-//!   cgroups listed in `SESSION_CGROUPS` (Linux 4.18+; tracefs must be mounted to attach).
+//! - `sched_process_exec`, `sched_process_fork`, `sched_process_exit`: `tp_btf` programs
+//!   (Linux 5.5+, kernel BTF) reporting the session's processes through a ring buffer (5.8+);
+//!   `sched_process_exec` is also the exec backstop (`bpf_send_signal`, 5.3+). Attached and
+//!   read by [`process`].
 //! - `connect4`, `connect6`, `sendmsg4`, `sendmsg6`: `cgroup_sock_addr` programs that refuse
 //!   connects and sends to destinations the supervisor has not allowed (Linux 4.18+, cgroup
-//!   v2); loaded, attached and fed by [`network`].
+//!   v2); attached and fed by [`network`].
 //!
-//! Submodules: [`network`] (the in-kernel network backstop: loader and map updater) and
-//! [`rules`] (which policy rules can become kernel map entries without allowing more).
+//! Submodules: [`session`] (one loaded copy of the object per session, shared by the
+//! others), [`network`] (the in-kernel network backstop), [`process`] (exec backstop and
+//! process events), [`rules`] (which policy rules can become kernel map entries without
+//! allowing more) and [`kernel_btf`] (struct offsets from the running kernel's BTF).
 #![forbid(unsafe_code)]
 
+pub mod kernel_btf;
 pub mod network;
+pub mod process;
 pub mod rules;
+pub mod session;
+
+use std::sync::Arc;
+
+use agent_supervisor_policy::Policy;
+
+pub use session::{ExecMode, Session};
 
 /// The eBPF object file (ELF, with BTF) holding every program and map of the supervisor.
 pub fn object() -> &'static [u8] {
@@ -26,10 +39,66 @@ pub fn object() -> &'static [u8] {
     OBJECT
 }
 
+/// Everything eBPF gives one `run` session. Drop it after the session's processes are gone
+/// (and after [`process::EventReader::finish`]): programs are detached, then the cgroup removed.
+pub struct Backstops {
+    /// The session's loaded object and cgroup.
+    pub session: Session,
+    /// The network map writer (None: the network backstop is off).
+    pub network: Option<Arc<network::NetworkMaps>>,
+    /// The exec approval writer, for the exec guard (None: not enforcing).
+    pub exec_approvals: Option<process::ExecApprovals>,
+    /// The process event stream, before its reader starts (None: the programs are off).
+    pub events: Option<process::ProcEvents>,
+}
+
+/// Set up the session's cgroup and eBPF programs as `run` wants them: what works, and one line
+/// per thing that is weaker. When nothing can be loaded (not root, no cgroup v2, a kernel that
+/// refuses the object) that is one line, the network backstop's. `exec_mode`: enforce when
+/// every exec of the session is trapped and decided by the supervisor.
+pub fn start_session(
+    session_id: &str,
+    policy: &Policy,
+    exec_mode: ExecMode,
+) -> (Option<Backstops>, Vec<String>) {
+    let loaded = crate::cgroup::SessionCgroup::create(session_id)
+        .map_err(session::BackstopError::from)
+        .and_then(|cgroup| Session::load(cgroup, exec_mode));
+    let mut session = match loaded {
+        Ok(session) => session,
+        Err(e) => {
+            let cause = session::error_chain(&e);
+            return (None, vec![network::weaker_line(&cause)]);
+        }
+    };
+    let mut weaker = Vec::new();
+    let network = network::start_session(&mut session, policy)
+        .map_err(|line| weaker.push(line))
+        .ok();
+    let (exec_approvals, events) = match process::start_session(&mut session) {
+        Ok((approvals, events)) => (approvals, Some(events)),
+        Err(line) => {
+            if exec_mode == ExecMode::Enforce {
+                weaker.push(line);
+            } else {
+                tracing::warn!("no process events from the kernel: {line}");
+            }
+            (None, None)
+        }
+    };
+    (
+        Some(Backstops {
+            session,
+            network,
+            exec_approvals,
+            events,
+        }),
+        weaker,
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use agent_supervisor_common::names;
 
     use super::object;
@@ -37,81 +106,52 @@ mod tests {
     #[test]
     fn object_holds_the_programs_and_maps_the_supervisor_uses() {
         let parsed = aya_obj::Object::parse(object()).expect("the embedded eBPF object parses");
-        let program = parsed
-            .programs
-            .get(names::SCHED_PROCESS_EXEC)
-            .unwrap_or_else(|| panic!("no program {}", names::SCHED_PROCESS_EXEC));
-        assert!(
-            matches!(program.section, aya_obj::ProgramSection::TracePoint),
-            "{} is not a tracepoint: {:?}",
-            names::SCHED_PROCESS_EXEC,
-            program.section
-        );
-        for map in [names::SESSION_CGROUPS, names::EXEC_COUNT] {
+        for name in names::PROCESS_PROGRAMS {
+            let program = parsed
+                .programs
+                .get(name)
+                .unwrap_or_else(|| panic!("no program {name}"));
+            assert!(
+                matches!(program.section, aya_obj::ProgramSection::BtfTracePoint),
+                "{name} is not a tp_btf program: {:?}",
+                program.section
+            );
+        }
+        for map in [
+            names::EXEC_APPROVALS,
+            names::PROC_EVENTS,
+            names::PROC_EVENTS_LOST,
+            names::NET_MODE,
+            names::NET_ALLOW,
+            names::NET_RULES,
+        ] {
             assert!(parsed.maps.contains_key(map), "no map {map}");
         }
     }
 
-    /// Privileged (CI runs as root): the kernel's verifier accepts the program, and, when
-    /// tracefs is mounted, it counts an exec made from a session cgroup.
+    /// Privileged (CI runs as root): the kernel's verifier accepts the process programs with
+    /// this kernel's offsets, and they attach (tp_btf needs no tracefs).
     #[test]
-    fn kernel_loads_the_exec_counter_and_it_counts_session_execs() {
-        use agent_supervisor_common::{
-            EXEC_COUNT_SLOT, SCHED_PROCESS_EXEC_TRACEPOINT, SESSION_CGROUP_ACTIVE,
-        };
-        use aya::maps::{HashMap, PerCpuArray};
-        use aya::programs::TracePoint;
-
-        let mut bpf = match aya::Ebpf::load(object()) {
-            Ok(bpf) => bpf,
-            Err(error) if !is_root() => {
-                eprintln!("skipping: loading eBPF needs root (CAP_BPF): {error}");
-                return;
-            }
-            Err(error) => panic!("loading the eBPF object failed: {error}"),
-        };
-        let program: &mut TracePoint = bpf
-            .program_mut(names::SCHED_PROCESS_EXEC)
-            .expect("program present")
-            .try_into()
-            .expect("program is a tracepoint");
-        program
-            .load()
-            .expect("the verifier accepts sched_process_exec");
-
-        let (category, name) = SCHED_PROCESS_EXEC_TRACEPOINT;
-        if let Err(error) = program.attach(category, name) {
-            eprintln!(
-                "skipping the attach half: attaching {category}/{name} failed ({error}); \
-                 mount tracefs (`mount -t tracefs tracefs /sys/kernel/tracing`) to run it"
-            );
+    fn kernel_loads_and_attaches_the_process_programs() {
+        use crate::cgroup::{cgroup2_root, SessionCgroup};
+        if !is_root() {
+            eprintln!("skipping: loading eBPF needs root (CAP_BPF)");
             return;
         }
-        let Some(cgroup_id) = own_cgroup2_id() else {
-            eprintln!("skipping the counting half: no cgroup v2 hierarchy mounted");
+        let Ok(root) = cgroup2_root() else {
+            eprintln!("skipping: no cgroup v2 hierarchy mounted");
             return;
         };
-        let mut sessions: HashMap<_, u64, u8> =
-            HashMap::try_from(bpf.map_mut(names::SESSION_CGROUPS).expect("map present"))
-                .expect("SESSION_CGROUPS is a HashMap<u64, u8>");
-        sessions
-            .insert(cgroup_id, SESSION_CGROUP_ACTIVE, 0)
-            .expect("insert our cgroup");
-
-        let status = std::process::Command::new("/bin/true")
-            .status()
-            .expect("run /bin/true");
-        assert!(status.success());
-
-        let counts: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(bpf.map(names::EXEC_COUNT).expect("map present"))
-                .expect("EXEC_COUNT is a PerCpuArray<u64>");
-        let total: u64 = counts
-            .get(&EXEC_COUNT_SLOT, 0)
-            .expect("read EXEC_COUNT")
-            .iter()
-            .sum();
-        assert!(total >= 1, "the exec of /bin/true was not counted");
+        let name = format!("{:012x}", 0xe0_0000_0000u64 | u64::from(std::process::id()));
+        let cgroup = SessionCgroup::create_under(&root, &name).expect("test cgroup");
+        let mut session =
+            super::Session::load(cgroup, super::ExecMode::Enforce).expect("load the object");
+        let (approvals, _events) =
+            super::process::attach(&mut session).expect("attach the process programs");
+        assert!(
+            approvals.is_some(),
+            "enforcing mode hands out the approvals"
+        );
     }
 
     fn is_root() -> bool {
@@ -121,32 +161,6 @@ mod tests {
                 .find_map(|line| line.strip_prefix("Uid:"))
                 .and_then(|ids| ids.split_whitespace().nth(1))
                 == Some("0")
-        })
-    }
-
-    /// The cgroup v2 id of this process: the inode number of its cgroup directory in the
-    /// cgroup2 hierarchy (at /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
-    fn own_cgroup2_id() -> Option<u64> {
-        use std::os::unix::fs::MetadataExt as _;
-        let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        let path = cgroups.lines().find_map(|line| line.strip_prefix("0::"))?;
-        let mount = cgroup2_mount()?;
-        let dir = mount.join(path.trim_start_matches('/'));
-        Some(std::fs::metadata(dir).ok()?.ino())
-    }
-
-    fn cgroup2_mount() -> Option<PathBuf> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        mountinfo.lines().find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            (after.split_whitespace().next() == Some("cgroup2"))
-                .then(|| {
-                    before
-                        .split_whitespace()
-                        .nth(4)
-                        .map(|mount| Path::new(mount).to_path_buf())
-                })
-                .flatten()
         })
     }
 }

@@ -17,7 +17,7 @@
 //! created it), so the agent's sockets are checked even when the supervisor calls `connect`
 //! on its `pidfd_getfd` duplicate; every other process on the host is unaffected. The maps
 //! are keyed by the session's cgroup id, which each loaded copy of the programs gets as a
-//! read-only global (`NET_SESSION_CGROUP`, see `agent_supervisor_common::NetAllowKey`).
+//! read-only global (`SESSION_CGROUP`, see `agent_supervisor_common::NetAllowKey`).
 //!
 //! Ownership (STYLE principle 6): [`NetworkMaps`] is the only writer of the maps. It is a
 //! mutex rather than an actor thread because every caller must wait for its write to land
@@ -40,46 +40,20 @@ use agent_supervisor_common::{
 use agent_supervisor_policy::{IpNet, Policy};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData, MapError};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError};
-use aya::{Ebpf, EbpfError, EbpfLoader};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 
 use super::rules::{kernel_address, kernel_allow_rules, kernel_prefixes};
-use crate::cgroup::{CgroupError, SessionCgroup};
+pub use super::session::BackstopError;
+use super::session::{error_chain, map_error, program_error, ExecMode, Session};
+use crate::cgroup::SessionCgroup;
 
-/// Why the backstop could not be set up (the session then runs on the supervisor's checks
-/// alone, and says so).
-#[derive(Debug, thiserror::Error)]
-pub enum BackstopError {
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-    #[error("loading the eBPF object (needs root: CAP_BPF)")]
-    Load(#[source] EbpfError),
-    #[error("the embedded eBPF object has no {0}")]
-    Missing(&'static str),
-    #[error("{step} the eBPF program {program}")]
-    Program {
-        step: &'static str,
-        program: &'static str,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("{step} the eBPF map {map}")]
-    Map {
-        step: &'static str,
-        map: &'static str,
-        #[source]
-        source: MapError,
-    },
-}
-
-/// The network programs attached to one session's cgroup. Dropping it detaches the programs,
-/// then removes the cgroup (which must be empty by then: drop it after the session's
-/// processes are gone).
+/// The network programs attached to one session's cgroup, in a copy of the object of their
+/// own (the hook-alone tests use it; `run` attaches them to its shared [`Session`] with
+/// [`attach`]). Dropping it detaches the programs, then removes the cgroup (which must be
+/// empty by then: drop it after the session's processes are gone).
 pub struct NetworkBackstop {
-    // Field order is drop order: programs (and their links) before the cgroup.
-    _ebpf: Ebpf,
+    session: Session,
     maps: Arc<NetworkMaps>,
-    cgroup: SessionCgroup,
 }
 
 impl NetworkBackstop {
@@ -89,68 +63,17 @@ impl NetworkBackstop {
         Self::attach_to(SessionCgroup::create(session_id)?)
     }
 
-    /// Load a copy of the programs for `cgroup` (its id as their `NET_SESSION_CGROUP`), put
-    /// the cgroup in enforcing mode, and attach the four programs to it. On error the
-    /// programs attached so far are detached and the cgroup removed.
+    /// Load a copy of the programs for `cgroup` and [`attach`] them. On error the programs
+    /// attached so far are detached and the cgroup removed.
     pub fn attach_to(cgroup: SessionCgroup) -> Result<NetworkBackstop, BackstopError> {
-        let cgroup_id = cgroup.id();
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::NET_SESSION_CGROUP, &cgroup_id, true)
-            .load(super::object())
-            .map_err(BackstopError::Load)?;
-
-        let map = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(BackstopError::Missing(name))
-        };
-        let map_err = |step, map| move |source| BackstopError::Map { step, map, source };
-        let mut mode: HashMap<MapData, u64, u32> =
-            HashMap::try_from(map(&mut ebpf, names::NET_MODE)?)
-                .map_err(map_err("opening", names::NET_MODE))?;
-        let allow = HashMap::try_from(map(&mut ebpf, names::NET_ALLOW)?)
-            .map_err(map_err("opening", names::NET_ALLOW))?;
-        let rules = LpmTrie::try_from(map(&mut ebpf, names::NET_RULES)?)
-            .map_err(map_err("opening", names::NET_RULES))?;
-        mode.insert(cgroup_id, NET_MODE_ENFORCE, 0)
-            .map_err(map_err("writing the session's mode into", names::NET_MODE))?;
-
-        for name in names::NETWORK_PROGRAMS {
-            let program_err = |step| {
-                move |source| BackstopError::Program {
-                    step,
-                    program: name,
-                    source,
-                }
-            };
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(BackstopError::Missing(name))?
-                .try_into()
-                .map_err(program_err("finding"))?;
-            program.load().map_err(program_err("loading"))?;
-            // Single: no descendant cgroup can override it (a BPF link is always "multi",
-            // where every attached program must agree, so nothing below can loosen it).
-            program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(program_err("attaching to the session cgroup"))?;
-        }
-        tracing::debug!(
-            "network backstop attached to {} (cgroup id {cgroup_id})",
-            cgroup.path().display()
-        );
-        Ok(NetworkBackstop {
-            _ebpf: ebpf,
-            maps: Arc::new(NetworkMaps {
-                cgroup_id,
-                allow: Mutex::new(allow),
-                rules: Mutex::new(rules),
-            }),
-            cgroup,
-        })
+        let mut session = Session::load(cgroup, ExecMode::Report)?;
+        let maps = attach(&mut session)?;
+        Ok(NetworkBackstop { session, maps })
     }
 
     /// The session cgroup the programs are attached to.
     pub fn cgroup(&self) -> &SessionCgroup {
-        &self.cgroup
+        self.session.cgroup()
     }
 
     /// The writer of this session's map entries.
@@ -161,12 +84,50 @@ impl NetworkBackstop {
     /// Write the policy's allow rules that the kernel may apply on its own (see
     /// [`super::rules`]). Returns how many rules were written.
     pub fn allow_policy_rules(&self, policy: &Policy) -> io::Result<usize> {
-        let rules = kernel_allow_rules(policy);
-        for (net, port) in &rules {
-            self.maps.allow_rule(*net, *port)?;
-        }
-        Ok(rules.len())
+        self.maps.allow_policy_rules(policy)
     }
+}
+
+/// Put the session cgroup in enforcing mode and attach the four network programs of
+/// `session` to it; returns the writer of the session's map entries (nothing allowed yet).
+pub fn attach(session: &mut Session) -> Result<Arc<NetworkMaps>, BackstopError> {
+    let cgroup_id = session.cgroup().id();
+    let mut mode: HashMap<MapData, u64, u32> =
+        HashMap::try_from(session.take_map(names::NET_MODE)?)
+            .map_err(map_error("opening", names::NET_MODE))?;
+    let allow = HashMap::try_from(session.take_map(names::NET_ALLOW)?)
+        .map_err(map_error("opening", names::NET_ALLOW))?;
+    let rules = LpmTrie::try_from(session.take_map(names::NET_RULES)?)
+        .map_err(map_error("opening", names::NET_RULES))?;
+    mode.insert(cgroup_id, NET_MODE_ENFORCE, 0)
+        .map_err(map_error(
+            "writing the session's mode into",
+            names::NET_MODE,
+        ))?;
+
+    for name in names::NETWORK_PROGRAMS {
+        let (ebpf, cgroup) = session.parts_mut();
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(BackstopError::Missing(name))?
+            .try_into()
+            .map_err(program_error("finding", name))?;
+        program.load().map_err(program_error("loading", name))?;
+        // Single: no descendant cgroup can override it (a BPF link is always "multi",
+        // where every attached program must agree, so nothing below can loosen it).
+        program
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(program_error("attaching to the session cgroup", name))?;
+    }
+    tracing::debug!(
+        "network backstop attached to {} (cgroup id {cgroup_id})",
+        session.cgroup().path().display()
+    );
+    Ok(Arc::new(NetworkMaps {
+        cgroup_id,
+        allow: Mutex::new(allow),
+        rules: Mutex::new(rules),
+    }))
 }
 
 /// The one writer of a session's entries in `NET_ALLOW` and `NET_RULES`.
@@ -177,6 +138,16 @@ pub struct NetworkMaps {
 }
 
 impl NetworkMaps {
+    /// Write the policy's allow rules that the kernel may apply on its own (see
+    /// [`super::rules`]). Returns how many rules were written.
+    pub fn allow_policy_rules(&self, policy: &Policy) -> io::Result<usize> {
+        let rules = kernel_allow_rules(policy);
+        for (net, port) in &rules {
+            self.allow_rule(*net, *port)?;
+        }
+        Ok(rules.len())
+    }
+
     /// Call right before making a `connect`/`sendto`/`sendmsg` to `ip:port` that the
     /// supervisor allowed, on a socket of protocol `protocol` (`SO_PROTOCOL`): the kernel
     /// then lets exactly that destination through. An error means the kernel will refuse
@@ -237,39 +208,30 @@ fn map_io_error(map: &str, error: MapError) -> io::Error {
     }
 }
 
-/// Start the backstop for session `session_id` under `policy`, as `run` wants it: the
-/// backstop, or the one line that says what is weaker without it (not root, no cgroup v2, a
-/// kernel that refuses the programs). The policy's qualifying allow rules are written in; if
-/// that fails the backstop still stands on the exact entries written before each call.
-pub fn start_session(
-    session_id: &str,
-    policy: &Policy,
-) -> (Option<NetworkBackstop>, Option<String>) {
-    match NetworkBackstop::start(session_id) {
-        Ok(backstop) => {
-            match backstop.allow_policy_rules(policy) {
+/// The line `run` prints when the network backstop is off, `cause` saying why.
+pub fn weaker_line(cause: &str) -> String {
+    format!(
+        "the in-kernel network backstop is off ({cause}): network destinations are checked by \
+         the supervisor only, not by the kernel"
+    )
+}
+
+/// Attach the network backstop to `session` under `policy`, as `run` wants it: the map
+/// writer, or the one line that says what is weaker without it. The policy's qualifying allow
+/// rules are written in; if that fails the backstop still stands on the exact entries written
+/// before each call.
+pub fn start_session(session: &mut Session, policy: &Policy) -> Result<Arc<NetworkMaps>, String> {
+    match attach(session) {
+        Ok(maps) => {
+            match maps.allow_policy_rules(policy) {
                 Ok(n) => tracing::debug!("{n} policy network rules written to the kernel"),
                 Err(e) => tracing::warn!(
                     "writing the policy's network rules to the kernel failed ({e}): each \
                      allowed destination is still written before its call"
                 ),
             }
-            (Some(backstop), None)
+            Ok(maps)
         }
-        Err(e) => {
-            let mut cause = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                cause.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            (
-                None,
-                Some(format!(
-                    "the in-kernel network backstop is off ({cause}): network destinations are \
-                     checked by the supervisor only, not by the kernel"
-                )),
-            )
-        }
+        Err(e) => Err(weaker_line(&error_chain(&e))),
     }
 }

@@ -94,11 +94,13 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
         return Err(libc::ELOOP);
     }
     let runner = chain.last().expect("non-empty");
+    let exe = {
+        let (dev, ino, _) = sys::fstat_id(runner.resolved.fd.as_fd_ref()).map_err(errno)?;
+        (dev, ino)
+    };
     let expect = Expectation {
-        exe: {
-            let (dev, ino, _) = sys::fstat_id(runner.resolved.fd.as_fd_ref()).map_err(errno)?;
-            (dev, ino)
-        },
+        exe,
+        kernel_exe: crate::ebpf::process::kernel_file_id(runner.resolved.fd.as_fd_ref(), pid, exe),
         argv_tail: argv.iter().skip(1).cloned().collect(),
         // The runner's argv is what the kernel builds: for a binary, argv itself (an empty
         // argv gets an empty argv[0] from the kernel); for scripts, interpreters first.

@@ -10,8 +10,11 @@
 //! decided, and kills the process on any difference. A failed exec shows up as the
 //! `PTRACE_INTERRUPT` stop instead. Either way the thread is detached.
 //!
-//! The guard owns every ptrace operation, on one thread (ptrace is per tracer thread). A
-//! BPF backstop at `sched_process_exec` (eBPF issue) makes the same check in the kernel.
+//! The guard owns every ptrace operation, on one thread (ptrace is per tracer thread). Where
+//! the in-kernel exec backstop is on (`crate::ebpf::process`), the guard is also the one
+//! writer of the session's exec approvals: right before `CONTINUE` it writes (thread, file)
+//! into the kernel map, and the `sched_process_exec` program kills an exec of any other file
+//! before its first instruction, whatever happened to the path in between.
 #![forbid(unsafe_code)]
 
 use std::fs;
@@ -28,6 +31,9 @@ use crate::sys::{self, Notif};
 pub struct Expectation {
     /// (st_dev, st_ino) of the file that must be running (for scripts: the interpreter).
     pub exe: (u64, u64),
+    /// The same file as the kernel's exec tracepoint sees it (`s_dev` kernel encoding,
+    /// `i_ino`): what the exec approval names.
+    pub kernel_exe: crate::ebpf::process::KernelFileId,
     /// argv[1..] as decided; the new image's command line must end with exactly these.
     pub argv_tail: Vec<Vec<u8>>,
     /// How many entries the new command line must have in all: `argv_tail` plus what the
@@ -51,8 +57,16 @@ pub struct Guard {
 impl Guard {
     /// A guard whose jobs go to `tx`.
     pub fn new() -> (Guard, GuardJobs) {
+        Self::with_exec_backstop(None)
+    }
+
+    /// A guard that writes each exec approval into the kernel's map (`approvals`) before it
+    /// lets the exec continue.
+    pub fn with_exec_backstop(
+        approvals: Option<crate::ebpf::process::ExecApprovals>,
+    ) -> (Guard, GuardJobs) {
         let (tx, rx) = mpsc::channel();
-        (Guard { tx }, GuardJobs { rx })
+        (Guard { tx }, GuardJobs { rx, approvals })
     }
 
     /// Hand an allowed exec to the guard.
@@ -66,12 +80,27 @@ impl Guard {
 /// The receiving side, moved into the guard thread.
 pub struct GuardJobs {
     rx: mpsc::Receiver<Job>,
+    approvals: Option<crate::ebpf::process::ExecApprovals>,
 }
 
 /// The guard thread's body.
-pub fn run(ctx: Arc<Ctx>, jobs: GuardJobs) {
+pub fn run(ctx: Arc<Ctx>, mut jobs: GuardJobs) {
     while let Ok(job) = jobs.rx.recv() {
+        let tid = job.notif.pid;
+        let file = job.expect.kernel_exe;
+        if let Some(approvals) = &mut jobs.approvals {
+            if let Err(e) = approvals.approve(tid, file) {
+                // The kernel would kill the exec: refuse it instead.
+                tracing::warn!("exec guard cannot write the kernel's exec approval: {e}");
+                super::respond(&ctx, job.notif.id, Err(libc::EACCES));
+                continue;
+            }
+        }
         check_one(&ctx, job);
+        // Consumed by the exec if it happened; an exec that failed or never ran leaves it.
+        if let Some(approvals) = &mut jobs.approvals {
+            approvals.withdraw(tid, file);
+        }
     }
 }
 
