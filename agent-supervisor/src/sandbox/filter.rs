@@ -189,9 +189,18 @@ pub fn notify_filter(set: NotifySet) -> Result<Vec<SockFilter>, seccompiler::Bac
         TargetArch::x86_64,
     )?;
     let prog: BpfProgram = filter.try_into()?;
-    Ok(prog
+    // The same guard and hot path as the deny filter (minus what this filter traps), so that
+    // ordinary syscalls don't walk its chain either.
+    let hot: Vec<i64> = HOT
+        .iter()
+        .copied()
+        .filter(|&nr| !(set.open && nr == libc::SYS_openat))
+        .collect();
+    let mut out = x32_guard();
+    out.extend(allow_if_one_of(&hot));
+    Ok(out
         .into_iter()
-        .map(convert)
+        .chain(prog.into_iter().map(convert))
         .map(|mut insn| {
             if is_ret_k(&insn) && insn.k == SECCOMP_RET_TRACE | SENTINEL {
                 insn.k = SECCOMP_RET_USER_NOTIF;
@@ -290,8 +299,8 @@ const HOT: &[i64] = &[
     libc::SYS_fcntl,
 ];
 
-/// `if nr == clone3 return ERRNO(ENOSYS)`, then `if nr in HOT return ALLOW` (nr is still in
-/// the accumulator after the guard).
+/// `if nr == clone3 return ERRNO(ENOSYS)`, the ioctl fast path, then `if nr in HOT return
+/// ALLOW` (nr is in the accumulator after the guard).
 fn hot_path_allow() -> Vec<SockFilter> {
     let mut v = vec![
         jump(
@@ -305,8 +314,46 @@ fn hot_path_allow() -> Vec<SockFilter> {
             0x0005_0000 | libc::ENOSYS as u32,
         ),
     ];
-    let k = HOT.len();
-    for (i, &nr) in HOT.iter().enumerate() {
+    v.extend(ioctl_fast_path());
+    v.extend(allow_if_one_of(HOT));
+    v
+}
+
+/// `ioctl` is frequent (every `isatty`) and restricted only for TIOCSTI/TIOCLINUX: any other
+/// request returns ALLOW here; those two fall through (nr reloaded) to the rule chain. The
+/// request is compared on its low 32 bits, as the kernel reads it (an `unsigned int`).
+fn ioctl_fast_path() -> Vec<SockFilter> {
+    const ARG1_LOW: u32 = 16 + 8; // seccomp_data.args[1], little-endian low word
+    vec![
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            libc::SYS_ioctl as u32,
+            0,
+            5,
+        ),
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, ARG1_LOW),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            TIOCSTI as u32,
+            2,
+            0,
+        ),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            TIOCLINUX as u32,
+            1,
+            0,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, SECCOMP_RET_ALLOW),
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+    ]
+}
+
+/// `if nr in syscalls return ALLOW` (nr in the accumulator).
+fn allow_if_one_of(syscalls: &[i64]) -> Vec<SockFilter> {
+    let mut v = Vec::new();
+    let k = syscalls.len();
+    for (i, &nr) in syscalls.iter().enumerate() {
         // On a match, jump over the remaining checks and the JA, to the RET ALLOW.
         v.push(jump(
             libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
@@ -340,6 +387,107 @@ mod tests {
         assert!(!p
             .iter()
             .any(|i| is_ret_k(i) && i.k & 0xffff_0000 == SECCOMP_RET_TRACE));
+    }
+
+    /// Run a filter on one syscall (a tiny classic-BPF interpreter for the instructions we
+    /// emit), to check the fast paths against the rule chain.
+    fn eval(prog: &[SockFilter], nr: i64, args: [u64; 6]) -> u32 {
+        let mut data = vec![0u8; 64];
+        data[0..4].copy_from_slice(&(nr as u32).to_ne_bytes());
+        data[4..8].copy_from_slice(&AUDIT_ARCH_X86_64.to_ne_bytes());
+        for (i, a) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_ne_bytes());
+        }
+        let (mut a, mut pc) = (0u32, 0usize);
+        loop {
+            let ins = prog[pc];
+            let code = ins.code as u32;
+            match code {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                    a = u32::from_ne_bytes(
+                        data[ins.k as usize..ins.k as usize + 4].try_into().unwrap(),
+                    )
+                }
+                c if c == libc::BPF_RET | libc::BPF_K => return ins.k,
+                c if c == libc::BPF_JMP | libc::BPF_JA => {
+                    pc += ins.k as usize;
+                }
+                c if c & 0x07 == libc::BPF_JMP => {
+                    let taken = match code & 0xf0 {
+                        x if x == libc::BPF_JEQ => a == ins.k,
+                        x if x == libc::BPF_JGE => a >= ins.k,
+                        x if x == libc::BPF_JGT => a > ins.k,
+                        x if x == libc::BPF_JSET => a & ins.k != 0,
+                        other => panic!("unexpected jump {other:#x}"),
+                    };
+                    pc += if taken {
+                        ins.jt as usize
+                    } else {
+                        ins.jf as usize
+                    };
+                }
+                c if c == libc::BPF_ALU | libc::BPF_AND | libc::BPF_K => a &= ins.k,
+                c if c == libc::BPF_MISC | libc::BPF_TAX
+                    || c == libc::BPF_ST
+                    || c == libc::BPF_LDX | libc::BPF_W | libc::BPF_MEM => {}
+                c if c == libc::BPF_LD | libc::BPF_MEM => {}
+                other => panic!("unexpected instruction {other:#x}"),
+            }
+            pc += 1;
+        }
+    }
+
+    /// The fast paths give the same answers as the rule chain.
+    #[test]
+    fn fast_paths_agree_with_the_rules() {
+        let deny = deny_filter().unwrap();
+        let eperm = 0x0005_0000 | libc::EPERM as u32;
+        assert_eq!(
+            eval(&deny, libc::SYS_ioctl, [1, TIOCSTI, 0, 0, 0, 0]),
+            eperm
+        );
+        assert_eq!(
+            eval(
+                &deny,
+                libc::SYS_ioctl,
+                [1, 0xffff_ffff_0000_0000 | TIOCSTI, 0, 0, 0, 0]
+            ),
+            eperm
+        );
+        assert_eq!(
+            eval(&deny, libc::SYS_ioctl, [1, TIOCLINUX, 0, 0, 0, 0]),
+            eperm
+        );
+        assert_eq!(
+            eval(&deny, libc::SYS_ioctl, [1, 0x5401, 0, 0, 0, 0]),
+            SECCOMP_RET_ALLOW
+        );
+        assert_eq!(eval(&deny, libc::SYS_ptrace, [0; 6]), eperm);
+        assert_eq!(eval(&deny, libc::SYS_read, [0; 6]), SECCOMP_RET_ALLOW);
+        assert_eq!(eval(&deny, libc::SYS_getppid, [0; 6]), SECCOMP_RET_ALLOW);
+        for open in [false, true] {
+            let notify = notify_filter(NotifySet { open }).unwrap();
+            let want = if open {
+                SECCOMP_RET_USER_NOTIF
+            } else {
+                SECCOMP_RET_ALLOW
+            };
+            assert_eq!(
+                eval(&notify, libc::SYS_openat, [0; 6]),
+                want,
+                "openat, open trapped: {open}"
+            );
+            assert_eq!(
+                eval(&notify, libc::SYS_execve, [0; 6]),
+                SECCOMP_RET_USER_NOTIF
+            );
+            assert_eq!(eval(&notify, libc::SYS_read, [0; 6]), SECCOMP_RET_ALLOW);
+            assert_eq!(
+                eval(&notify, libc::SYS_sendto, [0, 0, 0, 0, 0x1000, 16]),
+                SECCOMP_RET_USER_NOTIF
+            );
+            assert_eq!(eval(&notify, libc::SYS_sendto, [0; 6]), SECCOMP_RET_ALLOW);
+        }
     }
 
     /// No hot syscall may be one the deny filter restricts: the fast path would let it through.
