@@ -106,14 +106,24 @@ fn wait(child: &mut Child) -> ExitStatus {
     }
 }
 
-/// A shell that waits for a line on stdin, then execs `touch MARKER`.
+/// A shell that waits for a line on stdin, then execs `touch MARKER`. Returns once the shell
+/// runs: `spawn` can return before the kernel's exec tracepoint for the shell itself has
+/// fired (the error pipe closes earlier in the exec), and that exec must not happen in the
+/// test cgroup.
 fn waiting_touch(marker: &Path) -> Child {
-    Command::new("/bin/sh")
-        .args(["-c", "read go; exec /usr/bin/touch \"$0\""])
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", "echo ready; read go; exec /usr/bin/touch \"$0\""])
         .arg(marker)
         .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
-        .expect("spawn sh")
+        .expect("spawn sh");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read ready");
+    assert_eq!(line.trim(), "ready");
+    child
 }
 
 fn go(child: &mut Child) {
@@ -310,11 +320,16 @@ fn a_full_ring_buffer_counts_what_it_lost() {
     let mut child = Command::new("/bin/sh")
         .args([
             "-c",
-            "read go; i=0; while [ $i -lt 400 ]; do /bin/true; i=$((i+1)); done",
+            "echo ready; read go; i=0; while [ $i -lt 400 ]; do /bin/true; i=$((i+1)); done",
         ])
         .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("spawn sh");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read ready");
     session
         .cgroup()
         .add_process(child.id() as i32)
