@@ -633,6 +633,7 @@ fn exit_code_follows_the_weaker_lines() {
 const WARNING_TOPICS: &[&str] = &[
     "vm.memfd_noexec",
     "network backstop",
+    "exec backstop",
     "Landlock",
     "WAIT_KILLABLE_RECV",
 ];

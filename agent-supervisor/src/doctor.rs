@@ -321,6 +321,21 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
             .and_then(|()| ptrace.as_result()),
         memfd_noexec: memfd.settable_in_sandbox.as_result(),
         bpf_cgroup_sock_addr: network_backstop.as_result(),
+        bpf_exec_backstop: {
+            let program = load("tp_btf")
+                .as_result()
+                .map_err(|why| format!("tp_btf programs do not load: {why}"));
+            let cgroup = host::session_cgroups_creatable(&cgroups, &mounts, euid);
+            let problems: Vec<String> = [program, cgroup]
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(problems.join("; "))
+            }
+        },
         bpf_tracepoint: load("tp_btf").as_result().or_else(|tp_btf| {
             load("tracepoint")
                 .as_result()

@@ -36,6 +36,9 @@ pub enum Need {
     BpfCgroupSockAddr,
     /// BPF tracepoint programs (`tp_btf`, or classic ones with tracefs mounted).
     BpfTracepoint,
+    /// The in-kernel exec backstop: a `tp_btf/sched_process_exec` program on the session's own
+    /// cgroup v2 directory.
+    BpfExecBackstop,
     /// BPF LSM programs that load and an active `bpf` LSM.
     BpfLsm,
     /// A mechanism description the doctor does not recognise.
@@ -55,6 +58,7 @@ impl Need {
             Need::ExecGuard => "exec guard (seccomp CONTINUE + ptrace)",
             Need::MemfdNoexec => "vm.memfd_noexec",
             Need::BpfCgroupSockAddr => "BPF cgroup_sock_addr",
+            Need::BpfExecBackstop => "BPF tp_btf sched_process_exec",
             Need::BpfTracepoint => "BPF tracepoint",
             Need::BpfLsm => "BPF LSM",
             Need::Unrecognised => "unrecognised mechanism",
@@ -73,6 +77,7 @@ pub struct Abilities {
     pub exec_guard: Result<(), String>,
     pub memfd_noexec: Result<(), String>,
     pub bpf_cgroup_sock_addr: Result<(), String>,
+    pub bpf_exec_backstop: Result<(), String>,
     pub bpf_tracepoint: Result<(), String>,
     pub bpf_lsm: Result<(), String>,
 }
@@ -127,6 +132,9 @@ pub fn weakness(need: Need, host: &Abilities, subject: &str) -> Option<String> {
         }),
         Need::BpfCgroupSockAddr => missing(&host.bpf_cgroup_sock_addr).map(|why| {
             format!("the in-kernel network backstop is off ({why}): network destinations are checked by the supervisor only, not by the kernel")
+        }),
+        Need::BpfExecBackstop => missing(&host.bpf_exec_backstop).map(|why| {
+            format!("the in-kernel exec backstop is off ({why}): executed files are checked by the supervisor's exec guard only, not by the kernel")
         }),
         Need::BpfTracepoint => missing(&host.bpf_tracepoint).map(|why| {
             format!("BPF tracepoints unavailable ({why}): no in-kernel backstop for {subject}")
@@ -232,6 +240,12 @@ pub fn protections(policy: &Policy, plan: &Plan) -> Vec<Protection> {
             "seccomp user notification on execve/execveat + exec guard".into(),
             vec![Need::SeccompListener, Need::ExecGuard],
         ));
+        out.push(p(
+            "executed files, in the kernel".into(),
+            None,
+            "BPF tp_btf/sched_process_exec on the session's own cgroup: an exec the exec guard did not approve is killed before it runs".into(),
+            vec![Need::BpfExecBackstop],
+        ));
     }
     if plan.notify_network {
         out.push(p(
@@ -293,6 +307,7 @@ mod tests {
             exec_guard: Ok(()),
             memfd_noexec: Ok(()),
             bpf_cgroup_sock_addr: Ok(()),
+            bpf_exec_backstop: Ok(()),
             bpf_tracepoint: Ok(()),
             bpf_lsm: Ok(()),
         }

@@ -68,7 +68,11 @@ pub fn start_session(
         Ok(session) => session,
         Err(e) => {
             let cause = session::error_chain(&e);
-            return (None, vec![network::weaker_line(&cause)]);
+            let mut lines = vec![network::weaker_line(&cause)];
+            if exec_mode == ExecMode::Enforce {
+                lines.push(process::weaker_line(&cause));
+            }
+            return (None, lines);
         }
     };
     let mut weaker = Vec::new();

@@ -392,7 +392,7 @@ mod tests {
     /// Run a filter on one syscall (a tiny classic-BPF interpreter for the instructions we
     /// emit), to check the fast paths against the rule chain.
     fn eval(prog: &[SockFilter], nr: i64, args: [u64; 6]) -> u32 {
-        let mut data = vec![0u8; 64];
+        let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&(nr as u32).to_ne_bytes());
         data[4..8].copy_from_slice(&AUDIT_ARCH_X86_64.to_ne_bytes());
         for (i, a) in args.iter().enumerate() {
