@@ -66,6 +66,10 @@ enum Command {
         /// ebpf, lsm, landlock. Without it, missing protections are reported once on stderr.
         #[arg(long, value_enum, value_delimiter = ',', value_name = "WHAT")]
         require: Vec<session::Requirement>,
+        /// Don't load the eBPF backstops (to troubleshoot, or to measure what they cost); the
+        /// supervisor's own checks stay, and the missing backstops are reported as usual.
+        #[arg(long)]
+        no_ebpf: bool,
         /// The agent's command line.
         #[arg(
             required = true,
@@ -191,6 +195,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             workspace,
             quiet,
             require,
+            no_ebpf,
             command,
         } => {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -203,6 +208,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 workspace,
                 quiet,
                 require,
+                no_ebpf,
                 command,
             })
         }

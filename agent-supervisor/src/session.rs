@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Protections that must be fully enforced by the kernel: refuse to start otherwise.
     pub require: Vec<Requirement>,
+    /// Don't load the eBPF backstops (troubleshooting, measuring their cost).
+    pub no_ebpf: bool,
     pub command: Vec<OsString>,
 }
 
@@ -270,7 +272,12 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     } else {
         crate::ebpf::ExecMode::Report
     };
-    let (mut bpf, bpf_weaker) = crate::ebpf::start_session(&session, &policy, exec_mode);
+    let (mut bpf, bpf_weaker) = if opts.no_ebpf {
+        // Asked for (troubleshooting, measuring): said like any other missing protection.
+        (None, vec!["the eBPF backstops are off (--no-ebpf): network destinations and executed files are checked by the supervisor only, not by the kernel".to_string()])
+    } else {
+        crate::ebpf::start_session(&session, &policy, exec_mode)
+    };
     if opts.require.contains(&Requirement::Ebpf) {
         if let Some(why) = bpf_weaker.first() {
             return Err(refuse(Requirement::Ebpf, why));

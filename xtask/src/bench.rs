@@ -127,20 +127,26 @@ fn runners(supervisor: &Path, dir: &Path) -> Vec<Runner> {
                 .to_vec(),
         });
     }
-    v.push(Runner {
-        name: "agent-supervisor",
-        prefix: vec![
+    let supervised = |name: &'static str, extra: &[&str]| {
+        let mut prefix = vec![
             supervisor.display().to_string(),
             "run".into(),
             "-q".into(),
             "--headless".into(),
+        ];
+        prefix.extend(extra.iter().map(|s| s.to_string()));
+        prefix.extend([
             "--policy".into(),
             "preset:sandboxed".into(),
             "--audit".into(),
             dir.join("audit.jsonl").display().to_string(),
             "--".into(),
-        ],
-    });
+        ]);
+        Runner { name, prefix }
+    };
+    // Without the eBPF backstops, to measure what they add on their own.
+    v.push(supervised("supervisor, no eBPF", &["--no-ebpf"]));
+    v.push(supervised("agent-supervisor", &[]));
     v
 }
 
