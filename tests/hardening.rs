@@ -322,3 +322,34 @@ fn require_refuses_to_start_exactly_when_doctor_says_the_protection_is_missing()
         }
     }
 }
+
+/// `--no-ebpf` turns the backstops off loudly: the session says so, and `--require ebpf` then
+/// refuses to start.
+#[test]
+fn no_ebpf_is_reported_and_refused_by_require_ebpf() {
+    let ws = Workspace::new("no-ebpf");
+    let r = ws.run(
+        &["--headless", "--no-ebpf"],
+        &["/bin/sh", "-c", "echo ran > ran.txt"],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(ws.path("ran.txt").exists(), "{r:?}");
+    assert!(
+        r.stderr.contains("--no-ebpf"),
+        "the missing backstops are reported: {r:?}"
+    );
+    let start = &ws.audit()[0];
+    assert!(
+        start["action"]["weaker"].to_string().contains("--no-ebpf"),
+        "{start}"
+    );
+    std::fs::remove_file(ws.path("ran.txt")).expect("rm");
+    let r = ws.run(
+        &["--headless", "--no-ebpf", "--require", "ebpf"],
+        &["/bin/sh", "-c", "echo ran > ran.txt"],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(125), "{r:?}");
+    assert!(!ws.path("ran.txt").exists(), "the agent ran: {r:?}");
+}
