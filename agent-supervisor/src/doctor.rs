@@ -293,20 +293,25 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
     let tracefs = host::tracefs(&mounts);
     let cgroups = host::host_cgroups(&mounts);
     let ptrace = seccomp.ptrace.clone();
-    let network_backstop = {
-        let program = load("cgroup_sock_addr")
+    // A backstop needs its program type to load and a session cgroup to attach it to.
+    let backstop = |prog_type: &str| -> Result<(), String> {
+        let program = load(prog_type)
             .as_result()
-            .map_err(|why| format!("cgroup_sock_addr programs do not load: {why}"));
+            .map_err(|why| format!("{prog_type} programs do not load: {why}"));
         let cgroup = host::session_cgroups_creatable(&cgroups, &mounts, euid);
         let problems: Vec<String> = [program, cgroup]
             .into_iter()
             .filter_map(Result::err)
             .collect();
         if problems.is_empty() {
-            Probe::works()
+            Ok(())
         } else {
-            Probe::failed_msg(problems.join("; "))
+            Err(problems.join("; "))
         }
+    };
+    let network_backstop = match backstop("cgroup_sock_addr") {
+        Ok(()) => Probe::works(),
+        Err(why) => Probe::failed_msg(why),
     };
 
     let abilities = Abilities {
@@ -321,21 +326,7 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
             .and_then(|()| ptrace.as_result()),
         memfd_noexec: memfd.settable_in_sandbox.as_result(),
         bpf_cgroup_sock_addr: network_backstop.as_result(),
-        bpf_exec_backstop: {
-            let program = load("tp_btf")
-                .as_result()
-                .map_err(|why| format!("tp_btf programs do not load: {why}"));
-            let cgroup = host::session_cgroups_creatable(&cgroups, &mounts, euid);
-            let problems: Vec<String> = [program, cgroup]
-                .into_iter()
-                .filter_map(Result::err)
-                .collect();
-            if problems.is_empty() {
-                Ok(())
-            } else {
-                Err(problems.join("; "))
-            }
-        },
+        bpf_exec_backstop: backstop("tp_btf"),
         bpf_tracepoint: load("tp_btf").as_result().or_else(|tp_btf| {
             load("tracepoint")
                 .as_result()

@@ -224,6 +224,15 @@ impl KernelBtf {
         })
     }
 
+    /// The id of the type of `kind` (`BTF_KIND_*`) named `name`, e.g. the FUNC an LSM program
+    /// attaches to (`attach_btf_id`).
+    pub fn type_id(&self, kind: u32, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .position(|t| t.kind == kind && t.name == name)
+            .map(|i| i as u32)
+    }
+
     /// Size of `struct name`.
     pub fn struct_size(&self, name: &str) -> Result<u32, OffsetsError> {
         let id = *self
