@@ -640,39 +640,49 @@ fn apply_masks(masks: &[MaskMount], paths: &[CString]) -> Result<(), (i32, io::E
     if masks.is_empty() {
         return Ok(());
     }
-    let src = sys::detached_tmpfs(c"0555").map_err(|e| (-1, e))?;
-    sys::mkdirat(src.as_fd(), c"d", 0o000).map_err(|e| (-1, e))?;
-    sys::create_file_at(src.as_fd(), c"f", 0o000).map_err(|e| (-1, e))?;
-    sys::fchmodat(src.as_fd(), c"d", 0o000).map_err(|e| (-1, e))?;
-    sys::mount_setattr(
-        src.as_fd(),
-        sys::MOUNT_ATTR_RDONLY
-            | sys::MOUNT_ATTR_NOSUID
-            | sys::MOUNT_ATTR_NODEV
-            | sys::MOUNT_ATTR_NOEXEC,
-    )
-    .map_err(|e| (-1, e))?;
-    for (i, (m, path)) in masks.iter().zip(paths).enumerate() {
-        let idx = i as i32;
-        let tree = match m.kind {
-            MaskKind::Hide => {
-                let name = if m.is_dir { c"d" } else { c"f" };
-                sys::open_tree_clone(src.as_raw_fd(), name).map_err(|e| (idx, e))?
+    // The empty mode-000 sources of "hide" masks are made on the sandbox's private /dev tmpfs
+    // (a mount of this namespace: kernels before 6.15 can't clone a mount from a detached
+    // tmpfs), bound over each target read-only, then unlinked: the binds keep the inodes, and
+    // nothing of them stays reachable by name.
+    const SRC_FILE: &std::ffi::CStr = c"/dev/.agent-supervisor-mask-file";
+    const SRC_DIR: &std::ffi::CStr = c"/dev/.agent-supervisor-mask-dir";
+    let dev = std::fs::File::open("/dev").map_err(|e| (-1, e))?;
+    sys::create_file_at(dev.as_fd(), c".agent-supervisor-mask-file", 0o000).map_err(|e| (-1, e))?;
+    sys::mkdirat(dev.as_fd(), c".agent-supervisor-mask-dir", 0o000).map_err(|e| (-1, e))?;
+    sys::fchmodat(dev.as_fd(), c".agent-supervisor-mask-dir", 0o000).map_err(|e| (-1, e))?;
+    let hidden = libc::MS_BIND
+        | libc::MS_REMOUNT
+        | libc::MS_RDONLY
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC;
+    let result = masks
+        .iter()
+        .zip(paths)
+        .enumerate()
+        .try_for_each(|(i, (m, path))| {
+            let idx = i as i32;
+            match m.kind {
+                MaskKind::Hide => {
+                    let src = if m.is_dir { SRC_DIR } else { SRC_FILE };
+                    sys::mount(Some(src), path, None, libc::MS_BIND).map_err(|e| (idx, e))?;
+                    sys::mount(None, path, None, hidden).map_err(|e| (idx, e))
+                }
+                MaskKind::ReadOnly | MaskKind::NoExec => {
+                    let t = sys::open_tree_clone(libc::AT_FDCWD, path).map_err(|e| (idx, e))?;
+                    let attr = if m.kind == MaskKind::ReadOnly {
+                        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV
+                    } else {
+                        sys::MOUNT_ATTR_NOEXEC | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV
+                    };
+                    sys::mount_setattr(t.as_fd(), attr).map_err(|e| (idx, e))?;
+                    sys::move_mount_to(t.as_fd(), path).map_err(|e| (idx, e))
+                }
             }
-            MaskKind::ReadOnly | MaskKind::NoExec => {
-                let t = sys::open_tree_clone(libc::AT_FDCWD, path).map_err(|e| (idx, e))?;
-                let attr = if m.kind == MaskKind::ReadOnly {
-                    sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV
-                } else {
-                    sys::MOUNT_ATTR_NOEXEC | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV
-                };
-                sys::mount_setattr(t.as_fd(), attr).map_err(|e| (idx, e))?;
-                t
-            }
-        };
-        sys::move_mount_to(tree.as_fd(), path).map_err(|e| (idx, e))?;
-    }
-    Ok(())
+        });
+    let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(SRC_FILE.to_bytes()));
+    let _ = std::fs::remove_dir(std::ffi::OsStr::from_bytes(SRC_DIR.to_bytes()));
+    result
 }
 
 /// The agent's command line as C strings.
