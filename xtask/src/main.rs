@@ -14,6 +14,7 @@ mod demo;
 mod process;
 mod setup;
 mod test;
+mod vm_test;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -57,6 +58,14 @@ enum Command {
     /// in the workspace and a `make -j2` C build: bare, under bwrap/firejail, and under the
     /// supervisor with the default policy. Prints a Markdown table of medians and ratios.
     Bench,
+    /// Set up, build the tests, and run agent-supervisor's privileged tests inside QEMU
+    /// guests on Debian kernels 6.1, 6.12 and the newest 7.x (with BPF LSM enabled).
+    ///
+    /// Kernels are fetched once with a private apt configuration into
+    /// ~/.cache/agent-supervisor/vm. Prints a table kernel x test executable of
+    /// passed/failed/skipped, each kernel's Landlock ABI and whether BPF LSM is active, and
+    /// exits non-zero on any failure. See docs/vm-test.md.
+    VmTest(vm_test::Options),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +76,7 @@ fn main() -> ExitCode {
         Command::Test => test::run(&workspace),
         Command::Demo => demo::run(&workspace),
         Command::Bench => bench::run(&workspace),
+        Command::VmTest(options) => vm_test::run(&workspace, &options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

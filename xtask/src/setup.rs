@@ -30,13 +30,30 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "bubblewrap",
         "bwrap, a peer sandbox for side-by-side benchmarks",
     ),
+    (
+        "busybox-static",
+        "vm-test: the guests' /init and tools (copied into the initramfs)",
+    ),
+    ("cpio", "vm-test: packs the guests' initramfs"),
     ("firejail", "a peer sandbox for side-by-side benchmarks"),
     ("hyperfine", "the benchmark runner"),
     ("iproute2", "ip, for network namespace tests"),
+    (
+        "kmod",
+        "vm-test: depmod and modprobe --show-depends for the guest kernels' modules",
+    ),
     ("python3", "test agents and the demo agent's TCP connect"),
+    (
+        "qemu-system-x86",
+        "vm-test: boots the test kernels (TCG, or KVM where it works)",
+    ),
     (
         "util-linux",
         "unshare, nsenter, mount for the integration tests",
+    ),
+    (
+        "xz-utils",
+        "vm-test: decompresses the guest kernels' .ko.xz modules",
     ),
 ];
 
