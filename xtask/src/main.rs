@@ -46,7 +46,11 @@ enum Command {
     Setup,
     /// Set up, then run the whole test suite (`cargo test --workspace --color=never`).
     /// Exits non-zero when anything fails. This is what CI runs (`.ci/run`).
-    Test,
+    Test {
+        /// Also run the VM layer (`cargo xtask vm-test`'s matrix) after the host tests.
+        #[arg(long)]
+        vm: bool,
+    },
     /// Set up, build the release supervisor, and run `examples/demo-agent.sh` under the
     /// built-in default policy in a fresh temporary workspace.
     ///
@@ -73,7 +77,7 @@ fn main() -> ExitCode {
     let workspace = workspace_root();
     let result = match cli.command {
         Command::Setup => setup::run(),
-        Command::Test => test::run(&workspace),
+        Command::Test { vm } => test::run(&workspace, vm),
         Command::Demo => demo::run(&workspace),
         Command::Bench => bench::run(&workspace),
         Command::VmTest(options) => vm_test::run(&workspace, &options),
