@@ -152,7 +152,10 @@ pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvent
         .map_err(map_error("opening", names::PROC_EVENTS))?;
     let lost = PerCpuArray::try_from(session.take_map(names::PROC_EVENTS_LOST)?)
         .map_err(map_error("opening", names::PROC_EVENTS_LOST))?;
-    let btf = aya::Btf::from_sys_fs().map_err(BackstopError::Btf)?;
+    let btf = match session.btf() {
+        Some(btf) => btf.clone(),
+        None => aya::Btf::from_sys_fs().map_err(BackstopError::Btf)?,
+    };
     for name in names::PROCESS_PROGRAMS {
         let program: &mut BtfTracePoint = session
             .ebpf_mut()

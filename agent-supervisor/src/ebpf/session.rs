@@ -71,6 +71,9 @@ pub enum ExecMode {
 pub struct Session {
     // Field order is drop order: programs (and their links) before the cgroup.
     ebpf: Ebpf,
+    /// The kernel's BTF as aya reads it, parsed once per session (the loader and the
+    /// `tp_btf` attach both need it).
+    btf: Option<aya::Btf>,
     offsets: Result<KernelOffsets, OffsetsError>,
     exec_mode: ExecMode,
     cgroup: SessionCgroup,
@@ -88,7 +91,9 @@ impl Session {
             ExecMode::Enforce => EXEC_ENFORCE,
             ExecMode::Report => EXEC_REPORT,
         };
+        let btf = aya::Btf::from_sys_fs().ok();
         let ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
             .override_global(names::SESSION_CGROUP, &cgroup_id, true)
             .override_global(
                 names::KERNEL_OFFSETS,
@@ -100,10 +105,16 @@ impl Session {
             .map_err(BackstopError::Load)?;
         Ok(Session {
             ebpf,
+            btf,
             offsets,
             exec_mode,
             cgroup,
         })
+    }
+
+    /// The kernel's BTF (aya's), if it could be read.
+    pub fn btf(&self) -> Option<&aya::Btf> {
+        self.btf.as_ref()
     }
 
     /// The session cgroup.
