@@ -268,6 +268,8 @@ fn fetch(cache: &Path, apt: &Apt, spec: KernelSpec, package: &Package) -> Result
         }
     }
     fs::remove_dir_all(&downloads).with_context(|| format!("removing {}", downloads.display()))?;
+    // The downloads directory itself, once no other kernel is being fetched.
+    let _ = fs::remove_dir(cache.join("downloads"));
 
     load(cache, spec).with_context(|| {
         format!(
