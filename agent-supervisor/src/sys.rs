@@ -344,12 +344,6 @@ pub fn set_no_new_privs() -> io::Result<()> {
     check_int(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
 }
 
-/// `prctl(PR_SET_DUMPABLE, v)`.
-pub fn set_dumpable(v: bool) -> io::Result<()> {
-    // SAFETY: plain prctl with integer arguments.
-    check_int(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, v as libc::c_ulong, 0, 0, 0) }).map(drop)
-}
-
 /// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`: mark every fd from `first` on close-on-exec.
 pub fn cloexec_from(first: u32) -> io::Result<()> {
     // SAFETY: plain syscall with integer arguments.
@@ -441,12 +435,6 @@ pub fn sigwait_info(sigs: &[i32]) -> io::Result<(i32, i32)> {
     }
 }
 
-/// Ignore a signal in this process (e.g. SIGINT, which the terminal sends to the agent too).
-pub fn ignore_signal(sig: i32) {
-    // SAFETY: setting SIG_IGN is always valid.
-    unsafe { libc::signal(sig, libc::SIG_IGN) };
-}
-
 // ---------------------------------------------------------------------------------------
 // ptrace (exec guard)
 
@@ -470,21 +458,6 @@ pub fn ptrace_interrupt(tid: libc::pid_t) -> io::Result<()> {
 pub fn ptrace_detach(tid: libc::pid_t, sig: i32) -> io::Result<()> {
     // SAFETY: integer arguments only.
     check(unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0usize, sig as usize) }).map(drop)
-}
-
-/// `PTRACE_GETEVENTMSG`.
-pub fn ptrace_geteventmsg(tid: libc::pid_t) -> io::Result<u64> {
-    let mut msg: libc::c_ulong = 0;
-    // SAFETY: the kernel writes one c_ulong to the valid pointer.
-    check(unsafe {
-        libc::ptrace(
-            libc::PTRACE_GETEVENTMSG,
-            tid,
-            0usize,
-            &mut msg as *mut libc::c_ulong,
-        )
-    })?;
-    Ok(msg as u64)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -542,10 +515,6 @@ pub fn fstat_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64, u32)> {
 const OPEN_TREE_CLONE: u32 = 1;
 const OPEN_TREE_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
 const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
-const FSOPEN_CLOEXEC: u32 = 1;
-const FSMOUNT_CLOEXEC: u32 = 1;
-const FSCONFIG_SET_STRING: u32 = 1;
-const FSCONFIG_CMD_CREATE: u32 = 6;
 const AT_RECURSIVE: u32 = 0x8000;
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
@@ -558,41 +527,6 @@ struct MountAttr {
     attr_clr: u64,
     propagation: u64,
     userns_fd: u64,
-}
-
-/// A new, detached tmpfs (never reachable from any path) via `fsopen`/`fsmount`.
-pub fn detached_tmpfs(mode: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: all pointers are valid C strings for the duration of each call.
-    unsafe {
-        let fs = owned(check(libc::syscall(
-            libc::SYS_fsopen,
-            c"tmpfs".as_ptr(),
-            FSOPEN_CLOEXEC,
-        ))?);
-        check(libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_SET_STRING,
-            c"mode".as_ptr(),
-            mode.as_ptr(),
-            0,
-        ))?;
-        check(libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            0usize,
-            0usize,
-            0,
-        ))?;
-        let mnt = check(libc::syscall(
-            libc::SYS_fsmount,
-            fs.as_raw_fd(),
-            FSMOUNT_CLOEXEC,
-            0,
-        ))?;
-        Ok(owned(mnt))
-    }
 }
 
 /// `open_tree(dirfd, path, OPEN_TREE_CLONE)`: a detached bind-mount copy of `path`.
@@ -749,12 +683,6 @@ pub fn drop_effective_caps_this_thread() -> io::Result<()> {
         ))?;
     }
     Ok(())
-}
-
-/// `gettid()`.
-pub fn gettid() -> libc::pid_t {
-    // SAFETY: gettid cannot fail.
-    unsafe { libc::gettid() }
 }
 
 /// Read `buf.len()` bytes at `addr` of process `pid` (`process_vm_readv`).
