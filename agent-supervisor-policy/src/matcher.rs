@@ -517,6 +517,28 @@ mod tests {
 mod lazy_glob_tests {
     use super::*;
 
+    /// `lazy` answers like globset's own matcher for `pattern` on every input.
+    fn assert_agrees_with_globset<P: AsRef<Path> + std::fmt::Debug>(
+        lazy: &LazyGlob,
+        pattern: &str,
+        sep: bool,
+        inputs: &[P],
+    ) {
+        let reference = GlobBuilder::new(pattern)
+            .literal_separator(sep)
+            .backslash_escape(true)
+            .build()
+            .unwrap()
+            .compile_matcher();
+        for input in inputs {
+            assert_eq!(
+                lazy.is_match(input),
+                reference.is_match(input),
+                "pattern {pattern:?} (literal_separator {sep}) input {input:?}"
+            );
+        }
+    }
+
     /// The regex-free fast paths must agree with globset on every input.
     #[test]
     fn fast_paths_agree_with_globset() {
@@ -554,19 +576,7 @@ mod lazy_glob_tests {
                     !matches!(lazy.fast, Fast::Regex(_)),
                     "{pattern} should take a fast path"
                 );
-                let reference = GlobBuilder::new(pattern)
-                    .literal_separator(sep)
-                    .backslash_escape(true)
-                    .build()
-                    .unwrap()
-                    .compile_matcher();
-                for input in inputs {
-                    assert_eq!(
-                        lazy.is_match(input),
-                        reference.is_match(input),
-                        "pattern {pattern:?} input {input:?}"
-                    );
-                }
+                assert_agrees_with_globset(&lazy, pattern, sep, &inputs);
             }
         }
         assert!(matches!(
@@ -636,24 +646,8 @@ mod lazy_glob_tests {
         ] {
             for sep in [true, false] {
                 let lazy = glob(pattern, sep).unwrap();
-                let reference = GlobBuilder::new(pattern)
-                    .literal_separator(sep)
-                    .backslash_escape(true)
-                    .build()
-                    .unwrap()
-                    .compile_matcher();
-                for input in inputs {
-                    assert_eq!(
-                        lazy.is_match(input),
-                        reference.is_match(input),
-                        "pattern {pattern:?} input {input:?}"
-                    );
-                }
-                assert_eq!(
-                    lazy.is_match(&non_utf8),
-                    reference.is_match(&non_utf8),
-                    "pattern {pattern:?} non-UTF-8"
-                );
+                assert_agrees_with_globset(&lazy, pattern, sep, &inputs);
+                assert_agrees_with_globset(&lazy, pattern, sep, &[non_utf8.as_path()]);
             }
         }
     }
