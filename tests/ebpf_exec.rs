@@ -92,7 +92,12 @@ fn kernel_id(path: &Path) -> KernelFileId {
 
 /// Wait for `child` at most `LIMIT`; killed and reaped on expiry.
 fn wait(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + LIMIT;
+    wait_at_most(child, LIMIT)
+}
+
+/// Wait for `child` at most `limit`; killed and reaped on expiry.
+fn wait_at_most(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
             return status;
@@ -100,7 +105,7 @@ fn wait(child: &mut Child) -> ExitStatus {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the child hit the {LIMIT:?} limit");
+            panic!("the child hit the {limit:?} limit");
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -320,7 +325,7 @@ fn a_full_ring_buffer_counts_what_it_lost() {
     let mut child = Command::new("/bin/sh")
         .args([
             "-c",
-            "echo ready; read go; i=0; while [ $i -lt 400 ]; do /bin/true; i=$((i+1)); done",
+            "echo ready; read go; i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -335,8 +340,9 @@ fn a_full_ring_buffer_counts_what_it_lost() {
         .add_process(child.id() as i32)
         .expect("move into cgroup");
     go(&mut child);
-    assert!(wait(&mut child).success());
-    // Nobody read while they ran: 1,200 events of 320 bytes don't fit in 256 KiB.
+    // 300 fork + exec: seconds on a host, a minute or more in an emulated (TCG) guest.
+    assert!(wait_at_most(&mut child, 4 * LIMIT).success());
+    // Nobody read while they ran: 900 events of 320 bytes don't fit in 256 KiB (819).
     let (tx, rx) = mpsc::channel();
     let reader = events
         .spawn_with(move |r| drop(tx.send(r)))
@@ -346,8 +352,8 @@ fn a_full_ring_buffer_counts_what_it_lost() {
     let execs = received.iter().filter(|r| r.kind == "proc-exec").count();
     assert!(lost > 0, "no loss counted ({} received)", received.len());
     assert!(
-        received.len() as u64 + lost >= 1200,
-        "received {} + lost {lost} < the 1200 events made",
+        received.len() as u64 + lost >= 900,
+        "received {} + lost {lost} < the 900 events made",
         received.len()
     );
     assert!(
