@@ -631,6 +631,8 @@ fn exit_code_follows_the_weaker_lines() {
 /// What a line of `run`'s "warning:" lines is about, as words both it and doctor's matching
 /// WEAKER line contain. A warning not in this table fails the test: teach it (and doctor).
 const WARNING_TOPICS: &[&str] = &[
+    // First: its line names the path-based protections that stay (Landlock among them).
+    "BPF LSM",
     "vm.memfd_noexec",
     "network backstop",
     "exec backstop",

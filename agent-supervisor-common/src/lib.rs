@@ -185,9 +185,17 @@ pub struct KernelOffsets {
     pub upid_nr: u32,
     /// `sizeof(struct upid)`.
     pub upid_size: u32,
+    /// `struct file`: `f_mode` (`fmode_t`, 4 bytes).
+    pub file_mode: u32,
+    /// `struct file`: `f_path.dentry` (the offset of `f_path` plus `path.dentry`).
+    pub file_dentry: u32,
+    /// `struct dentry`: `d_name.name` (the offset of `d_name` plus `qstr.name`).
+    pub dentry_name: u32,
+    /// `struct inode`: `i_nlink` (`unsigned int`; 0 for memfd, `O_TMPFILE` and deleted files).
+    pub inode_nlink: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
 
 /// Key of `EXEC_APPROVALS`: "thread `tid` may finish an exec of the file `(dev, ino)`".
 ///
@@ -215,6 +223,12 @@ pub const PROC_EXEC: u32 = 1;
 pub const PROC_FORK: u32 = 2;
 /// [`ProcEvent::kind`]: a process ended (`sched_process_exit` of its thread-group leader).
 pub const PROC_EXIT: u32 = 3;
+/// A BPF LSM program refused to open a file ([`INODE_DENY_READ`]/[`INODE_DENY_WRITE`]).
+pub const PROC_LSM_OPEN: u32 = 4;
+/// A BPF LSM program refused an exec (a denied inode, or a file without a name).
+pub const PROC_LSM_EXEC: u32 = 5;
+/// A BPF LSM program refused an executable mapping of a denied inode (`ld.so ./tool`).
+pub const PROC_LSM_MMAP: u32 = 6;
 
 /// [`ProcEvent::flags`]: the exec had no approval and was killed with `SIGKILL` before the
 /// new image ran.
@@ -225,6 +239,40 @@ pub const PROC_FLAG_APPROVED: u32 = 2;
 pub const PROC_FLAG_KILL_FAILED: u32 = 4;
 
 /// Length of [`ProcEvent::filename`].
+/// Names of the BPF LSM programs and the map they read.
+pub mod lsm_names {
+    pub const FILE_OPEN: &str = "file_open";
+    pub const BPRM_CHECK: &str = "bprm_check_security";
+    pub const MMAP_FILE: &str = "mmap_file";
+    /// (program name, LSM hook) of every BPF LSM program.
+    pub const PROGRAMS: [(&str, &str); 3] = [
+        (FILE_OPEN, "file_open"),
+        (BPRM_CHECK, "bprm_check_security"),
+        (MMAP_FILE, "mmap_file"),
+    ];
+    pub const INODE_DENY: &str = "INODE_DENY";
+}
+
+/// Entries of `INODE_DENY` (one session's files, by inode).
+pub const MAX_INODE_DENY: u32 = 65536;
+/// `INODE_DENY` value bits: opening the file at all is refused.
+pub const INODE_DENY_READ: u32 = 1;
+/// Opening the file for writing is refused.
+pub const INODE_DENY_WRITE: u32 = 2;
+/// Executing the file, or mapping it executable, is refused.
+pub const INODE_DENY_EXEC: u32 = 4;
+
+/// Key of `INODE_DENY`: a file as the kernel knows it (`s_dev` in kernel encoding, `i_ino`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub ino: u64,
+    pub dev: u32,
+    pub _padding: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
+
 pub const PROC_FILENAME_LEN: usize = 256;
 
 /// One process event of a session, written into `PROC_EVENTS` by the process programs.
@@ -280,6 +328,10 @@ unsafe impl aya::Pod for NetAllowKey {}
 // SAFETY: as for `NetAllowKey`.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for NetRuleKey {}
+
+// SAFETY: as for `NetAllowKey`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for InodeKey {}
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,14 @@
 //!   0 makes the call fail with `EPERM`. They only look up: the supervisor writes every entry
 //!   (see `agent-supervisor/src/ebpf/network.rs`).
 //!
+//! - [`file_open`], [`bprm_check_security`], [`mmap_file`]: BPF LSM programs (Linux 5.7+,
+//!   `bpf` in the active LSMs) for the session's tasks. They refuse with `EACCES` what the
+//!   session's [`INODE_DENY`] map (filled by the supervisor from the policy's denied files and
+//!   commands) says about the inode really opened, executed or mapped executable, so no path
+//!   trick (hard link, `/proc/self/fd`, rename, `ld.so ./tool`) gets around them; in
+//!   `EXEC_ENFORCE` mode an exec of a file without a name (memfd, `O_TMPFILE`) is refused too.
+//!   Each refusal is reported in [`PROC_EVENTS`].
+//!
 //! On the host this file compiles to an empty program (so `cargo clippy --workspace` works):
 //! `no_main`, `no_std` and the panic handler apply only to the BPF target.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
@@ -28,18 +36,19 @@
 use core::ffi::c_void;
 
 use agent_supervisor_common::{
-    ExecApprovalKey, KernelOffsets, NetAllowKey, NetRuleKey, ProcEvent, EXEC_ENFORCE, EXEC_REPORT,
-    MAX_EXEC_APPROVALS, MAX_NET_ALLOW, MAX_NET_RULES, MAX_NET_SESSIONS, NET_ANY_PORT,
-    NET_MODE_ENFORCE, NET_RULE_FIXED_BITS, NET_VERDICT_ALLOW, PROC_EVENTS_BYTES,
-    PROC_EVENTS_LOST_SLOT, PROC_EXEC, PROC_EXIT, PROC_FILENAME_LEN, PROC_FLAG_APPROVED,
-    PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED, PROC_FORK,
+    ExecApprovalKey, InodeKey, KernelOffsets, NetAllowKey, NetRuleKey, ProcEvent, EXEC_ENFORCE,
+    EXEC_REPORT, INODE_DENY_EXEC, INODE_DENY_READ, INODE_DENY_WRITE, MAX_EXEC_APPROVALS,
+    MAX_INODE_DENY, MAX_NET_ALLOW, MAX_NET_RULES, MAX_NET_SESSIONS, NET_ANY_PORT, NET_MODE_ENFORCE,
+    NET_RULE_FIXED_BITS, NET_VERDICT_ALLOW, PROC_EVENTS_BYTES, PROC_EVENTS_LOST_SLOT, PROC_EXEC,
+    PROC_EXIT, PROC_FILENAME_LEN, PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED,
+    PROC_FORK, PROC_LSM_EXEC, PROC_LSM_MMAP, PROC_LSM_OPEN,
 };
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str};
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_send_signal};
-use aya_ebpf::macros::{btf_tracepoint, cgroup_sock_addr, map};
+use aya_ebpf::macros::{btf_tracepoint, cgroup_sock_addr, lsm, map};
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, RingBuf};
-use aya_ebpf::programs::{BtfTracePointContext, SockAddrContext};
+use aya_ebpf::programs::{BtfTracePointContext, LsmContext, SockAddrContext};
 
 /// The cgroup v2 id of the session this copy of the programs serves, set by the supervisor at
 /// load time (read-only to the programs). See `NetAllowKey` in `agent-supervisor-common` for
@@ -66,6 +75,10 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     pid_numbers: 0,
     upid_nr: 0,
     upid_size: 0,
+    file_mode: 0,
+    file_dentry: 0,
+    dentry_name: 0,
+    inode_nlink: 0,
 };
 
 /// `EXEC_ENFORCE`: kill unapproved execs; `EXEC_REPORT`: only report them. Set at load time.
@@ -89,6 +102,7 @@ static PROC_EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 const SIGKILL: u32 = 9;
 
 /// The current task's cgroup id when it is the session's.
+#[inline(always)]
 fn session_cgroup() -> Option<u64> {
     // SAFETY: a read of a global the loader sets before the program is loaded (it lives in
     // .rodata: volatile so the compiler doesn't fold the placeholder 0).
@@ -98,6 +112,7 @@ fn session_cgroup() -> Option<u64> {
     (session != 0 && current == session).then_some(current)
 }
 
+#[inline(always)]
 fn offsets() -> KernelOffsets {
     // SAFETY: as for SESSION_CGROUP.
     unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
@@ -105,6 +120,7 @@ fn offsets() -> KernelOffsets {
 
 /// Read a `T` at kernel address `base + offset`; zero when it can't be read (a null pointer
 /// along a chain of reads ends as zeros, which never match an approval).
+#[inline(always)]
 fn read<T: Copy + Default>(base: u64, offset: u32) -> T {
     if base == 0 {
         return T::default();
@@ -127,6 +143,7 @@ fn read<T: Copy + Default>(base: u64, offset: u32) -> T {
 }
 
 /// The process id of `task` in its own (innermost) PID namespace.
+#[inline(always)]
 fn ns_pid(o: &KernelOffsets, task: u64) -> u32 {
     let pid: u64 = read(task, o.task_thread_pid);
     let level: u32 = read(pid, o.pid_level);
@@ -138,6 +155,11 @@ fn ns_pid(o: &KernelOffsets, task: u64) -> u32 {
 
 /// Reserve an event in the ring buffer and fill the fields common to all kinds; None (and
 /// the lost counter incremented) when the buffer is full.
+// Inlined, like every helper here: Linux 6.1's verifier cannot follow a ring-buffer
+// reservation through a subprogram's return value (the caller's null check of the returned
+// entry is not pruned, so it sees an "unreleased reference" on that path) and does not take
+// pointers to the stack as subprogram arguments.
+#[inline(always)]
 fn start_event(
     o: &KernelOffsets,
     kind: u32,
@@ -267,6 +289,177 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
         entry.submit(0);
     }
     0
+}
+
+/// The session's files by inode (`InodeKey`) → `INODE_DENY_*` bits, written by the
+/// supervisor before the agent starts (`agent-supervisor/src/ebpf/lsm.rs`).
+#[map]
+static INODE_DENY: HashMap<InodeKey, u32> = HashMap::with_max_entries(MAX_INODE_DENY, 0);
+
+/// `fmode_t` bits (include/linux/fs.h).
+const FMODE_WRITE: u32 = 0x2;
+const FMODE_EXEC: u32 = 0x20;
+/// `PROT_EXEC` (mmap protection).
+const PROT_EXEC: u64 = 0x4;
+/// What an LSM hook returns to refuse (`-EACCES`, as a permission check does).
+const EACCES: i32 = 13;
+
+/// The file behind `file` as the kernel names it: (`s_dev`, `i_ino`), and its link count.
+#[inline(always)]
+fn inode_of(o: &KernelOffsets, file: u64) -> (InodeKey, u32) {
+    let inode: u64 = read(file, o.file_inode);
+    let sb: u64 = read(inode, o.inode_sb);
+    let key = InodeKey {
+        ino: read(inode, o.inode_ino),
+        dev: read(sb, o.sb_dev),
+        _padding: 0,
+    };
+    (key, read(inode, o.inode_nlink))
+}
+
+#[inline(always)]
+fn inode_deny(key: &InodeKey) -> u32 {
+    match INODE_DENY.get_ptr(key) {
+        // SAFETY: the pointer comes from a successful lookup of a u32 value.
+        Some(bits) => unsafe { *bits },
+        None => 0,
+    }
+}
+
+/// Report a refusal of an LSM program: `kind`, the file, and `name` (a kernel string: the
+/// dentry's name or the exec's filename).
+#[inline(always)]
+fn report_denial(
+    o: &KernelOffsets,
+    kind: u32,
+    cgroup_id: u64,
+    key: &InodeKey,
+    flags: u32,
+    name: u64,
+) {
+    // SAFETY: a helper without arguments returning the current task_struct's address.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    let Some(mut entry) = start_event(o, kind, cgroup_id, task) else {
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: as in `start_event`; the string copy is bounded by the filename array.
+    unsafe {
+        (*event).flags = flags;
+        (*event).dev = key.dev;
+        (*event).ino = key.ino;
+        let dst = core::ptr::addr_of_mut!((*event).filename).cast::<c_void>();
+        if bpf_probe_read_kernel_str(dst, PROC_FILENAME_LEN as u32, name as *const c_void) < 0 {
+            (*event).filename[0] = 0;
+        }
+    }
+    entry.submit(0);
+}
+
+/// The last component of `file`'s path (its dentry's name).
+#[inline(always)]
+fn dentry_name(o: &KernelOffsets, file: u64) -> u64 {
+    let dentry: u64 = read(file, o.file_dentry);
+    read(dentry, o.dentry_name)
+}
+
+/// `lsm/file_open(file)`: a session task opening a file the session may not read (or, for a
+/// write open, write; for an exec open, execute) gets `EACCES`, whatever path, hard link or
+/// `/proc/self/fd` reopen it came through.
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    let earlier: i32 = ctx.arg(1);
+    if earlier != 0 {
+        return earlier;
+    }
+    let Some(cgroup_id) = session_cgroup() else {
+        return 0;
+    };
+    let o = offsets();
+    let file = ctx.arg::<*const c_void>(0) as u64;
+    let (key, _) = inode_of(&o, file);
+    let deny = inode_deny(&key);
+    if deny == 0 {
+        return 0;
+    }
+    let mode: u32 = read(file, o.file_mode);
+    let refused = deny & INODE_DENY_READ != 0
+        || (deny & INODE_DENY_WRITE != 0 && mode & FMODE_WRITE != 0)
+        || (deny & INODE_DENY_EXEC != 0 && mode & FMODE_EXEC != 0);
+    if !refused {
+        return 0;
+    }
+    report_denial(
+        &o,
+        PROC_LSM_OPEN,
+        cgroup_id,
+        &key,
+        mode,
+        dentry_name(&o, file),
+    );
+    -EACCES
+}
+
+/// `lsm/bprm_check_security(bprm)`: a session task executing a denied inode, or (when every
+/// exec is decided) a file without a name (`i_nlink == 0`: memfd, `O_TMPFILE`, deleted)
+/// gets `EACCES`. Runs for each stage of a `#!` chain.
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    let earlier: i32 = ctx.arg(1);
+    if earlier != 0 {
+        return earlier;
+    }
+    let Some(cgroup_id) = session_cgroup() else {
+        return 0;
+    };
+    let o = offsets();
+    let bprm = ctx.arg::<*const c_void>(0) as u64;
+    let file: u64 = read(bprm, o.binprm_file);
+    let (key, nlink) = inode_of(&o, file);
+    let denied = inode_deny(&key) & INODE_DENY_EXEC != 0;
+    // SAFETY: as for SESSION_CGROUP.
+    let unnamed = nlink == 0 && unsafe { core::ptr::read_volatile(&EXEC_MODE) } == EXEC_ENFORCE;
+    if !denied && !unnamed {
+        return 0;
+    }
+    let name: u64 = read(bprm, o.binprm_filename);
+    report_denial(&o, PROC_LSM_EXEC, cgroup_id, &key, nlink, name);
+    -EACCES
+}
+
+/// `lsm/mmap_file(file, reqprot, prot, flags)`: an executable mapping of a denied inode (how
+/// `ld.so ./tool` runs a program without exec'ing it) gets `EACCES`.
+#[lsm(hook = "mmap_file")]
+pub fn mmap_file(ctx: LsmContext) -> i32 {
+    let earlier: i32 = ctx.arg(4);
+    if earlier != 0 {
+        return earlier;
+    }
+    let prot: u64 = ctx.arg(2);
+    if prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    let file = ctx.arg::<*const c_void>(0) as u64;
+    if file == 0 {
+        return 0;
+    }
+    let Some(cgroup_id) = session_cgroup() else {
+        return 0;
+    };
+    let o = offsets();
+    let (key, _) = inode_of(&o, file);
+    if inode_deny(&key) & INODE_DENY_EXEC == 0 {
+        return 0;
+    }
+    report_denial(
+        &o,
+        PROC_LSM_MMAP,
+        cgroup_id,
+        &key,
+        prot as u32,
+        dentry_name(&o, file),
+    );
+    -EACCES
 }
 
 /// cgroup v2 id → network mode (`NET_MODE_ENFORCE`). No entry: everything refused.

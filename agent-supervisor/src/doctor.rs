@@ -159,7 +159,17 @@ pub fn bpf_lsm_usable() -> Probe {
             lsm.unknown.unwrap_or_default()
         )),
         (Some(false), true) => Probe::failed_msg("bpf is not in the active LSM list"),
-        (Some(true), true) => Probe::works(),
+        (Some(true), true) => real_lsm_programs(),
+    }
+}
+
+/// The supervisor's own LSM programs pass this kernel's verifier?
+fn real_lsm_programs() -> Probe {
+    match crate::ebpf::lsm::probe() {
+        Ok(()) => Probe::works(),
+        Err(why) => Probe::failed_msg(format!(
+            "the supervisor's LSM programs do not load here: {why}"
+        )),
     }
 }
 
@@ -284,7 +294,7 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
                 lsm.unknown.clone().unwrap_or_default()
             )),
             (Some(false), true) => Probe::failed_msg("bpf is not in the active LSM list"),
-            (Some(true), true) => Probe::works(),
+            (Some(true), true) => real_lsm_programs(),
         },
         active: lsm.bpf_active,
         lsms: lsm.active,
@@ -326,7 +336,12 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
             .and_then(|()| ptrace.as_result()),
         memfd_noexec: memfd.settable_in_sandbox.as_result(),
         bpf_cgroup_sock_addr: network_backstop.as_result(),
-        bpf_exec_backstop: backstop("tp_btf"),
+        // The real programs, not only the program type: a kernel's verifier may refuse them
+        // (Linux 6.1 refused an earlier build).
+        bpf_exec_backstop: backstop("tp_btf").and_then(|()| {
+            crate::ebpf::process::probe()
+                .map_err(|why| format!("the exec backstop program does not load here: {why}"))
+        }),
         bpf_tracepoint: load("tp_btf").as_result().or_else(|tp_btf| {
             load("tracepoint")
                 .as_result()

@@ -276,7 +276,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         // Asked for (troubleshooting, measuring): said like any other missing protection.
         (None, vec!["the eBPF backstops are off (--no-ebpf): network destinations and executed files are checked by the supervisor only, not by the kernel".to_string()])
     } else {
-        crate::ebpf::start_session(&session, &policy, exec_mode)
+        crate::ebpf::start_session(&session, &policy, exec_mode, &masks)
     };
     if opts.require.contains(&Requirement::Ebpf) {
         if let Some(why) = bpf_weaker.first() {
@@ -367,6 +367,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             "policy": ctx.policy.source,
             "workspace": vars.workspace.display().to_string(),
             "weaker": sandbox.weaker,
+            "lsm_denied_files": bpf.as_ref().and_then(|b| b.lsm_files),
         }),
     ));
     // The kernel's process events go to the audit log (those from before this point wait in

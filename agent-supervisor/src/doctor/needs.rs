@@ -261,6 +261,14 @@ pub fn protections(policy: &Policy, plan: &Plan) -> Vec<Protection> {
             vec![Need::BpfCgroupSockAddr],
         ));
     }
+    if crate::ebpf::lsm::relevant(policy, plan) {
+        out.push(p(
+            "denied files and programs, by inode, in the kernel".into(),
+            None,
+            "BPF LSM lsm/file_open, lsm/bprm_check_security, lsm/mmap_file for the session's cgroup: the inodes of denied files and commands, whatever path reaches them".into(),
+            vec![Need::BpfLsm],
+        ));
+    }
     for (i, mechanism) in plan.mechanisms.iter().enumerate() {
         out.push(p(
             policy.describe_rule(i),

@@ -351,6 +351,12 @@ impl KernelBtf {
             pid_numbers: self.offset("pid", "numbers", None)?,
             upid_nr: self.offset("upid", "nr", Some(4))?,
             upid_size: self.struct_size("upid")?,
+            file_mode: self.offset("file", "f_mode", Some(4))?,
+            file_dentry: self.offset("file", "f_path", Some(16))?
+                + self.offset("path", "dentry", PTR)?,
+            dentry_name: self.offset("dentry", "d_name", None)?
+                + self.offset("qstr", "name", PTR)?,
+            inode_nlink: self.offset("inode", "i_nlink", Some(4))?,
         })
     }
 }
@@ -454,5 +460,10 @@ mod tests {
             "{o:?}"
         );
         assert_eq!(o.binprm_file % 8, 0);
+        assert!(
+            o.file_mode > 0 && o.file_dentry > 0 && o.inode_nlink > 0,
+            "{o:?}"
+        );
+        assert_eq!(o.dentry_name % 8, 0);
     }
 }

@@ -13,6 +13,9 @@
 //! - `connect4`, `connect6`, `sendmsg4`, `sendmsg6`: `cgroup_sock_addr` programs that refuse
 //!   connects and sends to destinations the supervisor has not allowed (Linux 4.18+, cgroup
 //!   v2); attached and fed by [`network`].
+//! - `file_open`, `bprm_check_security`, `mmap_file`: BPF LSM programs (5.7+, `bpf` an active
+//!   LSM) refusing the session's denied files and programs by inode; attached and fed by
+//!   [`lsm`].
 //!
 //! Submodules: [`session`] (one loaded copy of the object per session, shared by the
 //! others), [`network`] (the in-kernel network backstop), [`process`] (exec backstop and
@@ -21,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod kernel_btf;
+pub mod lsm;
 pub mod network;
 pub mod process;
 pub mod rules;
@@ -50,6 +54,8 @@ pub struct Backstops {
     pub exec_approvals: Option<process::ExecApprovals>,
     /// The process event stream, before its reader starts (None: the programs are off).
     pub events: Option<process::ProcEvents>,
+    /// How many files the BPF LSM programs guard by inode (None: they are not attached).
+    pub lsm_files: Option<usize>,
 }
 
 /// Set up the session's cgroup and eBPF programs as `run` wants them: what works, and one line
@@ -60,6 +66,7 @@ pub fn start_session(
     session_id: &str,
     policy: &Policy,
     exec_mode: ExecMode,
+    masks: &[crate::sandbox::masks::MaskMount],
 ) -> (Option<Backstops>, Vec<String>) {
     let loaded = crate::cgroup::SessionCgroup::create(session_id)
         .map_err(session::BackstopError::from)
@@ -71,6 +78,9 @@ pub fn start_session(
             let mut lines = vec![network::weaker_line(&cause)];
             if exec_mode == ExecMode::Enforce {
                 lines.push(process::weaker_line(&cause));
+            }
+            if lsm::relevant(policy, &policy.plan()) {
+                lines.push(lsm::weaker_line(&cause));
             }
             return (None, lines);
         }
@@ -90,12 +100,28 @@ pub fn start_session(
             (None, None)
         }
     };
+    // The LSM programs report into the process programs' ring buffer: without its reader
+    // their refusals would go unrecorded, so they need the process programs.
+    let lsm_files = if events.is_some() {
+        lsm::start_session(&mut session, masks, policy)
+            .map_err(|line| weaker.push(line))
+            .ok()
+            .flatten()
+    } else {
+        if lsm::relevant(policy, &policy.plan()) {
+            weaker.push(lsm::weaker_line(
+                "the eBPF process programs, whose ring buffer records its refusals, are off",
+            ));
+        }
+        None
+    };
     (
         Some(Backstops {
             session,
             network,
             exec_approvals,
             events,
+            lsm_files,
         }),
         weaker,
     )

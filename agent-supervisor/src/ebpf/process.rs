@@ -35,7 +35,8 @@ use std::thread::JoinHandle;
 
 use agent_supervisor_common::{
     names, ExecApprovalKey, ProcEvent, EXEC_APPROVED, PROC_EVENTS_LOST_SLOT, PROC_EXEC, PROC_EXIT,
-    PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED, PROC_FORK,
+    PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED, PROC_FORK, PROC_LSM_EXEC,
+    PROC_LSM_MMAP, PROC_LSM_OPEN,
 };
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
@@ -179,6 +180,23 @@ pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvent
     ))
 }
 
+/// Does this kernel's verifier accept the process programs (the exec backstop among them)?
+/// Loads them in a copy of the object for no session, attaches nothing (`doctor`).
+pub fn probe() -> Result<(), String> {
+    let (mut ebpf, btf) = super::session::load_for_probe().map_err(|e| error_chain(&e))?;
+    for name in names::PROCESS_PROGRAMS {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(BackstopError::Missing(name))
+            .and_then(|p| p.try_into().map_err(program_error("finding", name)))
+            .map_err(|e| error_chain(&e))?;
+        program
+            .load(name, &btf)
+            .map_err(|e| error_chain(&program_error("loading", name)(e)))?;
+    }
+    Ok(())
+}
+
 /// The line `run` prints when the exec backstop is off although execs are checked.
 pub fn weaker_line(cause: &str) -> String {
     format!(
@@ -229,9 +247,20 @@ impl ProcRecord {
             PROC_EXEC => "proc-exec",
             PROC_FORK => "proc-fork",
             PROC_EXIT => "proc-exit",
+            PROC_LSM_OPEN => "file-open",
+            PROC_LSM_EXEC => "exec",
+            PROC_LSM_MMAP => "mmap-exec",
             _ => return None,
         };
         Some(ProcRecord { kind, event })
+    }
+
+    /// A refusal of a BPF LSM program?
+    pub fn lsm_denial(&self) -> bool {
+        matches!(
+            self.event.kind,
+            PROC_LSM_OPEN | PROC_LSM_EXEC | PROC_LSM_MMAP
+        )
     }
 
     /// Killed by the exec backstop?
@@ -267,6 +296,24 @@ impl ProcRecord {
                     fields.insert("approved".into(), (!self.killed()).into());
                 }
             }
+            PROC_LSM_OPEN | PROC_LSM_EXEC | PROC_LSM_MMAP => {
+                // The file's name: the dentry's (open, mmap) or the exec's filename.
+                fields.insert("name".into(), text(&e.filename).into());
+                fields.insert(
+                    "dev".into(),
+                    format!("{}:{}", e.dev >> 20, e.dev & 0xf_ffff).into(),
+                );
+                fields.insert("ino".into(), e.ino.into());
+                match e.kind {
+                    PROC_LSM_OPEN => {
+                        fields.insert("write".into(), (e.flags & 0x2 != 0).into());
+                    }
+                    PROC_LSM_EXEC => {
+                        fields.insert("unnamed".into(), (e.flags == 0).into());
+                    }
+                    _ => {}
+                }
+            }
             PROC_EXIT => {
                 let status = e.exit_status as i32;
                 if libc::WIFSIGNALED(status) {
@@ -279,6 +326,20 @@ impl ProcRecord {
         }
         let mut record = Record::session(session, e.pid as i32, self.kind, action);
         record.source = Some("ebpf".into());
+        if self.lsm_denial() {
+            record.decision = Some("deny".into());
+            record.decided_by = Some("ebpf-lsm".into());
+            record.reason = Some(match e.kind {
+                PROC_LSM_EXEC if e.flags == 0 => {
+                    "executed a file without a name (memfd, O_TMPFILE or deleted): refused by the kernel".into()
+                }
+                PROC_LSM_EXEC => "executed a denied file: refused by the kernel (BPF LSM)".into(),
+                PROC_LSM_MMAP => {
+                    "mapped a denied program executable: refused by the kernel (BPF LSM)".into()
+                }
+                _ => "opened a denied file: refused by the kernel (BPF LSM)".into(),
+            });
+        }
         if self.killed() {
             record.decision = Some("deny".into());
             record.decided_by = Some("ebpf-exec-backstop".into());
@@ -313,6 +374,17 @@ impl ProcEvents {
                     "agent-supervisor: the kernel killed the agent process {}: it executed {what} \
                      without an approval",
                     e.pid
+                );
+            }
+            if record.lsm_denial() {
+                let e = &record.event;
+                let name = String::from_utf8_lossy(
+                    &e.filename[..e.filename.iter().position(|&c| c == 0).unwrap_or(0)],
+                )
+                .into_owned();
+                eprintln!(
+                    "agent-supervisor: denied by the kernel (BPF LSM): {} of {name} (inode {}) by pid {}",
+                    record.kind, e.ino, e.pid
                 );
             }
             audit.record(record.to_audit(&session));

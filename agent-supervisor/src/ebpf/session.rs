@@ -148,6 +148,22 @@ impl Session {
     }
 }
 
+/// A copy of the object for no session (cgroup id 0: its programs act on nothing), with this
+/// kernel's offsets, to ask the verifier whether programs load here (`doctor`). Nothing is
+/// attached; everything is closed when the returned value is dropped.
+pub fn load_for_probe() -> Result<(Ebpf, aya::Btf), BackstopError> {
+    let offsets = kernel_btf::running_kernel_offsets().map_err(BackstopError::Offsets)?;
+    let btf = aya::Btf::from_sys_fs().map_err(BackstopError::Btf)?;
+    let ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global(names::SESSION_CGROUP, &0u64, true)
+        .override_global(names::KERNEL_OFFSETS, &offsets, true)
+        .override_global(names::EXEC_MODE, &EXEC_ENFORCE, true)
+        .load(super::object())
+        .map_err(BackstopError::Load)?;
+    Ok((ebpf, btf))
+}
+
 /// `BackstopError::Map` for `step` on `map`.
 pub fn map_error(step: &'static str, map: &'static str) -> impl Fn(MapError) -> BackstopError {
     move |source| BackstopError::Map { step, map, source }
