@@ -527,11 +527,18 @@ fn racing_exec_path_never_runs_the_denied_program_with_both_guards_on() {
         .iter()
         .filter(|d| d["decision"] == "deny" && d["action"]["path"].to_string().contains("/evil"))
         .count();
-    assert!(denied > 0, "the race did not run\n{}", show(&r));
     let kernel_kills: Vec<Value> = ebpf_records(&ws)
         .into_iter()
         .filter(|r| r["decided_by"] == "ebpf-exec-backstop")
         .collect();
+    // The race ran when the denied path reached a check: the supervisor's (it decided the
+    // flipped path) or the kernel's (the flip came after the decision). Under emulation
+    // (vm-test) a run may see only the second kind.
+    assert!(
+        denied + kernel_kills.len() > 0,
+        "the race did not run\n{}",
+        show(&r)
+    );
     eprintln!(
         "race: {} ; kernel kills: {} ; exec-guard kills: {}",
         r.stdout.trim(),

@@ -163,27 +163,8 @@ fn kernel_refuses_a_denied_inode_to_the_session_only() {
 /// A session in `ws` under the sandboxed preset plus `rules`, with `PATH` set to `path` (the
 /// directories the supervisor scans for denied commands) and `sh -c script`.
 fn supervise(ws: &Workspace, rules: &str, path: &str, script: &str) -> Result_ {
-    let policy = ws.policy(&format!("version = 1\nextends = \"sandboxed\"\n{rules}\n"));
-    let mut c = Command::new(bin());
-    c.arg("run")
-        .arg("-q")
-        .arg("--headless")
-        .arg("--audit")
-        .arg(&ws.audit)
-        .arg("--policy")
-        .arg(&policy)
-        .args(["--", "/bin/sh", "-c", script])
-        .current_dir(&ws.dir)
-        .env("PATH", path)
-        .env_remove("CI")
-        .stdin(Stdio::null());
-    let r = run_with_timeout(c, LIMIT);
-    assert!(
-        !r.timed_out,
-        "the session hit the {LIMIT:?} limit\n{}",
-        show(&r)
-    );
-    r
+    let policy = format!("version = 1\nextends = \"sandboxed\"\n{rules}\n");
+    supervise_policy(ws, &policy, path, script)
 }
 
 /// Audit records of the BPF LSM programs' refusals.
@@ -298,46 +279,113 @@ fn a_hard_link_to_a_read_only_file_is_not_writable() {
     );
 }
 
-/// A denied command (a copy of `touch` named `forbidden-tool` in a PATH directory) and a hard
-/// link to it under an innocent name in the workspace.
-fn denied_tool(ws: &Workspace) -> String {
-    let tools = ws.dir.parent().expect("base").join("tools");
-    std::fs::create_dir_all(&tools).expect("tools dir");
+/// A denied command (a copy of `touch` named `forbidden-tool` in a `PATH` directory) and a
+/// hard link to it, `linked/ok-tool`, in a directory the agent may run programs from but not
+/// write (`ld.so` refuses targets in writable trees: they could be swapped after the check).
+/// Returns the policy (every program under /usr and in `linked/` allowed, `forbidden-tool`
+/// denied) and the `PATH`.
+fn denied_tool(ws: &Workspace) -> (String, String) {
+    let base = ws.dir.parent().expect("base");
+    let tools = base.join("tools");
+    let linked = base.join("linked");
+    for dir in [&tools, &linked] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
     let tool = tools.join("forbidden-tool");
     std::fs::copy("/usr/bin/touch", &tool).expect("copy touch");
-    std::fs::hard_link(&tool, ws.path("ok-tool")).expect("hard link");
-    format!("{}:/usr/bin:/bin", tools.display())
+    std::fs::hard_link(&tool, linked.join("ok-tool")).expect("hard link");
+    let policy = format!(
+        r#"version = 1
+extends = "none"
+default = "deny"
+
+[filesystem]
+read = ["/usr", "/bin", "/lib", "/lib64", "/etc", "/proc", "/dev", "{base}"]
+write = ["{{workspace}}", "/dev/null"]
+exec = ["/usr", "/bin", "/lib", "/lib64", "{tools}", "{linked}"]
+
+[[rule]]
+decision = "allow"
+command = "/usr/**"
+
+[[rule]]
+decision = "allow"
+command = "{linked}/*"
+
+[[rule]]
+decision = "deny"
+command = "forbidden-tool"
+"#,
+        base = base.display(),
+        tools = tools.display(),
+        linked = linked.display(),
+    );
+    (policy, format!("{}:/usr/bin:/bin", tools.display()))
 }
 
-const DENY_TOOL: &str = "[[rule]]\ndecision = \"deny\"\ncommand = \"forbidden-tool\"\n";
+/// A session in `ws` under the full policy text `policy`, with `PATH` = `path`.
+fn supervise_policy(ws: &Workspace, policy: &str, path: &str, script: &str) -> Result_ {
+    let policy = ws.policy(policy);
+    let mut c = Command::new(bin());
+    c.arg("run")
+        .arg("-q")
+        .arg("--headless")
+        .arg("--audit")
+        .arg(&ws.audit)
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--", "/bin/sh", "-c", script])
+        .current_dir(&ws.dir)
+        .env("PATH", path)
+        .env_remove("CI")
+        .stdin(Stdio::null());
+    let r = run_with_timeout(c, LIMIT);
+    assert!(
+        !r.timed_out,
+        "the session hit the {LIMIT:?} limit\n{}",
+        show(&r)
+    );
+    r
+}
+
+/// The supervisor's exec decisions, for failure messages.
+fn exec_decisions(ws: &Workspace) -> String {
+    ws.decisions("exec")
+        .iter()
+        .map(|d| format!("{} {} {}", d["decision"], d["action"]["argv"], d["reason"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 #[test]
 fn a_hard_link_to_a_denied_command_does_not_run() {
     skip_unless_lsm!();
     let ws = Workspace::new("lsm-exec");
-    let path = denied_tool(&ws);
-    let r = supervise(
+    let (policy, path) = denied_tool(&ws);
+    let linked = ws.dir.parent().expect("base").join("linked/ok-tool");
+    let r = supervise_policy(
         &ws,
-        DENY_TOOL,
+        &policy,
         &path,
-        "touch allowed-marker; ./ok-tool link-marker; forbidden-tool name-marker; true",
+        &format!(
+            "touch allowed-marker; {} link-marker; forbidden-tool name-marker; true",
+            linked.display()
+        ),
     );
-    assert_eq!(r.code, Some(0), "{}", show(&r));
-    assert!(ws.path("allowed-marker").exists(), "{}", show(&r));
+    let context = format!("{}\n--- exec decisions\n{}", show(&r), exec_decisions(&ws));
+    assert_eq!(r.code, Some(0), "{context}");
+    assert!(ws.path("allowed-marker").exists(), "{context}");
     assert!(
         !ws.path("name-marker").exists(),
-        "the denied command ran by name\n{}",
-        show(&r)
+        "the denied command ran by name\n{context}"
     );
     assert!(
         !ws.path("link-marker").exists(),
-        "the denied command ran through a hard link\n{}",
-        show(&r)
+        "the denied command ran through a hard link\n{context}"
     );
     assert!(
         lsm_refusals(&ws).iter().any(|r| r["kind"] == "exec"),
-        "{}",
-        show(&r)
+        "no kernel refusal of the exec in the audit\n{context}"
     );
 }
 
@@ -345,33 +393,35 @@ fn a_hard_link_to_a_denied_command_does_not_run() {
 fn ld_so_cannot_map_a_denied_command() {
     skip_unless_lsm!();
     let ws = Workspace::new("lsm-ldso");
-    let path = denied_tool(&ws);
+    let (policy, path) = denied_tool(&ws);
+    let linked = ws.dir.parent().expect("base").join("linked/ok-tool");
     let ld_so = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
         .into_iter()
         .find(|p| Path::new(p).exists());
     skip_unless!(ld_so.is_some(), "no dynamic loader at a known path");
     let ld_so = ld_so.expect("checked");
-    let r = supervise(
+    let r = supervise_policy(
         &ws,
-        DENY_TOOL,
+        &policy,
         &path,
-        &format!("{ld_so} /usr/bin/touch allowed-marker; {ld_so} ./ok-tool ldso-marker; true"),
+        &format!(
+            "{ld_so} /usr/bin/touch allowed-marker; {ld_so} {} ldso-marker; true",
+            linked.display()
+        ),
     );
-    assert_eq!(r.code, Some(0), "{}", show(&r));
+    let context = format!("{}\n--- exec decisions\n{}", show(&r), exec_decisions(&ws));
+    assert_eq!(r.code, Some(0), "{context}");
     assert!(
         ws.path("allowed-marker").exists(),
-        "ld.so of an allowed program must work\n{}",
-        show(&r)
+        "ld.so of an allowed program must work\n{context}"
     );
     assert!(
         !ws.path("ldso-marker").exists(),
-        "ld.so ran the denied command\n{}",
-        show(&r)
+        "ld.so ran the denied command\n{context}"
     );
     assert!(
         lsm_refusals(&ws).iter().any(|r| r["kind"] == "mmap-exec"),
-        "{}",
-        show(&r)
+        "no kernel refusal of the mapping in the audit\n{context}"
     );
 }
 
@@ -384,15 +434,15 @@ fn programs_without_a_name_do_not_run() {
     let script = "python3 -c 'import os
 data = open(\"/usr/bin/touch\", \"rb\").read()
 def run(fd, marker):
-    os.write(fd, data)
-    os.fchmod(fd, 0o755)
     pid = os.fork()
     if pid == 0:
         try:
+            os.write(fd, data)
+            os.fchmod(fd, 0o755)
             os.execve(fd, [\"touch\", marker], {})
         except OSError as e:
             open(marker + \".refused\", \"w\").write(str(e))
-            os._exit(1)
+        os._exit(1)
     os.waitpid(pid, 0)
 run(os.memfd_create(\"x\", 0), \"memfd-marker\")
 run(os.open(\".\", os.O_TMPFILE | os.O_RDWR, 0o755), \"tmpfile-marker\")

@@ -197,6 +197,66 @@ pub struct KernelOffsets {
 
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
 
+impl KernelOffsets {
+    /// How many offsets there are (every field is a `u32`).
+    pub const COUNT: usize = 20;
+
+    /// The offsets in field order (for caching them).
+    pub fn to_array(&self) -> [u32; Self::COUNT] {
+        [
+            self.binprm_file,
+            self.binprm_filename,
+            self.file_inode,
+            self.inode_ino,
+            self.inode_sb,
+            self.sb_dev,
+            self.task_pid,
+            self.task_tgid,
+            self.task_real_parent,
+            self.task_exit_code,
+            self.task_comm,
+            self.task_thread_pid,
+            self.pid_level,
+            self.pid_numbers,
+            self.upid_nr,
+            self.upid_size,
+            self.file_mode,
+            self.file_dentry,
+            self.dentry_name,
+            self.inode_nlink,
+        ]
+    }
+
+    /// The inverse of [`KernelOffsets::to_array`].
+    pub fn from_array(a: [u32; Self::COUNT]) -> KernelOffsets {
+        let [binprm_file, binprm_filename, file_inode, inode_ino, inode_sb, sb_dev, task_pid, task_tgid, task_real_parent, task_exit_code, task_comm, task_thread_pid, pid_level, pid_numbers, upid_nr, upid_size, file_mode, file_dentry, dentry_name, inode_nlink] =
+            a;
+        KernelOffsets {
+            binprm_file,
+            binprm_filename,
+            file_inode,
+            inode_ino,
+            inode_sb,
+            sb_dev,
+            task_pid,
+            task_tgid,
+            task_real_parent,
+            task_exit_code,
+            task_comm,
+            task_thread_pid,
+            pid_level,
+            pid_numbers,
+            upid_nr,
+            upid_size,
+            file_mode,
+            file_dentry,
+            dentry_name,
+            inode_nlink,
+        }
+    }
+}
+const _: () = assert!(KernelOffsets::COUNT * 4 == core::mem::size_of::<KernelOffsets>());
+
 /// Key of `EXEC_APPROVALS`: "thread `tid` may finish an exec of the file `(dev, ino)`".
 ///
 /// `tid` is the thread that called `execve`, as the supervisor got it from the seccomp
@@ -237,6 +297,10 @@ pub const PROC_FLAG_KILLED: u32 = 1;
 pub const PROC_FLAG_APPROVED: u32 = 2;
 /// [`ProcEvent::flags`]: `bpf_send_signal` failed for an unapproved exec.
 pub const PROC_FLAG_KILL_FAILED: u32 = 4;
+/// An LSM refusal of an open for writing.
+pub const PROC_FLAG_WRITE: u32 = 8;
+/// An LSM refusal of an exec of a file without a name (memfd, `O_TMPFILE`, deleted).
+pub const PROC_FLAG_UNNAMED: u32 = 16;
 
 /// Length of [`ProcEvent::filename`].
 /// Names of the BPF LSM programs and the map they read.

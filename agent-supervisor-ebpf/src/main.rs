@@ -41,7 +41,7 @@ use agent_supervisor_common::{
     MAX_INODE_DENY, MAX_NET_ALLOW, MAX_NET_RULES, MAX_NET_SESSIONS, NET_ANY_PORT, NET_MODE_ENFORCE,
     NET_RULE_FIXED_BITS, NET_VERDICT_ALLOW, PROC_EVENTS_BYTES, PROC_EVENTS_LOST_SLOT, PROC_EXEC,
     PROC_EXIT, PROC_FILENAME_LEN, PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED,
-    PROC_FORK, PROC_LSM_EXEC, PROC_LSM_MMAP, PROC_LSM_OPEN,
+    PROC_FLAG_UNNAMED, PROC_FLAG_WRITE, PROC_FORK, PROC_LSM_EXEC, PROC_LSM_MMAP, PROC_LSM_OPEN,
 };
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str};
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_send_signal};
@@ -383,20 +383,21 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         return 0;
     }
     let mode: u32 = read(file, o.file_mode);
-    let refused = deny & INODE_DENY_READ != 0
-        || (deny & INODE_DENY_WRITE != 0 && mode & FMODE_WRITE != 0)
-        || (deny & INODE_DENY_EXEC != 0 && mode & FMODE_EXEC != 0);
-    if !refused {
+    let exec = deny & INODE_DENY_EXEC != 0 && mode & FMODE_EXEC != 0;
+    let write = deny & INODE_DENY_WRITE != 0 && mode & FMODE_WRITE != 0;
+    if !exec && !write && deny & INODE_DENY_READ == 0 {
         return 0;
     }
-    report_denial(
-        &o,
-        PROC_LSM_OPEN,
-        cgroup_id,
-        &key,
-        mode,
-        dentry_name(&o, file),
-    );
+    // The kernel opens a program for exec (and an ELF interpreter) with FMODE_EXEC, before
+    // bprm_check_security: reported as the exec it stops.
+    let (kind, flags) = if exec {
+        (PROC_LSM_EXEC, 0)
+    } else if mode & FMODE_WRITE != 0 {
+        (PROC_LSM_OPEN, PROC_FLAG_WRITE)
+    } else {
+        (PROC_LSM_OPEN, 0)
+    };
+    report_denial(&o, kind, cgroup_id, &key, flags, dentry_name(&o, file));
     -EACCES
 }
 
@@ -423,7 +424,8 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         return 0;
     }
     let name: u64 = read(bprm, o.binprm_filename);
-    report_denial(&o, PROC_LSM_EXEC, cgroup_id, &key, nlink, name);
+    let flags = if denied { 0 } else { PROC_FLAG_UNNAMED };
+    report_denial(&o, PROC_LSM_EXEC, cgroup_id, &key, flags, name);
     -EACCES
 }
 
@@ -451,14 +453,7 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
     if inode_deny(&key) & INODE_DENY_EXEC == 0 {
         return 0;
     }
-    report_denial(
-        &o,
-        PROC_LSM_MMAP,
-        cgroup_id,
-        &key,
-        prot as u32,
-        dentry_name(&o, file),
-    );
+    report_denial(&o, PROC_LSM_MMAP, cgroup_id, &key, 0, dentry_name(&o, file));
     -EACCES
 }
 

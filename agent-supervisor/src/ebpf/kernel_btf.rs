@@ -361,11 +361,89 @@ impl KernelBtf {
     }
 }
 
-/// The offsets for the running kernel, its tracepoints checked.
+/// The offsets for the running kernel, its tracepoints checked. Reading them from the
+/// kernel's BTF (several MB) is most of a session's eBPF start-up, so they are kept for the
+/// rest of the boot in the state directory ([`OffsetsCache`]).
 pub fn running_kernel_offsets() -> Result<KernelOffsets, OffsetsError> {
+    let cache = OffsetsCache::for_this_boot(&crate::trust::state_dir(crate::sys::euid_egid().0));
+    if let Some(offsets) = cache.as_ref().and_then(OffsetsCache::read) {
+        return Ok(offsets);
+    }
     let btf = KernelBtf::from_sys_fs()?;
     btf.check_tracepoints()?;
-    btf.process_offsets()
+    let offsets = btf.process_offsets()?;
+    if let Some(cache) = &cache {
+        cache.write(&offsets);
+    }
+    Ok(offsets)
+}
+
+/// The running kernel's offsets, kept in `<state dir>/kernel-offsets` for one boot: the file
+/// holds the boot id and kernel release it was read for (any other boot ignores it) and the
+/// offsets. The state directory is the supervisor's own (root's: `/var/lib/agent-supervisor`)
+/// and read-only inside every sandbox, like the trust store.
+pub struct OffsetsCache {
+    path: std::path::PathBuf,
+    key: String,
+}
+
+impl OffsetsCache {
+    /// The cache for this boot, None when the boot id or release can't be read.
+    pub fn for_this_boot(state_dir: &std::path::Path) -> Option<OffsetsCache> {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+        Some(OffsetsCache {
+            path: state_dir.join("kernel-offsets"),
+            key: format!("v1 {} {}", boot_id.trim(), release.trim()),
+        })
+    }
+
+    /// The cached offsets, when the file is this boot's and well-formed.
+    pub fn read(&self) -> Option<KernelOffsets> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        let mut lines = text.lines();
+        let (key, values, sum) = (lines.next()?, lines.next()?, lines.next()?);
+        if key != self.key || sum != Self::checksum(key, values) || lines.next().is_some() {
+            return None;
+        }
+        let values: Vec<u32> = values
+            .split(',')
+            .map(|v| v.parse().ok())
+            .collect::<Option<_>>()?;
+        Some(KernelOffsets::from_array(values.try_into().ok()?))
+    }
+
+    /// SHA-256 of the key and values lines: a damaged file is not used.
+    fn checksum(key: &str, values: &str) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(format!("{key}\n{values}"));
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Keep `offsets` for this boot (written to a temporary file, then renamed: a reader never
+    /// sees half a file). Failing to write only costs the next session the BTF read.
+    pub fn write(&self, offsets: &KernelOffsets) {
+        let values: Vec<String> = offsets.to_array().iter().map(u32::to_string).collect();
+        let values = values.join(",");
+        let sum = Self::checksum(&self.key, &values);
+        let text = format!("{}\n{values}\n{sum}\n", self.key);
+        let tmp = self
+            .path
+            .with_extension(format!("tmp{}", std::process::id()));
+        let written = self
+            .path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::debug!(
+                "cannot cache the kernel offsets in {}: {e}",
+                self.path.display()
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -440,6 +518,43 @@ mod tests {
             btf.offset("nope", "x", None),
             Err(OffsetsError::NoStruct(..))
         ));
+    }
+
+    #[test]
+    fn offsets_are_cached_for_this_boot_only() {
+        let dir = std::env::temp_dir().join(format!("as-offsets-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let Some(cache) = OffsetsCache::for_this_boot(&dir) else {
+            panic!("no boot id or release in /proc");
+        };
+        assert_eq!(cache.read(), None, "nothing cached yet");
+        let offsets = KernelOffsets::from_array(core::array::from_fn(|i| i as u32 * 8 + 1));
+        cache.write(&offsets);
+        assert_eq!(cache.read(), Some(offsets));
+        // Another boot (or kernel) does not use it.
+        let other = OffsetsCache {
+            path: cache.path.clone(),
+            key: "v1 another-boot 6.1.0".into(),
+        };
+        assert_eq!(other.read(), None);
+        // A damaged file is ignored, not trusted.
+        let text = std::fs::read_to_string(&cache.path).unwrap();
+        std::fs::write(&cache.path, text.replace(",", ",x")).unwrap();
+        assert_eq!(cache.read(), None);
+        let lines: Vec<&str> = text.lines().collect();
+        let shorter = lines[1]
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_string()
+            + "1";
+        std::fs::write(
+            &cache.path,
+            format!("{}\n{shorter}\n{}\n", lines[0], lines[2]),
+        )
+        .unwrap();
+        assert_eq!(cache.read(), None, "a changed value");
+        std::fs::write(&cache.path, format!("{}\n{}\n", lines[0], lines[1])).unwrap();
+        assert_eq!(cache.read(), None, "no checksum");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The running kernel has every field and tracepoint the programs use (skipped without

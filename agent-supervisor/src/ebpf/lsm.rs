@@ -217,10 +217,8 @@ pub fn attach(session: &mut Session, denied: &[DeniedFile]) -> Result<usize, Bac
             .map_err(map_error("writing", lsm_names::INODE_DENY))?;
         written += 1;
     }
-    let btf = match session.btf() {
-        Some(btf) => btf.clone(),
-        None => aya::Btf::from_sys_fs().map_err(BackstopError::Btf)?,
-    };
+    // Shared, not copied: the kernel's BTF is several MB of parsed types.
+    let btf = session.btf_or_read()?;
     for (name, hook) in lsm_names::PROGRAMS {
         let program: &mut Lsm = session
             .ebpf_mut()

@@ -70,7 +70,11 @@ pub fn start_session(
 ) -> (Option<Backstops>, Vec<String>) {
     let loaded = crate::cgroup::SessionCgroup::create(session_id)
         .map_err(session::BackstopError::from)
-        .and_then(|cgroup| Session::load(cgroup, exec_mode));
+        .and_then(|cgroup| {
+            tracing::debug!("session cgroup created");
+            Session::load(cgroup, exec_mode)
+        });
+    tracing::debug!("eBPF object loaded");
     let mut session = match loaded {
         Ok(session) => session,
         Err(e) => {
@@ -89,6 +93,7 @@ pub fn start_session(
     let network = network::start_session(&mut session, policy)
         .map_err(|line| weaker.push(line))
         .ok();
+    tracing::debug!("network programs attached");
     let (exec_approvals, events) = match process::start_session(&mut session) {
         Ok((approvals, events)) => (approvals, Some(events)),
         Err(line) => {
@@ -100,6 +105,7 @@ pub fn start_session(
             (None, None)
         }
     };
+    tracing::debug!("process programs attached");
     // The LSM programs report into the process programs' ring buffer: without its reader
     // their refusals would go unrecorded, so they need the process programs.
     let lsm_files = if events.is_some() {

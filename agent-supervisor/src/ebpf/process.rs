@@ -35,8 +35,8 @@ use std::thread::JoinHandle;
 
 use agent_supervisor_common::{
     names, ExecApprovalKey, ProcEvent, EXEC_APPROVED, PROC_EVENTS_LOST_SLOT, PROC_EXEC, PROC_EXIT,
-    PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED, PROC_FORK, PROC_LSM_EXEC,
-    PROC_LSM_MMAP, PROC_LSM_OPEN,
+    PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED, PROC_FLAG_UNNAMED,
+    PROC_FLAG_WRITE, PROC_FORK, PROC_LSM_EXEC, PROC_LSM_MMAP, PROC_LSM_OPEN,
 };
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
@@ -153,10 +153,8 @@ pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvent
         .map_err(map_error("opening", names::PROC_EVENTS))?;
     let lost = PerCpuArray::try_from(session.take_map(names::PROC_EVENTS_LOST)?)
         .map_err(map_error("opening", names::PROC_EVENTS_LOST))?;
-    let btf = match session.btf() {
-        Some(btf) => btf.clone(),
-        None => aya::Btf::from_sys_fs().map_err(BackstopError::Btf)?,
-    };
+    // Shared, not copied: the kernel's BTF is several MB of parsed types.
+    let btf = session.btf_or_read()?;
     for name in names::PROCESS_PROGRAMS {
         let program: &mut BtfTracePoint = session
             .ebpf_mut()
@@ -306,10 +304,10 @@ impl ProcRecord {
                 fields.insert("ino".into(), e.ino.into());
                 match e.kind {
                     PROC_LSM_OPEN => {
-                        fields.insert("write".into(), (e.flags & 0x2 != 0).into());
+                        fields.insert("write".into(), (e.flags & PROC_FLAG_WRITE != 0).into());
                     }
                     PROC_LSM_EXEC => {
-                        fields.insert("unnamed".into(), (e.flags == 0).into());
+                        fields.insert("unnamed".into(), (e.flags & PROC_FLAG_UNNAMED != 0).into());
                     }
                     _ => {}
                 }
@@ -330,7 +328,7 @@ impl ProcRecord {
             record.decision = Some("deny".into());
             record.decided_by = Some("ebpf-lsm".into());
             record.reason = Some(match e.kind {
-                PROC_LSM_EXEC if e.flags == 0 => {
+                PROC_LSM_EXEC if e.flags & PROC_FLAG_UNNAMED != 0 => {
                     "executed a file without a name (memfd, O_TMPFILE or deleted): refused by the kernel".into()
                 }
                 PROC_LSM_EXEC => "executed a denied file: refused by the kernel (BPF LSM)".into(),

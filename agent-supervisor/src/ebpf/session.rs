@@ -73,7 +73,7 @@ pub struct Session {
     ebpf: Ebpf,
     /// The kernel's BTF as aya reads it, parsed once per session (the loader and the
     /// `tp_btf` attach both need it).
-    btf: Option<aya::Btf>,
+    btf: Option<std::sync::Arc<aya::Btf>>,
     offsets: Result<KernelOffsets, OffsetsError>,
     exec_mode: ExecMode,
     cgroup: SessionCgroup,
@@ -91,7 +91,9 @@ impl Session {
             ExecMode::Enforce => EXEC_ENFORCE,
             ExecMode::Report => EXEC_REPORT,
         };
+        tracing::debug!("kernel offsets read");
         let btf = aya::Btf::from_sys_fs().ok();
+        tracing::debug!("kernel BTF parsed (aya)");
         let ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .override_global(names::SESSION_CGROUP, &cgroup_id, true)
@@ -105,7 +107,7 @@ impl Session {
             .map_err(BackstopError::Load)?;
         Ok(Session {
             ebpf,
-            btf,
+            btf: btf.map(std::sync::Arc::new),
             offsets,
             exec_mode,
             cgroup,
@@ -113,8 +115,18 @@ impl Session {
     }
 
     /// The kernel's BTF (aya's), if it could be read.
-    pub fn btf(&self) -> Option<&aya::Btf> {
-        self.btf.as_ref()
+    pub fn btf(&self) -> Option<std::sync::Arc<aya::Btf>> {
+        self.btf.clone()
+    }
+
+    /// The kernel's BTF, read now if loading could not (the programs' attach needs it).
+    pub fn btf_or_read(&self) -> Result<std::sync::Arc<aya::Btf>, BackstopError> {
+        match self.btf() {
+            Some(btf) => Ok(btf),
+            None => aya::Btf::from_sys_fs()
+                .map(std::sync::Arc::new)
+                .map_err(BackstopError::Btf),
+        }
     }
 
     /// The session cgroup.
