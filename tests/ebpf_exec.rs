@@ -25,7 +25,7 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent_supervisor::cgroup::{cgroup2_root, SessionCgroup};
 use agent_supervisor::ebpf::process::{self, ExecApprovals, KernelFileId, ProcEvents, ProcRecord};
@@ -92,23 +92,7 @@ fn kernel_id(path: &Path) -> KernelFileId {
 
 /// Wait for `child` at most `LIMIT`; killed and reaped on expiry.
 fn wait(child: &mut Child) -> ExitStatus {
-    wait_at_most(child, LIMIT)
-}
-
-/// Wait for `child` at most `limit`; killed and reaped on expiry.
-fn wait_at_most(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the child hit the {limit:?} limit");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_child(child, LIMIT)
 }
 
 /// A shell that waits for a line on stdin, then execs `touch MARKER`. Returns once the shell
@@ -341,7 +325,7 @@ fn a_full_ring_buffer_counts_what_it_lost() {
         .expect("move into cgroup");
     go(&mut child);
     // 300 fork + exec: seconds on a host, a minute or more in an emulated (TCG) guest.
-    assert!(wait_at_most(&mut child, 4 * LIMIT).success());
+    assert!(common::wait_child(&mut child, 4 * LIMIT).success());
     // Nobody read while they ran: 900 events of 320 bytes don't fit in 256 KiB (819).
     let (tx, rx) = mpsc::channel();
     let reader = events

@@ -21,7 +21,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent_supervisor::cgroup::{cgroup2_root, SessionCgroup};
 use agent_supervisor::ebpf::lsm::{self, DeniedFile};
@@ -81,18 +81,7 @@ fn waiting_shell(script: &str, arg: &Path) -> Child {
 }
 
 fn wait(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the child hit the {LIMIT:?} limit");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_child(child, LIMIT)
 }
 
 #[test]

@@ -243,3 +243,19 @@ pub fn process_alive_with_marker(marker: &str) -> bool {
             .unwrap_or(false)
     })
 }
+
+/// Wait for `child` at most `limit`; on expiry kill it (SIGKILL), reap it and fail the test.
+pub fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child hit the {limit:?} limit");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -219,18 +219,7 @@ pub fn attach(session: &mut Session, denied: &[DeniedFile]) -> Result<usize, Bac
     }
     // Shared, not copied: the kernel's BTF is several MB of parsed types.
     let btf = session.btf_or_read()?;
-    for (name, hook) in lsm_names::PROGRAMS {
-        let program: &mut Lsm = session
-            .ebpf_mut()
-            .program_mut(name)
-            .ok_or(BackstopError::Missing(name))?
-            .try_into()
-            .map_err(program_error("finding", name))?;
-        program
-            .load(hook, &btf)
-            .map_err(program_error("loading", name))?;
-        program.attach().map_err(program_error("attaching", name))?;
-    }
+    load_programs(session.ebpf_mut(), &btf, true)?;
     tracing::debug!(
         "BPF LSM programs attached for cgroup {}: {written} denied files",
         session.cgroup().id()
@@ -238,21 +227,28 @@ pub fn attach(session: &mut Session, denied: &[DeniedFile]) -> Result<usize, Bac
     Ok(written)
 }
 
-/// Does this kernel's verifier accept the LSM programs? Loads them in a copy of the object for
-/// no session, attaches nothing (`doctor`).
-pub fn probe() -> Result<(), String> {
-    let (mut ebpf, btf) = super::session::load_for_probe().map_err(|e| error_chain(&e))?;
+/// Load the LSM programs of `ebpf` into the kernel, and attach them when `attach`.
+fn load_programs(ebpf: &mut aya::Ebpf, btf: &aya::Btf, attach: bool) -> Result<(), BackstopError> {
     for (name, hook) in lsm_names::PROGRAMS {
         let program: &mut Lsm = ebpf
             .program_mut(name)
-            .ok_or(BackstopError::Missing(name))
-            .and_then(|p| p.try_into().map_err(program_error("finding", name)))
-            .map_err(|e| error_chain(&e))?;
+            .ok_or(BackstopError::Missing(name))?
+            .try_into()
+            .map_err(program_error("finding", name))?;
         program
-            .load(hook, &btf)
-            .map_err(|e| error_chain(&program_error("loading", name)(e)))?;
+            .load(hook, btf)
+            .map_err(program_error("loading", name))?;
+        if attach {
+            program.attach().map_err(program_error("attaching", name))?;
+        }
     }
     Ok(())
+}
+
+/// Does this kernel's verifier accept the LSM programs? Loads them in a copy of the object for
+/// no session, attaches nothing (`doctor`).
+pub fn probe() -> Result<(), String> {
+    super::session::probe(|ebpf, btf| load_programs(ebpf, btf, false))
 }
 
 /// The line `run` prints when the LSM programs are off although the policy denies files or

@@ -155,18 +155,7 @@ pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvent
         .map_err(map_error("opening", names::PROC_EVENTS_LOST))?;
     // Shared, not copied: the kernel's BTF is several MB of parsed types.
     let btf = session.btf_or_read()?;
-    for name in names::PROCESS_PROGRAMS {
-        let program: &mut BtfTracePoint = session
-            .ebpf_mut()
-            .program_mut(name)
-            .ok_or(BackstopError::Missing(name))?
-            .try_into()
-            .map_err(program_error("finding", name))?;
-        program
-            .load(name, &btf)
-            .map_err(program_error("loading", name))?;
-        program.attach().map_err(program_error("attaching", name))?;
-    }
+    load_programs(session.ebpf_mut(), &btf, true)?;
     tracing::debug!(
         "process programs attached for cgroup {} (exec {:?})",
         session.cgroup().id(),
@@ -178,21 +167,28 @@ pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvent
     ))
 }
 
-/// Does this kernel's verifier accept the process programs (the exec backstop among them)?
-/// Loads them in a copy of the object for no session, attaches nothing (`doctor`).
-pub fn probe() -> Result<(), String> {
-    let (mut ebpf, btf) = super::session::load_for_probe().map_err(|e| error_chain(&e))?;
+/// Load the process programs of `ebpf` into the kernel, and attach them when `attach`.
+fn load_programs(ebpf: &mut aya::Ebpf, btf: &aya::Btf, attach: bool) -> Result<(), BackstopError> {
     for name in names::PROCESS_PROGRAMS {
         let program: &mut BtfTracePoint = ebpf
             .program_mut(name)
-            .ok_or(BackstopError::Missing(name))
-            .and_then(|p| p.try_into().map_err(program_error("finding", name)))
-            .map_err(|e| error_chain(&e))?;
+            .ok_or(BackstopError::Missing(name))?
+            .try_into()
+            .map_err(program_error("finding", name))?;
         program
-            .load(name, &btf)
-            .map_err(|e| error_chain(&program_error("loading", name)(e)))?;
+            .load(name, btf)
+            .map_err(program_error("loading", name))?;
+        if attach {
+            program.attach().map_err(program_error("attaching", name))?;
+        }
     }
     Ok(())
+}
+
+/// Does this kernel's verifier accept the process programs (the exec backstop among them)?
+/// Loads them in a copy of the object for no session, attaches nothing (`doctor`).
+pub fn probe() -> Result<(), String> {
+    super::session::probe(|ebpf, btf| load_programs(ebpf, btf, false))
 }
 
 /// The line `run` prints when the exec backstop is off although execs are checked.

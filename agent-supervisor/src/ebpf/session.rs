@@ -176,6 +176,15 @@ pub fn load_for_probe() -> Result<(Ebpf, aya::Btf), BackstopError> {
     Ok((ebpf, btf))
 }
 
+/// Load some programs with `load` in a [`load_for_probe`] copy of the object: does this
+/// kernel's verifier accept them? The error is one line for `doctor`.
+pub fn probe(
+    load: impl FnOnce(&mut Ebpf, &aya::Btf) -> Result<(), BackstopError>,
+) -> Result<(), String> {
+    let (mut ebpf, btf) = load_for_probe().map_err(|e| error_chain(&e))?;
+    load(&mut ebpf, &btf).map_err(|e| error_chain(&e))
+}
+
 /// `BackstopError::Map` for `step` on `map`.
 pub fn map_error(step: &'static str, map: &'static str) -> impl Fn(MapError) -> BackstopError {
     move |source| BackstopError::Map { step, map, source }
