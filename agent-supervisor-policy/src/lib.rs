@@ -590,6 +590,15 @@ impl Policy {
             _ => false,
         }
     }
+    /// Does command rule `rule` match the program at `path` (its arguments aside)? False for
+    /// other rules and out-of-range indices. For in-kernel checks that see files, not
+    /// arguments.
+    pub fn command_rule_matches_program(&self, rule: usize, path: &Path) -> bool {
+        match self.matchers.get(rule) {
+            Some(matcher::RuleMatcher::Command(c)) => c.program_matches(path),
+            _ => false,
+        }
+    }
     /// The IP networks and port rule `rule` matches, for in-kernel filters that see addresses
     /// only: `Some((networks, port))` for a network rule whose host is an IP address (its host
     /// prefix), a CIDR, or `*` (`0.0.0.0/0` and `::/0`); `port` None means any port. None for

@@ -112,14 +112,20 @@ pub fn denied_files(
             });
         }
     }
-    if has_plain_command_denials(policy) {
+    let plain_denials = plain_command_denials(policy);
+    if !plain_denials.is_empty() {
         for dir in std::env::split_paths(path_var.unwrap_or_default()) {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
             for entry in entries.flatten() {
                 let path = entry.path();
-                if command_denied(policy, &path) {
+                // A name no such rule matches is not even looked at (a PATH directory holds
+                // thousands of programs).
+                let named = plain_denials
+                    .iter()
+                    .any(|&i| policy.command_rule_matches_program(i, &path));
+                if named && command_denied(policy, &path) {
                     add(&path, INODE_DENY_EXEC);
                 }
             }
@@ -128,9 +134,15 @@ pub fn denied_files(
     out.into_values().collect()
 }
 
-/// Does the policy deny some command whatever its arguments?
-fn has_plain_command_denials(policy: &Policy) -> bool {
-    policy.rules.iter().any(|r| {
+/// The rules that deny a command whatever its arguments.
+fn plain_command_denials(policy: &Policy) -> Vec<usize> {
+    (0..policy.rules.len())
+        .filter(|&i| is_plain_command_denial(policy, i))
+        .collect()
+}
+
+fn is_plain_command_denial(policy: &Policy, rule: usize) -> bool {
+    policy.rules.get(rule).is_some_and(|r| {
         r.decision == Decision::Deny && matches!(&r.target, Target::Command { args: None, .. })
     })
 }
@@ -155,10 +167,7 @@ fn command_denied(policy: &Policy, path: &Path) -> bool {
         argv: &argv,
     });
     match verdict.decided_by {
-        DecidedBy::Rule(i) if verdict.decision == Decision::Deny => matches!(
-            policy.rules.get(i).map(|r| &r.target),
-            Some(Target::Command { args: None, .. })
-        ),
+        DecidedBy::Rule(i) => is_plain_command_denial(policy, i),
         _ => false,
     }
 }
@@ -264,7 +273,7 @@ pub fn weaker_line(cause: &str) -> String {
 /// commands, or execs decided one by one)? From the policy alone, so that `doctor` and `run`
 /// agree.
 pub fn relevant(policy: &Policy, plan: &Plan) -> bool {
-    !plan.masks.is_empty() || has_plain_command_denials(policy) || plan.notify_exec
+    !plan.masks.is_empty() || !plain_command_denials(policy).is_empty() || plan.notify_exec
 }
 
 /// [`attach`] as `run` wants it: the programs on when BPF LSM is active, otherwise (when the
