@@ -2,7 +2,7 @@
 //!
 //! Layers, in order (see STYLE.md "Test in layers"):
 //! 1. `cargo test --workspace`: unit tests and the privileged integration tests (CI is root).
-//! 2. With `--vm`: VM tests for kernels and LSMs the host lacks, `cargo xtask vm-test`'s
+//! 2. Unless `--no-vm`: VM tests for kernels and LSMs the host lacks, `cargo xtask vm-test`'s
 //!    matrix ([`crate::vm_test::run_layer`]), run only when the host tests passed. Its counts (one
 //!    per test and kernel) are added to the summary; a VM layer that cannot run at all counts
 //!    as one failure, with the reason printed.
@@ -73,10 +73,9 @@ pub fn run(workspace: &Path, vm: bool) -> Result<()> {
     let mut skipped = skips.len() as u64;
     let mut passed = passed.saturating_sub(skipped);
 
-    // The VM test layer (with --vm): the same privileged tests on the kernels the host is not.
-    // Not yet in CI's `cargo xtask test`: see docs/vm-test.md.
+    // The VM test layer: the same privileged tests on the kernels the host is not.
     if !vm {
-        println!("test: VM layer not run (cargo xtask test --vm, or cargo xtask vm-test)");
+        println!("test: VM layer not run (--no-vm): these results are for this kernel only");
     } else if host_ok {
         println!("test: VM layer (cargo xtask vm-test)");
         match crate::vm_test::run_layer(workspace) {

@@ -15,8 +15,8 @@
 //! 5. [`report`]: a table kernel × test executable of passed/failed/skipped, and per kernel
 //!    its Landlock ABI and whether BPF LSM is active. Any failure makes the command fail.
 //!
-//! `cargo xtask test --vm` runs the same matrix through [`run_layer`] after the host tests
-//! (plain `cargo xtask test`, which CI runs, does not yet: see docs/vm-test.md).
+//! `cargo xtask test` (which CI runs) runs the same matrix through [`run_layer`] after the
+//! host tests, unless `--no-vm`.
 //! docs/vm-test.md has the details: the kernels, the cache, adding a kernel, Vagrant.
 
 #[path = "vm/initramfs.rs"]
