@@ -129,7 +129,10 @@ fn settle(ctx: &Arc<Ctx>, queue: &mut VecDeque<Waiting>, now: Option<Instant>) {
     let now = now.unwrap_or_else(Instant::now);
     let mut keep = VecDeque::with_capacity(queue.len());
     while let Some(w) = queue.pop_front() {
-        if w.p.notif.is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id)) {
+        if w.p
+            .notif
+            .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id))
+        {
             continue;
         }
         let remembered = ctx
@@ -213,7 +216,10 @@ fn prompt(
         if now >= w.deadline {
             break Answer::TimedOut;
         }
-        if w.p.notif.is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id)) {
+        if w.p
+            .notif
+            .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id))
+        {
             break Answer::Gone;
         }
         while let Ok(p) = rx.try_recv() {

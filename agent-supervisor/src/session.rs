@@ -391,7 +391,8 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         ),
         None => None,
     };
-    dns.spawn(&ctx).context("starting the DNS resolver's threads")?;
+    dns.spawn(&ctx)
+        .context("starting the DNS resolver's threads")?;
     spawn("notify", {
         let ctx = Arc::clone(&ctx);
         move || supervise::run_loop(ctx)

@@ -81,7 +81,10 @@ impl Answers {
         if let Some(maps) = maps {
             for entry in &kernel {
                 if let Err(e) = write(maps, ip, *entry) {
-                    tracing::warn!("the kernel backstop could not take {ip} ({}): {e}", known.name);
+                    tracing::warn!(
+                        "the kernel backstop could not take {ip} ({}): {e}",
+                        known.name
+                    );
                 }
             }
         }

@@ -66,7 +66,9 @@ pub struct DnsConfig {
 /// Why the resolver could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
-    #[error("binding the session's DNS resolver to port 53 of a 127.53.0.0/16 address (needs root)")]
+    #[error(
+        "binding the session's DNS resolver to port 53 of a 127.53.0.0/16 address (needs root)"
+    )]
     Bind(#[source] io::Error),
     #[error("reading the host's resolvers from /etc/resolv.conf (pass --dns-upstream ADDR to name them)")]
     Upstream(#[source] io::Error),

@@ -39,24 +39,26 @@ fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
 
 fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let s = ip.segments();
-    Some(if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
-        "cloud metadata"
-    } else if ip.is_loopback() {
-        "loopback"
-    } else if ip.is_unspecified() {
-        "unspecified"
-    } else if (s[0] & 0xfe00) == 0xfc00 {
-        "unique-local"
-    } else if (s[0] & 0xffc0) == 0xfe80 {
-        "link-local"
-    } else if ip.is_multicast() {
-        "multicast"
-    } else if let Some(v4) = ip.to_ipv4() {
-        // IPv4-compatible (::a.b.c.d) and NAT64-free embeddings still reach IPv4 space.
-        return special_v4(v4).filter(|_| s[0..5].iter().all(|&w| w == 0));
-    } else {
-        return None;
-    })
+    Some(
+        if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+            "cloud metadata"
+        } else if ip.is_loopback() {
+            "loopback"
+        } else if ip.is_unspecified() {
+            "unspecified"
+        } else if (s[0] & 0xfe00) == 0xfc00 {
+            "unique-local"
+        } else if (s[0] & 0xffc0) == 0xfe80 {
+            "link-local"
+        } else if ip.is_multicast() {
+            "multicast"
+        } else if let Some(v4) = ip.to_ipv4() {
+            // IPv4-compatible (::a.b.c.d) and NAT64-free embeddings still reach IPv4 space.
+            return special_v4(v4).filter(|_| s[0..5].iter().all(|&w| w == 0));
+        } else {
+            return None;
+        },
+    )
 }
 
 /// Does a specific (not catch-all, not `*`) allow or ask rule name an IP or CIDR holding

@@ -654,7 +654,12 @@ fn place_resolv_conf(content: &[u8]) -> io::Result<()> {
     const SRC: &std::ffi::CStr = c"/dev/.agent-supervisor-resolv.conf";
     let dev = std::fs::File::open("/dev")?;
     let result = (|| {
-        sys::write_file_at(dev.as_fd(), c".agent-supervisor-resolv.conf", 0o444, content)?;
+        sys::write_file_at(
+            dev.as_fd(),
+            c".agent-supervisor-resolv.conf",
+            0o444,
+            content,
+        )?;
         sys::mount(Some(SRC), c"/etc/resolv.conf", None, libc::MS_BIND)?;
         sys::mount(
             None,

@@ -194,8 +194,7 @@ pub enum Prepared {
 pub fn decide(ctx: &Arc<Ctx>, p: Pending) {
     // The arguments were read from memory the agent controls: make sure the notification is
     // still the one we read them for before acting.
-    if p
-        .notif
+    if p.notif
         .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id))
     {
         return;

@@ -129,14 +129,10 @@ fn decide_inet(ctx: &Ctx, sa: SocketAddr, raw: &[u8], proto: i32) -> Decided {
         hold: None,
         host,
     };
-    let is_dns_port =
-        sa.port() == 53 && (proto == libc::IPPROTO_TCP || proto == libc::IPPROTO_UDP);
+    let is_dns_port = sa.port() == 53 && (proto == libc::IPPROTO_TCP || proto == libc::IPPROTO_UDP);
     if let Some(dns) = ctx.dns.as_deref() {
         if dns.is_resolver(sa) {
-            return decided(
-                builtin(Decision::Allow, "the session's DNS resolver"),
-                None,
-            );
+            return decided(builtin(Decision::Allow, "the session's DNS resolver"), None);
         }
         if is_dns_port {
             return decided(
