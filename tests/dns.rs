@@ -252,6 +252,40 @@ while args:
             s.settimeout(3)
             s.connect((ip, port))
             print(op, ip, "ok", flush=True)
+        elif op == "tfo":
+            name, port = args.pop(0), int(args.pop(0))
+            addr = socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(3)
+            s.sendto(b"fastopen", socket.MSG_FASTOPEN, addr)
+            print(op, name, "ok", flush=True)
+        elif op == "tfo-ip":
+            ip, port = args.pop(0), int(args.pop(0))
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(3)
+            s.sendto(b"fastopen", socket.MSG_FASTOPEN, (ip, port))
+            print(op, ip, "ok", flush=True)
+        elif op == "connect-mapped":
+            name, port = args.pop(0), int(args.pop(0))
+            v4 = socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            s.settimeout(3)
+            s.connect(("::ffff:" + v4, port))
+            print(op, name, "ok", flush=True)
+        elif op == "tcp-dns":
+            name = args.pop(0)
+            server = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+            q = struct.pack(">HHHHHH", 0x4321, 0x0100, 1, 0, 0, 0)
+            for label in name.split("."):
+                q += bytes([len(label)]) + label.encode()
+            q += b"\0" + struct.pack(">HH", 1, 1)
+            s = socket.create_connection((server, 53), timeout=3)
+            s.sendall(struct.pack(">H", len(q)) + q)
+            n = struct.unpack(">H", s.recv(2))[0]
+            r = b""
+            while len(r) < n:
+                r += s.recv(n - len(r))
+            print(op, name, "rcode", r[3] & 15, "answers", struct.unpack(">H", r[6:8])[0], flush=True)
         elif op == "sleep":
             time.sleep(float(args.pop(0)))
         elif op == "dns-direct":
@@ -620,6 +654,93 @@ fn ipv6_and_udp_paths_follow_the_name_rules() {
     assert!(
         udp4.recv_from(&mut buf).is_err(),
         "a datagram for a name without a rule arrived\n{}",
+        show(&r)
+    );
+}
+
+#[test]
+fn tcp_fast_open_and_ipv4_mapped_connects_follow_the_name_rules() {
+    skip_unless_able!();
+    let net = TestNet::new();
+    let (tfo, mapped, unlisted) = (Tcp::on(net.v4), Tcp::on(net.v4), Tcp::on(net.v4));
+    let upstream = Upstream::start(&[("fast.example.test", net.v4, 300)]);
+    let ws = Workspace::new("dns-tfo");
+    let rules = format!(
+        "[network]\nallow = [\"fast.example.test:{}\", \"fast.example.test:{}\"]\n",
+        tfo.port(),
+        mapped.port()
+    );
+    let r = run_agent(
+        &ws,
+        &policy(&rules),
+        &upstream,
+        &[],
+        &[
+            "tfo",
+            "fast.example.test",
+            &tfo.port().to_string(),
+            "connect-mapped",
+            "fast.example.test",
+            &mapped.port().to_string(),
+            // Resolved, but no rule for this port: refused, by TFO and by a v4-mapped connect.
+            "tfo-ip",
+            &net.v4.to_string(),
+            &unlisted.port().to_string(),
+            "connect-mapped",
+            "fast.example.test",
+            &unlisted.port().to_string(),
+        ],
+    );
+    assert!(
+        tfo.reached(),
+        "TCP Fast Open to an allowed name failed\n{}",
+        show(&r)
+    );
+    assert!(
+        mapped.reached(),
+        "a v4-mapped connect to an allowed name failed\n{}",
+        show(&r)
+    );
+    assert!(
+        !unlisted.reached(),
+        "a port no rule names was reached\n{}",
+        show(&r)
+    );
+}
+
+#[test]
+fn dns_over_tcp_to_the_resolver_forwards_allowed_names_only() {
+    skip_unless_able!();
+    let upstream = Upstream::start(&[("tcp.example.test", "198.51.100.200".parse().unwrap(), 60)]);
+    let ws = Workspace::new("dns-tcp");
+    let r = run_agent(
+        &ws,
+        &policy("[network]\nallow = [\"tcp.example.test:443\"]\n"),
+        &upstream,
+        &[],
+        &[
+            "tcp-dns",
+            "tcp.example.test",
+            "tcp-dns",
+            "tcp-denied.example.test",
+        ],
+    );
+    assert!(
+        upstream.was_asked_containing("tcp.example.test"),
+        "the allowed name was not forwarded over the TCP path\n{}",
+        show(&r)
+    );
+    assert!(
+        !upstream.was_asked_containing("tcp-denied"),
+        "a denied name was forwarded\n{}",
+        show(&r)
+    );
+    assert!(
+        r.stdout
+            .contains("tcp-dns tcp.example.test rcode 0 answers 1")
+            && r.stdout
+                .contains("tcp-dns tcp-denied.example.test rcode 5 answers 0"),
+        "{}",
         show(&r)
     );
 }

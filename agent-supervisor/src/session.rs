@@ -301,12 +301,22 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     }
 
     // The session's DNS resolver binds port 53 of its own loopback address now (root, before
-    // any thread); the agent's resolv.conf names it. Without it no name rule could work and
-    // DNS would be refused outright: refuse to start instead.
-    let dns = Arc::new(
-        crate::dns::Resolver::bind(&opts.dns).context("starting the session's DNS resolver")?,
-    );
-    tracing::debug!("session DNS resolver at {}:53", dns.address());
+    // any thread); the agent's resolv.conf names it. Without it (not root) DNS is refused
+    // outright (port 53 goes nowhere but the resolver), which one warning line says.
+    let (dns, dns_weaker) = match crate::dns::Resolver::bind(&opts.dns) {
+        Ok(r) => {
+            tracing::debug!("session DNS resolver at {}:53", r.address());
+            (Some(Arc::new(r)), None)
+        }
+        Err(e) => (
+            None,
+            Some(format!(
+                "the session's DNS resolver could not start ({}): DNS is refused and host-name \
+                 rules never match",
+                crate::ebpf::session::error_chain(&e)
+            )),
+        ),
+    };
 
     let spec = SandboxSpec {
         argv: sandbox::to_cstrings(&opts.command),
@@ -318,7 +328,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         keep_fds: opts.keep_fds.clone(),
         hostname: "agent-sandbox".into(),
         cgroup_procs: bpf.as_ref().map(|b| b.session.cgroup().procs_path()),
-        resolv_conf: Some(dns.resolv_conf().into_bytes()),
+        resolv_conf: dns.as_ref().map(|d| d.resolv_conf().into_bytes()),
     };
     // Signals we forward are blocked before any thread exists, so every thread inherits the
     // mask and only the forwarder receives them.
@@ -343,6 +353,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         }
     }
     sandbox.weaker.extend(bpf_weaker);
+    sandbox.weaker.extend(dns_weaker);
     tracing::debug!("sandbox ready (init pid {})", sandbox.init_pid);
     for w in &sandbox.weaker {
         eprintln!("agent-supervisor: warning: {w}");
@@ -368,7 +379,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         initial_argv: Mutex::new(Some(initial)),
         stopping: AtomicBool::new(false),
         network: bpf.as_ref().and_then(|b| b.network.clone()),
-        dns: Some(Arc::clone(&dns)),
+        dns: dns.clone(),
     });
     audit.record(Record::session(
         &session,
@@ -391,8 +402,10 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         ),
         None => None,
     };
-    dns.spawn(&ctx)
-        .context("starting the DNS resolver's threads")?;
+    if let Some(dns) = &dns {
+        dns.spawn(&ctx)
+            .context("starting the DNS resolver's threads")?;
+    }
     spawn("notify", {
         let ctx = Arc::clone(&ctx);
         move || supervise::run_loop(ctx)

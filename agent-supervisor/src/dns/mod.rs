@@ -189,7 +189,7 @@ impl Resolver {
             let (query, r, c) = (buf[..n].to_vec(), Arc::clone(&self), Arc::clone(ctx));
             let _ = thread("dns-query", move || {
                 let _guard = guard;
-                if let Some(reply) = r.answer(&c, &query, false) {
+                if let Some(reply) = r.answer(&c, &query) {
                     let _ = r.udp.send_to(&reply, peer);
                 }
             });
@@ -213,7 +213,7 @@ impl Resolver {
     fn serve_tcp_client(&self, ctx: &Arc<Ctx>, stream: &mut TcpStream) {
         let _ = stream.set_read_timeout(Some(TCP_IDLE));
         while let Ok(query) = upstream::read_framed(stream) {
-            match self.answer(ctx, &query, true) {
+            match self.answer(ctx, &query) {
                 Some(reply) if upstream::write_framed(stream, &reply).is_ok() => {}
                 _ => return,
             }
@@ -221,7 +221,7 @@ impl Resolver {
     }
 
     /// The reply to one query (None: not a query we can answer at all).
-    fn answer(&self, ctx: &Arc<Ctx>, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
+    fn answer(&self, ctx: &Arc<Ctx>, query: &[u8]) -> Option<Vec<u8>> {
         let started = Instant::now();
         let message = Message::from_vec(query).ok()?;
         if message.message_type() != MessageType::Query {
@@ -253,7 +253,8 @@ impl Resolver {
         let upstream_id = random_u64() as u16;
         let mut forwarded = query.to_vec();
         forwarded[..2].copy_from_slice(&upstream_id.to_be_bytes());
-        let raw = match upstream::exchange(&self.upstream, &forwarded, upstream_id, tcp) {
+        // UDP first whatever the client used; TCP when the answer is truncated.
+        let raw = match upstream::exchange(&self.upstream, &forwarded, upstream_id) {
             Ok(raw) => raw,
             Err(e) => {
                 tracing::warn!("resolving {name}: {e}");

@@ -40,25 +40,21 @@ pub fn servers(override_: &[SocketAddr]) -> io::Result<Vec<SocketAddr>> {
 }
 
 /// Send `query` (a whole DNS message whose id is `id`) to each server in turn until one
-/// answers with the same id; TCP when the UDP answer is truncated or `tcp` is asked.
-pub fn exchange(servers: &[SocketAddr], query: &[u8], id: u16, tcp: bool) -> io::Result<Vec<u8>> {
+/// answers with the same id; over UDP, then TCP when the UDP answer is truncated.
+pub fn exchange(servers: &[SocketAddr], query: &[u8], id: u16) -> io::Result<Vec<u8>> {
     let mut last = io::Error::new(
         io::ErrorKind::NotFound,
         "no upstream DNS server (none in /etc/resolv.conf and no --dns-upstream)",
     );
     for round in 0..2 {
         for server in servers {
-            let answer = if tcp {
-                over_tcp(*server, query)
-            } else {
-                over_udp(*server, query, id).and_then(|a| {
-                    if truncated(&a) {
-                        over_tcp(*server, query)
-                    } else {
-                        Ok(a)
-                    }
-                })
-            };
+            let answer = over_udp(*server, query, id).and_then(|a| {
+                if truncated(&a) {
+                    over_tcp(*server, query)
+                } else {
+                    Ok(a)
+                }
+            });
             match answer {
                 Ok(a) if a.len() >= 12 && u16::from_be_bytes([a[0], a[1]]) == id => return Ok(a),
                 Ok(_) => last = io::Error::other(format!("{server} answered another query")),

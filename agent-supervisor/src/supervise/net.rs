@@ -130,6 +130,15 @@ fn decide_inet(ctx: &Ctx, sa: SocketAddr, raw: &[u8], proto: i32) -> Decided {
         host,
     };
     let is_dns_port = sa.port() == 53 && (proto == libc::IPPROTO_TCP || proto == libc::IPPROTO_UDP);
+    if ctx.dns.is_none() && is_dns_port {
+        return decided(
+            builtin(
+                Decision::Deny,
+                "DNS is refused: the session's resolver is not running",
+            ),
+            None,
+        );
+    }
     if let Some(dns) = ctx.dns.as_deref() {
         if dns.is_resolver(sa) {
             return decided(builtin(Decision::Allow, "the session's DNS resolver"), None);
