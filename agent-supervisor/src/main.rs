@@ -161,7 +161,7 @@ enum PolicyCommand {
     },
     /// Show the decision for one action, the rule that made it, and what enforces it.
     #[command(
-        after_help = "Examples:\n  agent-supervisor policy explain policy.toml -- exec git push origin\n  agent-supervisor policy explain policy.toml -- open ~/.ssh/id_rsa\n  agent-supervisor policy explain policy.toml -- open ./out.txt --write\n  agent-supervisor policy explain preset:sandboxed -- connect 127.0.0.1:8080"
+        after_help = "Examples:\n  agent-supervisor policy explain policy.toml -- exec git push origin\n  agent-supervisor policy explain policy.toml -- open ~/.ssh/id_rsa\n  agent-supervisor policy explain policy.toml -- open ./out.txt --write\n  agent-supervisor policy explain preset:sandboxed -- connect 127.0.0.1:8080\n  agent-supervisor policy explain policy.toml -- resolve api.github.com"
     )]
     Explain {
         /// Policy file, or preset:NAME.
@@ -362,7 +362,7 @@ fn explain(file: &Path, json: bool, action: &[String]) -> Result<i32> {
     let policy = session::load_policy(Some(file), &vars).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (verb, rest) = action
         .split_first()
-        .context("missing action: exec, open or connect")?;
+        .context("missing action: exec, open, connect or resolve")?;
     let plan = policy.plan();
     let (verdict, what) = match verb.as_str() {
         "exec" => {
@@ -426,7 +426,22 @@ fn explain(file: &Path, json: bool, action: &[String]) -> Result<i32> {
                 format!("connect {dest}"),
             )
         }
-        other => bail!("unknown action {other}: expected exec, open or connect"),
+        "resolve" => {
+            let name = rest.first().context("resolve needs a host name")?;
+            let named = policy.decide_name(name);
+            let ports: Vec<String> = named
+                .ports
+                .iter()
+                .map(|p| p.map_or("*".to_string(), |p| p.to_string()))
+                .collect();
+            let ports = if ports.is_empty() {
+                String::new()
+            } else {
+                format!(" (answers open port {} in the kernel)", ports.join(", "))
+            };
+            (named.verdict, format!("resolve {name}{ports}"))
+        }
+        other => bail!("unknown action {other}: expected exec, open, connect or resolve"),
     };
     let (by, mechanism) = match &verdict.decided_by {
         DecidedBy::Rule(i) => (
@@ -444,6 +459,9 @@ fn explain(file: &Path, json: bool, action: &[String]) -> Result<i32> {
                 "connect" => {
                     "seccomp user notification on connect/sendto/sendmsg (the supervisor connects)"
                         .to_string()
+                }
+                "resolve" => {
+                    "the session's DNS resolver (refused names never leave the machine)".to_string()
                 }
                 _ => "Landlock".to_string(),
             },
