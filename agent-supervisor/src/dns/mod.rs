@@ -272,7 +272,9 @@ impl Resolver {
         let now = Instant::now();
         let mut kept = Vec::new();
         let mut refused = Vec::new();
-        let mut filter = |records: Vec<Record>| -> Vec<Record> {
+        // Addresses in special ranges go from both sections; only the answer section's count
+        // as what the name resolved to (additional records are the server's say-so).
+        let mut filter = |records: Vec<Record>, answer_section: bool| -> Vec<Record> {
             records
                 .into_iter()
                 .filter(|r| {
@@ -287,13 +289,15 @@ impl Resolver {
                             return false;
                         }
                     }
-                    kept.push((ip, r.ttl()));
+                    if answer_section {
+                        kept.push((ip, r.ttl()));
+                    }
                     true
                 })
                 .collect()
         };
-        let answers = filter(reply.take_answers());
-        let additionals = filter(reply.take_additionals());
+        let answers = filter(reply.take_answers(), true);
+        let additionals = filter(reply.take_additionals(), false);
         reply.insert_answers(answers);
         reply.insert_additionals(additionals);
         for (ip, ttl) in &kept {
