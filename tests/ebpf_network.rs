@@ -788,6 +788,13 @@ fn without_root_the_session_still_runs_and_says_once_that_the_backstop_is_off() 
         "the warning says what is weaker and why: {}",
         warnings[0]
     );
+    // Without root there is no session resolver (port 53): one line says DNS is refused.
+    let dns: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("DNS resolver could not start") && l.contains("DNS is refused"))
+        .collect();
+    assert_eq!(dns.len(), 1, "{}", show(&r));
 }
 
 #[test]

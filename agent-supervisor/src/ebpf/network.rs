@@ -10,6 +10,8 @@
 //!  policy allow rules ──(ebpf::rules: only those no stricter rule overlaps)──▶ NET_RULES
 //!  decision "allow" (rule, human, session memory)
 //!      └─▶ NetworkMaps::before_connect(ip, port, proto) ──▶ NET_ALLOW ──▶ then the call
+//!  DNS answer for an allowed name (crate::dns) ──▶ NET_ALLOW / NET_RULES for the rule's
+//!      ports ──▶ remove_exact / remove_rule when the answer expires
 //!  kernel: connect/sendmsg on a socket of the session cgroup ──▶ program looks up ──▶ 1 / EPERM
 //! ```
 //!
