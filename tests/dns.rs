@@ -745,6 +745,167 @@ fn dns_over_tcp_to_the_resolver_forwards_allowed_names_only() {
     );
 }
 
+/// Four threads send DNS queries for `NAME` (sendto, or connect + send on UDP and TCP) to a
+/// shared sockaddr that a fifth thread flips between the session resolver and a decoy
+/// server on port 53. Prints `ok=N failed=M`.
+const RACE_DNS_C: &str = r#"
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+static struct sockaddr_in shared;
+static volatile int stop;
+static in_addr_t resolver, decoy;
+static unsigned char q[300];
+static int qlen;
+static const char *mode;
+static long ok[4], failed[4];
+
+static void *flip(void *arg) {
+    volatile in_addr_t *a = &shared.sin_addr.s_addr;
+    while (!stop) { *a = resolver; *a = decoy; }
+    return arg;
+}
+
+static void *attack(void *arg) {
+    long i = (long)arg;
+    int udp = socket(AF_INET, SOCK_DGRAM, 0);
+    while (!stop) {
+        long r;
+        if (!strcmp(mode, "sendto")) {
+            r = sendto(udp, q, qlen, 0, (struct sockaddr *)&shared, sizeof shared);
+        } else {
+            int tcp = !strcmp(mode, "tcp");
+            int s = socket(AF_INET, tcp ? SOCK_STREAM : SOCK_DGRAM, 0);
+            struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 };
+            setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+            r = connect(s, (struct sockaddr *)&shared, sizeof shared);
+            if (r == 0) {
+                unsigned char framed[302];
+                framed[0] = qlen >> 8; framed[1] = qlen & 255;
+                memcpy(framed + 2, q, qlen);
+                r = tcp ? send(s, framed, qlen + 2, 0) : send(s, q, qlen, 0);
+            }
+            close(s);
+        }
+        if (r >= 0) ok[i]++; else failed[i]++;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5) return 2;
+    mode = argv[1];
+    FILE *f = fopen("/etc/resolv.conf", "r");
+    char line[256], ns[64] = "";
+    while (f && fgets(line, sizeof line, f)) sscanf(line, "nameserver %63s", ns);
+    if (f) fclose(f);
+    resolver = inet_addr(ns);
+    decoy = inet_addr(argv[2]);
+    const char *name = argv[3];
+    unsigned char hdr[12] = {0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0};
+    memcpy(q, hdr, 12); qlen = 12;
+    for (const char *p = name; *p;) {
+        const char *dot = strchr(p, '.');
+        int n = dot ? dot - p : (int)strlen(p);
+        q[qlen++] = n; memcpy(q + qlen, p, n); qlen += n;
+        p += n + (dot ? 1 : 0);
+    }
+    q[qlen++] = 0; q[qlen++] = 0; q[qlen++] = 1; q[qlen++] = 0; q[qlen++] = 1;
+    shared.sin_family = AF_INET;
+    shared.sin_port = htons(53);
+    shared.sin_addr.s_addr = resolver;
+    pthread_t t_flip, t[4];
+    pthread_create(&t_flip, 0, flip, 0);
+    for (long i = 0; i < 4; i++) pthread_create(&t[i], 0, attack, (void *)i);
+    usleep(atoi(argv[4]) * 1000);
+    stop = 1;
+    pthread_join(t_flip, 0);
+    long o = 0, x = 0;
+    for (int i = 0; i < 4; i++) { pthread_join(t[i], 0); o += ok[i]; x += failed[i]; }
+    printf("%s ok=%ld failed=%ld\n", mode, o, x);
+    return 0;
+}
+"#;
+
+#[test]
+fn racing_threads_cannot_send_dns_past_the_session_resolver() {
+    skip_unless_able!();
+    let pid = std::process::id();
+    let decoy_ip = Ipv4Addr::new(127, 56, (pid >> 8) as u8, pid as u8 | 1);
+    let decoy_udp = UdpSocket::bind((decoy_ip, 53)).expect("bind the decoy (udp 53)");
+    decoy_udp
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let decoy_tcp = TcpListener::bind((decoy_ip, 53)).expect("bind the decoy (tcp 53)");
+    decoy_tcp.set_nonblocking(true).unwrap();
+    let upstream = Upstream::start(&[("race.example.test", "198.51.100.201".parse().unwrap(), 60)]);
+    let ws = Workspace::new("dns-race");
+    let racer = common::compile_c(&ws.dir, "race_dns", RACE_DNS_C, &["-pthread"]);
+    skip_unless!(racer.is_some(), "needs a C compiler (cc)");
+    let racer = racer.unwrap();
+    let policy_text = policy(
+        // The decoy's address is allowed by an IP rule: only the port-53 rule stops it.
+        "[network]\nallow = [\"race.example.test:443\", \"127.56.0.0/16:*\"]\n\
+         [[rule]]\ndecision = \"allow\"\ncommand = \"{workspace}/race_dns\"\n",
+    );
+    let decoy = decoy_ip.to_string();
+    let mut outputs = String::new();
+    // With the kernel hooks and without them (--no-ebpf): the supervisor alone must hold.
+    for ebpf in [&[][..], &["--no-ebpf"][..]] {
+        for mode in ["sendto", "udp", "tcp"] {
+            let policy_path = ws.policy(&policy_text);
+            let upstream_flag = upstream.addr.to_string();
+            let mut args = vec![
+                "--headless",
+                "--policy",
+                policy_path.to_str().unwrap(),
+                "--dns-upstream",
+                &upstream_flag,
+            ];
+            args.extend_from_slice(ebpf);
+            let r = ws.run(
+                &args,
+                &[
+                    racer.to_str().unwrap(),
+                    mode,
+                    &decoy,
+                    "race.example.test",
+                    "400",
+                ],
+                LIMIT,
+            );
+            assert!(!r.timed_out && r.code == Some(0), "{}", show(&r));
+            outputs.push_str(&r.stdout);
+        }
+    }
+    let mut buf = [0u8; 512];
+    assert!(
+        decoy_udp.recv_from(&mut buf).is_err(),
+        "a racing thread got a DNS datagram to another server\n{outputs}"
+    );
+    assert!(
+        decoy_tcp.accept().is_err(),
+        "a racing thread reached another DNS server over TCP\n{outputs}"
+    );
+    assert!(
+        upstream.was_asked_containing("race.example.test"),
+        "no query went through the resolver (did the race run?)\n{outputs}"
+    );
+    eprintln!("{outputs}");
+    assert!(
+        outputs.lines().all(|l| !l.contains(" ok=0 ")),
+        "each mode must have got queries to the resolver through\n{outputs}"
+    );
+}
+
 #[test]
 fn ask_on_a_name_prompts_once_and_remembers_always() {
     skip_unless_able!();
