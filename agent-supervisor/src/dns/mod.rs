@@ -144,7 +144,7 @@ impl Resolver {
         )
     }
 
-    /// Is `dest` (on a socket of protocol `protocol`) this resolver?
+    /// Is `dest` this resolver (port 53 of its address, IPv4-mapped or not)?
     pub fn is_resolver(&self, dest: SocketAddr) -> bool {
         dest.port() == 53 && dest.ip().to_canonical() == self.address
     }
