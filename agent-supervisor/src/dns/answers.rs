@@ -184,10 +184,13 @@ fn remove(maps: &NetworkMaps, ip: IpAddr, entry: KernelEntry) -> std::io::Result
     }
 }
 
+/// The longest an answer is trusted, whatever TTL it carries (a day, as resolvers cap it).
+pub const MAX_TTL: u32 = 86_400;
+
 /// When an answer with `ttl` seconds received at `now` stops letting new connections
-/// through: its TTL plus `grace`.
+/// through: its TTL (at most [`MAX_TTL`]) plus `grace`.
 pub fn expiry(now: Instant, ttl: u32, grace: Duration) -> Instant {
-    now + Duration::from_secs(u64::from(ttl)) + grace
+    now + Duration::from_secs(u64::from(ttl.min(MAX_TTL))) + grace
 }
 
 #[cfg(test)]
@@ -200,6 +203,18 @@ mod tests {
             decided_by: DecidedBy::Rule(0),
             approved: false,
         }
+    }
+
+    #[test]
+    fn ttls_are_capped_and_get_the_grace() {
+        let now = Instant::now();
+        let g = Duration::from_secs(10);
+        assert_eq!(expiry(now, 0, g), now + g);
+        assert_eq!(expiry(now, 60, g), now + Duration::from_secs(70));
+        assert_eq!(
+            expiry(now, u32::MAX, g),
+            now + Duration::from_secs(u64::from(MAX_TTL)) + g
+        );
     }
 
     #[test]
