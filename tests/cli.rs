@@ -400,6 +400,54 @@ fn explain_with_a_policy_file_names_its_rule() {
 }
 
 #[test]
+fn explain_a_lookup_names_the_rule_and_the_ports_it_opens() {
+    let ws = Workspace::new("explain-resolve");
+    let text = "version = 1\nextends = \"sandboxed\"\ndefault = \"deny\"\n\n[network]\nallow = [\"*.github.com:443\"]\ndeny = [\"evil.example\"]\n";
+    ws.write("p.toml", text);
+    let explain = |name: &str| {
+        cli_in(
+            &ws.dir,
+            &["policy", "explain", "p.toml", "--", "resolve", name],
+        )
+    };
+    let r = explain("api.github.com");
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(field(&r.stdout, "decision:"), "allow", "{}", r.stdout);
+    assert!(r.stdout.contains("open port 443"), "{}", r.stdout);
+    let r = explain("evil.example");
+    assert_eq!(field(&r.stdout, "decision:"), "deny", "{}", r.stdout);
+    let r = explain("c2VjcmV0.exfil.test");
+    assert_eq!(field(&r.stdout, "decision:"), "deny", "{}", r.stdout);
+    assert!(
+        field(&r.stdout, "decided by:").contains("default"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn run_with_a_bad_dns_upstream_is_a_usage_error() {
+    let ws = Workspace::new("run-bad-dns");
+    let r = cli_in(
+        &ws.dir,
+        &[
+            "run",
+            "--headless",
+            "--dns-upstream",
+            "not-an-address",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(
+        r.stderr.contains("not-an-address") && r.stderr.contains("127.0.0.1:5353"),
+        "the error says what is expected: {}",
+        r.stderr
+    );
+}
+
+#[test]
 fn explain_rejects_an_unknown_action() {
     let r = cli(&[
         "policy",

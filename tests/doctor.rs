@@ -638,6 +638,7 @@ const WARNING_TOPICS: &[&str] = &[
     "exec backstop",
     "Landlock",
     "WAIT_KILLABLE_RECV",
+    "DNS resolver",
 ];
 
 fn topic(line: &str) -> &'static str {

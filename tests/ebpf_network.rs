@@ -344,6 +344,111 @@ fn cidr_rules_allow_their_networks_and_ports_but_never_the_unspecified_address()
     assert!(!other.was_reached(), "::/0 let an IPv4 destination through");
 }
 
+#[test]
+fn dns_port_passes_only_through_an_exact_entry_even_under_an_allow_all_rule() {
+    skip_unless_privileged!();
+    let ws = Workspace::new("ebpf-dns53");
+    let probe = probe(&ws.dir);
+    // Two addresses of our own on port 53 (the session resolver's and "another server").
+    let pid = std::process::id();
+    let resolver = Ipv4Addr::new(127, 54, (pid >> 8) as u8, pid as u8 | 1);
+    let other = Ipv4Addr::new(127, 55, (pid >> 8) as u8, pid as u8 | 1);
+    let resolver_udp = UdpSocket::bind((resolver, 53)).expect("bind udp 53 (root)");
+    resolver_udp.set_nonblocking(true).expect("nonblocking");
+    let other_udp = UdpSocket::bind((other, 53)).expect("bind udp 53 (root)");
+    other_udp.set_nonblocking(true).expect("nonblocking");
+    let other_tcp = TcpListener::bind((other, 53)).expect("bind tcp 53 (root)");
+    let elsewhere = Listener::new();
+
+    let backstop = backstop("dns53");
+    let maps = backstop.maps();
+    maps.allow_rule("0.0.0.0/0".parse().expect("net"), None)
+        .expect("allow-all v4");
+    maps.allow_rule("::/0".parse().expect("net"), None)
+        .expect("allow-all v6");
+    maps.allow_exact(IpAddr::V4(resolver), 53, UDP)
+        .expect("the resolver's entry");
+    let (r, o) = (resolver.to_string(), other.to_string());
+    let mapped = format!("::ffff:{o}");
+    let got = run_probe(
+        &probe,
+        Some(backstop.cgroup()),
+        &[
+            ("udp4", &r, 53),
+            ("udp4", &o, 53),
+            ("tcp4", &o, 53),
+            ("udp6", &mapped, 53),
+            ("tcp4", "127.0.0.1", elsewhere.port),
+        ],
+    );
+    use Outcome::*;
+    assert_eq!(
+        got,
+        [Ok, Errno(EPERM), Errno(EPERM), Errno(EPERM), Ok],
+        "port 53 only to the exact entry; other ports under the allow-all rule"
+    );
+    assert_eq!(datagrams(&resolver_udp), 1);
+    assert_eq!(datagrams(&other_udp), 0, "DNS reached another server");
+    assert!(!tcp_reached(&other_tcp), "TCP DNS reached another server");
+    assert!(elsewhere.was_reached());
+}
+
+#[test]
+fn a_dns_answer_opens_its_rule_ports_in_the_kernel_until_it_expires() {
+    use agent_supervisor::dns::answers::{Answers, Known};
+    use agent_supervisor_policy::DecidedBy;
+    skip_unless_privileged!();
+    let ws = Workspace::new("ebpf-dns-answer");
+    let probe = probe(&ws.dir);
+    let (by_rule, other_port) = (Listener::new(), Listener::new());
+    let any_port = TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let any_port_port = any_port.local_addr().expect("addr").port();
+    let backstop = backstop("dns-answer");
+    let maps = backstop.maps();
+    let answers = Answers::default();
+    let now = Instant::now();
+    let known = |name: &str| Known {
+        name: name.into(),
+        decided_by: DecidedBy::Rule(0),
+        approved: false,
+    };
+    // 127.0.0.1 answered for a name whose rule has one port; 127.0.0.2 for an any-port name.
+    answers.record(
+        Some(&maps),
+        LOCALHOST,
+        known("one.test"),
+        now + Duration::from_secs(60),
+        &[Some(by_rule.port)],
+    );
+    answers.record(
+        Some(&maps),
+        "127.0.0.2".parse().expect("ip"),
+        known("any.test"),
+        now + Duration::from_secs(60),
+        &[None],
+    );
+    let actions = [
+        ("tcp4", "127.0.0.1", by_rule.port),
+        ("tcp4", "127.0.0.1", other_port.port),
+        ("tcp4", "127.0.0.2", any_port_port),
+    ];
+    use Outcome::*;
+    let got = run_probe(&probe, Some(backstop.cgroup()), &actions);
+    assert_eq!(
+        got,
+        [Ok, Errno(EPERM), Ok],
+        "the rule's port only, or any port"
+    );
+    assert!(by_rule.was_reached() && tcp_reached(&any_port));
+    assert!(!other_port.was_reached());
+
+    // Expired: both answers and their kernel entries are gone.
+    assert_eq!(answers.sweep(Some(&maps), now + Duration::from_secs(61)), 2);
+    let got = run_probe(&probe, Some(backstop.cgroup()), &actions);
+    assert_eq!(got, [Errno(EPERM), Errno(EPERM), Errno(EPERM)]);
+    assert!(!by_rule.was_reached() && !tcp_reached(&any_port));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Outside the session cgroup
 // ---------------------------------------------------------------------------------------------
@@ -683,6 +788,13 @@ fn without_root_the_session_still_runs_and_says_once_that_the_backstop_is_off() 
         "the warning says what is weaker and why: {}",
         warnings[0]
     );
+    // Without root there is no session resolver (port 53): one line says DNS is refused.
+    let dns: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("DNS resolver could not start") && l.contains("DNS is refused"))
+        .collect();
+    assert_eq!(dns.len(), 1, "{}", show(&r));
 }
 
 #[test]

@@ -18,7 +18,8 @@
 //!   (Linux 4.17 for connect, 4.18 for sendmsg) attached to one session's cgroup v2 directory
 //!   only. They see the address the kernel is about to use and return 1 (go on) only when it
 //!   is in the session's `NET_ALLOW` (exact destination) or `NET_RULES` (CIDR rule) map;
-//!   0 makes the call fail with `EPERM`. They only look up: the supervisor writes every entry
+//!   0 makes the call fail with `EPERM`. TCP/UDP port 53 passes only through an exact entry
+//!   (the session's DNS resolver). They only look up: the supervisor writes every entry
 //!   (see `agent-supervisor/src/ebpf/network.rs`).
 //!
 //! - [`file_open`], [`bprm_check_security`], [`mmap_file`]: BPF LSM programs (Linux 5.7+,
@@ -541,6 +542,15 @@ fn is_unspecified(ip: &[u8; 16]) -> bool {
     v4_mapped_any || ip.iter().all(|&b| b == 0)
 }
 
+/// TCP and UDP port 53 is DNS, which goes to the session's resolver only: only an exact
+/// entry (the supervisor writes one for its resolver) lets it through, never a CIDR rule, so
+/// no `allow *` carries queries (and data in their labels) to another server.
+fn is_dns(port: u16, protocol: u32) -> bool {
+    const IPPROTO_TCP: u32 = 6;
+    const IPPROTO_UDP: u32 = 17;
+    port == 53 && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP)
+}
+
 fn decide(ctx: &SockAddrContext, ip: [u8; 16]) -> i32 {
     // SAFETY: a read of a global the loader sets before the program is loaded (it lives in
     // .rodata: volatile so the compiler doesn't fold the placeholder 0).
@@ -564,7 +574,7 @@ fn decide(ctx: &SockAddrContext, ip: [u8; 16]) -> i32 {
     if allows(NET_ALLOW.get_ptr(exact)) {
         return PROCEED;
     }
-    if is_unspecified(&ip) {
+    if is_unspecified(&ip) || is_dns(port, protocol) {
         return REFUSE;
     }
     for rule_port in [port as u32, NET_ANY_PORT] {

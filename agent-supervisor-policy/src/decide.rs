@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::matcher::RuleMatcher;
 use crate::paths::{split_pattern, tree_holding, under_any};
-use crate::{Access, DecidedBy, Decision, Policy, Request, Target, Verdict};
+use crate::{Access, DecidedBy, Decision, NameVerdict, Policy, Request, Target, Verdict};
 
 pub(crate) fn decide(policy: &Policy, request: &Request<'_>) -> Verdict {
     match *request {
@@ -209,6 +209,39 @@ pub(crate) fn exec_grant_root(rule: &crate::Rule) -> Option<std::path::PathBuf> 
         }
         _ => None,
     }
+}
+
+/// See [`Policy::decide_name`].
+pub(crate) fn decide_name(policy: &Policy, name: &str) -> NameVerdict {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let matching: Vec<usize> = policy
+        .matchers
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| matches!(m, RuleMatcher::Network(n) if n.is_name_match(&name)))
+        .map(|(i, _)| i)
+        .collect();
+    let verdict = match pick(policy, matching.iter().copied()) {
+        Some(i) => by_rule(policy, i),
+        None => by_default(policy, "this host name"),
+    };
+    // The ports of the host-name rules that decide as the winner does: what an answer's
+    // addresses are good for in the kernel maps.
+    let mut ports = Vec::new();
+    if !matches!(verdict.decided_by, DecidedBy::Rule(i) if policy.rules[i].catch_all) {
+        for &i in &matching {
+            if let RuleMatcher::Network(n) = &policy.matchers[i] {
+                if n.is_host_name()
+                    && !policy.rules[i].catch_all
+                    && policy.rules[i].decision == verdict.decision
+                    && !ports.contains(&n.port())
+                {
+                    ports.push(n.port());
+                }
+            }
+        }
+    }
+    NameVerdict { verdict, ports }
 }
 
 fn decide_connect(policy: &Policy, ip: IpAddr, port: u16, host: Option<&str>) -> Verdict {

@@ -90,8 +90,13 @@
 //! `network` specs are `ip:port`, `cidr:port`, `[v6]:port`, `[v6cidr]:port`, `name:port` or
 //! `*.glob.name:port`, where the port may be `*`; a host of `*` matches any address. IPv6
 //! addresses go in brackets. IPv4-mapped IPv6 requests (`::ffff:1.2.3.4`) match IPv4 rules.
-//! Until the supervisor is DNS-aware, host-name rules match only requests that carry the
-//! name ([`Request::Connect::host`]); IP and CIDR rules always apply.
+//! Host-name rules match requests that carry the name ([`Request::Connect::host`]: the
+//! supervisor knows it when the session resolved the address through its resolver) and
+//! decide DNS lookups ([`Policy::decide_name`]); IP and CIDR rules always apply.
+//!
+//! `[network]` is a shorthand for network rules: `allow = ["pypi.org", "*.github.com:443"]`
+//! and `deny = [...]` add one rule per entry (after the file's `[[rule]]`s), an entry without
+//! a port meaning any port (`pypi.org` is `pypi.org:*`).
 //!
 //! ## Deciding
 //!
@@ -431,6 +436,16 @@ pub struct Verdict {
     pub reason: Option<String>,
 }
 
+/// The outcome of [`Policy::decide_name`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameVerdict {
+    /// Whether the name may be resolved.
+    pub verdict: Verdict,
+    /// Ports (None: any) of the host-name rules deciding like `verdict`; empty when `*`,
+    /// a catch-all or the default decided.
+    pub ports: Vec<Option<u16>>,
+}
+
 impl fmt::Display for Verdict {
     /// `deny by rule 2 (reason)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -581,6 +596,15 @@ impl Policy {
     /// Decide a request. Never fails: anything undecidable is a denial.
     pub fn decide(&self, request: &Request<'_>) -> Verdict {
         decide::decide(self, request)
+    }
+    /// Decide a DNS lookup of `name` (the supervisor's resolver asks before forwarding a
+    /// query): the strictest specific network rule whose host is a name glob matching `name`
+    /// or `*` (any port), else the strictest catch-all, else `default`. IP and CIDR rules take
+    /// no part: they decide the connections to the answer's addresses. `ports` lists the
+    /// ports (None: any) of the host-name rules that decide as the winner does, for the
+    /// in-kernel allow entries of the answer's addresses. Never fails.
+    pub fn decide_name(&self, name: &str) -> NameVerdict {
+        decide::decide_name(self, name)
     }
     /// Does `path` match rule `rule`'s file pattern? (Used by the mask walk.)
     /// False for rules that are not file rules and for out-of-range indices.

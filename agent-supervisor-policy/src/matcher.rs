@@ -385,6 +385,27 @@ impl NetMatcher {
         Some((nets, self.port))
     }
 
+    /// Does a DNS lookup of `name` concern this rule? True for host-name globs matching the
+    /// name and for `*` hosts (any address, so any name), whatever the port; IP and CIDR
+    /// rules never match a name. `name` is lower-case without the trailing dot.
+    pub fn is_name_match(&self, name: &str) -> bool {
+        match &self.host {
+            HostMatcher::Any => true,
+            HostMatcher::Name(g) => g.is_match(name),
+            HostMatcher::Ip(_) | HostMatcher::Net(_) => false,
+        }
+    }
+
+    /// True for host-name glob rules.
+    pub fn is_host_name(&self) -> bool {
+        matches!(self.host, HostMatcher::Name(_))
+    }
+
+    /// The rule's port (None: any).
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
     pub fn is_match(&self, ip: IpAddr, port: u16, host: Option<&str>) -> bool {
         if self.port.is_some_and(|p| p != port) {
             return false;

@@ -24,8 +24,17 @@ struct RawFile {
     approval_timeout: Option<Spanned<String>>,
     vars: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     filesystem: Option<RawFilesystem>,
+    network: Option<RawNetwork>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+}
+
+/// `[network]`: `allow = [...]`, `deny = [...]`, one network rule per entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    allow: Option<Vec<Spanned<String>>>,
+    deny: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -118,7 +127,7 @@ pub(crate) fn parse_layer(src: &Arc<Source>) -> Result<Layer, PolicyError> {
         Some(fs) => (list(fs.read), list(fs.write), list(fs.exec)),
         None => (None, None, None),
     };
-    let rules = raw
+    let mut rules = raw
         .rule
         .into_iter()
         .map(|rule| {
@@ -126,6 +135,16 @@ pub(crate) fn parse_layer(src: &Arc<Source>) -> Result<Layer, PolicyError> {
             layer_rule(src, header, rule.into_inner())
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(network) = raw.network {
+        for (decision, list) in [
+            (Decision::Allow, network.allow),
+            (Decision::Deny, network.deny),
+        ] {
+            for entry in list.unwrap_or_default() {
+                rules.push(shorthand_rule(str_of(entry), decision));
+            }
+        }
+    }
     Ok(Layer {
         extends: raw.extends.map(str_of),
         default,
@@ -222,6 +241,25 @@ fn layer_rule(src: &Arc<Source>, header: Pos, raw: RawRule) -> Result<LayerRule,
         target,
         reason: raw.reason,
     })
+}
+
+/// One entry of `[network] allow`/`deny` as a rule; without a port it means any port.
+fn shorthand_rule(mut spec: Str, decision: Decision) -> LayerRule {
+    let trimmed = spec.value.trim();
+    let has_port = match trimmed.rfind(']') {
+        Some(close) => trimmed[close..].contains(':'),
+        // A bare IPv6 address is left alone: the spec parser says to bracket it.
+        None => trimmed.contains(':'),
+    };
+    if !has_port && trimmed != "*" {
+        spec.value = format!("{trimmed}:*");
+    }
+    LayerRule {
+        decision,
+        header: spec.pos.clone(),
+        target: LayerTarget::Network { spec },
+        reason: None,
+    }
 }
 
 fn decision(s: &Str) -> Result<Decision, PolicyError> {

@@ -5,7 +5,7 @@
 //! - `NAME.plan`: the enforcement plan.
 //!
 //! Requests: `exec [invoked=PATH] PATH ARG...`, `open PATH read+write` (any of read, write,
-//! exec joined by `+`, or `none`), `connect IP:PORT [host=NAME]` (IPv6 in brackets).
+//! exec joined by `+`, or `none`), `connect IP:PORT [host=NAME]` (IPv6 in brackets), `resolve NAME` (a DNS lookup).
 //! Lines that are empty or start with `#` are kept as they are.
 //!
 //! `UPDATE_GOLDEN=1 cargo test -p agent-supervisor-policy --test golden` rewrites the
@@ -82,7 +82,24 @@ fn decide_line(policy: &Policy, request: &str) -> Result<String, String> {
                 host,
             })
         }
-        _ => return Err(format!("`{request}`: expected exec, open or connect")),
+        ["resolve", name] => {
+            let named = policy.decide_name(name);
+            let ports: Vec<String> = named
+                .ports
+                .iter()
+                .map(|p| p.map_or("*".to_string(), |p| p.to_string()))
+                .collect();
+            return Ok(format!(
+                "{request} => {} ports [{}]",
+                named.verdict,
+                ports.join(" ")
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "`{request}`: expected exec, open, connect or resolve"
+            ))
+        }
     };
     Ok(format!("{request} => {verdict}"))
 }

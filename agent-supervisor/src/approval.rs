@@ -129,7 +129,10 @@ fn settle(ctx: &Arc<Ctx>, queue: &mut VecDeque<Waiting>, now: Option<Instant>) {
     let now = now.unwrap_or_else(Instant::now);
     let mut keep = VecDeque::with_capacity(queue.len());
     while let Some(w) = queue.pop_front() {
-        if !sys::notif_id_valid(ctx.listener.as_fd(), w.p.notif.id) {
+        if w.p
+            .notif
+            .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id))
+        {
             continue;
         }
         let remembered = ctx
@@ -188,8 +191,12 @@ fn prompt(
         .as_secs();
     let _ = write!(
         tty,
-        "\n\x1b[1m[agent-supervisor]\x1b[0m the agent (pid {}) wants to {}:\n    {}\n    {}{}\n  allow? [y] once  [n] no  [a] always this session  [b] never this session  (no answer in {}s = no) ",
-        w.p.pid,
+        "\n\x1b[1m[agent-supervisor]\x1b[0m {} wants to {}:\n    {}\n    {}{}\n  allow? [y] once  [n] no  [a] always this session  [b] never this session  (no answer in {}s = no) ",
+        if w.p.pid > 0 {
+            format!("the agent (pid {})", w.p.pid)
+        } else {
+            "the agent".to_string()
+        },
         verb(w.p.kind),
         w.p.summary,
         crate::supervise::escape_for_human(rule.as_bytes()),
@@ -209,7 +216,10 @@ fn prompt(
         if now >= w.deadline {
             break Answer::TimedOut;
         }
-        if !sys::notif_id_valid(ctx.listener.as_fd(), w.p.notif.id) {
+        if w.p
+            .notif
+            .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id))
+        {
             break Answer::Gone;
         }
         while let Ok(p) = rx.try_recv() {
@@ -264,5 +274,6 @@ fn verb(kind: crate::supervise::Kind) -> &'static str {
         Connect => "connect",
         Send => "send to an address",
         Bind => "bind a socket",
+        Resolve => "look up a host name",
     }
 }

@@ -241,6 +241,19 @@ const SANDBOX_NAMESPACES: u64 = (libc::CLONE_NEWUSER
     | libc::CLONE_NEWCGROUP) as u64;
 const SANDBOX_NAMESPACES_TEXT: &str = "NEWUSER|NEWNS|NEWPID|NEWIPC|NEWUTS|NEWCGROUP";
 
+/// Can the session's DNS resolver bind port 53 of a loopback address? (An address in use
+/// counts as yes: the resolver picks another.)
+fn probe_dns_port() -> Result<(), String> {
+    match std::net::UdpSocket::bind(("127.53.255.254", 53)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(()),
+        Err(e) => Err(format!(
+            "binding port 53 of 127.53.255.254: {} (needs root or CAP_NET_BIND_SERVICE)",
+            errno_text(&e)
+        )),
+    }
+}
+
 fn probe_namespaces() -> Probe {
     let call = format!("clone3({SANDBOX_NAMESPACES_TEXT})");
     match sys::fork_single_threaded(SANDBOX_NAMESPACES) {
@@ -352,6 +365,7 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
                 .map_err(|tracepoint| format!("tp_btf: {tp_btf}; tracepoint: {tracepoint}"))
         }),
         bpf_lsm: bpf_lsm.usable.as_result(),
+        dns_resolver: probe_dns_port(),
     };
     let plan = policy.plan();
     let mut protections = needs::protections(policy, &plan);

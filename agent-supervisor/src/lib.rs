@@ -16,6 +16,7 @@
 pub mod approval;
 pub mod audit;
 pub mod cgroup;
+pub mod dns;
 pub mod doctor;
 pub mod ebpf;
 pub mod sandbox;

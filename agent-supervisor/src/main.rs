@@ -22,6 +22,16 @@ Exit codes: run exits with the agent's code (128+N when a signal N killed it),
 125 when the supervisor refuses to start or fails, 126/127 when the command
 cannot be executed or is not found.";
 
+/// `--dns-upstream`: `IP`, `IP:PORT` or `[IPv6]:PORT` (port 53 when absent).
+fn parse_dns_server(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Ok(sa);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .map_err(|_| format!("`{s}` is not a DNS server address, expected e.g. 10.0.0.2, 127.0.0.1:5353 or [::1]:53"))
+}
+
 /// Run AI agents with rails the kernel enforces: safe actions run, dangerous ones are
 /// blocked, everything else waits for a human, and every decision is audited.
 #[derive(Parser)]
@@ -38,7 +48,7 @@ struct Cli {
 enum Command {
     /// Run COMMAND under a policy.
     #[command(
-        after_help = "Examples:\n  agent-supervisor run -- python my_agent.py\n  agent-supervisor run --policy preset:locked -- ./agent.sh\n  agent-supervisor run --headless --audit ./audit.jsonl -- make test\n\nPolicy lookup without --policy: ./.agent-supervisor/policy.toml,\n~/.config/agent-supervisor/policy.toml, /etc/agent-supervisor/policy.toml,\nthen the built-in `sandboxed` preset."
+        after_help = "Examples:\n  agent-supervisor run -- python my_agent.py\n  agent-supervisor run --policy preset:locked -- ./agent.sh\n  agent-supervisor run --headless --audit ./audit.jsonl -- make test\n  agent-supervisor run --dns-upstream 10.0.0.2 --policy ./policy.toml -- ./agent.sh\n\nPolicy lookup without --policy: ./.agent-supervisor/policy.toml,\n~/.config/agent-supervisor/policy.toml, /etc/agent-supervisor/policy.toml,\nthen the built-in `sandboxed` preset."
     )]
     Run {
         /// Policy file, or `preset:NAME` (unrestricted, sandboxed, locked).
@@ -70,6 +80,20 @@ enum Command {
         /// supervisor's own checks stay, and the missing backstops are reported as usual.
         #[arg(long)]
         no_ebpf: bool,
+        /// DNS server(s) the session's resolver forwards allowed names to, as IP or IP:PORT
+        /// (repeatable; default: the nameservers of the host's /etc/resolv.conf).
+        #[arg(
+            long,
+            value_name = "ADDR",
+            env = "AGENT_SUPERVISOR_DNS_UPSTREAM",
+            value_delimiter = ',',
+            value_parser = parse_dns_server
+        )]
+        dns_upstream: Vec<std::net::SocketAddr>,
+        /// How long after its TTL a DNS answer still lets new connections to its addresses
+        /// through (e.g. "10s", "1m").
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+        dns_grace: std::time::Duration,
         /// The agent's command line.
         #[arg(
             required = true,
@@ -137,7 +161,7 @@ enum PolicyCommand {
     },
     /// Show the decision for one action, the rule that made it, and what enforces it.
     #[command(
-        after_help = "Examples:\n  agent-supervisor policy explain policy.toml -- exec git push origin\n  agent-supervisor policy explain policy.toml -- open ~/.ssh/id_rsa\n  agent-supervisor policy explain policy.toml -- open ./out.txt --write\n  agent-supervisor policy explain preset:sandboxed -- connect 127.0.0.1:8080"
+        after_help = "Examples:\n  agent-supervisor policy explain policy.toml -- exec git push origin\n  agent-supervisor policy explain policy.toml -- open ~/.ssh/id_rsa\n  agent-supervisor policy explain policy.toml -- open ./out.txt --write\n  agent-supervisor policy explain preset:sandboxed -- connect 127.0.0.1:8080\n  agent-supervisor policy explain policy.toml -- resolve api.github.com"
     )]
     Explain {
         /// Policy file, or preset:NAME.
@@ -196,6 +220,8 @@ fn dispatch(cmd: Command) -> Result<i32> {
             quiet,
             require,
             no_ebpf,
+            dns_upstream,
+            dns_grace,
             command,
         } => {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -209,6 +235,10 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 quiet,
                 require,
                 no_ebpf,
+                dns: agent_supervisor::dns::DnsConfig {
+                    upstream: dns_upstream,
+                    grace: dns_grace,
+                },
                 command,
             })
         }
@@ -332,7 +362,7 @@ fn explain(file: &Path, json: bool, action: &[String]) -> Result<i32> {
     let policy = session::load_policy(Some(file), &vars).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (verb, rest) = action
         .split_first()
-        .context("missing action: exec, open or connect")?;
+        .context("missing action: exec, open, connect or resolve")?;
     let plan = policy.plan();
     let (verdict, what) = match verb.as_str() {
         "exec" => {
@@ -396,7 +426,22 @@ fn explain(file: &Path, json: bool, action: &[String]) -> Result<i32> {
                 format!("connect {dest}"),
             )
         }
-        other => bail!("unknown action {other}: expected exec, open or connect"),
+        "resolve" => {
+            let name = rest.first().context("resolve needs a host name")?;
+            let named = policy.decide_name(name);
+            let ports: Vec<String> = named
+                .ports
+                .iter()
+                .map(|p| p.map_or("*".to_string(), |p| p.to_string()))
+                .collect();
+            let ports = if ports.is_empty() {
+                String::new()
+            } else {
+                format!(" (answers open port {} in the kernel)", ports.join(", "))
+            };
+            (named.verdict, format!("resolve {name}{ports}"))
+        }
+        other => bail!("unknown action {other}: expected exec, open, connect or resolve"),
     };
     let (by, mechanism) = match &verdict.decided_by {
         DecidedBy::Rule(i) => (
@@ -414,6 +459,9 @@ fn explain(file: &Path, json: bool, action: &[String]) -> Result<i32> {
                 "connect" => {
                     "seccomp user notification on connect/sendto/sendmsg (the supervisor connects)"
                         .to_string()
+                }
+                "resolve" => {
+                    "the session's DNS resolver (refused names never leave the machine)".to_string()
                 }
                 _ => "Landlock".to_string(),
             },

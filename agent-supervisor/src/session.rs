@@ -26,7 +26,7 @@ use crate::sys;
 pub const EXIT_SUPERVISOR_ERROR: i32 = 125;
 
 /// Options of `run`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     pub policy: Option<PathBuf>,
     pub headless: bool,
@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub require: Vec<Requirement>,
     /// Don't load the eBPF backstops (troubleshooting, measuring their cost).
     pub no_ebpf: bool,
+    /// The session's DNS resolver (upstream servers, grace after TTL).
+    pub dns: crate::dns::DnsConfig,
     pub command: Vec<OsString>,
 }
 
@@ -298,6 +300,24 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         masks.sort_by_key(|m| m.path.components().count());
     }
 
+    // The session's DNS resolver binds port 53 of its own loopback address now (root, before
+    // any thread); the agent's resolv.conf names it. Without it (not root) DNS is refused
+    // outright (port 53 goes nowhere but the resolver), which one warning line says.
+    let (dns, dns_weaker) = match crate::dns::Resolver::bind(&opts.dns) {
+        Ok(r) => {
+            tracing::debug!("session DNS resolver at {}:53", r.address());
+            (Some(Arc::new(r)), None)
+        }
+        Err(e) => (
+            None,
+            Some(format!(
+                "the session's DNS resolver could not start ({}): DNS is refused and host-name \
+                 rules never match",
+                crate::ebpf::session::error_chain(&e)
+            )),
+        ),
+    };
+
     let spec = SandboxSpec {
         argv: sandbox::to_cstrings(&opts.command),
         landlock,
@@ -308,6 +328,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         keep_fds: opts.keep_fds.clone(),
         hostname: "agent-sandbox".into(),
         cgroup_procs: bpf.as_ref().map(|b| b.session.cgroup().procs_path()),
+        resolv_conf: dns.as_ref().map(|d| d.resolv_conf().into_bytes()),
     };
     // Signals we forward are blocked before any thread exists, so every thread inherits the
     // mask and only the forwarder receives them.
@@ -332,6 +353,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         }
     }
     sandbox.weaker.extend(bpf_weaker);
+    sandbox.weaker.extend(dns_weaker);
     tracing::debug!("sandbox ready (init pid {})", sandbox.init_pid);
     for w in &sandbox.weaker {
         eprintln!("agent-supervisor: warning: {w}");
@@ -357,6 +379,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         initial_argv: Mutex::new(Some(initial)),
         stopping: AtomicBool::new(false),
         network: bpf.as_ref().and_then(|b| b.network.clone()),
+        dns: dns.clone(),
     });
     audit.record(Record::session(
         &session,
@@ -380,6 +403,10 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         ),
         None => None,
     };
+    if let Some(dns) = &dns {
+        dns.spawn(&ctx)
+            .context("starting the DNS resolver's threads")?;
+    }
     spawn("notify", {
         let ctx = Arc::clone(&ctx);
         move || supervise::run_loop(ctx)

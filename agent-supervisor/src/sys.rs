@@ -612,6 +612,26 @@ pub fn mkdirat(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> 
 }
 
 /// Create an empty file `name` in `dirfd` with `mode`.
+/// Create (or truncate) `name` in `dirfd` with `mode` and write `content` into it.
+pub fn write_file_at(
+    dirfd: BorrowedFd<'_>,
+    name: &CStr,
+    mode: u32,
+    content: &[u8],
+) -> io::Result<()> {
+    // SAFETY: valid C string; the returned fd is owned right away.
+    let fd = check_int(unsafe {
+        libc::openat(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY | libc::O_CLOEXEC,
+            mode,
+        )
+    })?;
+    let fd = owned(fd as libc::c_long);
+    write_all_fd(std::os::fd::AsFd::as_fd(&fd), content)
+}
+
 pub fn create_file_at(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
     // SAFETY: valid C string; the returned fd is closed right away.
     let fd = check_int(unsafe {

@@ -4,7 +4,9 @@
 //! - start-up: `/bin/true`, repeated;
 //! - 10,000 opens: a small C program that opens and closes a workspace file 10,000 times;
 //!   its own loop time (clock_gettime around the loop) and the whole run's wall time;
-//! - a C build: `make -j2` of a generated 40-file C project, from clean.
+//! - a C build: `make -j2` of a generated 40-file C project, from clean;
+//! - host names ([`crate::bench_dns`]): connections per second to an allowed name, and the
+//!   latency the session's DNS resolver adds (`--dns-only` runs just this case).
 //!
 //! Each runs bare, under `bwrap` (user + PID namespaces) and `firejail` where installed, and
 //! under `agent-supervisor run --headless --policy preset:sandboxed` (the default policy). The
@@ -74,7 +76,7 @@ fn timed(r: &Runner, cmd: &[&str], cwd: &Path) -> Result<(Duration, String)> {
     Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-pub fn run(workspace: &Path) -> Result<()> {
+pub fn run(workspace: &Path, dns_only: bool) -> Result<()> {
     crate::setup::run()?;
     crate::process::run(
         Command::new(crate::cargo()).current_dir(workspace).args([
@@ -89,7 +91,11 @@ pub fn run(workspace: &Path) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("agent-supervisor-bench-{}", std::process::id()));
     let ws = dir.join("ws");
     std::fs::create_dir_all(&ws)?;
-    let result = bench_all(&supervisor, &dir, &ws);
+    let result = if dns_only {
+        bench_dns(&supervisor, &dir, Vec::new())
+    } else {
+        bench_all(&supervisor, &dir, &ws)
+    };
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -235,6 +241,19 @@ fn bench_all(supervisor: &Path, dir: &Path, ws: &Path) -> Result<()> {
         });
     }
 
+    bench_dns(supervisor, dir, rows)
+}
+
+/// The DNS case ([`crate::bench_dns`]) appended to `rows`, then the table.
+fn bench_dns(supervisor: &Path, dir: &Path, mut rows: Vec<Row>) -> Result<()> {
+    for (workload, runner, value, unit) in crate::bench_dns::run(supervisor, dir)? {
+        rows.push(Row {
+            workload,
+            runner,
+            value,
+            unit,
+        });
+    }
     print_table(&rows);
     Ok(())
 }
@@ -274,18 +293,13 @@ fn print_table(rows: &[Row]) {
     println!("| workload | runner | median | vs bare |");
     println!("| --- | --- | ---: | ---: |");
     for r in rows {
-        let bare = rows
+        let ratio = rows
             .iter()
             .find(|b| b.workload == r.workload && b.runner == "bare")
-            .map(|b| b.value)
-            .unwrap_or(r.value);
+            .map_or("–".to_string(), |b| format!("{:.3}x", r.value / b.value));
         println!(
-            "| {} | {} | {:.2} {} | {:.3}x |",
-            r.workload,
-            r.runner,
-            r.value,
-            r.unit,
-            r.value / bare
+            "| {} | {} | {:.2} {} | {ratio} |",
+            r.workload, r.runner, r.value, r.unit
         );
     }
 }

@@ -10,6 +10,7 @@
 //! - [`bench`]: what supervision costs: start-up, opens, a C build; bare, peers, supervised.
 
 mod bench;
+mod bench_dns;
 mod demo;
 mod process;
 mod setup;
@@ -64,8 +65,14 @@ enum Command {
     Demo,
     /// Set up, build the release supervisor, and measure `/bin/true` start-up, 10,000 opens
     /// in the workspace and a `make -j2` C build: bare, under bwrap/firejail, and under the
-    /// supervisor with the default policy. Prints a Markdown table of medians and ratios.
-    Bench,
+    /// supervisor with the default policy; and connections per second to an allowed host
+    /// name and the DNS latency the session resolver adds (root: it creates a veth pair).
+    /// Prints a Markdown table of medians and ratios.
+    Bench {
+        /// Only the DNS case (connections to an allowed name, resolver latency).
+        #[arg(long)]
+        dns_only: bool,
+    },
     /// Set up, build the tests, and run agent-supervisor's privileged tests inside QEMU
     /// guests on Debian kernels 6.1, 6.12 and the newest 7.x (with BPF LSM enabled).
     ///
@@ -83,7 +90,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Test { no_vm } => test::run(&workspace, !no_vm),
         Command::Demo => demo::run(&workspace),
-        Command::Bench => bench::run(&workspace),
+        Command::Bench { dns_only } => bench::run(&workspace, dns_only),
         Command::VmTest(options) => vm_test::run(&workspace, &options),
     };
     match result {

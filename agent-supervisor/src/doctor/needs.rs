@@ -41,6 +41,9 @@ pub enum Need {
     BpfExecBackstop,
     /// BPF LSM programs that load and an active `bpf` LSM.
     BpfLsm,
+    /// Port 53 of a loopback address can be bound (root, `CAP_NET_BIND_SERVICE`): the
+    /// session's DNS resolver.
+    DnsResolver,
     /// A mechanism description the doctor does not recognise.
     Unrecognised,
 }
@@ -61,6 +64,7 @@ impl Need {
             Need::BpfExecBackstop => "BPF tp_btf sched_process_exec",
             Need::BpfTracepoint => "BPF tracepoint",
             Need::BpfLsm => "BPF LSM",
+            Need::DnsResolver => "DNS resolver (port 53)",
             Need::Unrecognised => "unrecognised mechanism",
         }
     }
@@ -80,6 +84,7 @@ pub struct Abilities {
     pub bpf_exec_backstop: Result<(), String>,
     pub bpf_tracepoint: Result<(), String>,
     pub bpf_lsm: Result<(), String>,
+    pub dns_resolver: Result<(), String>,
 }
 
 /// The Landlock features the supervisor handles that `abi` lacks (empty from ABI 6).
@@ -141,6 +146,9 @@ pub fn weakness(need: Need, host: &Abilities, subject: &str) -> Option<String> {
         }),
         Need::BpfLsm => missing(&host.bpf_lsm)
             .map(|why| format!("BPF LSM unavailable ({why}): {subject} not enforced by LSM hooks")),
+        Need::DnsResolver => missing(&host.dns_resolver).map(|why| {
+            format!("the session's DNS resolver could not start ({why}): DNS is refused and host-name rules never match")
+        }),
         Need::Unrecognised => Some(format!(
             "doctor does not know which kernel features enforce {subject}: unverified"
         )),
@@ -260,6 +268,12 @@ pub fn protections(policy: &Policy, plan: &Plan) -> Vec<Protection> {
             "BPF cgroup/connect4, connect6, sendmsg4, sendmsg6 (cgroup_sock_addr) on the session's own cgroup v2 directory, fed with the supervisor's allow decisions".into(),
             vec![Need::BpfCgroupSockAddr],
         ));
+        out.push(p(
+            "host names in network rules".into(),
+            None,
+            "the session's DNS resolver on port 53 of a 127.53.0.0/16 address: names the policy refuses are never forwarded, answers' addresses go into the cgroup hooks' maps until their TTL".into(),
+            vec![Need::DnsResolver],
+        ));
     }
     if crate::ebpf::lsm::relevant(policy, plan) {
         out.push(p(
@@ -318,6 +332,7 @@ mod tests {
             bpf_exec_backstop: Ok(()),
             bpf_tracepoint: Ok(()),
             bpf_lsm: Ok(()),
+            dns_resolver: Ok(()),
         }
     }
 

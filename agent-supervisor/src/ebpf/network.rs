@@ -10,6 +10,8 @@
 //!  policy allow rules ──(ebpf::rules: only those no stricter rule overlaps)──▶ NET_RULES
 //!  decision "allow" (rule, human, session memory)
 //!      └─▶ NetworkMaps::before_connect(ip, port, proto) ──▶ NET_ALLOW ──▶ then the call
+//!  DNS answer for an allowed name (crate::dns) ──▶ NET_ALLOW / NET_RULES for the rule's
+//!      ports ──▶ remove_exact / remove_rule when the answer expires
 //!  kernel: connect/sendmsg on a socket of the session cgroup ──▶ program looks up ──▶ 1 / EPERM
 //! ```
 //!
@@ -174,6 +176,41 @@ impl NetworkMaps {
             .map_err(|e| map_io_error(names::NET_ALLOW, e))
     }
 
+    /// Take back what [`Self::allow_exact`] allowed (a DNS answer expired). Absent: no error.
+    pub fn remove_exact(&self, ip: IpAddr, port: u16, protocol: u8) -> io::Result<()> {
+        let key = NetAllowKey {
+            cgroup_id: self.cgroup_id,
+            ip: kernel_address(ip).octets(),
+            port,
+            protocol,
+            _padding: [0; 5],
+        };
+        match self.allow.lock().expect("NET_ALLOW lock").remove(&key) {
+            Ok(()) => Ok(()),
+            Err(e) => absent_is_fine(names::NET_ALLOW, e),
+        }
+    }
+
+    /// Take back what [`Self::allow_rule`] allowed (a DNS answer expired). Absent: no error.
+    pub fn remove_rule(&self, net: IpNet, port: Option<u16>) -> io::Result<()> {
+        let mut rules = self.rules.lock().expect("NET_RULES lock");
+        for prefix in kernel_prefixes(net) {
+            let key = Key::new(
+                NET_RULE_FIXED_BITS + u32::from(prefix.prefix_len()),
+                NetRuleKey {
+                    cgroup_id: self.cgroup_id,
+                    port: port.map_or(NET_ANY_PORT, u32::from),
+                    ip: prefix.network().octets(),
+                    _padding: 0,
+                },
+            );
+            if let Err(e) = rules.remove(&key) {
+                absent_is_fine(names::NET_RULES, e)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Allow every address of `net` on `port` (None: any port), any protocol. An IPv6
     /// network does not cover IPv4-mapped addresses (see [`kernel_prefixes`]), and the
     /// unspecified addresses (`0.0.0.0`, `::`) are only ever let through by exact entries.
@@ -194,6 +231,15 @@ impl NetworkMaps {
                 .map_err(|e| map_io_error(names::NET_RULES, e))?;
         }
         Ok(())
+    }
+}
+
+/// A removal of an entry that is not there (ENOENT) is no error.
+fn absent_is_fine(map: &str, error: MapError) -> io::Result<()> {
+    match &error {
+        MapError::KeyNotFound => Ok(()),
+        MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        _ => Err(map_io_error(map, error)),
     }
 }
 

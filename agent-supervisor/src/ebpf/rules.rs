@@ -9,8 +9,9 @@
 //!   overlaps it (same family and nested networks, and the same port or either one any port);
 //! - a catch-all allow rule (`*`), when no other IP-matching network rule is stricter at all.
 //!
-//! Host-name rules are left out on both sides: they match only when the host name is known,
-//! which connects decided by address never have (DNS is a later issue). Rules that don't
+//! Host-name rules are left out on both sides: they match only when the host name is known;
+//! the session's DNS resolver writes the addresses of each allowed answer, for the ports of
+//! the name's rule, until the answer expires (`crate::dns::answers`). Rules that don't
 //! qualify cost nothing in correctness: the supervisor writes an exact entry for each
 //! destination it allows before making the call ([`super::network::NetworkMaps::before_connect`]).
 //!

@@ -42,6 +42,9 @@ pub struct SandboxSpec {
     /// The session cgroup's `cgroup.procs`: init is written into it before it starts anything,
     /// so the agent and all its processes (and sockets) live in that cgroup. None: no cgroup.
     pub cgroup_procs: Option<std::path::PathBuf>,
+    /// The content of the agent's `/etc/resolv.conf` (naming the session's DNS resolver),
+    /// bound read-only over the host's in the agent's mount namespace. None: left alone.
+    pub resolv_conf: Option<Vec<u8>>,
 }
 
 /// A running sandbox.
@@ -169,6 +172,7 @@ const WEAK_LANDLOCK_PARTIAL: u32 = 1;
 const WEAK_LANDLOCK_NONE: u32 = 2;
 const WEAK_MEMFD: u32 = 3;
 const WEAK_KILLABLE: u32 = 4;
+const WEAK_RESOLV_CONF: u32 = 5;
 
 fn encode(msg: ChildMsg) -> [u8; 16] {
     let (t, a, b, c) = match msg {
@@ -327,6 +331,7 @@ fn weakness_text(code: u32) -> &'static str {
         WEAK_LANDLOCK_PARTIAL => "Landlock is only partly supported by this kernel: some filesystem rights are not enforced",
         WEAK_LANDLOCK_NONE => "Landlock is not available: the [filesystem] trees are NOT enforced by the kernel",
         WEAK_MEMFD => "vm.memfd_noexec could not be set in the sandbox (not root): memfd exec is still refused by Landlock",
+        WEAK_RESOLV_CONF => "the session's resolv.conf could not be bound over /etc/resolv.conf (missing or a dangling symlink): name lookups fail, since DNS to any server but the session's resolver is refused",
         WEAK_KILLABLE => "seccomp WAIT_KILLABLE_RECV is unavailable (kernel < 5.19): a signal during a pending decision restarts the call",
         _ => "unknown weakness",
     }
@@ -407,6 +412,13 @@ fn child_main(
             e,
             idx,
         );
+    }
+    if let Some(content) = &spec.resolv_conf {
+        if place_resolv_conf(content).is_err() {
+            report(ChildMsg::Weaker {
+                what: WEAK_RESOLV_CONF,
+            });
+        }
     }
     // memfd_create() without MFD_EXEC gets a non-executable memfd; MFD_EXEC is refused.
     if std::fs::write("/proc/sys/vm/memfd_noexec", "2").is_err() {
@@ -633,6 +645,36 @@ fn private_dev() -> Result<(), (i32, io::Error)> {
         std::os::unix::fs::symlink(target, format!("/dev/{link}")).map_err(|e| (-4, e))?;
     }
     Ok(())
+}
+
+/// Bind a read-only file holding `content` over `/etc/resolv.conf` (a symlink there is
+/// followed: the mount lands on its target). The source is made on the private `/dev` tmpfs,
+/// as the mask sources are, and unlinked once bound.
+fn place_resolv_conf(content: &[u8]) -> io::Result<()> {
+    const SRC: &std::ffi::CStr = c"/dev/.agent-supervisor-resolv.conf";
+    let dev = std::fs::File::open("/dev")?;
+    let result = (|| {
+        sys::write_file_at(
+            dev.as_fd(),
+            c".agent-supervisor-resolv.conf",
+            0o444,
+            content,
+        )?;
+        sys::mount(Some(SRC), c"/etc/resolv.conf", None, libc::MS_BIND)?;
+        sys::mount(
+            None,
+            c"/etc/resolv.conf",
+            None,
+            libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC,
+        )
+    })();
+    let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(SRC.to_bytes()));
+    result
 }
 
 /// Mount every mask. Returns (mask index or -1 for the tmpfs itself, error) on failure.

@@ -226,7 +226,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
         display_argv(&argv[1.min(argv.len())..])
     );
     Ok(Prepared::Decide(Box::new(Pending {
-        notif: n,
+        notif: Some(n),
         kind: Kind::Exec,
         details,
         summary,

@@ -41,6 +41,8 @@ pub enum Kind {
     Connect,
     Send,
     Bind,
+    /// A DNS lookup through the session's resolver.
+    Resolve,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::Connect => "connect",
             Kind::Send => "send",
             Kind::Bind => "bind",
+            Kind::Resolve => "resolve",
         }
     }
 }
@@ -74,7 +77,9 @@ pub type Perform = Box<dyn FnOnce() -> Effect + Send>;
 
 /// A decoded request, ready to be decided.
 pub struct Pending {
-    pub notif: Notif,
+    /// The trapped syscall; None for a DNS lookup held by the session resolver (its
+    /// `perform` answers the query; dropping it unperformed refuses the name).
+    pub notif: Option<Notif>,
     pub kind: Kind,
     /// Structured details for the audit log.
     pub details: serde_json::Value,
@@ -125,6 +130,8 @@ pub struct Ctx {
     /// The in-kernel network backstop's map writer (None when it is off): every inet
     /// destination is written there right before the supervisor connects or sends to it.
     pub network: Option<Arc<crate::ebpf::network::NetworkMaps>>,
+    /// The session's DNS resolver (None: not running, then names are never known).
+    pub dns: Option<Arc<crate::dns::Resolver>>,
 }
 
 /// Run the notification loop until every sandboxed task is gone (listener hang-up).
@@ -187,7 +194,9 @@ pub enum Prepared {
 pub fn decide(ctx: &Arc<Ctx>, p: Pending) {
     // The arguments were read from memory the agent controls: make sure the notification is
     // still the one we read them for before acting.
-    if !sys::notif_id_valid(ctx.listener.as_fd(), p.notif.id) {
+    if p.notif
+        .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id))
+    {
         return;
     }
     if ctx.audit.unavailable() {
@@ -259,10 +268,16 @@ pub fn finish(ctx: &Arc<Ctx>, p: Pending, decision: Decision, by: Decider) {
             tracing::info!(target: "agent_supervisor::decision", "denied {}: {} ({decided_by})", p.kind.as_str(), p.summary);
         }
     }
+    let Some(notif) = p.notif else {
+        // A DNS lookup: performing it releases the held query; dropping it refuses.
+        if allowed {
+            let _ = (p.perform)();
+        }
+        return;
+    };
     if !allowed {
-        return respond(ctx, p.notif.id, Err(p.denied_errno));
+        return respond(ctx, notif.id, Err(p.denied_errno));
     }
-    let notif = p.notif;
     if p.blocking {
         let worker_ctx = Arc::clone(ctx);
         let perform = p.perform;

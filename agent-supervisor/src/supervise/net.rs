@@ -104,6 +104,8 @@ struct Decided {
     addr: Vec<u8>,
     /// Keeps the checked unix socket path (O_PATH) alive until the call.
     hold: Option<OwnedFd>,
+    /// The host name the session resolved to this address, when one decided.
+    host: Option<String>,
 }
 
 fn builtin(decision: Decision, reason: &str) -> Verdict {
@@ -115,37 +117,96 @@ fn builtin(decision: Decision, reason: &str) -> Verdict {
 }
 
 /// An IP destination. `0.0.0.0` and `::` mean this host to connect/send: they are decided as
-/// loopback (the strictest of the two spellings wins).
-fn decide_inet(ctx: &Ctx, sa: SocketAddr, raw: &[u8]) -> Decided {
-    let ask = |ip: IpAddr| {
-        ctx.policy.decide(&Request::Connect {
-            ip,
-            port: sa.port(),
-            host: None,
-        })
-    };
-    let mut verdict = ask(sa.ip());
-    let unspecified = match sa.ip().to_canonical() {
-        IpAddr::V4(v4) => v4
-            .is_unspecified()
-            .then_some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        IpAddr::V6(v6) => v6
-            .is_unspecified()
-            .then_some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-    };
-    if let Some(loopback) = unspecified {
-        let as_loopback = ask(loopback);
-        if as_loopback.decision > verdict.decision {
-            verdict = as_loopback;
-        }
-    }
-    Decided {
+/// loopback (the strictest of the two spellings wins). When the session resolved the address
+/// through its resolver, the names behind it take part (the most permissive name wins: the
+/// kernel can't tell them apart either). TCP/UDP port 53 goes to the session's resolver only.
+fn decide_inet(ctx: &Ctx, sa: SocketAddr, raw: &[u8], proto: i32) -> Decided {
+    let decided = |verdict: Verdict, host: Option<String>| Decided {
         verdict,
         shown: sa.to_string(),
         family: "inet",
         addr: raw.to_vec(),
         hold: None,
+        host,
+    };
+    let is_dns_port = sa.port() == 53 && (proto == libc::IPPROTO_TCP || proto == libc::IPPROTO_UDP);
+    if ctx.dns.is_none() && is_dns_port {
+        return decided(
+            builtin(
+                Decision::Deny,
+                "DNS is refused: the session's resolver is not running",
+            ),
+            None,
+        );
     }
+    if let Some(dns) = ctx.dns.as_deref() {
+        if dns.is_resolver(sa) {
+            return decided(builtin(Decision::Allow, "the session's DNS resolver"), None);
+        }
+        if is_dns_port {
+            return decided(
+                builtin(
+                    Decision::Deny,
+                    &format!(
+                        "DNS goes through the session's resolver ({} in /etc/resolv.conf); DNS to other servers is refused",
+                        dns.address()
+                    ),
+                ),
+                None,
+            );
+        }
+    }
+    let ask = |ip: IpAddr, host: Option<&str>| {
+        ctx.policy.decide(&Request::Connect {
+            ip,
+            port: sa.port(),
+            host,
+        })
+    };
+    let by_address = |host: Option<&str>| {
+        let mut verdict = ask(sa.ip(), host);
+        let unspecified = match sa.ip().to_canonical() {
+            IpAddr::V4(v4) => v4
+                .is_unspecified()
+                .then_some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            IpAddr::V6(v6) => v6
+                .is_unspecified()
+                .then_some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        };
+        if let Some(loopback) = unspecified {
+            let as_loopback = ask(loopback, host);
+            if as_loopback.decision > verdict.decision {
+                verdict = as_loopback;
+            }
+        }
+        verdict
+    };
+    let mut verdict = by_address(None);
+    let mut host = None;
+    if let Some(dns) = ctx.dns.as_deref() {
+        for known in dns.names_for(sa.ip()) {
+            let mut v = by_address(Some(&known.name));
+            // The name's ask rule was answered yes when it was resolved: not asked again.
+            if v.decision == Decision::Ask && known.approved && v.decided_by == known.decided_by {
+                v = Verdict {
+                    decision: Decision::Allow,
+                    decided_by: v.decided_by,
+                    reason: Some(format!("approved when {} was resolved", known.name)),
+                };
+            }
+            if host.is_none() || v.decision < verdict.decision {
+                if v.decision == Decision::Allow && verdict.decision != Decision::Allow {
+                    // This exact entry exists because of the name: it goes with the answer.
+                    if let Ok(protocol) = u8::try_from(proto) {
+                        dns.tie(sa.ip(), &known.name, sa.port(), protocol);
+                    }
+                }
+                verdict = v;
+                host = Some(known.name);
+            }
+        }
+    }
+    decided(verdict, host)
 }
 
 /// `creating`: bind (the address is being created); `is_send`: sendto/sendmsg/sendmmsg.
@@ -159,7 +220,7 @@ fn decide_dest(
 ) -> Result<Decided, i32> {
     let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EACCES);
     Ok(match parse_sockaddr(raw)? {
-        Dest::Inet(sa) => decide_inet(ctx, sa, raw),
+        Dest::Inet(sa) => decide_inet(ctx, sa, raw, proto),
         Dest::UnixPath(p) => {
             let (target, real): (Resolved, std::path::PathBuf) = if creating {
                 let (dir, name) = t.resolve_parent(libc::AT_FDCWD, &p).map_err(errno)?;
@@ -183,6 +244,7 @@ fn decide_dest(
                     family: "unix",
                     addr: sockaddr_un(via.as_bytes())?,
                     hold: Some(r.fd),
+                    host: None,
                 });
             } else {
                 let r = t.resolve(libc::AT_FDCWD, &p, true, false).map_err(errno)?;
@@ -215,6 +277,7 @@ fn decide_dest(
                 family: "unix",
                 addr: sockaddr_un(via.as_bytes())?,
                 hold: Some(target.fd),
+                host: None,
             }
         }
         Dest::UnixAbstract(name) => {
@@ -238,6 +301,7 @@ fn decide_dest(
                 family: "unix",
                 addr: raw.to_vec(),
                 hold: None,
+                host: None,
             }
         }
         Dest::UnixOther => Decided {
@@ -246,6 +310,7 @@ fn decide_dest(
             family: "unix",
             addr: raw.to_vec(),
             hold: None,
+            host: None,
         },
         Dest::Netlink { pid, groups } => Decided {
             // To the kernel only: a non-zero port id or multicast groups reach user-space
@@ -266,6 +331,7 @@ fn decide_dest(
             family: "netlink",
             addr: raw.to_vec(),
             hold: None,
+            host: None,
         },
         // connect(AF_UNSPEC) dissolves an association. On a send, IPv4 UDP reads an AF_UNSPEC
         // address as AF_INET (sin_addr, sin_port): decide it as that.
@@ -275,13 +341,14 @@ fn decide_dest(
             family: "unspec",
             addr: raw.to_vec(),
             hold: None,
+            host: None,
         },
         Dest::Unspec => {
             let mut as_inet = raw.to_vec();
             as_inet.resize(16, 0);
             let port = u16::from_be_bytes([as_inet[2], as_inet[3]]);
             let ip = Ipv4Addr::new(as_inet[4], as_inet[5], as_inet[6], as_inet[7]);
-            decide_inet(ctx, SocketAddr::new(IpAddr::V4(ip), port), raw)
+            decide_inet(ctx, SocketAddr::new(IpAddr::V4(ip), port), raw, proto)
         }
         Dest::Other(f) => Decided {
             verdict: builtin(
@@ -292,6 +359,7 @@ fn decide_dest(
             family: "other",
             addr: raw.to_vec(),
             hold: None,
+            host: None,
         },
     })
 }
@@ -536,12 +604,17 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
                    denied_errno: i32,
                    perform: super::Perform,
                    quiet: bool| {
-        let details =
+        let mut details =
             serde_json::json!({ "call": call, "destination": d.shown, "family": d.family });
+        let mut summary = format!("{call} to {}", escape_for_human(d.shown.as_bytes()));
+        if let Some(host) = &d.host {
+            details["host"] = serde_json::json!(host);
+            summary.push_str(&format!(" ({})", escape_for_human(host.as_bytes())));
+        }
         Pending {
-            notif: n,
+            notif: Some(n),
             kind,
-            summary: format!("{call} to {}", escape_for_human(d.shown.as_bytes())),
+            summary,
             key: format!("net\0{}", d.shown),
             details,
             verdict: d.verdict,
@@ -619,6 +692,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
                         family: "connected",
                         addr: vec![],
                         hold: None,
+                        host: None,
                     },
                     true,
                 ),
@@ -676,6 +750,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
                 family: "connected",
                 addr: vec![],
                 hold: None,
+                host: None,
             });
             let vec_addr = a[1];
             let network = ctx.network.clone();

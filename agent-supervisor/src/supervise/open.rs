@@ -126,7 +126,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
     let key = format!("open\0{shown}\0{access_s}");
     let perform = Box::new(move || perform_open(target, flags, mode & !umask));
     Ok(Prepared::Decide(Box::new(Pending {
-        notif: n,
+        notif: Some(n),
         kind: Kind::Open,
         details,
         summary,
