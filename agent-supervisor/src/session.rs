@@ -276,16 +276,24 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     };
     let (mut bpf, bpf_weaker) = if opts.no_ebpf {
         // Asked for (troubleshooting, measuring): said like any other missing protection.
-        (None, vec!["the eBPF backstops are off (--no-ebpf): network destinations and executed files are checked by the supervisor only, not by the kernel".to_string()])
+        let off = crate::ebpf::Weaker {
+            backstops: vec!["the eBPF backstops are off (--no-ebpf): network destinations and executed files are checked by the supervisor only, not by the kernel".to_string()],
+            lsm: crate::ebpf::lsm::relevant(&policy, &plan)
+                .then(|| crate::ebpf::lsm::weaker_line("--no-ebpf")),
+        };
+        (None, off)
     } else {
         crate::ebpf::start_session(&session, &policy, exec_mode, &masks)
     };
     if opts.require.contains(&Requirement::Ebpf) {
-        if let Some(why) = bpf_weaker.first() {
+        if let Some(why) = bpf_weaker.backstops.first() {
             return Err(refuse(Requirement::Ebpf, why));
         }
     }
     if opts.require.contains(&Requirement::Lsm) {
+        if let Some(why) = &bpf_weaker.lsm {
+            return Err(refuse(Requirement::Lsm, why));
+        }
         let lsm = crate::doctor::bpf_lsm_usable();
         if !lsm.works {
             return Err(refuse(
@@ -352,7 +360,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             return Err(refuse(Requirement::Landlock, w));
         }
     }
-    sandbox.weaker.extend(bpf_weaker);
+    sandbox.weaker.extend(bpf_weaker.into_lines());
     sandbox.weaker.extend(dns_weaker);
     tracing::debug!("sandbox ready (init pid {})", sandbox.init_pid);
     for w in &sandbox.weaker {

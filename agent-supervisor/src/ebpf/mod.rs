@@ -58,6 +58,21 @@ pub struct Backstops {
     pub lsm_files: Option<usize>,
 }
 
+/// What is weaker than the policy asks, one line each: the backstops' (network, exec; what
+/// `--require ebpf` insists on) and the BPF LSM's (`--require lsm`).
+#[derive(Debug, Default)]
+pub struct Weaker {
+    pub backstops: Vec<String>,
+    pub lsm: Option<String>,
+}
+
+impl Weaker {
+    /// Every line, the backstops' first.
+    pub fn into_lines(self) -> Vec<String> {
+        self.backstops.into_iter().chain(self.lsm).collect()
+    }
+}
+
 /// Set up the session's cgroup and eBPF programs as `run` wants them: what works, and one line
 /// per thing that is weaker. When nothing can be loaded (not root, no cgroup v2, a kernel that
 /// refuses the object) that is one line, the network backstop's. `exec_mode`: enforce when
@@ -67,7 +82,7 @@ pub fn start_session(
     policy: &Policy,
     exec_mode: ExecMode,
     masks: &[crate::sandbox::masks::MaskMount],
-) -> (Option<Backstops>, Vec<String>) {
+) -> (Option<Backstops>, Weaker) {
     let loaded = crate::cgroup::SessionCgroup::create(session_id)
         .map_err(session::BackstopError::from)
         .and_then(|cgroup| {
@@ -79,26 +94,26 @@ pub fn start_session(
         Ok(session) => session,
         Err(e) => {
             let cause = session::error_chain(&e);
-            let mut lines = vec![network::weaker_line(&cause)];
+            let mut weaker = Weaker {
+                backstops: vec![network::weaker_line(&cause)],
+                lsm: lsm::relevant(policy, &policy.plan()).then(|| lsm::weaker_line(&cause)),
+            };
             if exec_mode == ExecMode::Enforce {
-                lines.push(process::weaker_line(&cause));
+                weaker.backstops.push(process::weaker_line(&cause));
             }
-            if lsm::relevant(policy, &policy.plan()) {
-                lines.push(lsm::weaker_line(&cause));
-            }
-            return (None, lines);
+            return (None, weaker);
         }
     };
-    let mut weaker = Vec::new();
+    let mut weaker = Weaker::default();
     let network = network::start_session(&mut session, policy)
-        .map_err(|line| weaker.push(line))
+        .map_err(|line| weaker.backstops.push(line))
         .ok();
     tracing::debug!("network programs attached");
     let (exec_approvals, events) = match process::start_session(&mut session) {
         Ok((approvals, events)) => (approvals, Some(events)),
         Err(line) => {
             if exec_mode == ExecMode::Enforce {
-                weaker.push(line);
+                weaker.backstops.push(line);
             } else {
                 tracing::warn!("no process events from the kernel: {line}");
             }
@@ -110,12 +125,12 @@ pub fn start_session(
     // their refusals would go unrecorded, so they need the process programs.
     let lsm_files = if events.is_some() {
         lsm::start_session(&mut session, masks, policy)
-            .map_err(|line| weaker.push(line))
+            .map_err(|line| weaker.lsm = Some(line))
             .ok()
             .flatten()
     } else {
         if lsm::relevant(policy, &policy.plan()) {
-            weaker.push(lsm::weaker_line(
+            weaker.lsm = Some(lsm::weaker_line(
                 "the eBPF process programs, whose ring buffer records its refusals, are off",
             ));
         }
