@@ -354,7 +354,8 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     // Landlock's enforcement is known only once the child applied it; the agent has not run
     // yet (its first exec waits for a notification loop that has not started).
     if opts.require.contains(&Requirement::Landlock) {
-        if let Some(w) = sandbox.weaker.iter().find(|w| w.contains("Landlock")) {
+        // The Landlock lines start with its name (other lines mention it as what remains).
+        if let Some(w) = sandbox.weaker.iter().find(|w| w.starts_with("Landlock")) {
             let _ = sys::pidfd_send_signal(sandbox.init_pidfd.as_fd(), libc::SIGKILL);
             let _ = sys::waitid_pidfd(sandbox.init_pidfd.as_fd());
             return Err(refuse(Requirement::Landlock, w));

@@ -330,7 +330,7 @@ fn weakness_text(code: u32) -> &'static str {
     match code {
         WEAK_LANDLOCK_PARTIAL => "Landlock is only partly supported by this kernel: some filesystem rights are not enforced",
         WEAK_LANDLOCK_NONE => "Landlock is not available: the [filesystem] trees are NOT enforced by the kernel",
-        WEAK_MEMFD => "vm.memfd_noexec could not be set in the sandbox (not root): memfd exec is still refused by Landlock",
+        WEAK_MEMFD => "vm.memfd_noexec could not be set in the sandbox (not root, or Linux < 6.3 has none): memfd exec is still refused by Landlock",
         WEAK_RESOLV_CONF => "the session's resolv.conf could not be bound over /etc/resolv.conf (missing or a dangling symlink): name lookups fail, since DNS to any server but the session's resolver is refused",
         WEAK_KILLABLE => "seccomp WAIT_KILLABLE_RECV is unavailable (kernel < 5.19): a signal during a pending decision restarts the call",
         _ => "unknown weakness",
