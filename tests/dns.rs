@@ -39,7 +39,32 @@ macro_rules! skip_unless_able {
             Path::new("/usr/sbin/ip").exists() || Path::new("/sbin/ip").exists(),
             "needs the ip command (iproute2)"
         );
+        skip_unless!(
+            veth_available(),
+            "this kernel can't create veth pairs (no veth module: e.g. a vm-test guest)"
+        );
     };
+}
+
+/// Can a veth pair be created here? Tries one (named after this process) and deletes it.
+fn veth_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let link = format!("asprobe{}", std::process::id() % 1_000_000);
+        let created = Command::new("ip")
+            .args(["link", "add", &link, "type", "veth", "peer", "name"])
+            .arg(format!("{link}p"))
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if created {
+            let _ = Command::new("ip")
+                .args(["link", "del", &link])
+                .stderr(Stdio::null())
+                .status();
+        }
+        created
+    })
 }
 
 // --- the upstream DNS server -----------------------------------------------------------------
