@@ -928,6 +928,23 @@ pub fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout_ms: i32) -> io::Result<
     Ok(if n == 0 { 0 } else { p.revents })
 }
 
+/// `poll` on two fds for `POLLIN`: which of them are readable (both false on time-out).
+pub fn poll_two_readable(
+    a: BorrowedFd<'_>,
+    b: BorrowedFd<'_>,
+    timeout_ms: i32,
+) -> io::Result<(bool, bool)> {
+    let mut p = [a, b].map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: two valid pollfds in an array of two.
+    check_int(unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) })?;
+    let ready = |i: usize| p[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
+    Ok((ready(0), ready(1)))
+}
+
 /// `pipe2(O_CLOEXEC)`.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];

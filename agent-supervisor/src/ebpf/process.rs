@@ -350,6 +350,9 @@ impl ProcRecord {
 /// The reader thread of a session's events; [`EventReader::finish`] stops it.
 pub struct EventReader {
     stop: Arc<AtomicBool>,
+    /// Written by `finish` to wake the thread out of its poll at once (session end is on
+    /// every run's critical path).
+    wake: std::fs::File,
     thread: JoinHandle<u64>,
 }
 
@@ -392,6 +395,7 @@ impl ProcEvents {
     ) -> io::Result<EventReader> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let (woken, wake) = crate::sys::pipe()?;
         let thread = std::thread::Builder::new()
             .name("ebpf-events".into())
             .spawn(move || loop {
@@ -405,9 +409,13 @@ impl ProcEvents {
                 if last {
                     return self.lost();
                 }
-                let _ = crate::sys::poll_one(self.ring.as_fd(), libc::POLLIN, 50);
+                let _ = crate::sys::poll_two_readable(self.ring.as_fd(), woken.as_fd(), 500);
             })?;
-        Ok(EventReader { stop, thread })
+        Ok(EventReader {
+            stop,
+            wake: wake.into(),
+            thread,
+        })
     }
 
     /// Events the programs could not write (all CPUs).
@@ -423,7 +431,10 @@ impl EventReader {
     /// Read what is left in the ring buffer and stop; returns how many events were lost
     /// (did not fit in the ring buffer) over the session.
     pub fn finish(self) -> u64 {
+        use std::io::Write as _;
         self.stop.store(true, Ordering::SeqCst);
+        // The pipe stays readable once written: the thread drains the ring and returns.
+        let _ = (&self.wake).write_all(b"x");
         self.thread.join().unwrap_or(0)
     }
 }
