@@ -943,7 +943,7 @@ fn ask_on_a_name_prompts_once_and_remembers_always() {
     let rules = format!("[[rule]]\ndecision = \"ask\"\nnetwork = \"ask.example.test:{port}\"\n");
     let agent = ws.write("agent.py", AGENT);
     let policy_path = ws.policy(&policy(&rules));
-    let driver = ws.write("pty_driver.py", PTY_DRIVER);
+    let driver = ws.write("pty_driver.py", common::PTY_DRIVER);
     // Two lookups and two connects; the one prompt is answered "a" (always this session).
     let mut c = Command::new(PYTHON);
     c.arg(&driver)
@@ -982,44 +982,3 @@ fn ask_on_a_name_prompts_once_and_remembers_always() {
         "{d:?}"
     );
 }
-
-/// Runs argv on a new pseudo-terminal, answers each prompt with the next key of `keys`, and
-/// prints a JSON report (as tests/behaviour.rs does).
-const PTY_DRIVER: &str = r#"
-import json, os, pty, select, signal, sys, time
-keys, limit, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
-pid, fd = pty.fork()
-if pid == 0:
-    try:
-        os.execv(argv[0], argv)
-    finally:
-        os._exit(127)
-PROMPT = b"allow? [y]"
-buf, prompts, sent, status, timed_out = b"", 0, 0, None, False
-deadline = time.monotonic() + limit
-while True:
-    if time.monotonic() > deadline:
-        os.kill(pid, signal.SIGKILL)
-        timed_out = True
-    r, _, _ = select.select([fd], [], [], 0.05)
-    data = b""
-    if r:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            data = b""
-        buf += data
-        while prompts < buf.count(PROMPT):
-            prompts += 1
-            if sent < len(keys):
-                time.sleep(0.05)
-                os.write(fd, keys[sent].encode())
-                sent += 1
-    if not data:
-        done, st = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status = os.waitstatus_to_exitcode(st)
-            break
-print(json.dumps({"status": status, "prompts": prompts, "sent": sent, "timed_out": timed_out,
-                  "out": buf.decode("utf-8", "replace")}))
-"#;

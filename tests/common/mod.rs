@@ -259,3 +259,44 @@ pub fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::proc
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Runs argv on a new pseudo-terminal (its controlling terminal), answers each prompt with
+/// the next key of `keys` (none left: no answer), and prints a JSON report.
+pub const PTY_DRIVER: &str = r#"
+import json, os, pty, select, signal, sys, time
+keys, limit, argv = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+pid, fd = pty.fork()
+if pid == 0:
+    try:
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+PROMPT = b"allow? [y]"
+buf, prompts, sent, status, timed_out = b"", 0, 0, None, False
+deadline = time.monotonic() + limit
+while True:
+    if time.monotonic() > deadline:
+        os.kill(pid, signal.SIGKILL)
+        timed_out = True
+    r, _, _ = select.select([fd], [], [], 0.05)
+    data = b""
+    if r:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        buf += data
+        while prompts < buf.count(PROMPT):
+            prompts += 1
+            if sent < len(keys):
+                time.sleep(0.05)
+                os.write(fd, keys[sent].encode())
+                sent += 1
+    if not data:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = os.waitstatus_to_exitcode(st)
+            break
+print(json.dumps({"status": status, "prompts": prompts, "sent": sent, "timed_out": timed_out,
+                  "out": buf.decode("utf-8", "replace")}))
+"#;
