@@ -16,6 +16,7 @@
 pub mod approval;
 pub mod audit;
 pub mod cgroup;
+pub mod daemon;
 pub mod doctor;
 pub mod ebpf;
 pub mod sandbox;
