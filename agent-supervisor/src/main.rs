@@ -70,6 +70,12 @@ enum Command {
         /// supervisor's own checks stay, and the missing backstops are reported as usual.
         #[arg(long)]
         no_ebpf: bool,
+        /// Launched by the daemon: its link's inherited fd (internal).
+        #[arg(long, hide = true, value_name = "FD")]
+        daemon_link: Option<i32>,
+        /// Launched by the daemon: the session id it chose (internal).
+        #[arg(long, hide = true, value_name = "ID")]
+        session_id: Option<String>,
         /// The agent's command line.
         #[arg(
             required = true,
@@ -100,6 +106,50 @@ enum Command {
     /// Check or explain a policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run the daemon: the gRPC API on a unix socket, sessions, approvals from anywhere,
+    /// the audit stream (see docs/daemon.md). Normally started by systemd.
+    #[command(
+        after_help = "Examples:\n  agent-supervisor daemon\n  agent-supervisor daemon --config ./config.toml\n\nConfiguration: /etc/agent-supervisor/config.toml (all fields optional)."
+    )]
+    Daemon {
+        /// Configuration file (default /etc/agent-supervisor/config.toml; it may be absent).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// List the daemon's sessions.
+    #[command(after_help = "Example:\n  agent-supervisor sessions --json")]
+    Sessions {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allow a pending approval (from `approvals`/`audit tail`, or the daemon's watchers).
+    #[command(after_help = "Examples:\n  agent-supervisor approve 3f9a0c1d2e4b-a7\n  agent-supervisor approve 3f9a0c1d2e4b-a7 --for-session\n\nExit codes: 0 answered, 1 not pending (already answered, expired, unknown)\nor refused, 125 the daemon is unreachable.")]
+    Approve {
+        /// The approval's id.
+        id: String,
+        /// Allow this action for the rest of the session.
+        #[arg(long)]
+        for_session: bool,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Deny a pending approval.
+    #[command(after_help = "Example:\n  agent-supervisor deny 3f9a0c1d2e4b-a7 --for-session")]
+    Deny {
+        /// The approval's id.
+        id: String,
+        /// Deny this action for the rest of the session.
+        #[arg(long)]
+        for_session: bool,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// The daemon's audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Show what this kernel can enforce (proven by trying) and, for each protection of the
     /// policy, which mechanism enforces it and whether it is available here.
     #[command(
@@ -112,6 +162,50 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// Where the daemon is.
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// The daemon's socket.
+    #[arg(
+        long,
+        env = "AGENT_SUPERVISOR_SOCKET",
+        default_value = agent_supervisor::daemon::config::DEFAULT_SOCKET,
+        value_name = "PATH"
+    )]
+    socket: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Print the daemon's audit records (replayed from the start, or after --after), and with
+    /// --follow the new ones as they are written.
+    #[command(
+        after_help = "Examples:\n  agent-supervisor audit tail --follow\n  agent-supervisor audit tail --session 3f9a0c1d2e4b --json\n  agent-supervisor audit tail --decision deny --kind exec"
+    )]
+    Tail {
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only this kind (exec, open, connect, session-start, approval, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this decision (allow, deny).
+        #[arg(long)]
+        decision: Option<String>,
+        /// The records exactly as in the JSONL log.
+        #[arg(long)]
+        json: bool,
+        /// Resume after this cursor (a record's cursor is the byte offset past it).
+        #[arg(long, default_value_t = 0, value_name = "CURSOR")]
+        after: u64,
+        #[command(flatten)]
+        daemon: DaemonArgs,
     },
 }
 
@@ -196,6 +290,8 @@ fn dispatch(cmd: Command) -> Result<i32> {
             quiet,
             require,
             no_ebpf,
+            daemon_link,
+            session_id,
             command,
         } => {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -209,10 +305,47 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 quiet,
                 require,
                 no_ebpf,
+                daemon_link,
+                session_id,
                 command,
             })
         }
         Command::Init { path, force } => init(path, force),
+        Command::Daemon { config } => {
+            agent_supervisor::daemon::run(agent_supervisor::daemon::DaemonOptions { config })
+        }
+        Command::Sessions { daemon, json } => {
+            agent_supervisor::daemon::client::sessions(&daemon.socket, json)
+        }
+        Command::Approve {
+            id,
+            for_session,
+            daemon,
+        } => agent_supervisor::daemon::client::resolve(&daemon.socket, &id, true, for_session),
+        Command::Deny {
+            id,
+            for_session,
+            daemon,
+        } => agent_supervisor::daemon::client::resolve(&daemon.socket, &id, false, for_session),
+        Command::Audit(AuditCommand::Tail {
+            follow,
+            session,
+            kind,
+            decision,
+            json,
+            after,
+            daemon,
+        }) => agent_supervisor::daemon::client::audit_tail(
+            &daemon.socket,
+            agent_supervisor::daemon::client::TailOptions {
+                follow,
+                session,
+                kind,
+                decision,
+                json,
+                after,
+            },
+        ),
         Command::Version { json } => version(json),
         Command::Doctor { policy, json } => {
             agent_supervisor::doctor::run(&agent_supervisor::doctor::Options { policy, json })

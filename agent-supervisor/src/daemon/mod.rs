@@ -1,4 +1,25 @@
 //! `agent-supervisor daemon`: the supervisor as a service (see docs/daemon.md).
+//!
+//! ```text
+//!  gRPC clients ──unix socket (SO_PEERCRED)──▶ service ──▶ state (sessions, approvals)
+//!                                               │  ▲                    ▲
+//!  audit stream ◀── log (one writer, cursors) ◀─┘  └─ launcher ──▶ `run --daemon-link`
+//!                        ▲                                    (one child per session)
+//!                        └──────────── audit lines and asks over each session's link
+//! ```
+//! The daemon never forks from its multi-threaded runtime into a sandbox: each session is a
+//! fresh `agent-supervisor run` process (single-threaded when it launches the sandbox), tied to
+//! the daemon by `PR_SET_PDEATHSIG` and a private socketpair.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod link;
+pub mod log;
+pub mod service;
+pub mod sessions;
+pub mod state;
+
 pub mod proto {
     //! Generated from `proto/agent_supervisor/v1/supervisor.proto`.
     #![allow(clippy::all, missing_docs)]
@@ -7,4 +28,204 @@ pub mod proto {
     /// For server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("agent_supervisor_v1_descriptor");
+}
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use self::config::Config;
+
+/// Options of `agent-supervisor daemon`.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub config: Option<PathBuf>,
+}
+
+/// Run the daemon until SIGTERM/SIGINT. Returns the exit code.
+pub fn run(opts: DaemonOptions) -> Result<i32> {
+    let (path, explicit) = match &opts.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_PATH), false),
+    };
+    let cfg = Config::load(&path, explicit)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("daemon")
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> Result<i32> {
+    let binary = match &cfg.supervisor_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().context("finding our own executable")?,
+    };
+    // The log's failure handler kills every session; it needs the state, made after the log.
+    let on_broken_state: Arc<std::sync::OnceLock<Arc<state::State>>> = Default::default();
+    let log = {
+        let st = Arc::clone(&on_broken_state);
+        log::AuditLog::open(
+            &cfg.audit,
+            Box::new(move |why| {
+                eprintln!(
+                    "agent-supervisor daemon: ERROR: the audit log cannot be written ({why}): every session is killed and none starts until the daemon is restarted with a writable log"
+                );
+                if let Some(s) = st.get() {
+                    s.kill_all();
+                }
+            }),
+        )
+        .with_context(|| {
+            format!(
+                "opening the audit log {} (set `audit` in the daemon's config)",
+                cfg.audit.display()
+            )
+        })?
+    };
+    sessions::recover(&cfg.state_dir, &log);
+    let state = state::State::new(log.clone());
+    let _ = on_broken_state.set(Arc::clone(&state));
+    let launcher = sessions::Launcher::start().context("starting the launcher thread")?;
+    let ctx = Arc::new(sessions::Ctx {
+        state: Arc::clone(&state),
+        launcher,
+        binary,
+        state_dir: cfg.state_dir.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let listener = bind(&cfg)?;
+    let max = cfg.max_message_bytes;
+    let svc = service::Svc(Arc::new(service::Api {
+        cfg: cfg.clone(),
+        sessions: Arc::clone(&ctx),
+    }));
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<proto::sessions_server::SessionsServer<service::Svc>>()
+        .await;
+    health_reporter
+        .set_serving::<proto::approvals_server::ApprovalsServer<service::Svc>>()
+        .await;
+    health_reporter
+        .set_serving::<proto::audit_server::AuditServer<service::Svc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tracing::info!("listening on {}", cfg.socket.display());
+    eprintln!(
+        "agent-supervisor daemon: listening on {} (audit {})",
+        cfg.socket.display(),
+        cfg.audit.display()
+    );
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(
+            proto::sessions_server::SessionsServer::new(svc.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            proto::approvals_server::ApprovalsServer::new(svc.clone())
+                .max_decoding_message_size(max),
+        )
+        .add_service(
+            proto::audit_server::AuditServer::new(svc.clone()).max_decoding_message_size(max),
+        )
+        .add_service(proto::policy_server::PolicyServer::new(svc).max_decoding_message_size(max))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving the API")?;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    // Sessions never outlive the daemon (they would die with it anyway): kill and record them.
+    let running: Vec<String> = state
+        .lock()
+        .sessions
+        .iter()
+        .filter(|(_, s)| s.info.state == "running")
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in &running {
+        sessions::kill(&state, id, "daemon-stop");
+    }
+    for _ in 0..100 {
+        let left = state
+            .lock()
+            .sessions
+            .values()
+            .any(|s| s.info.state.starts_with("killing"));
+        if !left {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    log.flush().context("flushing the audit log")?;
+    Ok(0)
+}
+
+/// Bind the API socket: refuse if another daemon answers there, replace a stale one; mode
+/// and group as configured.
+fn bind(cfg: &Config) -> Result<tokio::net::UnixListener> {
+    let path = &cfg.socket;
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    if path.exists() {
+        anyhow::ensure!(
+            std::os::unix::net::UnixStream::connect(path).is_err(),
+            "{}: another daemon is listening there (stop it first, or set `socket` in the config)",
+            path.display()
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    let mode = cfg.socket_mode_bits().map_err(anyhow::Error::msg)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    set_group(path, &cfg.socket_group);
+    Ok(listener)
+}
+
+fn set_group(path: &Path, group: &str) {
+    let gid = group.parse::<u32>().ok().or_else(|| {
+        nix::unistd::Group::from_name(group)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    });
+    match gid {
+        Some(gid) => {
+            if let Err(e) = std::os::unix::fs::chown(path, None, Some(gid)) {
+                tracing::warn!("cannot give {} to group {group}: {e}", path.display());
+            }
+        }
+        None => tracing::info!(
+            "group {group} does not exist: {} stays in the daemon's group",
+            path.display()
+        ),
+    }
 }

@@ -1,0 +1,191 @@
+//! The CLI's daemon clients: `sessions`, `approve`, `deny`, `audit tail`.
+//!
+//! They talk to the daemon's unix socket (`--socket`, `$AGENT_SUPERVISOR_SOCKET`, default
+//! `/run/agent-supervisor/api.sock`) and present `$AGENT_SUPERVISOR_TOKEN` as a bearer token
+//! when set.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::proto;
+
+/// A connected channel to the daemon.
+pub async fn connect(socket: &Path) -> Result<Channel> {
+    let path: PathBuf = socket.to_path_buf();
+    let shown = path.display().to_string();
+    Endpoint::try_from("http://daemon.invalid")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .with_context(|| {
+            format!("cannot reach the daemon at {shown} (is `agent-supervisor daemon` running? see --socket)")
+        })
+}
+
+/// A request carrying `$AGENT_SUPERVISOR_TOKEN`, if set.
+pub fn request<T>(msg: T) -> Result<tonic::Request<T>> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = std::env::var_os("AGENT_SUPERVISOR_TOKEN").filter(|t| !t.is_empty()) {
+        let v = format!("Bearer {}", t.to_string_lossy())
+            .parse()
+            .context("AGENT_SUPERVISOR_TOKEN is not a valid header value")?;
+        r.metadata_mut().insert("authorization", v);
+    }
+    Ok(r)
+}
+
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("the daemon refused: {} ({:?})", e.message(), e.code())
+}
+
+fn block_on<F: std::future::Future<Output = Result<i32>>>(f: F) -> Result<i32> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(f)
+}
+
+/// `agent-supervisor sessions`.
+pub fn sessions(socket: &Path, json: bool) -> Result<i32> {
+    block_on(async {
+        let mut c = proto::sessions_client::SessionsClient::new(connect(socket).await?);
+        let list = c
+            .list_sessions(request(proto::ListSessionsRequest {})?)
+            .await
+            .map_err(status)?
+            .into_inner()
+            .sessions;
+        for s in list {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "id": s.id, "state": s.state, "command": s.command, "workspace": s.workspace,
+                        "policy": s.policy, "uid": s.uid, "supervisor_pid": s.supervisor_pid,
+                        "exit_code": s.exit_code, "started_at": s.started_at,
+                        "pending_approvals": s.pending_approvals,
+                    })
+                );
+            } else {
+                println!(
+                    "{}  {:<8} uid {:<6} pending {:<3} {}",
+                    s.id,
+                    s.state,
+                    s.uid,
+                    s.pending_approvals,
+                    crate::supervise::escape_for_human(s.command.join(" ").as_bytes())
+                );
+            }
+        }
+        Ok(0)
+    })
+}
+
+/// `agent-supervisor approve|deny ID [--for-session]`: the approval is looked up among the
+/// pending ones (its action digest is repeated in the answer). Exit 1 when it is not pending.
+pub fn resolve(socket: &Path, id: &str, allow: bool, for_session: bool) -> Result<i32> {
+    block_on(async {
+        let channel = connect(socket).await?;
+        let mut c = proto::approvals_client::ApprovalsClient::new(channel);
+        let mut stream = c
+            .watch_approvals(request(proto::WatchApprovalsRequest::default())?)
+            .await
+            .map_err(status)?
+            .into_inner();
+        let mut found = None;
+        while let Some(e) = stream.message().await.map_err(status)? {
+            match e.event {
+                Some(proto::approval_event::Event::Pending(a)) if a.id == id => found = Some(a),
+                Some(proto::approval_event::Event::Synced(_)) => break,
+                _ => {}
+            }
+        }
+        drop(stream);
+        // Not among those we may see: ask anyway, the daemon says why it refuses.
+        let a = found.unwrap_or_else(|| proto::Approval {
+            id: id.to_string(),
+            ..Default::default()
+        });
+        let resolution = match (allow, for_session) {
+            (true, false) => proto::Resolution::AllowOnce,
+            (false, false) => proto::Resolution::DenyOnce,
+            (true, true) => proto::Resolution::AllowForSession,
+            (false, true) => proto::Resolution::DenyForSession,
+        };
+        match c
+            .resolve(request(proto::ResolveRequest {
+                id: a.id.clone(),
+                action_digest: a.action_digest,
+                resolution: resolution as i32,
+            })?)
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                println!("{}: {}", r.id, r.decision);
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("agent-supervisor: {}", status(e));
+                Ok(1)
+            }
+        }
+    })
+}
+
+/// Options of `audit tail`.
+pub struct TailOptions {
+    pub follow: bool,
+    pub session: Option<String>,
+    pub kind: Option<String>,
+    pub decision: Option<String>,
+    pub json: bool,
+    pub after: u64,
+}
+
+/// `agent-supervisor audit tail`.
+pub fn audit_tail(socket: &Path, o: TailOptions) -> Result<i32> {
+    block_on(async {
+        let mut c = proto::audit_client::AuditClient::new(connect(socket).await?);
+        let mut stream = c
+            .stream_audit(request(proto::StreamAuditRequest {
+                after_cursor: o.after,
+                session: o.session.unwrap_or_default(),
+                kind: o.kind.unwrap_or_default(),
+                decision: o.decision.unwrap_or_default(),
+                no_follow: !o.follow,
+            })?)
+            .await
+            .map_err(status)?
+            .into_inner();
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        while let Some(e) = stream.message().await.map_err(status)? {
+            if o.json {
+                writeln!(out, "{}", e.json)?;
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&e.json).unwrap_or_default();
+                writeln!(
+                    out,
+                    "{} {} {:<14} {:<6} {}",
+                    v["ts"].as_str().unwrap_or(""),
+                    e.session,
+                    e.kind,
+                    e.decision,
+                    crate::supervise::escape_for_human(v["action"].to_string().as_bytes())
+                )?;
+            }
+            out.flush()?;
+        }
+        Ok(0)
+    })
+}
