@@ -363,3 +363,411 @@ fn an_approval_answered_by_another_user_allows_once_and_a_denial_denies() {
         ]
     );
 }
+
+#[test]
+fn an_unanswered_approval_is_denied_at_its_deadline_and_cannot_be_answered_after() {
+    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    let d = Daemon::start("expire");
+    d.counter_script();
+    let policy = d.policy("2s");
+    with_limit(async {
+        let mut w = watch(&d).await;
+        let s = d.start_session(&policy, "./s.sh log; echo done > done.txt").await;
+        let a = next_pending(&mut w).await;
+        let t0 = Instant::now();
+        let r = resolved(&mut w, &a.id).await;
+        assert_eq!((r.decision.as_str(), r.by.as_str()), ("deny", "timeout"));
+        assert!(t0.elapsed() < Duration::from_secs(4), "expired late: {:?}", t0.elapsed());
+        // Expired: an answer now fails cleanly, and says why.
+        let r = d.cli_as(APPROVER, &["approve", &a.id], &[]);
+        assert_eq!(r.code, Some(1), "{r:?}");
+        assert!(r.stderr.contains("no longer pending"), "{r:?}");
+        let end = wait_session_end(&d, &s.id).await;
+        assert_eq!(end.exit_code, Some(0));
+    });
+    assert!(!d.ws().join("log").exists(), "an expired approval ran");
+    assert!(d.ws().join("done.txt").exists());
+    let denied = d
+        .audit()
+        .into_iter()
+        .find(|r| r["kind"] == "exec" && r["action"]["argv"][0] == "./s.sh")
+        .expect("the exec's record");
+    assert_eq!(
+        (&denied["decision"], &denied["decided_by"]),
+        (&"deny".into(), &"timeout".into())
+    );
+}
+
+#[test]
+fn answers_are_bound_to_the_approval_and_its_action_and_the_first_one_wins() {
+    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    let d = Daemon::start("bound");
+    d.counter_script();
+    let policy = d.policy("30s");
+    with_limit(async {
+        let mut w = watch(&d).await;
+        let s = d
+            .start_session(&policy, "./s.sh log; echo done > done.txt")
+            .await;
+        let a = next_pending(&mut w).await;
+        // A second watcher sees what was already waiting, then `synced`.
+        let mut w2 = watch(&d).await;
+        let first = w2.message().await.unwrap().unwrap();
+        assert!(matches!(first.event, Some(Event::Pending(ref p)) if p.id == a.id), "{first:?}");
+        let second = w2.message().await.unwrap().unwrap();
+        assert!(matches!(second.event, Some(Event::Synced(true))), "{second:?}");
+        // Unknown approvals, and approvals of a session that doesn't exist.
+        let mut c = ApprovalsClient::new(d.channel().await);
+        for id in [format!("{}-a999", s.id), "nope".to_string()] {
+            let e = c
+                .resolve(proto::ResolveRequest {
+                    id,
+                    action_digest: a.action_digest.clone(),
+                    resolution: Resolution::AllowOnce as i32,
+                })
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e.code(), Code::NotFound | Code::FailedPrecondition | Code::PermissionDenied),
+                "{e:?}"
+            );
+        }
+        // Two approvers race with the right digest; another uses a wrong one (another action).
+        // Only the CLI can be another uid: the token gives root's own client no right to
+        // answer its own session either.
+        let token = [("AGENT_SUPERVISOR_TOKEN", TOKEN)];
+        let r = d.cli_as(0, &["approve", &a.id], &token);
+        assert_eq!(r.code, Some(1), "a token does not make the session's uid an approver: {r:?}");
+        let sock = d.socket();
+        let id = a.id.clone();
+        let racers: Vec<_> = (0..2)
+            .map(|i| {
+                let mut c = Command::new(bin());
+                c.args([if i == 0 { "approve" } else { "deny" }, &id])
+                    .arg("--socket")
+                    .arg(&sock)
+                    .uid(APPROVER)
+                    .gid(APPROVER)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                c.spawn().unwrap()
+            })
+            .collect();
+        let codes: Vec<i32> = racers
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap().status.code().unwrap())
+            .collect();
+        let mut sorted = codes.clone();
+        sorted.sort();
+        assert_eq!(sorted, [0, 1], "exactly one answer wins: {codes:?}");
+        let r = resolved(&mut w, &a.id).await;
+        let allowed = r.decision == "allow";
+        assert_eq!(allowed, codes[0] == 0, "the winner's answer is the one applied");
+        wait_session_end(&d, &s.id).await;
+        assert_eq!(d.ws().join("log").exists(), allowed);
+    });
+    let answers = d.audit().into_iter().filter(|r| r["kind"] == "approval").count();
+    assert_eq!(answers, 1);
+}
+
+#[test]
+fn a_wrong_digest_is_refused_and_a_bad_token_is_unauthenticated() {
+    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    let d = Daemon::start("digest");
+    d.counter_script();
+    let policy = d.policy("30s");
+    with_limit(async {
+        let mut w = watch(&d).await;
+        let s = d.start_session(&policy, "./s.sh log").await;
+        let a = next_pending(&mut w).await;
+        // Bad token: refused before anything else, whoever the uid.
+        let r = d.cli_as(APPROVER, &["approve", &a.id], &[("AGENT_SUPERVISOR_TOKEN", "wrong")]);
+        assert_eq!(r.code, Some(125), "{r:?}");
+        assert!(r.stderr.contains("Unauthenticated"), "{r:?}");
+        let r = d.cli_as(APPROVER, &["sessions"], &[("AGENT_SUPERVISOR_TOKEN", "wrong")]);
+        assert_eq!(r.code, Some(125), "{r:?}");
+        // An approver answering for another action (its digest): refused, nothing runs.
+        let other = agent_supervisor::daemon::state::action_digest(
+            &a.session,
+            &a.id,
+            &a.kind,
+            "{\"argv\":[\"./other\"]}",
+        );
+        let r = d.cli_as(APPROVER, &["approve", &a.id, "--digest", &other], &[]);
+        assert_eq!(r.code, Some(1), "{r:?}");
+        assert!(r.stderr.contains("does not match"), "{r:?}");
+        // Root with the approvers' token is still the session's own uid.
+        let e = {
+            let mut c = ApprovalsClient::new(d.channel().await);
+            let mut req = tonic::Request::new(proto::ResolveRequest {
+                id: a.id.clone(),
+                action_digest: a.action_digest.clone(),
+                resolution: Resolution::AllowOnce as i32,
+            });
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+            c.resolve(req).await.unwrap_err()
+        };
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(!d.ws().join("log").exists());
+        // The uid that is not an approver, with the approvers' token: allowed by the token.
+        let r = d.cli_as(NOT_APPROVER, &["approve", &a.id], &[("AGENT_SUPERVISOR_TOKEN", TOKEN)]);
+        assert_eq!(r.code, Some(0), "the token's approve role: {r:?}");
+        wait_session_end(&d, &s.id).await;
+    });
+    assert_eq!(lines(&d.ws().join("log")), 1);
+    let approver = d
+        .audit()
+        .into_iter()
+        .find(|r| r["kind"] == "approval")
+        .expect("approval record");
+    assert_eq!(approver["action"]["approver"], format!("uid {NOT_APPROVER} token ci"));
+}
+
+#[test]
+fn a_token_in_the_sessions_environment_never_approves_that_session() {
+    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    let d = Daemon::start("taint");
+    d.counter_script();
+    let policy = d.policy("30s");
+    with_limit(async {
+        let mut w = watch(&d).await;
+        let mut c = SessionsClient::new(d.channel().await);
+        let s = c
+            .start_session(proto::StartSessionRequest {
+                command: vec!["/bin/sh".into(), "-c".into(), "./s.sh log".into()],
+                workspace: d.ws().display().to_string(),
+                policy: policy.clone(),
+                env: vec![
+                    "PATH=/usr/bin:/bin".into(),
+                    format!("APPROVAL_TOKEN={TOKEN}"),
+                ],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let a = next_pending(&mut w).await;
+        assert_eq!(a.session, s.id);
+        let r = d.cli_as(NOT_APPROVER, &["approve", &a.id], &[("AGENT_SUPERVISOR_TOKEN", TOKEN)]);
+        assert_eq!(r.code, Some(1), "{r:?}");
+        assert!(r.stderr.contains("environment"), "{r:?}");
+        assert!(!d.ws().join("log").exists());
+        // Malformed environment entries are an error, not a crash.
+        let e = c
+            .start_session(proto::StartSessionRequest {
+                command: vec!["/bin/true".into()],
+                workspace: d.ws().display().to_string(),
+                env: vec!["NOEQUALS".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let r = d.cli_as(APPROVER, &["deny", &a.id], &[]);
+        assert_eq!(r.code, Some(0), "{r:?}");
+        wait_session_end(&d, &s.id).await;
+    });
+    assert!(!d.ws().join("log").exists());
+}
+
+#[test]
+fn the_audit_stream_replays_from_a_cursor_after_a_reconnect_and_loses_nothing() {
+    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    let d = Daemon::start("audit");
+    let policy = d.policy("30s");
+    with_limit(async {
+        // A follower attached from the start, and a first session.
+        let mut c = AuditClient::new(d.channel().await);
+        let mut follow = c
+            .stream_audit(proto::StreamAuditRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let s1 = d.start_session(&policy, "echo one > one.txt").await;
+        wait_session_end(&d, &s1.id).await;
+        // Read until s1's session-end; remember the cursor of some record in the middle.
+        let mut got = Vec::new();
+        loop {
+            let e = follow.message().await.unwrap().expect("stream open");
+            let end = e.kind == "session-end" && e.session == s1.id;
+            got.push(e);
+            if end {
+                break;
+            }
+        }
+        assert!(got.len() >= 3, "{got:?}");
+        let cut = got[got.len() / 2].cursor;
+        drop(follow);
+        // While disconnected: a second session writes more.
+        let s2 = d.start_session(&policy, "echo two > two.txt").await;
+        wait_session_end(&d, &s2.id).await;
+        // Reconnect after the cursor: exactly the rest of the log, in order, as written.
+        let mut rest = c
+            .stream_audit(proto::StreamAuditRequest {
+                after_cursor: cut,
+                no_follow: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut replayed = Vec::new();
+        while let Some(e) = rest.message().await.unwrap() {
+            replayed.push(e);
+        }
+        let file = std::fs::read_to_string(d.dir.join("log/audit.jsonl")).unwrap();
+        let expected: Vec<&str> = file[cut as usize..].lines().collect();
+        let json: Vec<&str> = replayed.iter().map(|e| e.json.as_str()).collect();
+        assert_eq!(json, expected, "the replay is the log after the cursor");
+        assert!(json.iter().any(|l| l.contains(&s2.id)), "{json:?}");
+        assert_eq!(replayed.last().unwrap().cursor as usize, file.len());
+        // Nothing lost, nothing twice: what the first stream got up to `cut` plus the replay
+        // is the whole log.
+        let mut all: Vec<String> = got
+            .iter()
+            .take_while(|e| e.cursor <= cut)
+            .map(|e| e.json.clone())
+            .collect();
+        all.extend(json.iter().map(|s| s.to_string()));
+        assert_eq!(all, file.lines().map(str::to_string).collect::<Vec<_>>());
+        // Filters.
+        let mut f = c
+            .stream_audit(proto::StreamAuditRequest {
+                session: s2.id.clone(),
+                kind: "session-end".into(),
+                no_follow: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let only = f.message().await.unwrap().expect("one record");
+        assert_eq!((only.session.as_str(), only.kind.as_str()), (s2.id.as_str(), "session-end"));
+        assert!(f.message().await.unwrap().is_none());
+        // A cursor that is no record boundary, or beyond the end: an error, not a guess.
+        for bad in [cut - 1, file.len() as u64 + 10] {
+            let e = c
+                .stream_audit(proto::StreamAuditRequest {
+                    after_cursor: bad,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        }
+    });
+    // The CLI shows the same records.
+    let r = d.cli_as(0, &["audit", "tail", "--json"], &[]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(r.stdout.lines().collect::<Vec<_>>(), d.audit_lines());
+}
+
+#[test]
+fn kill_ends_the_agent_and_is_recorded() {
+    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    let d = Daemon::start("kill");
+    let policy = d.policy("30s");
+    let marker = format!("as-daemon-kill-marker-{}", std::process::id());
+    with_limit(async {
+        let s = d
+            .start_session(&policy, &format!("exec sleep 1000 {marker}"))
+            .await;
+        let start = Instant::now();
+        while !common::process_alive_with_marker(&marker) {
+            assert!(start.elapsed() < Duration::from_secs(20), "the agent never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Another uid may neither see nor kill it.
+        let r = d.cli_as(NOT_APPROVER, &["sessions"], &[]);
+        assert_eq!(r.code, Some(0), "{r:?}");
+        assert!(!r.stdout.contains(&s.id), "{r:?}");
+        let mut c = SessionsClient::new(d.channel().await);
+        let k = c
+            .kill_session(proto::KillSessionRequest { id: s.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(k.id, s.id);
+        let end = wait_session_end(&d, &s.id).await;
+        assert_eq!(end.state, "killed");
+        let start = Instant::now();
+        while common::process_alive_with_marker(&marker) {
+            assert!(start.elapsed() < Duration::from_secs(10), "the agent outlived kill");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let e = c
+            .kill_session(proto::KillSessionRequest { id: "nope".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        let r = d.cli_as(0, &["sessions", "--json"], &[]);
+        let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        assert_eq!(v["state"], "killed", "{r:?}");
+    });
+    let end = d
+        .audit()
+        .into_iter()
+        .find(|r| r["kind"] == "session-end")
+        .expect("session-end");
+    assert_eq!(end["action"]["killed_by"], "uid 0");
+}
+
+#[test]
+fn a_daemon_killed_while_an_approval_waits_takes_the_agent_with_it_and_nothing_is_allowed() {
+    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    let mut d = Daemon::start("crash");
+    d.counter_script();
+    let policy = d.policy("30s");
+    let marker = format!("as-daemon-crash-marker-{}", std::process::id());
+    let (session, approval) = {
+        let d = &d;
+        let marker = marker.clone();
+        rt().block_on(async move {
+            let mut w = watch(d).await;
+            let s = d
+                .start_session(&policy, &format!("./s.sh log; sleep 1000 {marker}"))
+                .await;
+            let a = next_pending(&mut w).await;
+            (s, a)
+        })
+    };
+    let agent_alive = |m: &str| {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(m))
+                .unwrap_or(false)
+        })
+    };
+    let supervisor_marker = format!("--session-id\0{}", session.id);
+    assert!(agent_alive(&supervisor_marker));
+    d.sigkill();
+    // The session's supervisor and the sandbox die with the daemon.
+    let start = Instant::now();
+    while agent_alive(&supervisor_marker) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the session outlived the daemon");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!agent_alive(&marker), "the agent went on after the daemon died");
+    assert!(!d.ws().join("log").exists(), "the waiting action ran");
+    // The next daemon records the session as killed; the old approval is gone for good.
+    d.restart();
+    with_limit(async {
+        let r = d.cli_as(APPROVER, &["approve", &approval.id], &[]);
+        assert_eq!(r.code, Some(1), "{r:?}");
+    });
+    assert!(!d.ws().join("log").exists());
+    let audit = d.audit();
+    let end = audit
+        .iter()
+        .find(|r| r["kind"] == "session-end" && r["session"] == session.id.as_str())
+        .unwrap_or_else(|| panic!("no session-end: {audit:?}"));
+    assert_eq!(end["action"]["killed_by"], "daemon-restart");
+    assert!(
+        !audit.iter().any(|r| r["decision"] == "allow" && r["action"]["argv"][0] == "./s.sh"),
+        "{audit:?}"
+    );
+    assert!(!d.dir.join(format!("state/sessions/{}.json", session.id)).exists());
+}

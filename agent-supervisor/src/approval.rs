@@ -379,6 +379,7 @@ fn run_daemon(
                 id,
                 allow,
                 for_session,
+                expired,
             })) => {
                 // An answer for an ask settled meanwhile is moot.
                 if let Some(w) = waiting.remove(&id) {
@@ -393,7 +394,12 @@ fn run_daemon(
                             .expect("remembered lock")
                             .insert(w.p.key.clone(), d);
                     }
-                    finish(&ctx, w.p, d, Decider::Human);
+                    let by = if expired {
+                        Decider::Timeout
+                    } else {
+                        Decider::Human
+                    };
+                    finish(&ctx, w.p, d, by);
                 }
             }
             Ok(BrokerMsg::LinkClosed(why)) => link_lost(&ctx, &mut waiting, &why),

@@ -133,6 +133,10 @@ enum Command {
         /// Allow this action for the rest of the session.
         #[arg(long)]
         for_session: bool,
+        /// Answer only if the approval's action digest is this one (as shown by a watcher):
+        /// the answer can't apply to an action you did not see.
+        #[arg(long, value_name = "SHA256")]
+        digest: Option<String>,
         #[command(flatten)]
         daemon: DaemonArgs,
     },
@@ -144,6 +148,10 @@ enum Command {
         /// Deny this action for the rest of the session.
         #[arg(long)]
         for_session: bool,
+        /// Answer only if the approval's action digest is this one (as shown by a watcher):
+        /// the answer can't apply to an action you did not see.
+        #[arg(long, value_name = "SHA256")]
+        digest: Option<String>,
         #[command(flatten)]
         daemon: DaemonArgs,
     },
@@ -320,13 +328,27 @@ fn dispatch(cmd: Command) -> Result<i32> {
         Command::Approve {
             id,
             for_session,
+            digest,
             daemon,
-        } => agent_supervisor::daemon::client::resolve(&daemon.socket, &id, true, for_session),
+        } => agent_supervisor::daemon::client::resolve(
+            &daemon.socket,
+            &id,
+            true,
+            for_session,
+            digest,
+        ),
         Command::Deny {
             id,
             for_session,
+            digest,
             daemon,
-        } => agent_supervisor::daemon::client::resolve(&daemon.socket, &id, false, for_session),
+        } => agent_supervisor::daemon::client::resolve(
+            &daemon.socket,
+            &id,
+            false,
+            for_session,
+            digest,
+        ),
         Command::Audit(AuditCommand::Tail {
             follow,
             session,

@@ -90,9 +90,16 @@ pub fn sessions(socket: &Path, json: bool) -> Result<i32> {
     })
 }
 
-/// `agent-supervisor approve|deny ID [--for-session]`: the approval is looked up among the
-/// pending ones (its action digest is repeated in the answer). Exit 1 when it is not pending.
-pub fn resolve(socket: &Path, id: &str, allow: bool, for_session: bool) -> Result<i32> {
+/// `agent-supervisor approve|deny ID [--for-session] [--digest D]`: the approval is looked up
+/// among the pending ones and its action digest repeated in the answer (or `D`, to bind the
+/// answer to the action a watcher showed). Exit 1 when it is not pending or refused.
+pub fn resolve(
+    socket: &Path,
+    id: &str,
+    allow: bool,
+    for_session: bool,
+    digest: Option<String>,
+) -> Result<i32> {
     block_on(async {
         let channel = connect(socket).await?;
         let mut c = proto::approvals_client::ApprovalsClient::new(channel);
@@ -111,10 +118,13 @@ pub fn resolve(socket: &Path, id: &str, allow: bool, for_session: bool) -> Resul
         }
         drop(stream);
         // Not among those we may see: ask anyway, the daemon says why it refuses.
-        let a = found.unwrap_or_else(|| proto::Approval {
+        let mut a = found.unwrap_or_else(|| proto::Approval {
             id: id.to_string(),
             ..Default::default()
         });
+        if let Some(d) = digest {
+            a.action_digest = d;
+        }
         let resolution = match (allow, for_session) {
             (true, false) => proto::Resolution::AllowOnce,
             (false, false) => proto::Resolution::DenyOnce,

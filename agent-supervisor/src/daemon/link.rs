@@ -40,11 +40,14 @@ pub enum ToDaemon {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "t", rename_all = "kebab-case")]
 pub enum ToSession {
-    /// The answer to ask `id`: allow or deny, once or for the rest of the session.
+    /// The answer to ask `id`: allow or deny, once or for the rest of the session; `expired`:
+    /// nobody answered by the deadline (a denial).
     Answer {
         id: u64,
         allow: bool,
         for_session: bool,
+        #[serde(default)]
+        expired: bool,
     },
 }
 

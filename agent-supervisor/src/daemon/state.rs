@@ -199,6 +199,7 @@ impl State {
                 id: p.local_id,
                 allow,
                 for_session,
+                expired: false,
             });
         }
         let decision = if allow { "allow" } else { "deny" };
@@ -234,6 +235,7 @@ impl State {
                 id: p.local_id,
                 allow: false,
                 for_session: false,
+                expired: true,
             });
         }
         let _ = self
