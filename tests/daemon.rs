@@ -39,10 +39,11 @@ impl Daemon {
         let dir = std::env::temp_dir().join(format!(
             "as-daemon-{name}-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos() ^ (std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos())
+            Instant::now().elapsed().as_nanos()
+                ^ (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos())
         ));
         std::fs::create_dir_all(dir.join("ws")).unwrap();
         // The approver uids must reach the socket.
@@ -228,7 +229,12 @@ async fn watch(d: &Daemon) -> Approvals {
 /// The next pending approval on the stream (skipping other events).
 async fn next_pending(s: &mut Approvals) -> proto::Approval {
     loop {
-        match s.message().await.expect("approval stream").expect("stream ended") {
+        match s
+            .message()
+            .await
+            .expect("approval stream")
+            .expect("stream ended")
+        {
             proto::ApprovalEvent {
                 event: Some(Event::Pending(a)),
             } => return a,
@@ -240,7 +246,12 @@ async fn next_pending(s: &mut Approvals) -> proto::Approval {
 /// The next `resolved` event for approval `id`.
 async fn resolved(s: &mut Approvals, id: &str) -> proto::Resolved {
     loop {
-        match s.message().await.expect("approval stream").expect("stream ended") {
+        match s
+            .message()
+            .await
+            .expect("approval stream")
+            .expect("stream ended")
+        {
             proto::ApprovalEvent {
                 event: Some(Event::Resolved(r)),
             } if r.id == id => return r,
@@ -290,7 +301,10 @@ fn lines(p: &Path) -> usize {
 
 #[test]
 fn an_approval_answered_by_another_user_allows_once_and_a_denial_denies() {
-    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    skip_unless!(
+        is_root(),
+        "the daemon tests run as root (they setuid the clients)"
+    );
     let d = Daemon::start("allow");
     d.counter_script();
     let policy = d.policy("30s");
@@ -349,7 +363,11 @@ fn an_approval_answered_by_another_user_allows_once_and_a_denial_denies() {
         .filter(|r| r["kind"] == "exec" && r["action"]["argv"][0] == "./s.sh")
         .map(|r| format!("{} {}", r["decision"], r["decided_by"]))
         .collect();
-    assert_eq!(execs, ["\"allow\" \"human\"", "\"deny\" \"human\""], "{audit:?}");
+    assert_eq!(
+        execs,
+        ["\"allow\" \"human\"", "\"deny\" \"human\""],
+        "{audit:?}"
+    );
     let approvers: Vec<String> = audit
         .iter()
         .filter(|r| r["kind"] == "approval")
@@ -366,18 +384,27 @@ fn an_approval_answered_by_another_user_allows_once_and_a_denial_denies() {
 
 #[test]
 fn an_unanswered_approval_is_denied_at_its_deadline_and_cannot_be_answered_after() {
-    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    skip_unless!(
+        is_root(),
+        "the daemon tests run as root (they setuid the clients)"
+    );
     let d = Daemon::start("expire");
     d.counter_script();
     let policy = d.policy("2s");
     with_limit(async {
         let mut w = watch(&d).await;
-        let s = d.start_session(&policy, "./s.sh log; echo done > done.txt").await;
+        let s = d
+            .start_session(&policy, "./s.sh log; echo done > done.txt")
+            .await;
         let a = next_pending(&mut w).await;
         let t0 = Instant::now();
         let r = resolved(&mut w, &a.id).await;
         assert_eq!((r.decision.as_str(), r.by.as_str()), ("deny", "timeout"));
-        assert!(t0.elapsed() < Duration::from_secs(4), "expired late: {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "expired late: {:?}",
+            t0.elapsed()
+        );
         // Expired: an answer now fails cleanly, and says why.
         let r = d.cli_as(APPROVER, &["approve", &a.id], &[]);
         assert_eq!(r.code, Some(1), "{r:?}");
@@ -400,7 +427,10 @@ fn an_unanswered_approval_is_denied_at_its_deadline_and_cannot_be_answered_after
 
 #[test]
 fn answers_are_bound_to_the_approval_and_its_action_and_the_first_one_wins() {
-    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    skip_unless!(
+        is_root(),
+        "the daemon tests run as root (they setuid the clients)"
+    );
     let d = Daemon::start("bound");
     d.counter_script();
     let policy = d.policy("30s");
@@ -413,9 +443,15 @@ fn answers_are_bound_to_the_approval_and_its_action_and_the_first_one_wins() {
         // A second watcher sees what was already waiting, then `synced`.
         let mut w2 = watch(&d).await;
         let first = w2.message().await.unwrap().unwrap();
-        assert!(matches!(first.event, Some(Event::Pending(ref p)) if p.id == a.id), "{first:?}");
+        assert!(
+            matches!(first.event, Some(Event::Pending(ref p)) if p.id == a.id),
+            "{first:?}"
+        );
         let second = w2.message().await.unwrap().unwrap();
-        assert!(matches!(second.event, Some(Event::Synced(true))), "{second:?}");
+        assert!(
+            matches!(second.event, Some(Event::Synced(true))),
+            "{second:?}"
+        );
         // Unknown approvals, and approvals of a session that doesn't exist.
         let mut c = ApprovalsClient::new(d.channel().await);
         for id in [format!("{}-a999", s.id), "nope".to_string()] {
@@ -428,7 +464,10 @@ fn answers_are_bound_to_the_approval_and_its_action_and_the_first_one_wins() {
                 .await
                 .unwrap_err();
             assert!(
-                matches!(e.code(), Code::NotFound | Code::FailedPrecondition | Code::PermissionDenied),
+                matches!(
+                    e.code(),
+                    Code::NotFound | Code::FailedPrecondition | Code::PermissionDenied
+                ),
                 "{e:?}"
             );
         }
@@ -437,7 +476,11 @@ fn answers_are_bound_to_the_approval_and_its_action_and_the_first_one_wins() {
         // answer its own session either.
         let token = [("AGENT_SUPERVISOR_TOKEN", TOKEN)];
         let r = d.cli_as(0, &["approve", &a.id], &token);
-        assert_eq!(r.code, Some(1), "a token does not make the session's uid an approver: {r:?}");
+        assert_eq!(
+            r.code,
+            Some(1),
+            "a token does not make the session's uid an approver: {r:?}"
+        );
         let sock = d.socket();
         let id = a.id.clone();
         let racers: Vec<_> = (0..2)
@@ -463,17 +506,28 @@ fn answers_are_bound_to_the_approval_and_its_action_and_the_first_one_wins() {
         assert_eq!(sorted, [0, 1], "exactly one answer wins: {codes:?}");
         let r = resolved(&mut w, &a.id).await;
         let allowed = r.decision == "allow";
-        assert_eq!(allowed, codes[0] == 0, "the winner's answer is the one applied");
+        assert_eq!(
+            allowed,
+            codes[0] == 0,
+            "the winner's answer is the one applied"
+        );
         wait_session_end(&d, &s.id).await;
         assert_eq!(d.ws().join("log").exists(), allowed);
     });
-    let answers = d.audit().into_iter().filter(|r| r["kind"] == "approval").count();
+    let answers = d
+        .audit()
+        .into_iter()
+        .filter(|r| r["kind"] == "approval")
+        .count();
     assert_eq!(answers, 1);
 }
 
 #[test]
 fn a_wrong_digest_is_refused_and_a_bad_token_is_unauthenticated() {
-    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    skip_unless!(
+        is_root(),
+        "the daemon tests run as root (they setuid the clients)"
+    );
     let d = Daemon::start("digest");
     d.counter_script();
     let policy = d.policy("30s");
@@ -482,10 +536,18 @@ fn a_wrong_digest_is_refused_and_a_bad_token_is_unauthenticated() {
         let s = d.start_session(&policy, "./s.sh log").await;
         let a = next_pending(&mut w).await;
         // Bad token: refused before anything else, whoever the uid.
-        let r = d.cli_as(APPROVER, &["approve", &a.id], &[("AGENT_SUPERVISOR_TOKEN", "wrong")]);
+        let r = d.cli_as(
+            APPROVER,
+            &["approve", &a.id],
+            &[("AGENT_SUPERVISOR_TOKEN", "wrong")],
+        );
         assert_eq!(r.code, Some(125), "{r:?}");
         assert!(r.stderr.contains("Unauthenticated"), "{r:?}");
-        let r = d.cli_as(APPROVER, &["sessions"], &[("AGENT_SUPERVISOR_TOKEN", "wrong")]);
+        let r = d.cli_as(
+            APPROVER,
+            &["sessions"],
+            &[("AGENT_SUPERVISOR_TOKEN", "wrong")],
+        );
         assert_eq!(r.code, Some(125), "{r:?}");
         // An approver answering for another action (its digest): refused, nothing runs.
         let other = agent_supervisor::daemon::state::action_digest(
@@ -512,7 +574,11 @@ fn a_wrong_digest_is_refused_and_a_bad_token_is_unauthenticated() {
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
         assert!(!d.ws().join("log").exists());
         // The uid that is not an approver, with the approvers' token: allowed by the token.
-        let r = d.cli_as(NOT_APPROVER, &["approve", &a.id], &[("AGENT_SUPERVISOR_TOKEN", TOKEN)]);
+        let r = d.cli_as(
+            NOT_APPROVER,
+            &["approve", &a.id],
+            &[("AGENT_SUPERVISOR_TOKEN", TOKEN)],
+        );
         assert_eq!(r.code, Some(0), "the token's approve role: {r:?}");
         wait_session_end(&d, &s.id).await;
     });
@@ -522,12 +588,18 @@ fn a_wrong_digest_is_refused_and_a_bad_token_is_unauthenticated() {
         .into_iter()
         .find(|r| r["kind"] == "approval")
         .expect("approval record");
-    assert_eq!(approver["action"]["approver"], format!("uid {NOT_APPROVER} token ci"));
+    assert_eq!(
+        approver["action"]["approver"],
+        format!("uid {NOT_APPROVER} token ci")
+    );
 }
 
 #[test]
 fn a_token_in_the_sessions_environment_never_approves_that_session() {
-    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    skip_unless!(
+        is_root(),
+        "the daemon tests run as root (they setuid the clients)"
+    );
     let d = Daemon::start("taint");
     d.counter_script();
     let policy = d.policy("30s");
@@ -550,7 +622,11 @@ fn a_token_in_the_sessions_environment_never_approves_that_session() {
             .into_inner();
         let a = next_pending(&mut w).await;
         assert_eq!(a.session, s.id);
-        let r = d.cli_as(NOT_APPROVER, &["approve", &a.id], &[("AGENT_SUPERVISOR_TOKEN", TOKEN)]);
+        let r = d.cli_as(
+            NOT_APPROVER,
+            &["approve", &a.id],
+            &[("AGENT_SUPERVISOR_TOKEN", TOKEN)],
+        );
         assert_eq!(r.code, Some(1), "{r:?}");
         assert!(r.stderr.contains("environment"), "{r:?}");
         assert!(!d.ws().join("log").exists());
@@ -574,7 +650,10 @@ fn a_token_in_the_sessions_environment_never_approves_that_session() {
 
 #[test]
 fn the_audit_stream_replays_from_a_cursor_after_a_reconnect_and_loses_nothing() {
-    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    skip_unless!(
+        is_root(),
+        "the daemon tests run as root (they setuid the clients)"
+    );
     let d = Daemon::start("audit");
     let policy = d.policy("30s");
     with_limit(async {
@@ -644,7 +723,10 @@ fn the_audit_stream_replays_from_a_cursor_after_a_reconnect_and_loses_nothing() 
             .unwrap()
             .into_inner();
         let only = f.message().await.unwrap().expect("one record");
-        assert_eq!((only.session.as_str(), only.kind.as_str()), (s2.id.as_str(), "session-end"));
+        assert_eq!(
+            (only.session.as_str(), only.kind.as_str()),
+            (s2.id.as_str(), "session-end")
+        );
         assert!(f.message().await.unwrap().is_none());
         // A cursor that is no record boundary, or beyond the end: an error, not a guess.
         for bad in [cut - 1, file.len() as u64 + 10] {
@@ -666,7 +748,10 @@ fn the_audit_stream_replays_from_a_cursor_after_a_reconnect_and_loses_nothing() 
 
 #[test]
 fn kill_ends_the_agent_and_is_recorded() {
-    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    skip_unless!(
+        is_root(),
+        "the daemon tests run as root (they setuid the clients)"
+    );
     let d = Daemon::start("kill");
     let policy = d.policy("30s");
     let marker = format!("as-daemon-kill-marker-{}", std::process::id());
@@ -676,7 +761,10 @@ fn kill_ends_the_agent_and_is_recorded() {
             .await;
         let start = Instant::now();
         while !common::process_alive_with_marker(&marker) {
-            assert!(start.elapsed() < Duration::from_secs(20), "the agent never ran");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the agent never ran"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Another uid may neither see nor kill it.
@@ -694,7 +782,10 @@ fn kill_ends_the_agent_and_is_recorded() {
         assert_eq!(end.state, "killed");
         let start = Instant::now();
         while common::process_alive_with_marker(&marker) {
-            assert!(start.elapsed() < Duration::from_secs(10), "the agent outlived kill");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the agent outlived kill"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let e = c
@@ -716,7 +807,10 @@ fn kill_ends_the_agent_and_is_recorded() {
 
 #[test]
 fn a_daemon_killed_while_an_approval_waits_takes_the_agent_with_it_and_nothing_is_allowed() {
-    skip_unless!(is_root(), "the daemon tests run as root (they setuid the clients)");
+    skip_unless!(
+        is_root(),
+        "the daemon tests run as root (they setuid the clients)"
+    );
     let mut d = Daemon::start("crash");
     d.counter_script();
     let policy = d.policy("30s");
@@ -746,11 +840,17 @@ fn a_daemon_killed_while_an_approval_waits_takes_the_agent_with_it_and_nothing_i
     // The session's supervisor and the sandbox die with the daemon.
     let start = Instant::now();
     while agent_alive(&supervisor_marker) {
-        assert!(start.elapsed() < Duration::from_secs(10), "the session outlived the daemon");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the session outlived the daemon"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!agent_alive(&marker), "the agent went on after the daemon died");
+    assert!(
+        !agent_alive(&marker),
+        "the agent went on after the daemon died"
+    );
     assert!(!d.ws().join("log").exists(), "the waiting action ran");
     // The next daemon records the session as killed; the old approval is gone for good.
     d.restart();
@@ -766,8 +866,219 @@ fn a_daemon_killed_while_an_approval_waits_takes_the_agent_with_it_and_nothing_i
         .unwrap_or_else(|| panic!("no session-end: {audit:?}"));
     assert_eq!(end["action"]["killed_by"], "daemon-restart");
     assert!(
-        !audit.iter().any(|r| r["decision"] == "allow" && r["action"]["argv"][0] == "./s.sh"),
+        !audit
+            .iter()
+            .any(|r| r["decision"] == "allow" && r["action"]["argv"][0] == "./s.sh"),
         "{audit:?}"
     );
-    assert!(!d.dir.join(format!("state/sessions/{}.json", session.id)).exists());
+    assert!(!d
+        .dir
+        .join(format!("state/sessions/{}.json", session.id))
+        .exists());
+}
+
+/// Sends bytes as they are (a malformed message), reads the reply as bytes.
+#[derive(Default, Clone)]
+struct Raw;
+
+struct RawEnc;
+struct RawDec;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEnc;
+    type Decoder = RawDec;
+    fn encoder(&mut self) -> RawEnc {
+        RawEnc
+    }
+    fn decoder(&mut self) -> RawDec {
+        RawDec
+    }
+}
+
+impl tonic::codec::Encoder for RawEnc {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let v = src.chunk().to_vec();
+        src.advance(v.len());
+        Ok(Some(v))
+    }
+}
+
+async fn healthy(d: &Daemon) {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let r = HealthClient::new(d.channel().await)
+        .check(HealthCheckRequest {
+            service: "agent_supervisor.v1.Sessions".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(r.status, 1, "SERVING");
+}
+
+#[test]
+fn malformed_and_oversized_messages_get_grpc_errors_and_the_daemon_stays_up() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let d = Daemon::start("malformed");
+    with_limit(async {
+        healthy(&d).await;
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            // Field 1 (command), length-delimited, length far beyond the buffer.
+            (
+                "/agent_supervisor.v1.Sessions/StartSession",
+                vec![0x0a, 0xff, 0xff, 0xff, 0x0f],
+            ),
+            // A truncated varint.
+            ("/agent_supervisor.v1.Approvals/Resolve", vec![0x18, 0xff]),
+            // Invalid UTF-8 in a string field.
+            (
+                "/agent_supervisor.v1.Approvals/Resolve",
+                vec![0x0a, 0x02, 0xc3, 0x28],
+            ),
+            // Wire type 7 does not exist.
+            ("/agent_supervisor.v1.Sessions/GetSession", vec![0x0f]),
+            // An unknown method.
+            ("/agent_supervisor.v1.Sessions/Nope", vec![]),
+        ];
+        for (path, body) in cases {
+            let mut g = tonic::client::Grpc::new(d.channel().await);
+            g.ready().await.unwrap();
+            let e = g
+                .unary(
+                    tonic::Request::new(body.clone()),
+                    tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                    Raw,
+                )
+                .await
+                .expect_err("a malformed message must fail");
+            assert!(
+                matches!(
+                    e.code(),
+                    Code::Internal | Code::InvalidArgument | Code::Unimplemented
+                ),
+                "{path} {body:?}: {e:?}"
+            );
+        }
+        // Oversized (the limit is 1 MiB): refused before it is decoded.
+        let mut c = SessionsClient::new(d.channel().await);
+        let e = c
+            .start_session(proto::StartSessionRequest {
+                command: vec!["x".repeat(2 << 20)],
+                workspace: "/".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange),
+            "{e:?}"
+        );
+        // Well-formed but wrong: clear errors.
+        for (req, want) in [
+            (proto::StartSessionRequest::default(), Code::InvalidArgument),
+            (
+                proto::StartSessionRequest {
+                    command: vec!["/bin/true".into()],
+                    workspace: "relative".into(),
+                    ..Default::default()
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                proto::StartSessionRequest {
+                    command: vec!["/bin/true".into()],
+                    workspace: "/".into(),
+                    policy: "relative.toml".into(),
+                    ..Default::default()
+                },
+                Code::InvalidArgument,
+            ),
+        ] {
+            let e = c.start_session(req).await.unwrap_err();
+            assert_eq!(e.code(), want, "{e:?}");
+        }
+        let e = ApprovalsClient::new(d.channel().await)
+            .resolve(proto::ResolveRequest {
+                id: "x-a1".into(),
+                action_digest: String::new(),
+                resolution: 99,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        // A broken policy through Validate: an answer, with the place of the error.
+        let v = proto::policy_client::PolicyClient::new(d.channel().await)
+            .validate(proto::ValidatePolicyRequest {
+                toml: "version = 1\ndefault = \"alow\"\n".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!v.ok);
+        assert!(v.error.contains("alow"), "{v:?}");
+        healthy(&d).await;
+    });
+    assert!(
+        d.stderr().lines().all(|l| !l.contains("panicked")),
+        "{}",
+        d.stderr()
+    );
+}
+
+#[test]
+fn health_and_reflection_answer_for_grpcurl() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let d = Daemon::start("reflect");
+    with_limit(async {
+        healthy(&d).await;
+        use tonic_reflection::pb::v1::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut s = ServerReflectionClient::new(d.channel().await)
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let r = s.message().await.unwrap().expect("a reply");
+        let Some(MessageResponse::ListServicesResponse(list)) = r.message_response else {
+            panic!("{r:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for want in [
+            "agent_supervisor.v1.Sessions",
+            "agent_supervisor.v1.Approvals",
+            "agent_supervisor.v1.Audit",
+            "agent_supervisor.v1.Policy",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+    });
 }

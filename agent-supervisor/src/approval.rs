@@ -14,8 +14,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ const DAEMON_GRACE: Duration = Duration::from_secs(5);
 
 /// What the broker is fed.
 pub enum BrokerMsg {
-    Ask(Pending),
+    Ask(Box<Pending>),
     /// From the daemon.
     Answer(ToSession),
     /// The daemon's link closed or broke.
@@ -82,7 +82,7 @@ impl Approvals {
     /// Queue an ask. If the broker is gone, the action is lost... never allowed: the trapped
     /// syscall fails when the supervisor exits.
     pub fn ask(&self, p: Pending) {
-        let _ = self.tx.send(BrokerMsg::Ask(p));
+        let _ = self.tx.send(BrokerMsg::Ask(Box::new(p)));
     }
 }
 
@@ -90,7 +90,7 @@ impl Approvals {
 fn recv_ask(rx: &mpsc::Receiver<BrokerMsg>) -> Option<Pending> {
     loop {
         match rx.recv().ok()? {
-            BrokerMsg::Ask(p) => return Some(p),
+            BrokerMsg::Ask(p) => return Some(*p),
             _ => continue,
         }
     }
@@ -99,7 +99,7 @@ fn recv_ask(rx: &mpsc::Receiver<BrokerMsg>) -> Option<Pending> {
 fn try_recv_ask(rx: &mpsc::Receiver<BrokerMsg>) -> Option<Pending> {
     loop {
         match rx.try_recv().ok()? {
-            BrokerMsg::Ask(p) => return Some(p),
+            BrokerMsg::Ask(p) => return Some(*p),
             _ => continue,
         }
     }
@@ -330,7 +330,9 @@ fn run_daemon(
                         }
                         Err(e) => break format!("unreadable message from the daemon: {e}"),
                     },
-                    Ok(Some(Line::Audit(_))) => break "unexpected audit line from the daemon".into(),
+                    Ok(Some(Line::Audit(_))) => {
+                        break "unexpected audit line from the daemon".into()
+                    }
                     Ok(None) => break "the daemon closed the link".into(),
                     Err(e) => break format!("reading from the daemon: {e}"),
                 }
@@ -353,6 +355,7 @@ fn run_daemon(
             .min(Duration::from_millis(200));
         match rx.recv_timeout(wait) {
             Ok(BrokerMsg::Ask(p)) => {
+                let p = *p;
                 next_id += 1;
                 let msg = ToDaemon::Ask {
                     id: next_id,

@@ -126,7 +126,9 @@ enum Command {
         json: bool,
     },
     /// Allow a pending approval (from `approvals`/`audit tail`, or the daemon's watchers).
-    #[command(after_help = "Examples:\n  agent-supervisor approve 3f9a0c1d2e4b-a7\n  agent-supervisor approve 3f9a0c1d2e4b-a7 --for-session\n\nExit codes: 0 answered, 1 not pending (already answered, expired, unknown)\nor refused, 125 the daemon is unreachable.")]
+    #[command(
+        after_help = "Examples:\n  agent-supervisor approve 3f9a0c1d2e4b-a7\n  agent-supervisor approve 3f9a0c1d2e4b-a7 --for-session\n\nExit codes: 0 answered, 1 not pending (already answered, expired, unknown)\nor refused, 125 the daemon is unreachable."
+    )]
     Approve {
         /// The approval's id.
         id: String,

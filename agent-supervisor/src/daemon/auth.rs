@@ -126,9 +126,10 @@ fn user_uid(name: &str) -> Option<u32> {
 fn matches(p: &Principals, c: &Caller) -> bool {
     p.uids.contains(&c.uid)
         || p.users.iter().any(|u| user_uid(u) == Some(c.uid))
-        || p.groups.iter().filter_map(|g| group_gid(g)).any(|g| {
-            g == c.gid || c.groups.contains(&g)
-        })
+        || p.groups
+            .iter()
+            .filter_map(|g| group_gid(g))
+            .any(|g| g == c.gid || c.groups.contains(&g))
         || c.token.as_ref().is_some_and(|t| p.tokens.contains(t))
 }
 
@@ -198,7 +199,10 @@ pub fn check_approver(cfg: &Config, c: &Caller, s: &SessionEntry) -> Result<(), 
             c.uid
         )));
     }
-    if c.token.as_ref().is_some_and(|t| s.tainted_tokens.contains(t)) {
+    if c.token
+        .as_ref()
+        .is_some_and(|t| s.tainted_tokens.contains(t))
+    {
         return Err(Status::permission_denied(
             "this token is in the session's environment: it cannot approve that session's actions",
         ));

@@ -143,7 +143,12 @@ impl Config {
         u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o777)
-            .ok_or_else(|| format!("socket_mode {:?} is not an octal mode like \"0660\"", self.socket_mode))
+            .ok_or_else(|| {
+                format!(
+                    "socket_mode {:?} is not an octal mode like \"0660\"",
+                    self.socket_mode
+                )
+            })
     }
 }
 

@@ -33,7 +33,11 @@ pub enum ToDaemon {
     },
     /// An ask the session settled itself (session-wide answer, the agent stopped waiting,
     /// its own deadline): the daemon stops offering it.
-    Settled { id: u64, decision: String, by: String },
+    Settled {
+        id: u64,
+        decision: String,
+        by: String,
+    },
 }
 
 /// Daemon to session.
@@ -135,10 +139,14 @@ mod tests {
         drop(w);
         let mut r = io::BufReader::new(b);
         match read_line(&mut r).unwrap() {
-            Some(Line::Control(c)) => assert_eq!(serde_json::from_str::<ToDaemon>(&c).unwrap(), ask),
+            Some(Line::Control(c)) => {
+                assert_eq!(serde_json::from_str::<ToDaemon>(&c).unwrap(), ask)
+            }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(read_line(&mut r).unwrap(), Some(Line::Audit(a)) if a == "{\"id\":\"s-1\"}"));
+        assert!(
+            matches!(read_line(&mut r).unwrap(), Some(Line::Audit(a)) if a == "{\"id\":\"s-1\"}")
+        );
         assert!(read_line(&mut r).is_err());
         assert!(read_line(&mut r).unwrap().is_none());
     }

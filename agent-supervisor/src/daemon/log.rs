@@ -271,7 +271,9 @@ mod tests {
         assert!(log.check_cursor(first.end).is_ok());
         assert!(log.check_cursor(first.end - 1).is_err());
         assert!(log.check_cursor(log.committed() + 1).is_err());
-        let after = log.read_range(first.end, log.committed(), u64::MAX).unwrap();
+        let after = log
+            .read_range(first.end, log.committed(), u64::MAX)
+            .unwrap();
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].session, "s2");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -114,10 +114,16 @@ async fn serve(cfg: Config) -> Result<i32> {
     health_reporter
         .set_serving::<proto::audit_server::AuditServer<service::Svc>>()
         .await;
+    // Both reflection versions: grpcurl and older tools still ask v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .context("building the reflection service")?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .context("building the reflection service")?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let shutdown = async {
@@ -138,9 +144,9 @@ async fn serve(cfg: Config) -> Result<i32> {
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(
-            proto::sessions_server::SessionsServer::new(svc.clone())
-                .max_decoding_message_size(max),
+            proto::sessions_server::SessionsServer::new(svc.clone()).max_decoding_message_size(max),
         )
         .add_service(
             proto::approvals_server::ApprovalsServer::new(svc.clone())
@@ -187,8 +193,7 @@ fn bind(cfg: &Config) -> Result<tokio::net::UnixListener> {
     let path = &cfg.socket;
     if let Some(dir) = path.parent() {
         if !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         }
     }

@@ -97,7 +97,9 @@ impl proto::sessions_server::Sessions for Svc {
         }
         let workspace = PathBuf::from(&r.workspace);
         if !workspace.is_absolute() || r.workspace.contains('\0') {
-            return Err(Status::invalid_argument("workspace must be an absolute path"));
+            return Err(Status::invalid_argument(
+                "workspace must be an absolute path",
+            ));
         }
         let policy = if r.policy.is_empty() {
             api.cfg.default_policy.clone()
@@ -291,11 +293,9 @@ impl proto::approvals_server::Approvals for Svc {
             Ok(proto::Resolution::DenyOnce) => (false, false),
             Ok(proto::Resolution::AllowForSession) => (true, true),
             Ok(proto::Resolution::DenyForSession) => (false, true),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "resolution must be ALLOW_ONCE, DENY_ONCE, ALLOW_FOR_SESSION or DENY_FOR_SESSION",
-                ))
-            }
+            _ => return Err(Status::invalid_argument(
+                "resolution must be ALLOW_ONCE, DENY_ONCE, ALLOW_FOR_SESSION or DENY_FOR_SESSION",
+            )),
         };
         let state = &api.sessions.state;
         {

@@ -156,8 +156,7 @@ impl State {
 
     fn take(t: &mut Tables, id: &str) -> Option<PendingApproval> {
         let p = t.approvals.remove(id)?;
-        t.by_local
-            .remove(&(p.approval.session.clone(), p.local_id));
+        t.by_local.remove(&(p.approval.session.clone(), p.local_id));
         if let Some(s) = t.sessions.get_mut(&p.approval.session) {
             s.info.pending_approvals = s.info.pending_approvals.saturating_sub(1);
         }
@@ -185,10 +184,8 @@ impl State {
                 ResolveError::NotFound
             });
         };
-        let same = subtle::ConstantTimeEq::ct_eq(
-            p.approval.action_digest.as_bytes(),
-            digest.as_bytes(),
-        );
+        let same =
+            subtle::ConstantTimeEq::ct_eq(p.approval.action_digest.as_bytes(), digest.as_bytes());
         if !bool::from(same) {
             return Err(ResolveError::DigestMismatch);
         }
@@ -226,7 +223,10 @@ impl State {
     /// The deadline passed: deny (if still pending).
     pub fn expire(&self, id: &str) {
         let mut t = self.lock();
-        if t.approvals.get(id).is_none_or(|p| p.deadline > Instant::now()) {
+        if t.approvals
+            .get(id)
+            .is_none_or(|p| p.deadline > Instant::now())
+        {
             return;
         }
         let p = Self::take(&mut t, id).expect("present");
@@ -238,9 +238,9 @@ impl State {
                 expired: true,
             });
         }
-        let _ = self
-            .approval_events
-            .send(resolved_event(id, &p.approval.session, "deny", "timeout"));
+        let _ =
+            self.approval_events
+                .send(resolved_event(id, &p.approval.session, "deny", "timeout"));
     }
 
     /// The session settled its ask `local_id` itself.
@@ -266,9 +266,9 @@ impl State {
             .collect();
         for id in ids {
             Self::take(&mut t, &id);
-            let _ = self
-                .approval_events
-                .send(resolved_event(&id, session, "deny", "session-ended"));
+            let _ =
+                self.approval_events
+                    .send(resolved_event(&id, session, "deny", "session-ended"));
         }
     }
 
@@ -293,6 +293,9 @@ mod tests {
         assert_ne!(d, action_digest("s", "s-a1", "exec", "{}"));
         assert_ne!(d, action_digest("s", "s-a1", "open", "{ }"));
         // Length-prefixed: moving a boundary changes the digest.
-        assert_ne!(action_digest("ab", "c", "", ""), action_digest("a", "bc", "", ""));
+        assert_ne!(
+            action_digest("ab", "c", "", ""),
+            action_digest("a", "bc", "", "")
+        );
     }
 }
