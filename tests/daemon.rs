@@ -757,7 +757,7 @@ fn kill_ends_the_agent_and_is_recorded() {
     let marker = format!("as-daemon-kill-marker-{}", std::process::id());
     with_limit(async {
         let s = d
-            .start_session(&policy, &format!("exec sleep 1000 {marker}"))
+            .start_session(&policy, &format!("sleep 1000; : {marker}"))
             .await;
         let start = Instant::now();
         while !common::process_alive_with_marker(&marker) {
@@ -1081,4 +1081,118 @@ fn health_and_reflection_answer_for_grpcurl() {
             assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
         }
     });
+}
+
+#[test]
+fn run_through_the_daemon_keeps_the_callers_stdio_and_exit_code() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let d = Daemon::start("run");
+    d.counter_script();
+    let policy = d.policy("30s");
+    // stdin, stdout, stderr are the caller's; the agent's exit code is ours; an ask is answered
+    // by an approver meanwhile.
+    let mut c = Command::new(bin());
+    c.args(["run", "--daemon", "--policy", &policy, "--socket"])
+        .arg(d.socket())
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "read x; echo \"got $x\" > in.txt; echo out; echo err >&2; ./s.sh log; exit 7",
+        ])
+        .current_dir(d.ws())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    }
+    with_limit(async {
+        let mut w = watch(&d).await;
+        let a = next_pending(&mut w).await;
+        let r = d.cli_as(APPROVER, &["approve", &a.id], &[]);
+        assert_eq!(r.code, Some(0), "{r:?}");
+    });
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{stdout}\n{stderr}\n{}",
+        d.stderr()
+    );
+    assert_eq!(stdout, "out\n");
+    assert!(stderr.contains("err\n"), "{stderr}");
+    assert!(stderr.contains("session "), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(d.ws().join("in.txt")).unwrap(),
+        "got hello\n"
+    );
+    assert_eq!(lines(&d.ws().join("log")), 1);
+}
+
+#[test]
+fn a_run_client_that_goes_away_takes_its_session_with_it_and_stdio_tokens_are_single_use() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let d = Daemon::start("detach");
+    let policy = d.policy("30s");
+    let marker = format!("as-daemon-detach-marker-{}", std::process::id());
+    let mut c = Command::new(bin());
+    c.args(["run", "--daemon", "--policy", &policy, "--socket"])
+        .arg(d.socket())
+        // The marker reaches the agent through the environment: only the agent's inner shell
+        // has it on its command line, not the client.
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "exec /bin/sh -c 'sleep 1000; : \"$0\"' \"$MARKER\"",
+        ])
+        .env("MARKER", &marker)
+        .current_dir(d.ws())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let start = Instant::now();
+    while !common::process_alive_with_marker(&marker) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the agent never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let start = Instant::now();
+    while common::process_alive_with_marker(&marker) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the agent outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    with_limit(async {
+        let (_conn, token) = agent_supervisor::daemon::stdio::hand_over(&d.socket()).unwrap();
+        let mut c = SessionsClient::new(d.channel().await);
+        let req = proto::StartSessionRequest {
+            command: vec!["/bin/true".into()],
+            workspace: d.ws().display().to_string(),
+            policy: policy.clone(),
+            stdio_token: token,
+            ..Default::default()
+        };
+        let s = c.start_session(req.clone()).await.unwrap().into_inner();
+        let e = c.start_session(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        wait_session_end(&d, &s.id).await;
+    });
+    let killed = d
+        .audit()
+        .into_iter()
+        .find(|r| r["kind"] == "session-end" && r["action"]["killed_by"] == "client-detached");
+    assert!(killed.is_some(), "{:?}", d.audit());
 }

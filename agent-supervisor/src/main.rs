@@ -70,6 +70,23 @@ enum Command {
         /// supervisor's own checks stay, and the missing backstops are reported as usual.
         #[arg(long)]
         no_ebpf: bool,
+        /// Run through the daemon (error if it is unreachable). Without --daemon or
+        /// --standalone, the daemon is used when its socket answers and no standalone-only
+        /// option (--audit, --keep-fd, --require, --no-ebpf, --headless, --default-allow) is
+        /// given.
+        #[arg(long, conflicts_with = "standalone")]
+        daemon: bool,
+        /// Never use the daemon: supervise from this process.
+        #[arg(long)]
+        standalone: bool,
+        /// The daemon's socket.
+        #[arg(
+            long,
+            env = "AGENT_SUPERVISOR_SOCKET",
+            default_value = agent_supervisor::daemon::config::DEFAULT_SOCKET,
+            value_name = "PATH"
+        )]
+        socket: PathBuf,
         /// Launched by the daemon: its link's inherited fd (internal).
         #[arg(long, hide = true, value_name = "FD")]
         daemon_link: Option<i32>,
@@ -300,10 +317,38 @@ fn dispatch(cmd: Command) -> Result<i32> {
             quiet,
             require,
             no_ebpf,
+            daemon,
+            standalone,
+            socket,
             daemon_link,
             session_id,
             command,
         } => {
+            let standalone_only = audit.is_some()
+                || !keep_fds.is_empty()
+                || !require.is_empty()
+                || no_ebpf
+                || headless
+                || default_allow
+                || daemon_link.is_some();
+            if daemon && standalone_only {
+                bail!("--daemon: --audit, --keep-fd, --require, --no-ebpf, --headless and --default-allow are for standalone runs (the daemon's config decides those)");
+            }
+            let use_daemon = daemon
+                || (!standalone
+                    && !standalone_only
+                    && std::os::unix::net::UnixStream::connect(&socket).is_ok());
+            if use_daemon {
+                return agent_supervisor::daemon::client::run(
+                    &socket,
+                    agent_supervisor::daemon::client::RunOptions {
+                        policy,
+                        workspace,
+                        quiet,
+                        command,
+                    },
+                );
+            }
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
             session::run(RunOptions {
                 policy,

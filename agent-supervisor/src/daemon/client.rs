@@ -199,3 +199,72 @@ pub fn audit_tail(socket: &Path, o: TailOptions) -> Result<i32> {
         Ok(0)
     })
 }
+
+/// `agent-supervisor run` through the daemon.
+pub struct RunOptions {
+    pub policy: Option<PathBuf>,
+    pub workspace: Option<PathBuf>,
+    pub quiet: bool,
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// Start the session in the daemon with our stdin/stdout/stderr and our environment; wait
+/// for the agent and return its exit code (125 if the daemon went away first: the session
+/// died with it).
+pub fn run(socket: &Path, o: RunOptions) -> Result<i32> {
+    let vars = crate::session::vars(o.workspace.as_deref())?;
+    // The same lookup and trust check as a standalone run; the daemon gets an absolute path.
+    let policy = crate::session::load_policy(o.policy.as_deref(), &vars)?;
+    let policy = if policy.source.starts_with("preset:") {
+        policy.source.clone()
+    } else {
+        std::fs::canonicalize(&policy.source)
+            .with_context(|| format!("policy {}", policy.source))?
+            .display()
+            .to_string()
+    };
+    let command = o
+        .command
+        .iter()
+        .map(|a| {
+            a.to_str().map(str::to_string).with_context(|| {
+                format!("{a:?}: the daemon takes UTF-8 arguments only (run with --standalone)")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let env: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v.to_str()?)))
+        .filter(|kv| !kv.starts_with("AGENT_SUPERVISOR_TOKEN="))
+        .collect();
+    let (conn, token) = super::stdio::hand_over(socket)?;
+    let session = block_on(async {
+        let mut c = proto::sessions_client::SessionsClient::new(connect(socket).await?);
+        let s = c
+            .start_session(request(proto::StartSessionRequest {
+                command,
+                workspace: vars.workspace.display().to_string(),
+                policy: policy.clone(),
+                env,
+                stdio_token: token,
+            })?)
+            .await
+            .map_err(status)?
+            .into_inner();
+        if !o.quiet {
+            eprintln!(
+                "agent-supervisor: session {} (daemon {}), policy {policy}; approvals: agent-supervisor approvals / approve ID",
+                s.id,
+                socket.display()
+            );
+        }
+        Ok(0)
+    });
+    session?;
+    match super::stdio::wait_exit(&conn) {
+        Some(code) => Ok(code),
+        None => {
+            eprintln!("agent-supervisor: the daemon went away: the session ended with it");
+            Ok(crate::session::EXIT_SUPERVISOR_ERROR)
+        }
+    }
+}

@@ -19,6 +19,7 @@ pub mod log;
 pub mod service;
 pub mod sessions;
 pub mod state;
+pub mod stdio;
 
 pub mod proto {
     //! Generated from `proto/agent_supervisor/v1/supervisor.proto`.
@@ -91,14 +92,20 @@ async fn serve(cfg: Config) -> Result<i32> {
     let state = state::State::new(log.clone());
     let _ = on_broken_state.set(Arc::clone(&state));
     let launcher = sessions::Launcher::start().context("starting the launcher thread")?;
+    let grants = Arc::new(stdio::Grants::default());
     let ctx = Arc::new(sessions::Ctx {
         state: Arc::clone(&state),
         launcher,
         binary,
         state_dir: cfg.state_dir.clone(),
         runtime: tokio::runtime::Handle::current(),
+        grants: Arc::clone(&grants),
     });
-    let listener = bind(&cfg)?;
+    let stdio_path = stdio::socket_for(&cfg.socket);
+    stdio::serve(bind(&cfg, &stdio_path)?, grants).context("serving the stdio socket")?;
+    let listener = bind(&cfg, &cfg.socket)?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     let max = cfg.max_message_bytes;
     let svc = service::Svc(Arc::new(service::Api {
         cfg: cfg.clone(),
@@ -183,14 +190,14 @@ async fn serve(cfg: Config) -> Result<i32> {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let _ = std::fs::remove_file(&cfg.socket);
+    let _ = std::fs::remove_file(&stdio_path);
     log.flush().context("flushing the audit log")?;
     Ok(0)
 }
 
-/// Bind the API socket: refuse if another daemon answers there, replace a stale one; mode
-/// and group as configured.
-fn bind(cfg: &Config) -> Result<tokio::net::UnixListener> {
-    let path = &cfg.socket;
+/// Bind a socket of the API (the API itself, the stdio side channel): refuse if another
+/// daemon answers there, replace a stale one; mode and group as configured.
+fn bind(cfg: &Config, path: &Path) -> Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -206,7 +213,7 @@ fn bind(cfg: &Config) -> Result<tokio::net::UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
-    let listener = tokio::net::UnixListener::bind(path)
+    let listener = std::os::unix::net::UnixListener::bind(path)
         .with_context(|| format!("binding {}", path.display()))?;
     let mode = cfg.socket_mode_bits().map_err(anyhow::Error::msg)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

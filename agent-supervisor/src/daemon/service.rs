@@ -113,11 +113,6 @@ impl proto::sessions_server::Sessions for Svc {
                 "policy must be an absolute path or preset:NAME",
             ));
         }
-        if !r.stdio_token.is_empty() {
-            return Err(Status::unimplemented(
-                "passing the caller's stdio is not implemented yet: leave stdio_token empty",
-            ));
-        }
         let env = if r.env.is_empty() {
             default_env(c.uid)
         } else {
@@ -127,7 +122,18 @@ impl proto::sessions_server::Sessions for Svc {
             .iter()
             .filter_map(|(_, v)| auth::token_name(&api.cfg, v))
             .collect();
+        let stdio = if r.stdio_token.is_empty() {
+            None
+        } else {
+            Some(
+                api.sessions
+                    .grants
+                    .take(&r.stdio_token, c.uid)
+                    .map_err(Status::permission_denied)?,
+            )
+        };
         let spec = sessions::Spec {
+            stdio,
             command: r.command,
             workspace,
             policy,

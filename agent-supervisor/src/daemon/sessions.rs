@@ -75,6 +75,9 @@ pub struct Spec {
     pub uid: u32,
     pub gid: u32,
     pub tainted_tokens: Vec<String>,
+    /// The caller's stdin/stdout/stderr (`run` through the daemon); None: /dev/null and the
+    /// session's output file.
+    pub stdio: Option<super::stdio::Grant>,
 }
 
 /// The state file of a running session.
@@ -104,6 +107,7 @@ pub struct Ctx {
     pub binary: PathBuf,
     pub state_dir: PathBuf,
     pub runtime: tokio::runtime::Handle,
+    pub grants: Arc<super::stdio::Grants>,
 }
 
 /// Launch a session; returns once its supervisor runs.
@@ -137,10 +141,26 @@ pub async fn start(ctx: &Arc<Ctx>, spec: Spec) -> anyhow::Result<proto::Session>
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.workspace)
         .uid(spec.uid)
-        .gid(spec.gid)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().context("dup")?)
-        .stderr(out);
+        .gid(spec.gid);
+    let client = match spec.stdio {
+        Some(grant) => {
+            let mut fds = grant.fds.into_iter();
+            let (i, o, e) = (fds.next(), fds.next(), fds.next());
+            let (Some(i), Some(o), Some(e)) = (i, o, e) else {
+                anyhow::bail!("the stdio grant lacks descriptors");
+            };
+            cmd.stdin(Stdio::from(i))
+                .stdout(Stdio::from(o))
+                .stderr(Stdio::from(e));
+            Some(grant.conn)
+        }
+        None => {
+            cmd.stdin(Stdio::null())
+                .stdout(out.try_clone().context("dup")?)
+                .stderr(out);
+            None
+        }
+    };
     let (reply, answer) = oneshot::channel();
     ctx.launcher
         .tx
@@ -191,8 +211,22 @@ pub async fn start(ctx: &Arc<Ctx>, spec: Spec) -> anyhow::Result<proto::Session>
             tainted_tokens: spec.tainted_tokens,
             link: LinkWriter::new(ours),
             pidfd: Arc::clone(&pidfd),
+            client: client.as_ref().and_then(|c| c.try_clone().ok()),
         },
     );
+    if let Some(conn) = client {
+        // The client leaving (its terminal closed, Ctrl-C) ends the session: fail closed.
+        let state = Arc::clone(&ctx.state);
+        let id = id.clone();
+        std::thread::Builder::new()
+            .name(format!("client-{id}"))
+            .spawn(move || {
+                let mut b = [0u8; 64];
+                while matches!(std::io::Read::read(&mut &conn, &mut b), Ok(n) if n > 0) {}
+                kill(&state, &id, "client-detached");
+            })
+            .context("starting the session's client thread")?;
+    }
     ctx.state.log.record(Record::session(
         &id,
         pid,
@@ -297,6 +331,12 @@ fn ended(ctx: &Arc<Ctx>, id: &str, pid: i32, code: Option<i32>, state_path: &Pat
                 let killed = s.info.state.strip_prefix("killing:").map(str::to_string);
                 s.info.state = if killed.is_some() { "killed" } else { "exited" }.into();
                 s.info.exit_code = code;
+                if let Some(mut c) = s.client.take() {
+                    use std::io::Write;
+                    let code = code.unwrap_or(crate::session::EXIT_SUPERVISOR_ERROR);
+                    let _ = c.write_all(format!("exit {code}\n").as_bytes());
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                }
                 killed
             }
             None => None,

@@ -25,6 +25,8 @@ pub struct SessionEntry {
     pub tainted_tokens: Vec<String>,
     pub link: LinkWriter,
     pub pidfd: Arc<OwnedFd>,
+    /// The `run` client whose stdio the agent has (gets `exit N`).
+    pub client: Option<std::os::unix::net::UnixStream>,
 }
 
 /// An approval waiting for an answer.
