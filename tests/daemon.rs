@@ -1196,3 +1196,59 @@ fn a_run_client_that_goes_away_takes_its_session_with_it_and_stdio_tokens_are_si
         .find(|r| r["kind"] == "session-end" && r["action"]["killed_by"] == "client-detached");
     assert!(killed.is_some(), "{:?}", d.audit());
 }
+
+#[test]
+fn a_session_runs_as_its_caller_and_another_uid_answers_its_approvals() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let d = Daemon::start("asuser");
+    // The config lets uid APPROVER start sessions too.
+    let cfg = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        format!("{cfg}[access.start]\nuids = [{APPROVER}]\n"),
+    )
+    .unwrap();
+    let mut d = d;
+    d.sigkill();
+    d.restart();
+    d.counter_script();
+    std::os::unix::fs::chown(d.ws(), Some(APPROVER), Some(APPROVER)).unwrap();
+    let policy = d.policy("30s");
+    let mut c = Command::new(bin());
+    c.args(["run", "--daemon", "--policy", &policy, "--socket"])
+        .arg(d.socket())
+        .args(["--", "/bin/sh", "-c", "./s.sh log; id -u > uid.txt"])
+        .current_dir(d.ws())
+        .env("HOME", d.ws())
+        .uid(APPROVER)
+        .gid(APPROVER)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    with_limit(async {
+        let mut w = watch(&d).await;
+        let a = next_pending(&mut w).await;
+        // Its own uid can't answer it; root (an approver, not the session's uid) can.
+        let r = d.cli_as(APPROVER, &["approve", &a.id], &[]);
+        assert_eq!(r.code, Some(1), "{r:?}");
+        assert!(r.stderr.contains("session's own"), "{r:?}");
+        resolve(&d, &a, &a.action_digest, Resolution::AllowOnce)
+            .await
+            .expect("root answers another user's session");
+    });
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // From outside: the files belong to the caller, and the agent ran as the caller.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(d.ws().join("log")).unwrap().uid(),
+        APPROVER
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.ws().join("uid.txt"))
+            .unwrap()
+            .trim(),
+        APPROVER.to_string()
+    );
+}
