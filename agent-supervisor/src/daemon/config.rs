@@ -177,4 +177,40 @@ mod tests {
         assert!(Config::load(Path::new("/nonexistent/c.toml"), true).is_err());
         assert!(Config::load(Path::new("/nonexistent/c.toml"), false).is_ok());
     }
+
+    #[test]
+    fn the_shipped_config_is_valid_and_says_the_defaults() {
+        let text = include_str!("../../../dist/config.toml");
+        let c = Config::parse(Path::new("dist/config.toml"), text).unwrap();
+        let d = Config::default();
+        assert_eq!(c.socket, d.socket);
+        assert_eq!(c.audit, d.audit);
+        assert_eq!(c.access.start.groups, ["agent-supervisor"]);
+        // The commented defaults, uncommented, are the defaults.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest)
+                    if rest.contains(" = ")
+                        && !rest.starts_with(' ')
+                        && !rest.starts_with("name")
+                        && !rest.starts_with("sha256")
+                        && !rest.starts_with("users")
+                        && !rest.starts_with("groups") =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let u = Config::parse(Path::new("dist/config.toml"), &uncommented).unwrap();
+        assert_eq!(u.socket, d.socket);
+        assert_eq!(u.socket_mode, d.socket_mode);
+        assert_eq!(u.socket_group, d.socket_group);
+        assert_eq!(u.audit, d.audit);
+        assert_eq!(u.state_dir, d.state_dir);
+        assert_eq!(u.default_policy, d.default_policy);
+        assert_eq!(u.max_message_bytes, d.max_message_bytes);
+    }
 }
