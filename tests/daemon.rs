@@ -1252,3 +1252,243 @@ fn a_session_runs_as_its_caller_and_another_uid_answers_its_approvals() {
         APPROVER.to_string()
     );
 }
+
+/// The load test of the issue: 50 concurrent sessions, each making 1,000 decided actions
+/// (connects, decided by the policy; one in a hundred asks and is answered by an approval
+/// client attached to the daemon), with an audit follower attached. Checks that every
+/// decision is in the log and in the stream (none lost) and prints decisions per second and
+/// approval round-trip latencies (trap to decision, through daemon and client; no human).
+/// Scale with AS_LOAD_SESSIONS / AS_LOAD_ACTIONS.
+#[test]
+fn load_50_sessions_of_1000_decisions_with_an_approval_client_attached() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    skip_unless!(
+        Path::new("/usr/bin/python3").exists(),
+        "no /usr/bin/python3 for the load agents"
+    );
+    let env_n = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let sessions = env_n("AS_LOAD_SESSIONS", 50);
+    let actions = env_n("AS_LOAD_ACTIONS", 1000);
+    let d = Daemon::start("load");
+    let cfg = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        format!("{cfg}[access.start]\nuids = [{APPROVER}]\n"),
+    )
+    .unwrap();
+    let mut d = d;
+    d.sigkill();
+    d.restart();
+    // Two closed local ports: connects are decided, then refused by the kernel.
+    let port = |_| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (p_allow, p_ask) = (port(0), port(1));
+    let policy = d.dir.join("load-policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version = 1\nextends = \"sandboxed\"\napproval_timeout = \"120s\"\n\
+             [[rule]]\ndecision = \"allow\"\nnetwork = \"127.0.0.1:{p_allow}\"\n\
+             [[rule]]\ndecision = \"ask\"\nnetwork = \"127.0.0.1:{p_ask}\"\n"
+        ),
+    )
+    .unwrap();
+    let agent = d.dir.join("agent.py");
+    std::fs::write(
+        &agent,
+        format!(
+            "import socket\nfor i in range({actions}):\n    s = socket.socket()\n    \
+             port = {p_ask} if i % 100 == 99 else {p_allow}\n    \
+             try:\n        s.connect(('127.0.0.1', port))\n    except OSError:\n        pass\n    \
+             s.close()\n"
+        ),
+    )
+    .unwrap();
+    let stats = rt().block_on(async {
+        tokio::time::timeout(Duration::from_secs(600), async {
+            // The approval client: answers every ask at once, measuring its own round trip.
+            let approver = {
+                let mut w = watch(&d).await;
+                let ch = d.channel().await;
+                tokio::spawn(async move {
+                    let c = ApprovalsClient::new(ch);
+                    let mut calls = Vec::new();
+                    while let Ok(Some(e)) = w.message().await {
+                        if let Some(Event::Pending(a)) = e.event {
+                            let mut c = c.clone();
+                            calls.push(tokio::spawn(async move {
+                                let t = Instant::now();
+                                c.resolve(proto::ResolveRequest {
+                                    id: a.id,
+                                    action_digest: a.action_digest,
+                                    resolution: Resolution::AllowOnce as i32,
+                                })
+                                .await
+                                .expect("resolve");
+                                t.elapsed()
+                            }));
+                        }
+                    }
+                    let mut rtts = Vec::new();
+                    for c in calls {
+                        rtts.push(c.await.unwrap());
+                    }
+                    rtts
+                })
+            };
+            // The audit follower, from the start of the log.
+            let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let follower = {
+                let mut c = AuditClient::new(d.channel().await);
+                let mut s = c
+                    .stream_audit(proto::StreamAuditRequest::default())
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let seen = std::sync::Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    while let Ok(Some(e)) = s.message().await {
+                        got.push(e.json);
+                        seen.store(got.len(), std::sync::atomic::Ordering::SeqCst);
+                    }
+                    got
+                })
+            };
+            let t0 = Instant::now();
+            let mut clients = Vec::new();
+            for i in 0..sessions {
+                let ws = d.dir.join(format!("ws{i}"));
+                std::fs::create_dir_all(&ws).unwrap();
+                std::os::unix::fs::chown(&ws, Some(APPROVER), Some(APPROVER)).unwrap();
+                let mut c = Command::new(bin());
+                c.args(["run", "--daemon", "-q", "--policy"])
+                    .arg(&policy)
+                    .arg("--socket")
+                    .arg(d.socket())
+                    .args(["--", "/usr/bin/python3"])
+                    .arg(&agent)
+                    .current_dir(&ws)
+                    .env("HOME", &ws)
+                    .uid(APPROVER)
+                    .gid(APPROVER)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
+                let child = c.spawn().unwrap();
+                clients.push(tokio::task::spawn_blocking(move || {
+                    child.wait_with_output()
+                }));
+            }
+            for c in clients {
+                let out = c.await.unwrap().unwrap();
+                assert_eq!(out.status.code(), Some(0), "{out:?}");
+            }
+            let wall = t0.elapsed();
+            // Every session ended (its last records are in), then the follower has caught
+            // up with the whole log; then stop the daemon (which ends the streams).
+            let mut sc = SessionsClient::new(d.channel().await);
+            loop {
+                let list = sc
+                    .list_sessions(proto::ListSessionsRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .sessions;
+                if list.len() == sessions && list.iter().all(|s| s.state == "exited") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let lines_in_file = d.audit_lines().len();
+            let t = Instant::now();
+            while seen.load(std::sync::atomic::Ordering::SeqCst) < lines_in_file
+                && t.elapsed() < Duration::from_secs(60)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let end = d.audit_lines().len();
+            assert_eq!(end, lines_in_file, "the log grew after every session ended");
+            d.sigkill();
+            let streamed = follower.await.unwrap();
+            let rtts = approver.await.unwrap();
+            (wall, end, lines_in_file, streamed, rtts)
+        })
+        .await
+        .expect("the load test hit its 600 s limit")
+    });
+    let (wall, _end, lines_in_file, streamed, mut client_rtts) = stats;
+    let audit = d.audit();
+    let connects: Vec<&serde_json::Value> =
+        audit.iter().filter(|r| r["kind"] == "connect").collect();
+    let decisions = audit.iter().filter(|r| r["decision"].is_string()).count();
+    let asks = actions / 100;
+    assert_eq!(
+        connects.len(),
+        sessions * actions,
+        "every connect decided and recorded"
+    );
+    let human: Vec<u64> = connects
+        .iter()
+        .filter(|r| r["decided_by"] == "human")
+        .map(|r| r["response_us"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        human.len(),
+        sessions * asks,
+        "every ask answered by the client"
+    );
+    assert!(connects.iter().all(|r| r["decision"] == "allow"));
+    // Nothing lost: the stream has every line of the log, in order; each session's record
+    // ids are contiguous.
+    assert_eq!(
+        streamed.len(),
+        lines_in_file,
+        "events lost between log and stream"
+    );
+    assert_eq!(streamed, d.audit_lines()[..lines_in_file]);
+    let mut by_session: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    for r in &audit {
+        let (Some(s), Some(id)) = (r["session"].as_str(), r["id"].as_str()) else {
+            continue;
+        };
+        if let Some(n) = id
+            .strip_prefix(&format!("{s}-"))
+            .and_then(|n| n.parse().ok())
+        {
+            by_session.entry(s.to_string()).or_default().push(n);
+        }
+    }
+    assert_eq!(by_session.len(), sessions);
+    for (s, ids) in &by_session {
+        let want: Vec<u64> = (1..=ids.len() as u64).collect();
+        assert_eq!(ids, &want, "session {s}: records missing from the log");
+    }
+    let pct = |v: &mut Vec<u64>, p: f64| {
+        v.sort();
+        v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    let mut human_us = human.clone();
+    client_rtts.sort();
+    let mut client_us: Vec<u64> = client_rtts.iter().map(|d| d.as_micros() as u64).collect();
+    println!(
+        "load: {sessions} sessions x {actions} connects ({} asks answered by the client) in {:.1} s: \
+         {decisions} decisions, {:.0} decisions/s; approval round trip (trap to decision) p50 {} us, \
+         p99 {} us; client resolve call p50 {} us, p99 {} us; audit lines {lines_in_file}, streamed {}, lost 0",
+        sessions * asks,
+        wall.as_secs_f64(),
+        decisions as f64 / wall.as_secs_f64(),
+        pct(&mut human_us, 0.50),
+        pct(&mut human_us, 0.99),
+        pct(&mut client_us, 0.50),
+        pct(&mut client_us, 0.99),
+        streamed.len(),
+    );
+}

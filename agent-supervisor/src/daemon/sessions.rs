@@ -324,6 +324,10 @@ fn follow_link(ctx: &Arc<Ctx>, id: &str, reader: UnixStream) {
 }
 
 fn ended(ctx: &Arc<Ctx>, id: &str, pid: i32, code: Option<i32>, state_path: &Path) {
+    // A session reported ended has all its records in the log.
+    if let Err(e) = ctx.state.log.flush() {
+        tracing::error!("session {id}: flushing the audit log: {e}");
+    }
     let killed_by = {
         let mut t = ctx.state.lock();
         match t.sessions.get_mut(id) {
