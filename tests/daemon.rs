@@ -98,6 +98,14 @@ impl Daemon {
         }
     }
 
+    /// Append to the configuration and restart on it.
+    fn reconfigure(&mut self, extra: &str) {
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, format!("{cfg}{extra}")).unwrap();
+        self.sigkill();
+        self.restart();
+    }
+
     fn socket(&self) -> PathBuf {
         self.dir.join("api.sock")
     }
@@ -1491,4 +1499,192 @@ fn load_50_sessions_of_1000_decisions_with_an_approval_client_attached() {
         pct(&mut client_us, 0.99),
         streamed.len(),
     );
+}
+
+/// A CA, a server certificate for `localhost` and a client certificate (PEM): (ca, server
+/// cert, server key, client cert, client key).
+fn certificates() -> (String, String, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let srv_key = KeyPair::generate().unwrap();
+    let srv = CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&srv_key, &ca, &ca_key)
+        .unwrap();
+    let cli_key = KeyPair::generate().unwrap();
+    let cli = CertificateParams::new(vec!["approver".into()])
+        .unwrap()
+        .signed_by(&cli_key, &ca, &ca_key)
+        .unwrap();
+    (
+        ca.pem(),
+        srv.pem(),
+        srv_key.serialize_pem(),
+        cli.pem(),
+        cli_key.serialize_pem(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn tls_channel(
+    port: u16,
+    ca: &str,
+    client: Option<(&str, &str)>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((cert, key)) = client {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(format!("https://localhost:{port}"))?
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[test]
+fn over_tcp_only_tls_with_a_token_gets_in_and_a_token_can_approve() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let mut d = Daemon::start("tls");
+    let (ca, cert, key, _, _) = certificates();
+    for (name, pem) in [("ca.pem", &ca), ("server.pem", &cert), ("server.key", &key)] {
+        std::fs::write(d.dir.join(name), pem).unwrap();
+    }
+    let port = free_port();
+    d.reconfigure(&format!(
+        "[tcp]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{0}/server.pem\"\nkey = \"{0}/server.key\"\n",
+        d.dir.display()
+    ));
+    d.counter_script();
+    let policy = d.policy("30s");
+    with_limit(async {
+        // Plain text to the TLS port: no answer.
+        let plain: Result<(), String> = async {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            SessionsClient::new(ch)
+                .list_sessions(with_token(proto::ListSessionsRequest {}, TOKEN))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        .await;
+        assert!(plain.is_err(), "a plain-text request got an answer");
+        let ch = tls_channel(port, &ca, None).await.expect("TLS connect");
+        let mut sessions = SessionsClient::new(ch.clone());
+        // TLS without a token, or with a bad one: refused.
+        let e = sessions
+            .list_sessions(proto::ListSessionsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        let e = sessions
+            .list_sessions(with_token(proto::ListSessionsRequest {}, "wrong"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        // With the token: it sees, it may not start (no uid to run as), it approves.
+        sessions
+            .list_sessions(with_token(proto::ListSessionsRequest {}, TOKEN))
+            .await
+            .expect("the token's view");
+        let e = sessions
+            .start_session(with_token(
+                proto::StartSessionRequest {
+                    command: vec!["/bin/true".into()],
+                    workspace: d.ws().display().to_string(),
+                    ..Default::default()
+                },
+                TOKEN,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        let mut w = ApprovalsClient::new(ch.clone())
+            .watch_approvals(with_token(proto::WatchApprovalsRequest::default(), TOKEN))
+            .await
+            .unwrap()
+            .into_inner();
+        let s = d.start_session(&policy, "./s.sh log").await;
+        let a = next_pending(&mut w).await;
+        assert_eq!(a.session, s.id);
+        ApprovalsClient::new(ch)
+            .resolve(with_token(
+                proto::ResolveRequest {
+                    id: a.id.clone(),
+                    action_digest: a.action_digest.clone(),
+                    resolution: Resolution::AllowOnce as i32,
+                },
+                TOKEN,
+            ))
+            .await
+            .expect("the token approves over TLS");
+        wait_session_end(&d, &s.id).await;
+    });
+    assert_eq!(lines(&d.ws().join("log")), 1);
+    let approver = d
+        .audit()
+        .into_iter()
+        .find(|r| r["kind"] == "approval")
+        .expect("approval record");
+    assert_eq!(approver["action"]["approver"], "tcp token ci");
+}
+
+#[test]
+fn with_client_ca_only_clients_with_a_signed_certificate_get_in() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let mut d = Daemon::start("mtls");
+    let (ca, cert, key, cli_cert, cli_key) = certificates();
+    for (name, pem) in [("ca.pem", &ca), ("server.pem", &cert), ("server.key", &key)] {
+        std::fs::write(d.dir.join(name), pem).unwrap();
+    }
+    let port = free_port();
+    d.reconfigure(&format!(
+        "[tcp]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{0}/server.pem\"\nkey = \"{0}/server.key\"\nclient_ca = \"{0}/ca.pem\"\n",
+        d.dir.display()
+    ));
+    with_limit(async {
+        let without = async {
+            let ch = tls_channel(port, &ca, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            SessionsClient::new(ch)
+                .list_sessions(with_token(proto::ListSessionsRequest {}, TOKEN))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        assert!(
+            without.await.is_err(),
+            "no client certificate, yet an answer"
+        );
+        let ch = tls_channel(port, &ca, Some((&cli_cert, &cli_key)))
+            .await
+            .expect("mTLS connect");
+        SessionsClient::new(ch)
+            .list_sessions(with_token(proto::ListSessionsRequest {}, TOKEN))
+            .await
+            .expect("certificate and token");
+    });
 }

@@ -27,6 +27,9 @@ pub struct Caller {
 impl Caller {
     /// For the audit log.
     pub fn describe(&self) -> String {
+        if self.uid == NO_UID {
+            return format!("tcp token {}", self.token.as_deref().unwrap_or("?"));
+        }
         match &self.token {
             Some(t) => format!("uid {} token {t}", self.uid),
             None => format!("uid {}", self.uid),
@@ -34,17 +37,47 @@ impl Caller {
     }
 }
 
+/// The uid of callers over TCP: none ((uid_t)-1 is no user's). Their roles come from their
+/// token alone; they never match a session's uid nor uid 0.
+pub const NO_UID: u32 = u32::MAX;
+
 /// Identify the caller of `req`.
 pub fn caller<T>(cfg: &Config, req: &Request<T>) -> Result<Caller, Status> {
-    let info = req
+    let token = bearer(cfg, req)?;
+    let Some(info) = req
         .extensions()
         .get::<tonic::transport::server::UdsConnectInfo>()
-        .ok_or_else(|| Status::unauthenticated("the caller's credentials are unknown"))?;
+    else {
+        // TCP (always TLS): the token is the identity.
+        if token.is_none() {
+            return Err(Status::unauthenticated(
+                "over TCP a bearer token is required (authorization: Bearer TOKEN)",
+            ));
+        }
+        return Ok(Caller {
+            uid: NO_UID,
+            gid: NO_UID,
+            pid: None,
+            groups: Vec::new(),
+            token,
+        });
+    };
     let cred = info
         .peer_cred
         .ok_or_else(|| Status::unauthenticated("the caller's credentials are unknown"))?;
     let pid = cred.pid();
-    let token = match req.metadata().get("authorization") {
+    Ok(Caller {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid,
+        groups: pid.map(supplementary_groups).unwrap_or_default(),
+        token,
+    })
+}
+
+/// The configured token the request presents, if any; a token that matches none is refused.
+fn bearer<T>(cfg: &Config, req: &Request<T>) -> Result<Option<String>, Status> {
+    Ok(match req.metadata().get("authorization") {
         None => None,
         Some(v) => {
             let v = v
@@ -56,13 +89,6 @@ pub fn caller<T>(cfg: &Config, req: &Request<T>) -> Result<Caller, Status> {
                 })?;
             Some(token_name(cfg, v).ok_or_else(|| Status::unauthenticated("unknown token"))?)
         }
-    };
-    Ok(Caller {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        pid,
-        groups: pid.map(supplementary_groups).unwrap_or_default(),
-        token,
     })
 }
 
@@ -124,6 +150,9 @@ fn user_uid(name: &str) -> Option<u32> {
 }
 
 fn matches(p: &Principals, c: &Caller) -> bool {
+    if c.uid == NO_UID {
+        return c.token.as_ref().is_some_and(|t| p.tokens.contains(t));
+    }
     p.uids.contains(&c.uid)
         || p.users.iter().any(|u| user_uid(u) == Some(c.uid))
         || p.groups

@@ -32,6 +32,9 @@ pub struct Config {
     /// Largest gRPC message accepted, bytes.
     pub max_message_bytes: usize,
     pub access: Access,
+    /// The optional TCP listener: TLS always, a bearer token always (mTLS on top with
+    /// `client_ca`). None: no TCP listener.
+    pub tcp: Option<Tcp>,
     /// Bearer tokens (`authorization: Bearer TOKEN`), by the SHA-256 of their value.
     #[serde(rename = "token")]
     pub tokens: Vec<Token>,
@@ -61,6 +64,19 @@ pub struct Principals {
     pub tokens: Vec<String>,
 }
 
+/// `[tcp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tcp {
+    /// `ADDRESS:PORT`.
+    pub listen: std::net::SocketAddr,
+    /// PEM certificate chain and private key of the server.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// PEM CA certificates: clients must present a certificate they signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Token {
@@ -81,6 +97,7 @@ impl Default for Config {
             supervisor_binary: None,
             max_message_bytes: 1 << 20,
             access: Access::default(),
+            tcp: None,
             tokens: Vec::new(),
         }
     }
@@ -131,6 +148,12 @@ impl Config {
                 )));
             }
         }
+        if c.tcp.is_some() && c.tokens.is_empty() {
+            return Err(invalid(
+                "[tcp] needs at least one [[token]]: TCP callers are identified by their token only"
+                    .into(),
+            ));
+        }
         if !c.audit.is_absolute() || !c.state_dir.is_absolute() || !c.socket.is_absolute() {
             return Err(invalid(
                 "socket, audit and state_dir must be absolute paths".into(),
@@ -174,6 +197,22 @@ mod tests {
         assert!(Config::parse(p, "socket_mode = \"rw\"").is_err());
         assert!(Config::parse(p, "audit = \"rel.jsonl\"").is_err());
         assert!(Config::parse(p, "[[token]]\nname = \"x\"\nsha256 = \"abc\"\n").is_err());
+        let tcp = "[tcp]\nlisten = \"127.0.0.1:7443\"\ncert = \"/c\"\nkey = \"/k\"\n";
+        let e = Config::parse(p, tcp).unwrap_err();
+        assert!(e.to_string().contains("token"), "{e}");
+        assert!(Config::parse(
+            p,
+            &format!(
+                "{tcp}[[token]]\nname = \"ci\"\nsha256 = \"{}\"\n",
+                "0".repeat(64)
+            )
+        )
+        .is_ok());
+        assert!(Config::parse(
+            p,
+            "[tcp]\nlisten = \"nowhere\"\ncert = \"/c\"\nkey = \"/k\"\n"
+        )
+        .is_err());
         assert!(Config::load(Path::new("/nonexistent/c.toml"), true).is_err());
         assert!(Config::load(Path::new("/nonexistent/c.toml"), false).is_ok());
     }

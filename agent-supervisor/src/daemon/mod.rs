@@ -121,26 +121,65 @@ async fn serve(cfg: Config) -> Result<i32> {
     health_reporter
         .set_serving::<proto::audit_server::AuditServer<service::Svc>>()
         .await;
-    // Both reflection versions: grpcurl and older tools still ask v1alpha.
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("building the reflection service")?;
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+    // The same services on every listener.
+    let routes =
+        |builder: &mut tonic::transport::Server| -> Result<tonic::transport::server::Router> {
+            // Both reflection versions: grpcurl and older tools still ask v1alpha.
+            let reflection = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()
+                .context("building the reflection service")?;
+            let reflection_alpha = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1alpha()
+                .context("building the reflection service")?;
+            Ok(builder
+                .add_service(health.clone())
+                .add_service(reflection)
+                .add_service(reflection_alpha)
+                .add_service(
+                    proto::sessions_server::SessionsServer::new(svc.clone())
+                        .max_decoding_message_size(max),
+                )
+                .add_service(
+                    proto::approvals_server::ApprovalsServer::new(svc.clone())
+                        .max_decoding_message_size(max),
+                )
+                .add_service(
+                    proto::audit_server::AuditServer::new(svc.clone())
+                        .max_decoding_message_size(max),
+                )
+                .add_service(
+                    proto::policy_server::PolicyServer::new(svc.clone())
+                        .max_decoding_message_size(max),
+                ))
+        };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
     };
+    let tcp = match &cfg.tcp {
+        Some(t) => {
+            let tls = tls_config(t)?;
+            let mut builder = tonic::transport::Server::builder()
+                .tls_config(tls)
+                .context("configuring TLS")?;
+            let router = routes(&mut builder)?;
+            let listener = tokio::net::TcpListener::bind(t.listen)
+                .await
+                .with_context(|| format!("[tcp] listen {}", t.listen))?;
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            eprintln!("agent-supervisor daemon: listening on {} (TLS)", t.listen);
+            Some(tokio::spawn(router.serve_with_incoming_shutdown(
+                incoming,
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!("listening on {}", cfg.socket.display());
     eprintln!(
@@ -148,24 +187,27 @@ async fn serve(cfg: Config) -> Result<i32> {
         cfg.socket.display(),
         cfg.audit.display()
     );
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(
-            proto::sessions_server::SessionsServer::new(svc.clone()).max_decoding_message_size(max),
-        )
-        .add_service(
-            proto::approvals_server::ApprovalsServer::new(svc.clone())
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            proto::audit_server::AuditServer::new(svc.clone()).max_decoding_message_size(max),
-        )
-        .add_service(proto::policy_server::PolicyServer::new(svc).max_decoding_message_size(max))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+    let mut builder = tonic::transport::Server::builder();
+    let unix = tokio::spawn(
+        routes(&mut builder)?.serve_with_incoming_shutdown(incoming, stopped(stop_rx)),
+    );
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    unix.await
+        .context("the API server task")?
         .context("serving the API")?;
+    if let Some(t) = tcp {
+        t.await
+            .context("the TCP server task")?
+            .context("serving the API over TCP")?;
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     // Sessions never outlive the daemon (they would die with it anyway): kill and record them.
     let running: Vec<String> = state
@@ -220,6 +262,20 @@ fn bind(cfg: &Config, path: &Path) -> Result<std::os::unix::net::UnixListener> {
         .with_context(|| format!("chmod {}", path.display()))?;
     set_group(path, &cfg.socket_group);
     Ok(listener)
+}
+
+/// The TCP listener's TLS: the server's certificate and key, and with `client_ca` client
+/// certificates required (mTLS).
+fn tls_config(t: &config::Tcp) -> Result<tonic::transport::ServerTlsConfig> {
+    let read =
+        |p: &Path| std::fs::read(p).with_context(|| format!("[tcp]: cannot read {}", p.display()));
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?),
+    );
+    if let Some(ca) = &t.client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(tls)
 }
 
 fn set_group(path: &Path, group: &str) {

@@ -75,6 +75,11 @@ impl proto::sessions_server::Sessions for Svc {
     ) -> Result<Response<proto::Session>, Status> {
         let api = &self.0;
         let c = api.caller(&req)?;
+        if c.uid == auth::NO_UID {
+            return Err(Status::permission_denied(
+                "sessions run as their caller's uid, and a TCP caller has none: start sessions on the unix socket",
+            ));
+        }
         if !auth::can_start(&api.cfg, &c) {
             return Err(Status::permission_denied(format!(
                 "{} may not start sessions (see [access.start] in the daemon's config)",
