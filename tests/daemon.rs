@@ -98,10 +98,15 @@ impl Daemon {
         }
     }
 
-    /// Append to the configuration and restart on it.
+    /// Add to the configuration (top-level keys first, tables last) and restart on it.
     fn reconfigure(&mut self, extra: &str) {
         let cfg = std::fs::read_to_string(&self.config).unwrap();
-        std::fs::write(&self.config, format!("{cfg}{extra}")).unwrap();
+        let cfg = if extra.starts_with('[') {
+            format!("{cfg}{extra}")
+        } else {
+            format!("{extra}{cfg}")
+        };
+        std::fs::write(&self.config, cfg).unwrap();
         self.sigkill();
         self.restart();
     }
@@ -1687,4 +1692,53 @@ fn with_client_ca_only_clients_with_a_signed_certificate_get_in() {
             .await
             .expect("certificate and token");
     });
+}
+
+#[test]
+fn metrics_are_served_only_when_configured_and_count_sessions_decisions_and_approvals() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let mut d = Daemon::start("metrics");
+    let port = free_port();
+    d.reconfigure(&format!("metrics_listen = \"127.0.0.1:{port}\"\n"));
+    d.counter_script();
+    let policy = d.policy("30s");
+    let scrape = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    with_limit(async {
+        let mut w = watch(&d).await;
+        let s = d.start_session(&policy, "./s.sh log").await;
+        let a = next_pending(&mut w).await;
+        let m = scrape();
+        assert!(m.contains("agent_supervisor_approvals_pending 1"), "{m}");
+        let r = d.cli_as(APPROVER, &["approve", &a.id], &[]);
+        assert_eq!(r.code, Some(0), "{r:?}");
+        wait_session_end(&d, &s.id).await;
+    });
+    let m = scrape();
+    for want in [
+        "agent_supervisor_sessions_started_total 1",
+        "agent_supervisor_sessions_running 0",
+        "agent_supervisor_approvals_pending 0",
+        "agent_supervisor_approvals_resolved_total{by=\"human\"} 1",
+        "agent_supervisor_decisions_total{kind=\"exec\",decision=\"allow\",decided_by=\"human\"} 1",
+        "agent_supervisor_approval_latency_seconds_count 1",
+    ] {
+        assert!(m.contains(want), "{want} missing:\n{m}");
+    }
+    // Not configured: no listener (the default daemon of every other test).
+    let other = Daemon::start("nometrics");
+    let cfg = std::fs::read_to_string(&other.config).unwrap();
+    assert!(!cfg.contains("metrics_listen"));
+    assert!(
+        d.stderr().contains("metrics on") && !other.stderr().contains("metrics on"),
+        "{}",
+        other.stderr()
+    );
 }

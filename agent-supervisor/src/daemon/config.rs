@@ -29,6 +29,8 @@ pub struct Config {
     pub default_policy: String,
     /// The `agent-supervisor` binary sessions run (default: this executable).
     pub supervisor_binary: Option<PathBuf>,
+    /// Prometheus metrics (`GET /metrics`) on this address; None: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Largest gRPC message accepted, bytes.
     pub max_message_bytes: usize,
     pub access: Access,
@@ -95,6 +97,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/agent-supervisor"),
             default_policy: "preset:sandboxed".into(),
             supervisor_binary: None,
+            metrics_listen: None,
             max_message_bytes: 1 << 20,
             access: Access::default(),
             tcp: None,

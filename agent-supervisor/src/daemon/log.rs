@@ -27,6 +27,7 @@ pub struct Entry {
     pub session: String,
     pub kind: String,
     pub decision: String,
+    pub decided_by: String,
 }
 
 impl Entry {
@@ -39,6 +40,7 @@ impl Entry {
             session: field("session"),
             kind: field("kind"),
             decision: field("decision"),
+            decided_by: field("decided_by"),
             line,
         }
     }

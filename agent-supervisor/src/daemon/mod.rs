@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod link;
 pub mod log;
+pub mod metrics;
 pub mod service;
 pub mod sessions;
 pub mod state;
@@ -89,7 +90,13 @@ async fn serve(cfg: Config) -> Result<i32> {
         })?
     };
     sessions::recover(&cfg.state_dir, &log);
-    let state = state::State::new(log.clone());
+    let metrics = metrics::Metrics::new();
+    metrics.follow_log(&log);
+    if let Some(addr) = cfg.metrics_listen {
+        metrics::serve(addr, Arc::clone(&metrics)).await?;
+        eprintln!("agent-supervisor daemon: metrics on http://{addr}/metrics");
+    }
+    let state = state::State::new(log.clone(), metrics);
     let _ = on_broken_state.set(Arc::clone(&state));
     let launcher = sessions::Launcher::start().context("starting the launcher thread")?;
     let grants = Arc::new(stdio::Grants::default());

@@ -269,6 +269,7 @@ impl proto::approvals_server::Approvals for Svc {
                 let e = match events.recv().await {
                     Ok(e) => e,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
+                        state.metrics.dropped("approval-watcher-lagged");
                         let _ = tx
                             .send(Err(Status::resource_exhausted(format!(
                                 "this watcher fell {n} events behind: watch again (pending approvals are sent first)"

@@ -227,6 +227,8 @@ pub async fn start(ctx: &Arc<Ctx>, spec: Spec) -> anyhow::Result<proto::Session>
             })
             .context("starting the session's client thread")?;
     }
+    ctx.state.metrics.sessions_started.inc();
+    ctx.state.metrics.sessions_running.inc();
     ctx.state.log.record(Record::session(
         &id,
         pid,
@@ -279,6 +281,7 @@ fn follow_link(ctx: &Arc<Ctx>, id: &str, reader: UnixStream) {
                 if ok {
                     ctx.state.log.append(line);
                 } else {
+                    ctx.state.metrics.dropped("malformed-session-record");
                     tracing::warn!("session {id}: dropped a malformed audit line from its link");
                 }
             }
@@ -324,6 +327,7 @@ fn follow_link(ctx: &Arc<Ctx>, id: &str, reader: UnixStream) {
 }
 
 fn ended(ctx: &Arc<Ctx>, id: &str, pid: i32, code: Option<i32>, state_path: &Path) {
+    ctx.state.metrics.sessions_running.dec();
     // A session reported ended has all its records in the log.
     if let Err(e) = ctx.state.log.flush() {
         tracing::error!("session {id}: flushing the audit log: {e}");

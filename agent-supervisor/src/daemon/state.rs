@@ -35,6 +35,7 @@ pub struct PendingApproval {
     /// The session's own id for it (on the link).
     pub local_id: u64,
     pub deadline: Instant,
+    pub arrived: Instant,
 }
 
 #[derive(Default)]
@@ -53,6 +54,7 @@ pub struct State {
     tables: Mutex<Tables>,
     pub approval_events: broadcast::Sender<proto::ApprovalEvent>,
     pub log: AuditLog,
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 /// Why a resolution was refused.
@@ -87,12 +89,13 @@ fn resolved_event(id: &str, session: &str, decision: &str, by: &str) -> proto::A
 }
 
 impl State {
-    pub fn new(log: AuditLog) -> Arc<State> {
+    pub fn new(log: AuditLog, metrics: Arc<super::metrics::Metrics>) -> Arc<State> {
         let (approval_events, _) = broadcast::channel(4096);
         Arc::new(State {
             tables: Mutex::new(Tables::default()),
             approval_events,
             log,
+            metrics,
         })
     }
 
@@ -151,13 +154,17 @@ impl State {
                 approval,
                 local_id,
                 deadline,
+                arrived: Instant::now(),
             },
         );
+        self.metrics.approvals_pending.inc();
         Some((id, deadline))
     }
 
-    fn take(t: &mut Tables, id: &str) -> Option<PendingApproval> {
+    fn take(&self, t: &mut Tables, id: &str, by: &str) -> Option<PendingApproval> {
         let p = t.approvals.remove(id)?;
+        self.metrics.approvals_pending.dec();
+        self.metrics.resolved(by);
         t.by_local.remove(&(p.approval.session.clone(), p.local_id));
         if let Some(s) = t.sessions.get_mut(&p.approval.session) {
             s.info.pending_approvals = s.info.pending_approvals.saturating_sub(1);
@@ -191,7 +198,10 @@ impl State {
         if !bool::from(same) {
             return Err(ResolveError::DigestMismatch);
         }
-        let p = Self::take(&mut t, id).expect("present");
+        let p = self.take(&mut t, id, "human").expect("present");
+        self.metrics
+            .approval_latency
+            .observe(p.arrived.elapsed().as_secs_f64());
         let session = p.approval.session.clone();
         if let Some(s) = t.sessions.get(&session) {
             let _ = s.link.send(&ToSession::Answer {
@@ -231,7 +241,7 @@ impl State {
         {
             return;
         }
-        let p = Self::take(&mut t, id).expect("present");
+        let p = self.take(&mut t, id, "timeout").expect("present");
         if let Some(s) = t.sessions.get(&p.approval.session) {
             let _ = s.link.send(&ToSession::Answer {
                 id: p.local_id,
@@ -251,7 +261,7 @@ impl State {
         let Some(id) = t.by_local.get(&(session.to_string(), local_id)).cloned() else {
             return;
         };
-        Self::take(&mut t, &id);
+        self.take(&mut t, &id, by);
         let _ = self
             .approval_events
             .send(resolved_event(&id, session, decision, by));
@@ -267,7 +277,7 @@ impl State {
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
-            Self::take(&mut t, &id);
+            self.take(&mut t, &id, "session-ended");
             let _ =
                 self.approval_events
                     .send(resolved_event(&id, session, "deny", "session-ended"));
