@@ -1213,17 +1213,9 @@ fn a_run_client_that_goes_away_takes_its_session_with_it_and_stdio_tokens_are_si
 #[test]
 fn a_session_runs_as_its_caller_and_another_uid_answers_its_approvals() {
     skip_unless!(is_root(), "the daemon tests run as root");
-    let d = Daemon::start("asuser");
-    // The config lets uid APPROVER start sessions too.
-    let cfg = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(
-        &d.config,
-        format!("{cfg}[access.start]\nuids = [{APPROVER}]\n"),
-    )
-    .unwrap();
-    let mut d = d;
-    d.sigkill();
-    d.restart();
+    let mut d = Daemon::start("asuser");
+    // Uid APPROVER may start sessions too.
+    d.reconfigure(&format!("[access.start]\nuids = [{APPROVER}]\n"));
     d.counter_script();
     std::os::unix::fs::chown(d.ws(), Some(APPROVER), Some(APPROVER)).unwrap();
     let policy = d.policy("30s");
@@ -1287,16 +1279,9 @@ fn load_50_sessions_of_1000_decisions_with_an_approval_client_attached() {
     };
     let sessions = env_n("AS_LOAD_SESSIONS", 50);
     let actions = env_n("AS_LOAD_ACTIONS", 1000);
-    let d = Daemon::start("load");
-    let cfg = std::fs::read_to_string(&d.config).unwrap();
-    std::fs::write(
-        &d.config,
-        format!("{cfg}[access.start]\nuids = [{APPROVER}]\n"),
-    )
-    .unwrap();
-    let mut d = d;
-    d.sigkill();
-    d.restart();
+    let mut d = Daemon::start("load");
+    // Uid APPROVER may start sessions too.
+    d.reconfigure(&format!("[access.start]\nuids = [{APPROVER}]\n"));
     // Two closed local ports: connects are decided, then refused by the kernel.
     let port = |_| {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
