@@ -110,9 +110,6 @@ async fn serve(cfg: Config) -> Result<i32> {
     });
     let stdio_path = stdio::socket_for(&cfg.socket);
     stdio::serve(bind(&cfg, &stdio_path)?, grants).context("serving the stdio socket")?;
-    let listener = bind(&cfg, &cfg.socket)?;
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::UnixListener::from_std(listener)?;
     let max = cfg.max_message_bytes;
     let svc = service::Svc(Arc::new(service::Api {
         cfg: cfg.clone(),
@@ -186,6 +183,10 @@ async fn serve(cfg: Config) -> Result<i32> {
         }
         None => None,
     };
+    // The API socket last: once it answers, everything else (TCP, metrics) is up.
+    let listener = bind(&cfg, &cfg.socket)?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!("listening on {}", cfg.socket.display());
