@@ -1727,3 +1727,92 @@ fn metrics_are_served_only_when_configured_and_count_sessions_decisions_and_appr
         other.stderr()
     );
 }
+
+/// Runs argv on a new pseudo-terminal (160x40), presses `key` once `needle` appears on the
+/// screen, then `q` after `after` seconds; prints a JSON report.
+const TUI_DRIVER: &str = r#"
+import fcntl, json, os, pty, select, struct, sys, termios, time
+needle, key, after, argv = sys.argv[1].encode(), sys.argv[2].encode(), float(sys.argv[3]), sys.argv[4:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ["TERM"] = "xterm"
+    os.execv(argv[0], argv)
+fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+buf, start, sent, quit_at = b"", time.time(), False, None
+while time.time() - start < 40:
+    r, _, _ = select.select([fd], [], [], 0.05)
+    if r:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    if not sent and needle in buf:
+        os.write(fd, key)
+        sent, quit_at = True, time.time() + after
+    if quit_at and time.time() > quit_at:
+        os.write(fd, b"q")
+        quit_at = None
+        start = time.time() - 35
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"sent": sent, "status": os.waitstatus_to_exitcode(status), "screen": buf.decode("utf-8", "replace")[-3000:]}))
+"#;
+
+#[test]
+fn the_approvals_tui_shows_a_waiting_action_and_y_allows_it() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    skip_unless!(
+        Path::new("/usr/bin/python3").exists() && Path::new("/dev/ptmx").exists(),
+        "no /usr/bin/python3 or /dev/ptmx to drive a pseudo-terminal"
+    );
+    let mut d = Daemon::start("tui");
+    d.reconfigure(&format!("[access.start]\nuids = [{APPROVER}]\n"));
+    d.counter_script();
+    std::os::unix::fs::chown(d.ws(), Some(APPROVER), Some(APPROVER)).unwrap();
+    let policy = d.policy("30s");
+    // The session, as another uid (root answers it from the UI).
+    let mut c = Command::new(bin());
+    c.args(["run", "--daemon", "-q", "--policy", &policy, "--socket"])
+        .arg(d.socket())
+        .args(["--", "/bin/sh", "-c", "./s.sh log"])
+        .current_dir(d.ws())
+        .env("HOME", d.ws())
+        .uid(APPROVER)
+        .gid(APPROVER)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let a = rt().block_on(async {
+        let mut w = watch(&d).await;
+        tokio::time::timeout(LIMIT, next_pending(&mut w))
+            .await
+            .unwrap()
+    });
+    let driver = d.dir.join("tui.py");
+    std::fs::write(&driver, TUI_DRIVER).unwrap();
+    let mut t = Command::new("/usr/bin/python3");
+    t.arg(&driver)
+        .args([a.id.as_str(), "y", "2"])
+        .arg(bin())
+        .args(["approvals", "watch", "--socket"])
+        .arg(d.socket());
+    let r = common::run_with_timeout(t, LIMIT);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim())
+        .unwrap_or_else(|e| panic!("driver output {e}: {r:?}"));
+    assert_eq!(v["sent"], true, "the approval never showed: {v}");
+    assert_eq!(v["status"], 0, "{v}");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    // From outside: the approved script ran; the answer is recorded as root's.
+    assert_eq!(lines(&d.ws().join("log")), 1, "{v}");
+    let approval = d
+        .audit()
+        .into_iter()
+        .find(|r| r["kind"] == "approval")
+        .expect("approval record");
+    assert_eq!(approval["action"]["approver"], "uid 0");
+    assert_eq!(approval["action"]["decision"], "allow");
+}

@@ -177,6 +177,9 @@ enum Command {
     /// The daemon's audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Approvals waiting in the daemon.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Show what this kernel can enforce (proven by trying) and, for each protection of the
     /// policy, which mechanism enforces it and whether it is available here.
     #[command(
@@ -203,6 +206,18 @@ struct DaemonArgs {
         value_name = "PATH"
     )]
     socket: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// A terminal UI: the live activity of the sessions you may see and the approvals
+    /// waiting; answer with y (allow once), n (deny once), a (allow for the session), b (deny
+    /// for the session); up/down to choose, q to quit.
+    #[command(after_help = "Example:\n  agent-supervisor approvals watch")]
+    Watch {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -396,6 +411,9 @@ fn dispatch(cmd: Command) -> Result<i32> {
             for_session,
             digest,
         ),
+        Command::Approvals(ApprovalsCommand::Watch { daemon }) => {
+            agent_supervisor::daemon::watch::run(&daemon.socket)
+        }
         Command::Audit(AuditCommand::Tail {
             follow,
             session,

@@ -21,6 +21,7 @@ pub mod service;
 pub mod sessions;
 pub mod state;
 pub mod stdio;
+pub mod watch;
 
 pub mod proto {
     //! Generated from `proto/agent_supervisor/v1/supervisor.proto`.
