@@ -318,7 +318,9 @@ fn follow_link(ctx: &Arc<Ctx>, id: &str, reader: UnixStream) {
             },
             Ok(None) => break,
             Err(e) => {
-                tracing::warn!("session {id}: link broken: {e}");
+                // A session the daemon can no longer follow is ended (fail closed).
+                tracing::warn!("session {id}: link broken ({e}): killing the session");
+                kill(&ctx.state, id, "link-broken");
                 break;
             }
         }
