@@ -1631,6 +1631,19 @@ fn over_tcp_only_tls_with_a_token_gets_in_and_a_token_can_approve() {
             ))
             .await
             .expect("the token approves over TLS");
+        // The same answer replayed, exact id and digest: refused, cleanly.
+        let e = ApprovalsClient::new(tls_channel(port, &ca, None).await.unwrap())
+            .resolve(with_token(
+                proto::ResolveRequest {
+                    id: a.id.clone(),
+                    action_digest: a.action_digest.clone(),
+                    resolution: Resolution::AllowOnce as i32,
+                },
+                TOKEN,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         wait_session_end(&d, &s.id).await;
     });
     assert_eq!(lines(&d.ws().join("log")), 1);
@@ -1815,4 +1828,34 @@ fn the_approvals_tui_shows_a_waiting_action_and_y_allows_it() {
         .expect("approval record");
     assert_eq!(approval["action"]["approver"], "uid 0");
     assert_eq!(approval["action"]["decision"], "allow");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_refuses_to_start_and_leaves_the_first_ones_sessions() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let d = Daemon::start("twice");
+    let policy = d.policy("30s");
+    let marker = format!("as-daemon-twice-marker-{}", std::process::id());
+    rt().block_on(async {
+        d.start_session(&policy, &format!("sleep 1000; : {marker}"))
+            .await;
+    });
+    let start = Instant::now();
+    while !common::process_alive_with_marker(&marker) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the agent never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Command::new(bin());
+    c.arg("daemon").arg("--config").arg(&d.config);
+    let r = common::run_with_timeout(c, Duration::from_secs(20));
+    assert_eq!(r.code, Some(125), "{r:?}");
+    assert!(r.stderr.contains("another daemon"), "{r:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        common::process_alive_with_marker(&marker),
+        "the second daemon killed the first one's session"
+    );
 }

@@ -64,6 +64,13 @@ pub fn run(opts: DaemonOptions) -> Result<i32> {
 }
 
 async fn serve(cfg: Config) -> Result<i32> {
+    // Before anything else (recovering sessions would kill a running daemon's): is another
+    // daemon on this socket?
+    anyhow::ensure!(
+        std::os::unix::net::UnixStream::connect(&cfg.socket).is_err(),
+        "{}: another daemon is listening there (stop it first, or set `socket` in the config)",
+        cfg.socket.display()
+    );
     let binary = match &cfg.supervisor_binary {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("finding our own executable")?,
