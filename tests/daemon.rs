@@ -1859,3 +1859,66 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start_and_leaves_the_first_ones
         "the second daemon killed the first one's session"
     );
 }
+
+#[test]
+fn policy_explain_over_the_api_matches_the_cli() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let d = Daemon::start("explain");
+    with_limit(async {
+        let mut c = proto::policy_client::PolicyClient::new(d.channel().await);
+        let e = c
+            .explain(proto::ExplainRequest {
+                policy: "preset:sandboxed".into(),
+                action: vec!["exec".into(), "/usr/bin/sudo".into(), "ls".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(e.decision, "deny", "{e:?}");
+        assert!(e.decided_by.contains("preset:sandboxed"), "{e:?}");
+        // The CLI says the same about the same action.
+        let out = Command::new(bin())
+            .args([
+                "policy",
+                "explain",
+                "preset:sandboxed",
+                "--json",
+                "--",
+                "exec",
+                "/usr/bin/sudo",
+                "ls",
+            ])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["decision"], e.decision.as_str());
+        assert_eq!(v["decided_by"], e.decided_by.as_str());
+        assert_eq!(v["enforced_by"], e.enforced_by.as_str());
+        // A policy given as text; a connect it asks about.
+        let e = c
+            .explain(proto::ExplainRequest {
+                policy: "version = 1\nextends = \"sandboxed\"\n[[rule]]\ndecision = \"allow\"\nnetwork = \"10.0.0.0/8:443\"\n".into(),
+                action: vec!["connect".into(), "10.1.2.3:443".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(e.decision, "allow", "{e:?}");
+        // Relative paths are not resolved for a caller; broken input is an error.
+        for action in [
+            vec!["open".to_string(), "relative.txt".to_string()],
+            vec!["exec".to_string(), "ls".to_string()],
+            vec!["fly".to_string()],
+            vec![],
+        ] {
+            let e = c
+                .explain(proto::ExplainRequest {
+                    policy: "preset:sandboxed".into(),
+                    action,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        }
+    });
+}

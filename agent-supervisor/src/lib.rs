@@ -19,6 +19,7 @@ pub mod cgroup;
 pub mod daemon;
 pub mod doctor;
 pub mod ebpf;
+pub mod explain;
 pub mod sandbox;
 pub mod session;
 pub mod supervise;

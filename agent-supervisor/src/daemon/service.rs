@@ -454,19 +454,7 @@ impl proto::policy_server::Policy for Svc {
     ) -> Result<Response<proto::ValidatePolicyResponse>, Status> {
         let api = &self.0;
         api.caller(&req)?;
-        let text = req.into_inner().toml;
-        let vars = agent_supervisor_policy::Vars {
-            workspace: PathBuf::from("/workspace"),
-            home: PathBuf::from("/home/user"),
-            tmp: PathBuf::from("/tmp"),
-        };
-        // `extends` is resolved from an empty directory: only presets can be extended here.
-        let r = agent_supervisor_policy::Policy::parse(
-            "policy.toml",
-            &text,
-            Path::new("/nonexistent"),
-            &vars,
-        );
+        let r = policy_from(&req.into_inner().toml);
         Ok(Response::new(match r {
             Ok(p) => proto::ValidatePolicyResponse {
                 ok: true,
@@ -479,5 +467,44 @@ impl proto::policy_server::Policy for Svc {
                 rules: 0,
             },
         }))
+    }
+
+    async fn explain(
+        &self,
+        req: Request<proto::ExplainRequest>,
+    ) -> Result<Response<proto::ExplainResponse>, Status> {
+        self.0.caller(&req)?;
+        let r = req.into_inner();
+        let policy = policy_from(&r.policy).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let e = crate::explain::explain(&policy, &r.action, crate::explain::Paths::AsGiven)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        Ok(Response::new(proto::ExplainResponse {
+            action: e.action,
+            decision: e.decision,
+            decided_by: e.decided_by,
+            reason: e.reason.unwrap_or_default(),
+            enforced_by: e.enforced_by,
+        }))
+    }
+}
+
+/// A policy from a request: TOML text or `preset:NAME`. `{workspace}` is `/workspace`,
+/// `{home}` `/home/user`; `extends` resolves presets only (no file is read for a caller).
+fn policy_from(
+    text: &str,
+) -> Result<agent_supervisor_policy::Policy, agent_supervisor_policy::PolicyError> {
+    let vars = agent_supervisor_policy::Vars {
+        workspace: PathBuf::from("/workspace"),
+        home: PathBuf::from("/home/user"),
+        tmp: PathBuf::from("/tmp"),
+    };
+    match text.strip_prefix("preset:") {
+        Some(name) if !text.contains('\n') => agent_supervisor_policy::Policy::preset(name, &vars),
+        _ => agent_supervisor_policy::Policy::parse(
+            "policy.toml",
+            text,
+            Path::new("/nonexistent"),
+            &vars,
+        ),
     }
 }
