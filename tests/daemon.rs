@@ -1645,6 +1645,17 @@ fn over_tcp_only_tls_with_a_token_gets_in_and_a_token_can_approve() {
             .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         wait_session_end(&d, &s.id).await;
+        // The CLI over TLS, from another uid: with the token it sees the session; without,
+        // it is told to set one.
+        let url = format!("https://localhost:{port}");
+        let ca_file = d.dir.join("ca.pem").display().to_string();
+        let args = ["sessions", "--url", url.as_str(), "--ca", ca_file.as_str()];
+        let r = d.cli_as(NOT_APPROVER, &args, &[("AGENT_SUPERVISOR_TOKEN", TOKEN)]);
+        assert_eq!(r.code, Some(0), "{r:?}");
+        assert!(r.stdout.contains(&s.id), "{r:?}");
+        let r = d.cli_as(NOT_APPROVER, &args, &[]);
+        assert_eq!(r.code, Some(125), "{r:?}");
+        assert!(r.stderr.contains("AGENT_SUPERVISOR_TOKEN"), "{r:?}");
     });
     assert_eq!(lines(&d.ws().join("log")), 1);
     let approver = d

@@ -205,6 +205,37 @@ struct DaemonArgs {
         value_name = "PATH"
     )]
     socket: PathBuf,
+    /// The daemon's TCP listener instead, e.g. https://host:7443 (TLS; the token comes from
+    /// AGENT_SUPERVISOR_TOKEN).
+    #[arg(
+        long,
+        env = "AGENT_SUPERVISOR_URL",
+        value_name = "URL",
+        requires = "ca"
+    )]
+    url: Option<String>,
+    /// CA certificate (PEM) that signed the daemon's certificate.
+    #[arg(long, env = "AGENT_SUPERVISOR_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) when the daemon wants mTLS.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    fn target(&self) -> agent_supervisor::daemon::client::Target {
+        use agent_supervisor::daemon::client::Target;
+        match (&self.url, &self.ca) {
+            (Some(url), Some(ca)) => Target::Tls {
+                url: url.clone(),
+                ca: ca.clone(),
+                identity: self.cert.clone().zip(self.key.clone()),
+            },
+            _ => Target::Unix(self.socket.clone()),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -384,7 +415,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             agent_supervisor::daemon::run(agent_supervisor::daemon::DaemonOptions { config })
         }
         Command::Sessions { daemon, json } => {
-            agent_supervisor::daemon::client::sessions(&daemon.socket, json)
+            agent_supervisor::daemon::client::sessions(&daemon.target(), json)
         }
         Command::Approve {
             id,
@@ -392,7 +423,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             digest,
             daemon,
         } => agent_supervisor::daemon::client::resolve(
-            &daemon.socket,
+            &daemon.target(),
             &id,
             true,
             for_session,
@@ -404,14 +435,14 @@ fn dispatch(cmd: Command) -> Result<i32> {
             digest,
             daemon,
         } => agent_supervisor::daemon::client::resolve(
-            &daemon.socket,
+            &daemon.target(),
             &id,
             false,
             for_session,
             digest,
         ),
         Command::Approvals(ApprovalsCommand::Watch { daemon }) => {
-            agent_supervisor::daemon::watch::run(&daemon.socket)
+            agent_supervisor::daemon::watch::run(&daemon.target())
         }
         Command::Audit(AuditCommand::Tail {
             follow,
@@ -422,7 +453,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             after,
             daemon,
         }) => agent_supervisor::daemon::client::audit_tail(
-            &daemon.socket,
+            &daemon.target(),
             agent_supervisor::daemon::client::TailOptions {
                 follow,
                 session,

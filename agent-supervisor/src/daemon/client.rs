@@ -30,6 +30,45 @@ pub async fn connect(socket: &Path) -> Result<Channel> {
         })
 }
 
+/// Where the daemon is: its unix socket, or its TCP listener (TLS; `ca` verifies the server,
+/// `identity` is a client certificate and key for mTLS).
+#[derive(Debug, Clone)]
+pub enum Target {
+    Unix(PathBuf),
+    Tls {
+        url: String,
+        ca: PathBuf,
+        identity: Option<(PathBuf, PathBuf)>,
+    },
+}
+
+/// A connected channel to the daemon, wherever it is.
+pub async fn connect_to(target: &Target) -> Result<Channel> {
+    match target {
+        Target::Unix(socket) => connect(socket).await,
+        Target::Tls { url, ca, identity } => {
+            use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+            let read =
+                |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+            if let Some((cert, key)) = identity {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            anyhow::ensure!(
+                std::env::var_os("AGENT_SUPERVISOR_TOKEN").is_some_and(|t| !t.is_empty()),
+                "over TCP the daemon wants a bearer token: set AGENT_SUPERVISOR_TOKEN"
+            );
+            Endpoint::from_shared(url.clone())
+                .with_context(|| format!("bad URL {url}"))?
+                .tls_config(tls)
+                .context("TLS configuration")?
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach the daemon at {url}"))
+        }
+    }
+}
+
 /// A request carrying `$AGENT_SUPERVISOR_TOKEN`, if set.
 pub fn request<T>(msg: T) -> Result<tonic::Request<T>> {
     let mut r = tonic::Request::new(msg);
@@ -55,9 +94,9 @@ fn block_on<F: std::future::Future<Output = Result<i32>>>(f: F) -> Result<i32> {
 }
 
 /// `agent-supervisor sessions`.
-pub fn sessions(socket: &Path, json: bool) -> Result<i32> {
+pub fn sessions(target: &Target, json: bool) -> Result<i32> {
     block_on(async {
-        let mut c = proto::sessions_client::SessionsClient::new(connect(socket).await?);
+        let mut c = proto::sessions_client::SessionsClient::new(connect_to(target).await?);
         let list = c
             .list_sessions(request(proto::ListSessionsRequest {})?)
             .await
@@ -94,14 +133,14 @@ pub fn sessions(socket: &Path, json: bool) -> Result<i32> {
 /// among the pending ones and its action digest repeated in the answer (or `D`, to bind the
 /// answer to the action a watcher showed). Exit 1 when it is not pending or refused.
 pub fn resolve(
-    socket: &Path,
+    target: &Target,
     id: &str,
     allow: bool,
     for_session: bool,
     digest: Option<String>,
 ) -> Result<i32> {
     block_on(async {
-        let channel = connect(socket).await?;
+        let channel = connect_to(target).await?;
         let mut c = proto::approvals_client::ApprovalsClient::new(channel);
         let mut stream = c
             .watch_approvals(request(proto::WatchApprovalsRequest::default())?)
@@ -163,9 +202,9 @@ pub struct TailOptions {
 }
 
 /// `agent-supervisor audit tail`.
-pub fn audit_tail(socket: &Path, o: TailOptions) -> Result<i32> {
+pub fn audit_tail(target: &Target, o: TailOptions) -> Result<i32> {
     block_on(async {
-        let mut c = proto::audit_client::AuditClient::new(connect(socket).await?);
+        let mut c = proto::audit_client::AuditClient::new(connect_to(target).await?);
         let mut stream = c
             .stream_audit(request(proto::StreamAuditRequest {
                 after_cursor: o.after,

@@ -6,7 +6,6 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -17,7 +16,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, List, ListItem, ListState, Paragraph, Wrap};
 use tokio::sync::mpsc;
 
-use super::client::{connect, request};
+use super::client::{connect_to, request, Target};
 use super::proto::{self, approval_event::Event as ApprovalEv};
 use crate::supervise::escape_for_human;
 
@@ -54,13 +53,13 @@ fn activity_line(e: &proto::AuditEvent) -> String {
 }
 
 /// Run the UI until `q`.
-pub fn run(socket: &Path) -> Result<i32> {
+pub fn run(target: &Target) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let channel = rt.block_on(connect(socket))?;
+    let channel = rt.block_on(connect_to(target))?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Ev>();
     // The streams.
     {
