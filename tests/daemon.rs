@@ -621,12 +621,17 @@ fn a_token_in_the_sessions_environment_never_approves_that_session() {
         let mut c = SessionsClient::new(d.channel().await);
         let s = c
             .start_session(proto::StartSessionRequest {
-                command: vec!["/bin/sh".into(), "-c".into(), "./s.sh log".into()],
+                command: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "env > env.txt; ./s.sh log".into(),
+                ],
                 workspace: d.ws().display().to_string(),
                 policy: policy.clone(),
                 env: vec![
                     "PATH=/usr/bin:/bin".into(),
                     format!("APPROVAL_TOKEN={TOKEN}"),
+                    "LD_PRELOAD=/nonexistent/inject.so".into(),
                 ],
                 ..Default::default()
             })
@@ -659,6 +664,10 @@ fn a_token_in_the_sessions_environment_never_approves_that_session() {
         wait_session_end(&d, &s.id).await;
     });
     assert!(!d.ws().join("log").exists());
+    // The environment reached the agent, without the loader's variables.
+    let env = std::fs::read_to_string(d.ws().join("env.txt")).unwrap();
+    assert!(env.contains(&format!("APPROVAL_TOKEN={TOKEN}")), "{env}");
+    assert!(!env.contains("LD_PRELOAD"), "{env}");
 }
 
 #[test]

@@ -118,11 +118,16 @@ impl proto::sessions_server::Sessions for Svc {
                 "policy must be an absolute path or preset:NAME",
             ));
         }
-        let env = if r.env.is_empty() {
+        // The supervisor runs with this environment before the agent gets it: nothing that
+        // loads code into the supervisor (LD_PRELOAD, LD_LIBRARY_PATH, ...).
+        let env: Vec<(String, String)> = if r.env.is_empty() {
             default_env(c.uid)
         } else {
             env_pairs(&r.env)?
-        };
+        }
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("LD_"))
+        .collect();
         let tainted_tokens: Vec<String> = env
             .iter()
             .filter_map(|(_, v)| auth::token_name(&api.cfg, v))

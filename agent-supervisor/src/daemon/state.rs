@@ -122,6 +122,8 @@ impl State {
         t.issued += 1;
         let id = format!("{session}-a{}", t.issued);
         let action_json = action.to_string();
+        // From the session: never trusted to be sane (a day at most).
+        let timeout_ms = timeout_ms.min(86_400_000);
         let deadline = Instant::now() + std::time::Duration::from_millis(timeout_ms);
         let deadline_unix_ms = (std::time::SystemTime::now()
             + std::time::Duration::from_millis(timeout_ms))
