@@ -238,3 +238,55 @@ pub fn check_approver(cfg: &Config, c: &Caller, s: &SessionEntry) -> Result<(), 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        let sha: String = Sha256::digest(b"t0ken")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Config::parse(
+            std::path::Path::new("c.toml"),
+            &format!(
+                "[access.approve]\nuids = [1000]\ngroups = [\"4242\"]\ntokens = [\"ci\"]\n\
+                 [[token]]\nname = \"ci\"\nsha256 = \"{sha}\"\n"
+            ),
+        )
+        .unwrap()
+    }
+
+    fn caller(uid: u32, gid: u32, groups: Vec<u32>, token: Option<&str>) -> Caller {
+        Caller {
+            uid,
+            gid,
+            pid: None,
+            groups,
+            token: token.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn tokens_uids_groups_and_tcp_callers() {
+        let c = cfg();
+        assert_eq!(token_name(&c, "t0ken").as_deref(), Some("ci"));
+        assert_eq!(token_name(&c, "t0ke"), None);
+        assert_eq!(token_name(&c, ""), None);
+        let approve = &c.access.approve;
+        assert!(matches(approve, &caller(1000, 1000, vec![], None)));
+        assert!(!matches(approve, &caller(1001, 1001, vec![], None)));
+        assert!(matches(approve, &caller(1001, 4242, vec![], None)));
+        assert!(matches(approve, &caller(1001, 1001, vec![7, 4242], None)));
+        assert!(matches(approve, &caller(1001, 1001, vec![], Some("ci"))));
+        // Over TCP only the token counts, never a uid or group.
+        assert!(!matches(approve, &caller(NO_UID, NO_UID, vec![4242], None)));
+        assert!(matches(
+            approve,
+            &caller(NO_UID, NO_UID, vec![], Some("ci"))
+        ));
+        assert!(!can_start(&c, &caller(NO_UID, NO_UID, vec![], Some("ci"))));
+        assert!(can_start(&c, &caller(0, 0, vec![], None)));
+    }
+}
