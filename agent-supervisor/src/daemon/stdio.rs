@@ -54,6 +54,11 @@ impl Grants {
         }
     }
 
+    fn expire(&self) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.retain(|_, x| x.created.elapsed() <= TOKEN_TTL);
+    }
+
     fn insert(&self, token: String, grant: Grant) {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
         g.retain(|_, x| x.created.elapsed() <= TOKEN_TTL);
@@ -63,6 +68,17 @@ impl Grants {
 
 /// Bind the side channel (same mode and group as the API socket) and accept in a thread.
 pub fn serve(listener: UnixListener, grants: Arc<Grants>) -> std::io::Result<()> {
+    // Grants nobody used (the client failed or left) hold the client's descriptors: drop them
+    // once expired.
+    {
+        let grants = Arc::clone(&grants);
+        std::thread::Builder::new()
+            .name("stdio-expiry".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(5));
+                grants.expire();
+            })?;
+    }
     std::thread::Builder::new()
         .name("stdio-accept".into())
         .spawn(move || {
@@ -92,9 +108,10 @@ fn handshake(mut conn: UnixStream, grants: &Grants) -> std::io::Result<()> {
     }
     conn.set_read_timeout(None)?;
     let token = super::sessions::new_session_id()? + &super::sessions::new_session_id()?;
-    conn.write_all(format!("token {token}\n").as_bytes())?;
+    let mut reply = conn.try_clone()?;
+    // Usable before the client can know it: its StartSession may come at once.
     grants.insert(
-        token,
+        token.clone(),
         Grant {
             uid,
             fds,
@@ -102,6 +119,10 @@ fn handshake(mut conn: UnixStream, grants: &Grants) -> std::io::Result<()> {
             created: Instant::now(),
         },
     );
+    if let Err(e) = reply.write_all(format!("token {token}\n").as_bytes()) {
+        let _ = grants.take(&token, uid);
+        return Err(e);
+    }
     Ok(())
 }
 
