@@ -1942,3 +1942,47 @@ fn policy_explain_over_the_api_matches_the_cli() {
         }
     });
 }
+
+#[test]
+fn the_daemon_tells_systemd_it_is_ready_once_its_socket_listens() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let mut d = Daemon::start("notify");
+    d.sigkill();
+    // systemd's side of Type=notify: a datagram socket named by $NOTIFY_SOCKET.
+    let path = d.dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = Command::new(bin())
+        .arg("daemon")
+        .arg("--config")
+        .arg(&d.config)
+        .env("NOTIFY_SOCKET", &path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("no sd_notify message in 30 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    // Ready means ready: the API answers now.
+    let answered = std::os::unix::net::UnixStream::connect(d.socket()).is_ok();
+    // SIGTERM: STOPPING=1, then a clean exit.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n2 = sock.recv(&mut buf).expect("no STOPPING message");
+    let stopping = String::from_utf8_lossy(&buf[..n2]).to_string();
+    let status = child.wait().unwrap();
+    assert!(msg.contains("READY=1"), "{msg:?}");
+    assert!(answered, "READY=1 before the socket answered");
+    assert!(stopping.contains("STOPPING=1"), "{stopping:?}");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        !d.socket().exists(),
+        "the socket is removed on a clean stop"
+    );
+}

@@ -64,6 +64,11 @@ pub fn run(opts: DaemonOptions) -> Result<i32> {
 }
 
 async fn serve(cfg: Config) -> Result<i32> {
+    // Stopping is handled from the start: systemd may send SIGTERM as soon as we exist.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
     // Before anything else (recovering sessions would kill a running daemon's): is another
     // daemon on this socket?
     anyhow::ensure!(
@@ -207,13 +212,9 @@ async fn serve(cfg: Config) -> Result<i32> {
     let unix = tokio::spawn(
         routes(&mut builder)?.serve_with_incoming_shutdown(incoming, stopped(stop_rx)),
     );
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = interrupt.recv() => {}
     }
     let _ = stop_tx.send(true);
     unix.await
