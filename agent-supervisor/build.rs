@@ -20,10 +20,27 @@ const RUN_SETUP: &str = "run `cargo xtask setup` (it installs everything the bui
 fn main() {
     // Print the error chain ourselves: returning it from main would add a backtrace when
     // RUST_BACKTRACE is set, burying the one line that says what to do.
-    if let Err(error) = build_ebpf() {
+    if let Err(error) = build_protos().and_then(|()| build_ebpf()) {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }
+}
+
+/// The gRPC API (`proto/agent_supervisor/v1/*.proto`): prost messages and tonic services, and
+/// the descriptor set that server reflection serves. protoc comes from protoc-bin-vendored,
+/// so a fresh clone needs nothing installed for this.
+fn build_protos() -> anyhow::Result<()> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()
+        .context("protoc-bin-vendored has no protoc for this platform")?;
+    std::env::set_var("PROTOC", protoc);
+    let out = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
+    let proto_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let file = proto_dir.join("agent_supervisor/v1/supervisor.proto");
+    println!("cargo:rerun-if-changed={}", proto_dir.display());
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("agent_supervisor_v1_descriptor.bin"))
+        .compile_protos(&[file], &[proto_dir])
+        .context("compiling proto/agent_supervisor/v1/supervisor.proto")
 }
 
 fn build_ebpf() -> anyhow::Result<()> {

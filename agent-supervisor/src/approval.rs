@@ -5,19 +5,24 @@
 //! bidi character escaped, and answered with one key: `y` allow once, `n` deny once, `a` allow
 //! for the rest of the session, `b` deny for the rest of the session. An ask still unanswered
 //! at the policy's `approval_timeout` is denied. Headless (no tty, `--headless`, CI), an ask
-//! is denied, or allowed with `--default-allow`.
+//! is denied, or allowed with `--default-allow`. Launched by the daemon, asks go to the daemon
+//! over its link (see [`crate::daemon::link`]) and come back answered by an approval client;
+//! the daemon denies at the deadline, and this broker denies a little later on its own should
+//! the daemon not answer; a closed link denies everything and ends the session.
 #![forbid(unsafe_code)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use agent_supervisor_policy::Decision;
 use nix::sys::termios::{self, LocalFlags, SetArg};
 
+use crate::daemon::link::{self, Line, LinkWriter, ToDaemon, ToSession};
 use crate::supervise::{finish, Ctx, Decider, Pending};
 use crate::sys;
 
@@ -27,16 +32,35 @@ pub enum Mode {
     Terminal(File),
     /// Nobody to ask: deny, or allow with `--default-allow`.
     Headless { default_allow: bool },
+    /// Ask the daemon that launched this session, over its link.
+    Daemon {
+        link: LinkWriter,
+        reader: UnixStream,
+    },
+}
+
+/// How long after the daemon's deadline this broker denies on its own (the daemon's answer,
+/// timeout included, normally comes first).
+const DAEMON_GRACE: Duration = Duration::from_secs(5);
+
+/// What the broker is fed.
+pub enum BrokerMsg {
+    Ask(Box<Pending>),
+    /// From the daemon.
+    Answer(ToSession),
+    /// The daemon's link closed or broke.
+    LinkClosed(String),
 }
 
 /// Handle to the broker.
 pub struct Approvals {
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<BrokerMsg>,
 }
 
 /// The broker's end, moved into its thread.
 pub struct Broker {
-    rx: mpsc::Receiver<Pending>,
+    rx: mpsc::Receiver<BrokerMsg>,
+    tx: mpsc::Sender<BrokerMsg>,
     mode: Mode,
     timeout: Duration,
 }
@@ -44,13 +68,40 @@ pub struct Broker {
 impl Approvals {
     pub fn new(mode: Mode, timeout: Duration) -> (Approvals, Broker) {
         let (tx, rx) = mpsc::channel();
-        (Approvals { tx }, Broker { rx, mode, timeout })
+        (
+            Approvals { tx: tx.clone() },
+            Broker {
+                rx,
+                tx,
+                mode,
+                timeout,
+            },
+        )
     }
 
     /// Queue an ask. If the broker is gone, the action is lost... never allowed: the trapped
     /// syscall fails when the supervisor exits.
     pub fn ask(&self, p: Pending) {
-        let _ = self.tx.send(p);
+        let _ = self.tx.send(BrokerMsg::Ask(Box::new(p)));
+    }
+}
+
+/// The next ask (terminal mode has nothing else on its channel).
+fn recv_ask(rx: &mpsc::Receiver<BrokerMsg>) -> Option<Pending> {
+    loop {
+        match rx.recv().ok()? {
+            BrokerMsg::Ask(p) => return Some(*p),
+            _ => continue,
+        }
+    }
+}
+
+fn try_recv_ask(rx: &mpsc::Receiver<BrokerMsg>) -> Option<Pending> {
+    loop {
+        match rx.try_recv().ok()? {
+            BrokerMsg::Ask(p) => return Some(*p),
+            _ => continue,
+        }
     }
 }
 
@@ -73,8 +124,9 @@ struct Waiting {
 pub fn run(ctx: Arc<Ctx>, b: Broker) {
     let mut queue: VecDeque<Waiting> = VecDeque::new();
     let mut tty = match b.mode {
+        Mode::Daemon { link, reader } => return run_daemon(ctx, b.rx, b.tx, link, reader),
         Mode::Headless { default_allow } => {
-            while let Ok(p) = b.rx.recv() {
+            while let Some(p) = recv_ask(&b.rx) {
                 let d = if default_allow {
                     Decision::Allow
                 } else {
@@ -88,15 +140,15 @@ pub fn run(ctx: Arc<Ctx>, b: Broker) {
     };
     loop {
         if queue.is_empty() {
-            match b.rx.recv() {
-                Ok(p) => queue.push_back(Waiting {
+            match recv_ask(&b.rx) {
+                Some(p) => queue.push_back(Waiting {
                     deadline: p.started + b.timeout,
                     p,
                 }),
-                Err(_) => return,
+                None => return,
             }
         }
-        while let Ok(p) = b.rx.try_recv() {
+        while let Some(p) = try_recv_ask(&b.rx) {
             queue.push_back(Waiting {
                 deadline: p.started + b.timeout,
                 p,
@@ -163,7 +215,7 @@ fn prompt(
     ctx: &Arc<Ctx>,
     tty: &mut File,
     w: &Waiting,
-    rx: &mpsc::Receiver<Pending>,
+    rx: &mpsc::Receiver<BrokerMsg>,
     queue: &mut VecDeque<Waiting>,
     timeout: Duration,
 ) -> Answer {
@@ -222,7 +274,7 @@ fn prompt(
         {
             break Answer::Gone;
         }
-        while let Ok(p) = rx.try_recv() {
+        while let Some(p) = try_recv_ask(rx) {
             queue.push_back(Waiting {
                 deadline: p.started + timeout,
                 p,
@@ -264,6 +316,182 @@ fn prompt(
     };
     let _ = writeln!(tty, "\n  -> {said}");
     answer
+}
+
+/// The broker of a session launched by the daemon.
+fn run_daemon(
+    ctx: Arc<Ctx>,
+    rx: mpsc::Receiver<BrokerMsg>,
+    tx: mpsc::Sender<BrokerMsg>,
+    link: LinkWriter,
+    reader: UnixStream,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("daemon-link".into())
+        .spawn(move || {
+            let mut r = BufReader::new(reader);
+            let why = loop {
+                match link::read_line(&mut r) {
+                    Ok(Some(Line::Control(c))) => match serde_json::from_str::<ToSession>(&c) {
+                        Ok(m) => {
+                            if tx.send(BrokerMsg::Answer(m)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => break format!("unreadable message from the daemon: {e}"),
+                    },
+                    Ok(Some(Line::Audit(_))) => {
+                        break "unexpected audit line from the daemon".into()
+                    }
+                    Ok(None) => break "the daemon closed the link".into(),
+                    Err(e) => break format!("reading from the daemon: {e}"),
+                }
+            };
+            let _ = tx.send(BrokerMsg::LinkClosed(why));
+        });
+    if spawned.is_err() {
+        eprintln!("agent-supervisor: cannot start the daemon-link thread; ending the session");
+        sys::exit_now(crate::session::EXIT_SUPERVISOR_ERROR);
+    }
+    let timeout = ctx.policy.approval_timeout;
+    let mut waiting: HashMap<u64, Waiting> = HashMap::new();
+    let mut next_id: u64 = 0;
+    loop {
+        let wait = waiting
+            .values()
+            .map(|w| w.deadline.saturating_duration_since(Instant::now()))
+            .min()
+            .unwrap_or(Duration::from_secs(3600))
+            .min(Duration::from_millis(200));
+        match rx.recv_timeout(wait) {
+            Ok(BrokerMsg::Ask(p)) => {
+                let p = *p;
+                next_id += 1;
+                let msg = ToDaemon::Ask {
+                    id: next_id,
+                    pid: p.pid,
+                    kind: p.kind.as_str().into(),
+                    summary: p.summary.clone(),
+                    action: p.details.clone(),
+                    rule: rule_text(&ctx, &p),
+                    reason: p.verdict.reason.clone().unwrap_or_default(),
+                    timeout_ms: timeout.saturating_sub(p.started.elapsed()).as_millis() as u64,
+                };
+                waiting.insert(
+                    next_id,
+                    Waiting {
+                        deadline: p.started + timeout + DAEMON_GRACE,
+                        p,
+                    },
+                );
+                if let Err(e) = link.send(&msg) {
+                    link_lost(&ctx, &mut waiting, &format!("writing to the daemon: {e}"));
+                }
+            }
+            Ok(BrokerMsg::Answer(ToSession::Answer {
+                id,
+                allow,
+                for_session,
+                expired,
+            })) => {
+                // An answer for an ask settled meanwhile is moot.
+                if let Some(w) = waiting.remove(&id) {
+                    let d = if allow {
+                        Decision::Allow
+                    } else {
+                        Decision::Deny
+                    };
+                    if for_session {
+                        ctx.remembered
+                            .lock()
+                            .expect("remembered lock")
+                            .insert(w.p.key.clone(), d);
+                    }
+                    let by = if expired {
+                        Decider::Timeout
+                    } else {
+                        Decider::Human
+                    };
+                    finish(&ctx, w.p, d, by);
+                }
+            }
+            Ok(BrokerMsg::LinkClosed(why)) => link_lost(&ctx, &mut waiting, &why),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        settle_daemon(&ctx, &mut waiting, &link);
+    }
+}
+
+/// Settle what no longer needs the daemon, and tell it.
+fn settle_daemon(ctx: &Arc<Ctx>, waiting: &mut HashMap<u64, Waiting>, link: &LinkWriter) {
+    let now = Instant::now();
+    let ids: Vec<u64> = waiting.keys().copied().collect();
+    for id in ids {
+        let w = &waiting[&id];
+        let remembered = ctx
+            .remembered
+            .lock()
+            .expect("remembered lock")
+            .get(&w.p.key)
+            .copied();
+        // A DNS ask has no notification: it is gone only when its lookup gives up.
+        let gone = w
+            .p
+            .notif
+            .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id));
+        let settled = if gone {
+            Some((None, "gone"))
+        } else if let Some(d) = remembered {
+            Some((Some((d, Decider::Session)), "session"))
+        } else if now >= w.deadline {
+            Some((Some((Decision::Deny, Decider::Timeout)), "timeout"))
+        } else {
+            None
+        };
+        let Some((outcome, by)) = settled else {
+            continue;
+        };
+        let w = waiting.remove(&id).expect("present");
+        let decision = match outcome {
+            Some((d, decider)) => {
+                finish(ctx, w.p, d, decider);
+                d
+            }
+            None => Decision::Deny,
+        };
+        let _ = link.send(&ToDaemon::Settled {
+            id,
+            decision: if decision == Decision::Allow {
+                "allow"
+            } else {
+                "deny"
+            }
+            .into(),
+            by: by.into(),
+        });
+    }
+}
+
+/// The daemon is gone: deny everything waiting and end the session (the sandbox's init dies
+/// with us). A session launched by the daemon never outlives it.
+fn link_lost(ctx: &Arc<Ctx>, waiting: &mut HashMap<u64, Waiting>, why: &str) -> ! {
+    for (_, w) in waiting.drain() {
+        finish(ctx, w.p, Decision::Deny, Decider::Timeout);
+    }
+    eprintln!("agent-supervisor: the daemon's link is lost ({why}); ending the session");
+    sys::exit_now(crate::session::EXIT_SUPERVISOR_ERROR);
+}
+
+/// The asking rule for a human: its text and place, or the policy default.
+pub fn rule_text(ctx: &Ctx, p: &Pending) -> String {
+    match &p.verdict.decided_by {
+        agent_supervisor_policy::DecidedBy::Rule(i) => ctx.policy.describe_rule(*i),
+        agent_supervisor_policy::DecidedBy::Default => {
+            "no rule matched; the policy's default is ask".to_string()
+        }
+        agent_supervisor_policy::DecidedBy::Filesystem => "filesystem".to_string(),
+    }
 }
 
 fn verb(kind: crate::supervise::Kind) -> &'static str {

@@ -169,8 +169,15 @@ pub fn default_path(euid: u32) -> PathBuf {
 /// The opened log file, before its writer thread starts (the sandbox is launched in between,
 /// while the supervisor is still single-threaded).
 pub struct AuditFile {
-    file: File,
+    sink: Sink,
     path: PathBuf,
+}
+
+/// Where records go: a file, or the daemon's link (the daemon owns the log; see
+/// [`crate::daemon::link`]).
+enum Sink {
+    File(File),
+    Link(crate::daemon::link::LinkWriter),
 }
 
 impl AuditFile {
@@ -194,9 +201,18 @@ impl AuditFile {
             .open(path)
             .map_err(err)?;
         Ok(AuditFile {
-            file,
+            sink: Sink::File(file),
             path: path.to_path_buf(),
         })
+    }
+
+    /// Send records to the daemon over its link instead of a file; `log` is the daemon's log
+    /// (for messages only).
+    pub fn to_daemon(link: crate::daemon::link::LinkWriter, log: &Path) -> AuditFile {
+        AuditFile {
+            sink: Sink::Link(link),
+            path: log.to_path_buf(),
+        }
     }
 
     /// Start the writer thread.
@@ -209,10 +225,10 @@ impl AuditFile {
         });
         let (tx, rx) = mpsc::channel();
         let s = Arc::clone(&shared);
-        let file = self.file;
+        let sink = self.sink;
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || writer(file, rx, s))
+            .spawn(move || writer(sink, rx, s))
             .map_err(|error| OpenError {
                 path: self.path.clone(),
                 error,
@@ -268,7 +284,8 @@ fn mark_broken(shared: &Shared, why: &str) {
     }
 }
 
-fn writer(mut file: File, rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
+fn writer(mut sink: Sink, rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
+    let to_daemon = matches!(sink, Sink::Link(_));
     let mut failed = false;
     while let Ok(msg) = rx.recv() {
         // Write everything queued in one write(2); on failure the batch goes to stderr.
@@ -279,6 +296,9 @@ fn writer(mut file: File, rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
             match m {
                 Msg::Record(r) => {
                     shared.backlog.fetch_sub(1, Ordering::SeqCst);
+                    if to_daemon {
+                        batch.push_str("A ");
+                    }
                     batch.push_str(&serde_json::to_string(&r).unwrap_or_default());
                     batch.push('\n');
                 }
@@ -288,7 +308,11 @@ fn writer(mut file: File, rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
         }
         if !batch.is_empty() {
             if !failed {
-                if let Err(e) = file.write_all(batch.as_bytes()) {
+                let written = match &mut sink {
+                    Sink::File(file) => file.write_all(batch.as_bytes()),
+                    Sink::Link(link) => link.write_raw(batch.as_bytes()),
+                };
+                if let Err(e) = written {
                     failed = true;
                     mark_broken(&shared, &e.to_string());
                 }
@@ -301,7 +325,11 @@ fn writer(mut file: File, rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
             let r = if failed {
                 Err(io::Error::other("the audit log could not be written"))
             } else {
-                file.sync_data()
+                match &sink {
+                    Sink::File(file) => file.sync_data(),
+                    // The daemon syncs its own log.
+                    Sink::Link(_) => Ok(()),
+                }
             };
             let _ = reply.send(r);
         }

@@ -16,9 +16,11 @@
 pub mod approval;
 pub mod audit;
 pub mod cgroup;
+pub mod daemon;
 pub mod dns;
 pub mod doctor;
 pub mod ebpf;
+pub mod explain;
 pub mod sandbox;
 pub mod session;
 pub mod supervise;

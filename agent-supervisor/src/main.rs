@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agent_supervisor::session::{self, RunOptions, EXIT_SUPERVISOR_ERROR};
-use agent_supervisor_policy::{Access, DecidedBy, Request};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -94,6 +93,29 @@ enum Command {
         /// through (e.g. "10s", "1m").
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
         dns_grace: std::time::Duration,
+        /// Run through the daemon (error if it is unreachable). Without --daemon or
+        /// --standalone, the daemon is used when its socket answers and no standalone-only
+        /// option (--audit, --keep-fd, --require, --no-ebpf, --headless, --default-allow) is
+        /// given.
+        #[arg(long, conflicts_with = "standalone")]
+        daemon: bool,
+        /// Never use the daemon: supervise from this process.
+        #[arg(long)]
+        standalone: bool,
+        /// The daemon's socket.
+        #[arg(
+            long,
+            env = "AGENT_SUPERVISOR_SOCKET",
+            default_value = agent_supervisor::daemon::config::DEFAULT_SOCKET,
+            value_name = "PATH"
+        )]
+        socket: PathBuf,
+        /// Launched by the daemon: its link's inherited fd (internal).
+        #[arg(long, hide = true, value_name = "FD")]
+        daemon_link: Option<i32>,
+        /// Launched by the daemon: the session id it chose (internal).
+        #[arg(long, hide = true, value_name = "ID")]
+        session_id: Option<String>,
         /// The agent's command line.
         #[arg(
             required = true,
@@ -124,6 +146,63 @@ enum Command {
     /// Check or explain a policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run the daemon: the gRPC API on a unix socket, sessions, approvals from anywhere,
+    /// the audit stream (see docs/daemon.md). Normally started by systemd.
+    #[command(
+        after_help = "Examples:\n  agent-supervisor daemon\n  agent-supervisor daemon --config ./config.toml\n\nConfiguration: /etc/agent-supervisor/config.toml (all fields optional)."
+    )]
+    Daemon {
+        /// Configuration file (default /etc/agent-supervisor/config.toml; it may be absent).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// List the daemon's sessions.
+    #[command(after_help = "Example:\n  agent-supervisor sessions --json")]
+    Sessions {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allow a pending approval (from `approvals`/`audit tail`, or the daemon's watchers).
+    #[command(
+        after_help = "Examples:\n  agent-supervisor approve 3f9a0c1d2e4b-a7\n  agent-supervisor approve 3f9a0c1d2e4b-a7 --for-session\n\nExit codes: 0 answered, 1 not pending (already answered, expired, unknown)\nor refused, 125 the daemon is unreachable."
+    )]
+    Approve {
+        /// The approval's id.
+        id: String,
+        /// Allow this action for the rest of the session.
+        #[arg(long)]
+        for_session: bool,
+        /// Answer only if the approval's action digest is this one (as shown by a watcher):
+        /// the answer can't apply to an action you did not see.
+        #[arg(long, value_name = "SHA256")]
+        digest: Option<String>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Deny a pending approval.
+    #[command(after_help = "Example:\n  agent-supervisor deny 3f9a0c1d2e4b-a7 --for-session")]
+    Deny {
+        /// The approval's id.
+        id: String,
+        /// Deny this action for the rest of the session.
+        #[arg(long)]
+        for_session: bool,
+        /// Answer only if the approval's action digest is this one (as shown by a watcher):
+        /// the answer can't apply to an action you did not see.
+        #[arg(long, value_name = "SHA256")]
+        digest: Option<String>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// The daemon's audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Approvals waiting in the daemon.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Show what this kernel can enforce (proven by trying) and, for each protection of the
     /// policy, which mechanism enforces it and whether it is available here.
     #[command(
@@ -136,6 +215,93 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// Where the daemon is.
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// The daemon's socket.
+    #[arg(
+        long,
+        env = "AGENT_SUPERVISOR_SOCKET",
+        default_value = agent_supervisor::daemon::config::DEFAULT_SOCKET,
+        value_name = "PATH"
+    )]
+    socket: PathBuf,
+    /// The daemon's TCP listener instead, e.g. https://host:7443 (TLS; the token comes from
+    /// AGENT_SUPERVISOR_TOKEN).
+    #[arg(
+        long,
+        env = "AGENT_SUPERVISOR_URL",
+        value_name = "URL",
+        requires = "ca"
+    )]
+    url: Option<String>,
+    /// CA certificate (PEM) that signed the daemon's certificate.
+    #[arg(long, env = "AGENT_SUPERVISOR_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) when the daemon wants mTLS.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    fn target(&self) -> agent_supervisor::daemon::client::Target {
+        use agent_supervisor::daemon::client::Target;
+        match (&self.url, &self.ca) {
+            (Some(url), Some(ca)) => Target::Tls {
+                url: url.clone(),
+                ca: ca.clone(),
+                identity: self.cert.clone().zip(self.key.clone()),
+            },
+            _ => Target::Unix(self.socket.clone()),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// A terminal UI: the live activity of the sessions you may see and the approvals
+    /// waiting; answer with y (allow once), n (deny once), a (allow for the session), b (deny
+    /// for the session); up/down to choose, q to quit.
+    #[command(after_help = "Example:\n  agent-supervisor approvals watch")]
+    Watch {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Print the daemon's audit records (replayed from the start, or after --after), and with
+    /// --follow the new ones as they are written.
+    #[command(
+        after_help = "Examples:\n  agent-supervisor audit tail --follow\n  agent-supervisor audit tail --session 3f9a0c1d2e4b --json\n  agent-supervisor audit tail --decision deny --kind exec"
+    )]
+    Tail {
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only this kind (exec, open, connect, session-start, approval, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this decision (allow, deny).
+        #[arg(long)]
+        decision: Option<String>,
+        /// The records exactly as in the JSONL log.
+        #[arg(long)]
+        json: bool,
+        /// Resume after this cursor (a record's cursor is the byte offset past it).
+        #[arg(long, default_value_t = 0, value_name = "CURSOR")]
+        after: u64,
+        #[command(flatten)]
+        daemon: DaemonArgs,
     },
 }
 
@@ -222,8 +388,38 @@ fn dispatch(cmd: Command) -> Result<i32> {
             no_ebpf,
             dns_upstream,
             dns_grace,
+            daemon,
+            standalone,
+            socket,
+            daemon_link,
+            session_id,
             command,
         } => {
+            let standalone_only = audit.is_some()
+                || !keep_fds.is_empty()
+                || !require.is_empty()
+                || no_ebpf
+                || headless
+                || default_allow
+                || daemon_link.is_some();
+            if daemon && standalone_only {
+                bail!("--daemon: --audit, --keep-fd, --require, --no-ebpf, --headless and --default-allow are for standalone runs (the daemon's config decides those)");
+            }
+            let use_daemon = daemon
+                || (!standalone
+                    && !standalone_only
+                    && std::os::unix::net::UnixStream::connect(&socket).is_ok());
+            if use_daemon {
+                return agent_supervisor::daemon::client::run(
+                    &socket,
+                    agent_supervisor::daemon::client::RunOptions {
+                        policy,
+                        workspace,
+                        quiet,
+                        command,
+                    },
+                );
+            }
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
             session::run(RunOptions {
                 policy,
@@ -239,10 +435,64 @@ fn dispatch(cmd: Command) -> Result<i32> {
                     upstream: dns_upstream,
                     grace: dns_grace,
                 },
+                daemon_link,
+                session_id,
                 command,
             })
         }
         Command::Init { path, force } => init(path, force),
+        Command::Daemon { config } => {
+            agent_supervisor::daemon::run(agent_supervisor::daemon::DaemonOptions { config })
+        }
+        Command::Sessions { daemon, json } => {
+            agent_supervisor::daemon::client::sessions(&daemon.target(), json)
+        }
+        Command::Approve {
+            id,
+            for_session,
+            digest,
+            daemon,
+        } => agent_supervisor::daemon::client::resolve(
+            &daemon.target(),
+            &id,
+            true,
+            for_session,
+            digest,
+        ),
+        Command::Deny {
+            id,
+            for_session,
+            digest,
+            daemon,
+        } => agent_supervisor::daemon::client::resolve(
+            &daemon.target(),
+            &id,
+            false,
+            for_session,
+            digest,
+        ),
+        Command::Approvals(ApprovalsCommand::Watch { daemon }) => {
+            agent_supervisor::daemon::watch::run(&daemon.target())
+        }
+        Command::Audit(AuditCommand::Tail {
+            follow,
+            session,
+            kind,
+            decision,
+            json,
+            after,
+            daemon,
+        }) => agent_supervisor::daemon::client::audit_tail(
+            &daemon.target(),
+            agent_supervisor::daemon::client::TailOptions {
+                follow,
+                session,
+                kind,
+                decision,
+                json,
+                after,
+            },
+        ),
         Command::Version { json } => version(json),
         Command::Doctor { policy, json } => {
             agent_supervisor::doctor::run(&agent_supervisor::doctor::Options { policy, json })
@@ -328,166 +578,25 @@ fn version(json: bool) -> Result<i32> {
     Ok(0)
 }
 
-fn which(prog: &str) -> Option<PathBuf> {
-    if prog.contains('/') {
-        return Some(PathBuf::from(prog));
-    }
-    std::env::var_os("PATH")?
-        .to_string_lossy()
-        .split(':')
-        .map(|d| Path::new(d).join(prog))
-        .find(|p| p.is_file())
-}
-
-fn absolute(p: &str) -> Result<PathBuf> {
-    let p = Path::new(p);
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(p)
-    };
-    // Resolve symlinks as the supervisor does; a file that doesn't exist yet: its parent.
-    Ok(
-        std::fs::canonicalize(&abs).unwrap_or_else(|_| match (abs.parent(), abs.file_name()) {
-            (Some(d), Some(n)) => std::fs::canonicalize(d)
-                .map(|d| d.join(n))
-                .unwrap_or(abs.clone()),
-            _ => abs.clone(),
-        }),
-    )
-}
-
 fn explain(file: &Path, json: bool, action: &[String]) -> Result<i32> {
     let vars = session::vars(None)?;
     let policy = session::load_policy(Some(file), &vars).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (verb, rest) = action
-        .split_first()
-        .context("missing action: exec, open, connect or resolve")?;
-    let plan = policy.plan();
-    let (verdict, what) = match verb.as_str() {
-        "exec" => {
-            let (prog, _) = rest.split_first().context("exec needs a program")?;
-            let invoked = which(prog).with_context(|| format!("{prog}: not found in PATH"))?;
-            let invoked = absolute(&invoked.to_string_lossy())?;
-            let raw = if Path::new(prog).is_absolute() {
-                PathBuf::from(prog)
-            } else {
-                invoked.clone()
-            };
-            let argv: Vec<String> = rest.to_vec();
-            let v = policy.decide(&Request::Exec {
-                path: &invoked,
-                invoked: (raw != invoked).then_some(raw.as_path()),
-                argv: &argv,
-            });
-            (
-                v,
-                format!("exec {} (program {})", argv.join(" "), invoked.display()),
-            )
-        }
-        "open" => {
-            let (path, flags) = rest.split_first().context("open needs a path")?;
-            let mut access = Access::READ;
-            for f in flags {
-                match f.as_str() {
-                    "--write" => access.write = true,
-                    "--exec" => access.exec = true,
-                    "--read" => access.read = true,
-                    "--write-only" => {
-                        access.read = false;
-                        access.write = true;
-                    }
-                    other => bail!("unknown open flag {other}: expected --write, --exec, --read or --write-only"),
-                }
-            }
-            let p = absolute(path)?;
-            (
-                policy.decide(&Request::Open { path: &p, access }),
-                format!("open {} {:?}", p.display(), access),
-            )
-        }
-        "connect" => {
-            let dest = rest.first().context("connect needs HOST:PORT")?;
-            let (host, port) = dest.rsplit_once(':').context("connect needs HOST:PORT")?;
-            let port: u16 = port
-                .parse()
-                .with_context(|| format!("bad port in {dest}"))?;
-            let host_clean = host.trim_start_matches('[').trim_end_matches(']');
-            let (ip, name) = match host_clean.parse::<std::net::IpAddr>() {
-                Ok(ip) => (ip, None),
-                Err(_) => (std::net::IpAddr::from([0, 0, 0, 0]), Some(host_clean)),
-            };
-            (
-                policy.decide(&Request::Connect {
-                    ip,
-                    port,
-                    host: name,
-                }),
-                format!("connect {dest}"),
-            )
-        }
-        "resolve" => {
-            let name = rest.first().context("resolve needs a host name")?;
-            let named = policy.decide_name(name);
-            let ports: Vec<String> = named
-                .ports
-                .iter()
-                .map(|p| p.map_or("*".to_string(), |p| p.to_string()))
-                .collect();
-            let ports = if ports.is_empty() {
-                String::new()
-            } else {
-                format!(" (answers open port {} in the kernel)", ports.join(", "))
-            };
-            (named.verdict, format!("resolve {name}{ports}"))
-        }
-        other => bail!("unknown action {other}: expected exec, open, connect or resolve"),
-    };
-    let (by, mechanism) = match &verdict.decided_by {
-        DecidedBy::Rule(i) => (
-            policy.describe_rule(*i),
-            plan.mechanisms.get(*i).cloned().unwrap_or_default(),
-        ),
-        DecidedBy::Filesystem => (
-            "the [filesystem] trees".to_string(),
-            "Landlock (kernel-enforced at use time)".to_string(),
-        ),
-        DecidedBy::Default => (
-            format!("the policy default ({})", policy.default),
-            match verb.as_str() {
-                "exec" => "seccomp user notification on execve/execveat + exec guard".to_string(),
-                "connect" => {
-                    "seccomp user notification on connect/sendto/sendmsg (the supervisor connects)"
-                        .to_string()
-                }
-                "resolve" => {
-                    "the session's DNS resolver (refused names never leave the machine)".to_string()
-                }
-                _ => "Landlock".to_string(),
-            },
-        ),
-    };
+    let e = agent_supervisor::explain::explain(
+        &policy,
+        action,
+        agent_supervisor::explain::Paths::Host,
+    )?;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "action": what,
-                "decision": verdict.decision.to_string(),
-                "decided_by": by,
-                "reason": verdict.reason,
-                "enforced_by": mechanism,
-                "policy": policy.source,
-            })
-        );
+        println!("{}", serde_json::to_string(&e)?);
     } else {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "action:      {what}")?;
-        writeln!(out, "decision:    {}", verdict.decision)?;
-        writeln!(out, "decided by:  {by}")?;
-        if let Some(r) = &verdict.reason {
+        writeln!(out, "action:      {}", e.action)?;
+        writeln!(out, "decision:    {}", e.decision)?;
+        writeln!(out, "decided by:  {}", e.decided_by)?;
+        if let Some(r) = &e.reason {
             writeln!(out, "reason:      {r}")?;
         }
-        writeln!(out, "enforced by: {mechanism}")?;
+        writeln!(out, "enforced by: {}", e.enforced_by)?;
     }
     Ok(0)
 }

@@ -41,6 +41,10 @@ pub struct RunOptions {
     pub no_ebpf: bool,
     /// The session's DNS resolver (upstream servers, grace after TTL).
     pub dns: crate::dns::DnsConfig,
+    /// Launched by the daemon: its link (an inherited fd; see [`crate::daemon::link`]) and the
+    /// session id it chose. Audit records and asks go to the daemon.
+    pub daemon_link: Option<i32>,
+    pub session_id: Option<String>,
     pub command: Vec<OsString>,
 }
 
@@ -253,12 +257,29 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         .audit
         .clone()
         .unwrap_or_else(|| crate::audit::default_path(sys::euid_egid().0));
-    let audit_file = crate::audit::AuditFile::open(&audit_path)?;
+    let link = match opts.daemon_link {
+        Some(fd) => {
+            let stream = std::os::unix::net::UnixStream::from(
+                sys::take_inherited_fd(fd)
+                    .with_context(|| format!("--daemon-link {fd}: not an open file descriptor"))?,
+            );
+            let reader = stream.try_clone().context("duplicating the daemon link")?;
+            Some((crate::daemon::link::LinkWriter::new(stream), reader))
+        }
+        None => None,
+    };
+    let audit_file = match &link {
+        Some((writer, _)) => crate::audit::AuditFile::to_daemon(writer.clone(), &audit_path),
+        None => crate::audit::AuditFile::open(&audit_path)?,
+    };
     let mut masks = sandbox::masks::plan_masks(&policy, &plan, &noexec_trees(&landlock));
     masks.extend(protected_paths(&vars, &audit_path));
     masks.sort_by_key(|m| m.path.components().count());
-    let mode = approval::choose_mode(opts.headless, opts.default_allow);
-    let session = session_id();
+    let mode = match link {
+        Some((link, reader)) => approval::Mode::Daemon { link, reader },
+        None => approval::choose_mode(opts.headless, opts.default_allow),
+    };
+    let session = opts.session_id.clone().unwrap_or_else(session_id);
     if !opts.quiet {
         eprintln!(
             "agent-supervisor: session {session}, policy {}, audit {}",

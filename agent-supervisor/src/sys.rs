@@ -379,6 +379,119 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Take ownership of a file descriptor inherited from our parent (`run --daemon-link FD`):
+/// checked to be open, marked close-on-exec.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 3 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags; EBADF if it is not open.
+    check_int(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: as above, setting FD_CLOEXEC on a descriptor just checked to be open.
+    check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    // SAFETY: the descriptor is open and, by the `--daemon-link` contract, ours alone: nothing
+    // else in this process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Make `cmd`'s child die with the thread that spawns it (`PR_SET_PDEATHSIG` SIGKILL, set
+/// after the uid/gid change, which clears it) and exit at once should we already be gone;
+/// `link` is inherited under its own number. Spawn only from a thread that lives as long as
+/// the process (the death signal follows the spawning thread).
+pub fn spawn_tied_to_us(
+    cmd: &mut std::process::Command,
+    link: BorrowedFd<'_>,
+) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let link = link.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (prctl, getppid, fcntl, _exit), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(125);
+            }
+            if libc::fcntl(link, libc::F_SETFD, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    cmd.spawn()
+}
+
+/// Send `data` with `fds` attached (`SCM_RIGHTS`) on a unix stream socket.
+pub fn send_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [io::IoSlice::new(data)];
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let n = sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(io::Error::from)?;
+    if n != data.len() {
+        return Err(io::Error::other("short sendmsg"));
+    }
+    Ok(())
+}
+
+/// Receive up to `buf.len()` bytes and at most `max_fds` descriptors (`SCM_RIGHTS`, received
+/// close-on-exec). Descriptors beyond `max_fds` or a truncated control message are an error
+/// (whatever did arrive is closed).
+pub fn recv_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut space = nix::cmsg_space!([RawFd; 8]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    let n = msg.bytes;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for fd in raw {
+                // SAFETY: the kernel just installed this descriptor in our table for us
+                // (SCM_RIGHTS); nothing else owns it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    if truncated || fds.len() > max_fds {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("at most {max_fds} file descriptors may be passed"),
+        ));
+    }
+    Ok((n, fds))
+}
+
+/// The peer of a unix socket: (uid, gid, pid), from `SO_PEERCRED`.
+pub fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<(u32, u32, i32)> {
+    let c = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(io::Error::from)?;
+    Ok((c.uid(), c.gid(), c.pid()))
+}
+
 /// `kill(pid, sig)`.
 pub fn kill(pid: libc::pid_t, sig: i32) -> io::Result<()> {
     // SAFETY: plain syscall with integer arguments.

@@ -121,7 +121,7 @@ pub fn run(workspace: &Path) -> Result<()> {
 
 /// The cargo target directory: `CARGO_TARGET_DIR` (relative to the workspace, where the build
 /// ran) or `<workspace>/target`.
-fn target_dir(workspace: &Path) -> PathBuf {
+pub fn target_dir(workspace: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => workspace.join(dir),
         _ => workspace.join("target"),

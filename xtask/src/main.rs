@@ -8,10 +8,12 @@
 //! - [`test`]: set-up, then the whole test suite.
 //! - [`demo`]: set-up, build the release supervisor, and run an example agent under it.
 //! - [`bench`]: what supervision costs: start-up, opens, a C build; bare, peers, supervised.
+//! - [`install`]: the release binary, the systemd unit and the daemon's configuration.
 
 mod bench;
 mod bench_dns;
 mod demo;
+mod install;
 mod process;
 mod setup;
 mod test;
@@ -81,6 +83,9 @@ enum Command {
     /// passed/failed/skipped, each kernel's Landlock ABI and whether BPF LSM is active, and
     /// exits non-zero on any failure. See docs/vm-test.md.
     VmTest(vm_test::Options),
+    /// Set up, build the release supervisor, and install it with its systemd unit and the
+    /// daemon's configuration (kept if present). See docs/daemon.md.
+    Install(install::Options),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
         Command::Demo => demo::run(&workspace),
         Command::Bench { dns_only } => bench::run(&workspace, dns_only),
         Command::VmTest(options) => vm_test::run(&workspace, &options),
+        Command::Install(options) => install::run(&workspace, &options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
