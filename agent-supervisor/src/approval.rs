@@ -436,10 +436,9 @@ fn settle_daemon(ctx: &Arc<Ctx>, waiting: &mut HashMap<u64, Waiting>, link: &Lin
             .get(&w.p.key)
             .copied();
         // A DNS ask has no notification: it is gone only when its lookup gives up.
-        let gone = w
-            .p
-            .notif
-            .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id));
+        let gone =
+            w.p.notif
+                .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id));
         let settled = if gone {
             Some((None, "gone"))
         } else if let Some(d) = remembered {
