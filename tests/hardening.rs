@@ -293,8 +293,17 @@ fn require_refuses_to_start_exactly_when_doctor_says_the_protection_is_missing()
                 .expect("network_backstop"),
         ),
         (
+            // Fully enforcing the trees: doctor's "[filesystem] trees" protection (every
+            // Landlock right the supervisor handles; ABI 6), not just some Landlock.
             "landlock",
-            report["landlock_abi"].as_i64().unwrap_or(0) >= 1,
+            report["policy"]["protections"]
+                .as_array()
+                .expect("protections")
+                .iter()
+                .find(|p| p["protection"] == "[filesystem] trees")
+                .expect("the [filesystem] trees protection")["available"]
+                .as_bool()
+                .expect("available"),
         ),
     ] {
         let ws = Workspace::new(&format!("require-{what}"));
