@@ -191,19 +191,26 @@ impl NetworkMaps {
         }
     }
 
-    /// Take back what [`Self::allow_rule`] allowed (a DNS answer expired). Absent: no error.
-    pub fn remove_rule(&self, net: IpNet, port: Option<u16>) -> io::Result<()> {
-        let mut rules = self.rules.lock().expect("NET_RULES lock");
-        for prefix in kernel_prefixes(net) {
-            let key = Key::new(
+    /// The `NET_RULES` keys of `net` on `port` (None: any port) for this session.
+    fn rule_keys(&self, net: IpNet, port: Option<u16>) -> impl Iterator<Item = Key<NetRuleKey>> {
+        let cgroup_id = self.cgroup_id;
+        kernel_prefixes(net).into_iter().map(move |prefix| {
+            Key::new(
                 NET_RULE_FIXED_BITS + u32::from(prefix.prefix_len()),
                 NetRuleKey {
-                    cgroup_id: self.cgroup_id,
+                    cgroup_id,
                     port: port.map_or(NET_ANY_PORT, u32::from),
                     ip: prefix.network().octets(),
                     _padding: 0,
                 },
-            );
+            )
+        })
+    }
+
+    /// Take back what [`Self::allow_rule`] allowed (a DNS answer expired). Absent: no error.
+    pub fn remove_rule(&self, net: IpNet, port: Option<u16>) -> io::Result<()> {
+        let mut rules = self.rules.lock().expect("NET_RULES lock");
+        for key in self.rule_keys(net, port) {
             if let Err(e) = rules.remove(&key) {
                 absent_is_fine(names::NET_RULES, e)?;
             }
@@ -216,16 +223,7 @@ impl NetworkMaps {
     /// unspecified addresses (`0.0.0.0`, `::`) are only ever let through by exact entries.
     pub fn allow_rule(&self, net: IpNet, port: Option<u16>) -> io::Result<()> {
         let mut rules = self.rules.lock().expect("NET_RULES lock");
-        for prefix in kernel_prefixes(net) {
-            let key = Key::new(
-                NET_RULE_FIXED_BITS + u32::from(prefix.prefix_len()),
-                NetRuleKey {
-                    cgroup_id: self.cgroup_id,
-                    port: port.map_or(NET_ANY_PORT, u32::from),
-                    ip: prefix.network().octets(),
-                    _padding: 0,
-                },
-            );
+        for key in self.rule_keys(net, port) {
             rules
                 .insert(&key, NET_VERDICT_ALLOW, 0)
                 .map_err(|e| map_io_error(names::NET_RULES, e))?;
