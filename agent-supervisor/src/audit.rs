@@ -171,6 +171,7 @@ pub fn default_path(euid: u32) -> PathBuf {
 pub struct AuditFile {
     sink: Sink,
     path: PathBuf,
+    export: Option<Arc<crate::audit_export::Exporters>>,
 }
 
 /// Where records go: a file, or the daemon's link (the daemon owns the log; see
@@ -203,6 +204,7 @@ impl AuditFile {
         Ok(AuditFile {
             sink: Sink::File(file),
             path: path.to_path_buf(),
+            export: None,
         })
     }
 
@@ -212,6 +214,15 @@ impl AuditFile {
         AuditFile {
             sink: Sink::Link(link),
             path: log.to_path_buf(),
+            export: None,
+        }
+    }
+
+    /// Hand every record written to these exporters too (file sinks only: the daemon exports
+    /// what it writes itself).
+    pub fn export_to(&mut self, exporters: Arc<crate::audit_export::Exporters>) {
+        if matches!(self.sink, Sink::File(_)) {
+            self.export = Some(exporters);
         }
     }
 
@@ -226,9 +237,10 @@ impl AuditFile {
         let (tx, rx) = mpsc::channel();
         let s = Arc::clone(&shared);
         let sink = self.sink;
+        let export = self.export;
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || writer(sink, rx, s))
+            .spawn(move || writer(sink, rx, s, export))
             .map_err(|error| OpenError {
                 path: self.path.clone(),
                 error,
@@ -284,7 +296,12 @@ fn mark_broken(shared: &Shared, why: &str) {
     }
 }
 
-fn writer(mut sink: Sink, rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
+fn writer(
+    mut sink: Sink,
+    rx: mpsc::Receiver<Msg>,
+    shared: Arc<Shared>,
+    export: Option<Arc<crate::audit_export::Exporters>>,
+) {
     let to_daemon = matches!(sink, Sink::Link(_));
     let mut failed = false;
     while let Ok(msg) = rx.recv() {
@@ -312,9 +329,16 @@ fn writer(mut sink: Sink, rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
                     Sink::File(file) => file.write_all(batch.as_bytes()),
                     Sink::Link(link) => link.write_raw(batch.as_bytes()),
                 };
-                if let Err(e) = written {
-                    failed = true;
-                    mark_broken(&shared, &e.to_string());
+                match written {
+                    Err(e) => {
+                        failed = true;
+                        mark_broken(&shared, &e.to_string());
+                    }
+                    Ok(()) => {
+                        if let Some(export) = &export {
+                            batch.lines().for_each(|l| export.export(l));
+                        }
+                    }
                 }
             }
             if failed {

@@ -43,6 +43,28 @@ struct Cli {
     command: Command,
 }
 
+/// `run`'s audit export options (see src/audit_export/).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct ExportArgs {
+    /// Also send every audit record to the systemd journal
+    /// (`journalctl -t agent-supervisor AUDIT_DECISION=deny`).
+    #[arg(long)]
+    audit_journald: bool,
+    /// Also send every audit record as an OpenTelemetry log to this OTLP/gRPC collector
+    /// (e.g. http://127.0.0.1:4317). Best effort: the audit file always has every record.
+    #[arg(long, value_name = "URL", env = "AGENT_SUPERVISOR_AUDIT_OTLP")]
+    audit_otlp: Option<String>,
+}
+
+impl From<ExportArgs> for agent_supervisor::audit_export::ExportConfig {
+    fn from(a: ExportArgs) -> Self {
+        agent_supervisor::audit_export::ExportConfig {
+            journald: a.audit_journald,
+            otlp: a.audit_otlp,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run COMMAND under a policy.
@@ -62,6 +84,8 @@ enum Command {
         /// Audit log file (JSON lines, appended).
         #[arg(long, value_name = "FILE")]
         audit: Option<PathBuf>,
+        #[command(flatten)]
+        export: ExportArgs,
         /// Let the agent inherit this file descriptor too (repeatable).
         #[arg(long = "keep-fd", value_name = "FD")]
         keep_fds: Vec<i32>,
@@ -381,6 +405,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             headless,
             default_allow,
             audit,
+            export,
             keep_fds,
             workspace,
             quiet,
@@ -396,6 +421,8 @@ fn dispatch(cmd: Command) -> Result<i32> {
             command,
         } => {
             let standalone_only = audit.is_some()
+                || export.audit_journald
+                || export.audit_otlp.is_some()
                 || !keep_fds.is_empty()
                 || !require.is_empty()
                 || no_ebpf
@@ -403,7 +430,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 || default_allow
                 || daemon_link.is_some();
             if daemon && standalone_only {
-                bail!("--daemon: --audit, --keep-fd, --require, --no-ebpf, --headless and --default-allow are for standalone runs (the daemon's config decides those)");
+                bail!("--daemon: --audit, --audit-journald, --audit-otlp, --keep-fd, --require, --no-ebpf, --headless and --default-allow are for standalone runs (the daemon's config decides those)");
             }
             let use_daemon = daemon
                 || (!standalone
@@ -426,6 +453,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 headless: headless || ci,
                 default_allow,
                 audit,
+                export: export.into(),
                 keep_fds,
                 workspace,
                 quiet,

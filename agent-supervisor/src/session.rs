@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub headless: bool,
     pub default_allow: bool,
     pub audit: Option<PathBuf>,
+    /// Copies of the audit records to journald / an OTLP collector.
+    pub export: crate::audit_export::ExportConfig,
     pub keep_fds: Vec<i32>,
     pub workspace: Option<PathBuf>,
     pub quiet: bool,
@@ -268,10 +270,13 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         }
         None => None,
     };
-    let audit_file = match &link {
+    let mut audit_file = match &link {
         Some((writer, _)) => crate::audit::AuditFile::to_daemon(writer.clone(), &audit_path),
         None => crate::audit::AuditFile::open(&audit_path)?,
     };
+    // Bad export settings are refused before the agent exists; the exporters' thread starts
+    // after the launch (the supervisor is single-threaded until then).
+    opts.export.check()?;
     let mut masks = sandbox::masks::plan_masks(&policy, &plan, &noexec_trees(&landlock));
     masks.extend(protected_paths(&vars, &audit_path));
     masks.sort_by_key(|m| m.path.components().count());
@@ -393,6 +398,10 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     sys::drop_effective_caps_this_thread()
         .context("dropping the supervisor's effective capabilities")?;
 
+    let exporters = crate::audit_export::Exporters::start(&opts.export)?;
+    if let Some(e) = &exporters {
+        audit_file.export_to(Arc::clone(e));
+    }
     let audit = audit_file.start()?;
     let (approvals, broker) = Approvals::new(mode, policy.approval_timeout);
     let (guard, guard_jobs) =
@@ -492,6 +501,17 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             audit.path().display()
         );
         return Ok(EXIT_SUPERVISOR_ERROR);
+    }
+    if let Some(e) = &exporters {
+        let stats = e.finish();
+        if stats.dropped > 0 {
+            eprintln!(
+                "agent-supervisor: warning: {} of {} audit records were not exported (journald/OTLP unreachable or too slow); the audit file {} has them all",
+                stats.dropped,
+                stats.dropped + stats.exported,
+                audit.path().display()
+            );
+        }
     }
     Ok(status.code())
 }
