@@ -8,11 +8,13 @@
 //! - [`test`]: set-up, then the whole test suite.
 //! - [`demo`]: set-up, build the release supervisor, and run an example agent under it.
 //! - [`bench`]: what supervision costs: start-up, opens, a C build; bare, peers, supervised.
+//! - [`fuzz`]: bounded `cargo fuzz` runs of the policy parser and the audit verifier.
 //! - [`install`]: the release binary, the systemd unit and the daemon's configuration.
 
 mod bench;
 mod bench_dns;
 mod demo;
+mod fuzz;
 mod install;
 mod process;
 mod setup;
@@ -83,6 +85,9 @@ enum Command {
     /// passed/failed/skipped, each kernel's Landlock ABI and whether BPF LSM is active, and
     /// exits non-zero on any failure. See docs/vm-test.md.
     VmTest(vm_test::Options),
+    /// Set up, build the `cargo fuzz` targets of fuzz/ (policy parser, audit verifier) and run
+    /// each for a bounded time; fails on any crash, naming the crash input.
+    Fuzz(fuzz::Options),
     /// Set up, build the release supervisor, and install it with its systemd unit and the
     /// daemon's configuration (kept if present). See docs/daemon.md.
     Install(install::Options),
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
         Command::Bench { dns_only } => bench::run(&workspace, dns_only),
         Command::VmTest(options) => vm_test::run(&workspace, &options),
         Command::Install(options) => install::run(&workspace, &options),
+        Command::Fuzz(options) => fuzz::run(&workspace, &options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

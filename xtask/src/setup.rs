@@ -70,8 +70,12 @@ pub fn run() -> Result<()> {
     step("Debian packages", apt_packages)?;
     step("nightly rust-src", nightly_rust_src)?;
     step(&format!("bpf-linker {BPF_LINKER_VERSION}"), bpf_linker)?;
+    step(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}"), cargo_fuzz)?;
     Ok(())
 }
+
+/// The cargo-fuzz release `cargo xtask fuzz` (and the test suite's fuzz layer) runs.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// What a step did.
 enum Outcome {
@@ -174,6 +178,28 @@ fn effective_uid() -> Result<u32> {
 // Rust toolchain
 
 fn nightly_rust_src() -> Result<Outcome> {
+    // A fresh machine may have only the stable toolchain: install nightly (minimal profile)
+    // with rust-src in one go.
+    let has_nightly =
+        process::probe(Command::new("rustup").args(["run", "nightly", "rustc", "--version"]))
+            .is_some();
+    if !has_nightly {
+        process::run(
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]),
+            "the eBPF build and the fuzzers need a nightly toolchain; check rustup's output above",
+        )?;
+        return Ok(Outcome::Installed(
+            "the nightly toolchain with rust-src".into(),
+        ));
+    }
     let installed = process::output(
         Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]),
         "is the nightly toolchain installed? `rustup toolchain install nightly --component rust-src`",
@@ -186,6 +212,32 @@ fn nightly_rust_src() -> Result<Outcome> {
         "the eBPF build needs nightly's rust-src (for -Z build-std=core); check rustup's output above",
     )?;
     Ok(Outcome::Installed("rust-src".into()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// cargo-fuzz
+
+fn cargo_fuzz() -> Result<Outcome> {
+    let current = process::probe(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_some_and(|v| v.contains(CARGO_FUZZ_VERSION));
+    if current {
+        return Ok(Outcome::Ok);
+    }
+    let mut install = Command::new("rustup");
+    install
+        .args(["run", "stable", "cargo", "install", "cargo-fuzz"])
+        .args(["--version", CARGO_FUZZ_VERSION, "--locked", "--force"])
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .current_dir(cargo_home()?);
+    println!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (takes about a minute)");
+    process::run(
+        &mut install,
+        "cargo-fuzz could not be built; the output above says why (it needs crates.io)",
+    )?;
+    Ok(Outcome::Installed(format!(
+        "cargo-fuzz {CARGO_FUZZ_VERSION}"
+    )))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 //!
 //! Layers, in order (see STYLE.md "Test in layers"):
 //! 1. `cargo test --workspace`: unit tests and the privileged integration tests (CI is root).
-//! 2. Unless `--no-vm`: VM tests for kernels and LSMs the host lacks, `cargo xtask vm-test`'s
+//! 2. The fuzz layer: every `cargo fuzz` target of `fuzz/` for [`FUZZ_SECONDS`] (see
+//!    [`crate::fuzz`]); each target is one test, failed on a crash.
+//! 3. Unless `--no-vm`: VM tests for kernels and LSMs the host lacks, `cargo xtask vm-test`'s
 //!    matrix ([`crate::vm_test::run_layer`]), run only when the host tests passed. Its counts (one
 //!    per test and kernel) are added to the summary; a VM layer that cannot run at all counts
 //!    as one failure, with the reason printed.
@@ -18,6 +20,9 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 use crate::setup;
+
+/// Seconds each fuzz target runs in the test suite.
+const FUZZ_SECONDS: u64 = 60;
 
 pub fn run(workspace: &Path, vm: bool) -> Result<()> {
     setup::run()?;
@@ -73,6 +78,25 @@ pub fn run(workspace: &Path, vm: bool) -> Result<()> {
     let mut skipped = skips.len() as u64;
     let mut passed = passed.saturating_sub(skipped);
 
+    // The fuzz layer: each target for a bounded time; a crash is a failed test.
+    if host_ok {
+        println!("test: fuzz layer (cargo xtask fuzz --seconds {FUZZ_SECONDS})");
+        match crate::fuzz::run_bounded(workspace, FUZZ_SECONDS, &[]) {
+            Ok(outcome) => {
+                for (_, result) in &outcome.results {
+                    match result {
+                        Ok(_) => passed += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+            }
+            Err(error) => {
+                println!("test: the fuzz layer could not run: {error:#}");
+                failed += 1;
+            }
+        }
+    }
+
     // The VM test layer: the same privileged tests on the kernels the host is not.
     if !vm {
         println!("test: VM layer not run (--no-vm): these results are for this kernel only");
@@ -98,7 +122,7 @@ pub fn run(workspace: &Path, vm: bool) -> Result<()> {
         bail!("some tests failed: see the cargo output above");
     }
     if failed > 0 {
-        bail!("some tests failed in the VM layer: see its table above");
+        bail!("some tests failed in the fuzz or VM layer: see above");
     }
     Ok(())
 }
