@@ -6,6 +6,7 @@
 //!   (`exec`, `open`, `net`), plus the exec guard.
 //! - [`approval`]: asking a human (terminal) or answering headless.
 //! - [`audit`]: the JSON-lines audit log.
+//! - [`ci`]: CI-runner mode (`run --ci`): no prompts, a JSON report, GitHub annotations.
 //! - [`cgroup`]: the session's own cgroup v2 directory (where the eBPF programs attach).
 //! - [`ebpf`]: the embedded eBPF object and the in-kernel network backstop.
 //! - [`session`]: `agent-supervisor run` from policy to exit code.
@@ -16,6 +17,7 @@
 pub mod approval;
 pub mod audit;
 pub mod cgroup;
+pub mod ci;
 pub mod daemon;
 pub mod dns;
 pub mod doctor;
