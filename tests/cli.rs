@@ -265,7 +265,7 @@ fn policy_check_reports_other_mistakes_with_their_position() {
 
 #[test]
 fn policy_check_accepts_the_presets() {
-    for name in ["sandboxed", "locked", "unrestricted"] {
+    for name in ["sandboxed", "locked", "unrestricted", "ci"] {
         let r = cli(&["policy", "check", &format!("preset:{name}")]);
         assert_eq!(r.code, Some(0), "{name}: {r:?}");
     }
