@@ -53,7 +53,8 @@ sys.exit(code)
 
 /// A policy with an allow, a deny and two ask rules (and the sandboxed preset under them).
 /// The file `ask` rule makes the supervisor decide every open, so that the denied write is
-/// its decision (with a record), not only a mount mask's.
+/// its decision (with a record), not only a mount mask's. (Python starting under trapped
+/// opens also guards against deciding opendir()'s O_DIRECTORY opens as O_TMPFILE writes.)
 struct TestPolicy {
     path: PathBuf,
     text: String,

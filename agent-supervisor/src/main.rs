@@ -13,6 +13,7 @@ const AFTER_HELP: &str = "\
 Examples:
   agent-supervisor run -- python my_agent.py
   agent-supervisor run --policy ./policy.toml --headless -- ./agent.sh
+  agent-supervisor run --ci --policy preset:ci -- ./agent.sh
   agent-supervisor init
   agent-supervisor policy check ./policy.toml
   agent-supervisor policy explain ./policy.toml -- exec git push origin main

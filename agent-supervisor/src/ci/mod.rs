@@ -88,22 +88,20 @@ pub fn run(ci: CiOptions, mut opts: RunOptions) -> i32 {
         .collect();
     let default_allow = opts.default_allow;
 
-    // The agent's output must not issue workflow commands (see `github`).
-    let stopped = if ci.github {
-        match github::StopCommands::start() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("agent-supervisor: error: cannot write to stdout: {e}");
-                return EXIT_SUPERVISOR_ERROR;
+    // The agent's output must not issue workflow commands (see `github`): no agent without
+    // that.
+    let outcome = match ci.github.then(github::StopCommands::start).transpose() {
+        Ok(stopped) => {
+            let outcome = session::run(opts);
+            if let Some(s) = stopped {
+                s.resume();
             }
+            outcome
         }
-    } else {
-        None
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot write the workflow command that keeps the agent's output from issuing              others (::stop-commands::) to stdout: {e}; refusing to start the agent"
+        )),
     };
-    let outcome = session::run(opts);
-    if let Some(s) = stopped {
-        s.resume();
-    }
     let (exit_code, error) = match outcome {
         Ok(code) => (code, None),
         Err(e) => {

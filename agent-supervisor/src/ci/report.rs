@@ -273,12 +273,23 @@ impl Collector {
     /// The report of a finished run.
     pub fn report(&self, facts: RunFacts) -> Report {
         let c = self.lock();
-        let status = match (&facts.error, &c.started) {
+        let (agent_exit_code, signal) = c.ended.unwrap_or((None, None));
+        let mut error = facts.error;
+        // The agent exited but the supervisor did not pass its code on (the audit log could
+        // not be completed): a failure of the supervisor, said on stderr already.
+        if error.is_none() && agent_exit_code.is_some_and(|code| code != facts.exit_code) {
+            error = Some(format!(
+                "the agent exited with {}, but the supervisor failed at the end (exit code {}; \
+                 see its messages, e.g. an incomplete audit log)",
+                agent_exit_code.unwrap_or_default(),
+                facts.exit_code
+            ));
+        }
+        let status = match (&error, &c.started) {
             (None, _) => Status::Completed,
             (Some(_), None) => Status::Refused,
             (Some(_), Some(_)) => Status::Error,
         };
-        let (agent_exit_code, signal) = c.ended.unwrap_or((None, None));
         let ended_by = match status {
             Status::Refused => "refused",
             Status::Error => "error",
@@ -289,7 +300,7 @@ impl Collector {
         Report {
             schema_version: SCHEMA_VERSION,
             status,
-            error: facts.error,
+            error,
             session: facts.session,
             policy: c
                 .started
@@ -452,6 +463,40 @@ mod tests {
         assert_eq!(r.denials[0].action, "/etc/x (write)");
         assert_eq!(r.approvals.len(), 1);
         assert_eq!(r.approvals[0].action, "1.2.3.4:80");
+    }
+
+    #[test]
+    fn a_failure_after_the_agent_exited_is_an_error() {
+        let c = Collector::new();
+        let observe = c.observer();
+        observe(&Record::session(
+            "s1",
+            7,
+            "session-start",
+            serde_json::json!({}),
+        ));
+        observe(&Record::session(
+            "s1",
+            7,
+            "session-end",
+            serde_json::json!({"exit_code": 0}),
+        ));
+        let now = std::time::SystemTime::now();
+        let r = c.report(RunFacts {
+            session: "s1".into(),
+            policy_arg: None,
+            command: vec![],
+            started: now,
+            ended: now,
+            exit_code: 125,
+            error: None,
+            default_allow: false,
+            audit_log: "/a".into(),
+        });
+        assert_eq!(r.status, Status::Error);
+        assert_eq!(r.ended_by, "error");
+        assert_eq!(r.agent_exit_code, Some(0));
+        assert!(r.error.unwrap().contains("the agent exited with 0"));
     }
 
     #[test]
