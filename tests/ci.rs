@@ -24,9 +24,16 @@ const LIMIT: Duration = Duration::from_secs(60);
 const PYTHON: &str = "/usr/bin/python3";
 
 /// The agent: `agent.py EXIT_CODE OP ARG ...` with ops `write PATH`, `connect PORT`,
-/// `print TEXT`, `symlink TARGET LINK`; failures are ignored (the test looks from outside).
+/// `print TEXT`, `symlink TARGET LINK`, `flood N` (4 threads each try to write N files in
+/// `denied/`); failures are ignored (the test looks from outside).
 const AGENT: &str = r#"
-import os, socket, sys
+import os, socket, sys, threading
+def flood(n, t):
+    for i in range(n):
+        try:
+            open(f"denied/flood-{t}-{i}", "w").close()
+        except OSError:
+            pass
 args = sys.argv[1:]
 code = int(args.pop(0))
 while args:
@@ -46,6 +53,12 @@ while args:
             print(arg, flush=True)
         elif op == "symlink":
             os.symlink(arg, args.pop(0))
+        elif op == "flood":
+            threads = [threading.Thread(target=flood, args=(int(arg), t)) for t in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
     except OSError as e:
         print(f"{op} {arg!r}: {e}", file=sys.stderr, flush=True)
 sys.exit(code)
@@ -273,18 +286,31 @@ fn ci_mode_never_prompts_and_reports_every_decision() {
     assert_eq!(report["counts"]["total"]["allow"], allow);
     assert_eq!(report["counts"]["total"]["deny"], deny);
 
-    let denied_ids: Vec<&Value> = audit
+    let seq = |id: &Value| -> u64 {
+        id.as_str()
+            .unwrap()
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let mut denied_ids: Vec<&Value> = audit
         .iter()
         .filter(|r| r["decision"] == "deny")
         .map(|r| &r["id"])
         .collect();
+    denied_ids.sort_by_key(|id| seq(id));
     let report_ids: Vec<&Value> = report["denials"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| &e["id"])
         .collect();
-    assert_eq!(report_ids, denied_ids, "every denial, in order");
+    assert_eq!(
+        report_ids, denied_ids,
+        "every denial, in the order of their ids"
+    );
     entries_match_audit(&ws, &report, "denials");
     assert_eq!(report["approvals"], serde_json::json!([]));
 
@@ -385,6 +411,66 @@ fn default_allow_lets_asks_through_and_lists_them_as_approvals() {
     assert!(connect["action"].as_str().unwrap().contains(&q));
     entries_match_audit(&ws, &report, "approvals");
     assert_eq!(report_counts(&report), audit_counts(&ws));
+}
+
+#[test]
+fn a_flood_of_denials_from_threads_is_counted_and_the_lists_bounded() {
+    skip_unless!(
+        Path::new(PYTHON).exists(),
+        "no /usr/bin/python3 for the agent"
+    );
+    let ws = Workspace::new("ci-flood");
+    ws.write("denied/.keep", "");
+    ws.write("asked/.keep", "");
+    let policy = test_policy(&ws, 1, 2);
+    let agent = agent(&ws);
+    let report_path = base(&ws).join("report.json");
+    let r = run(
+        &ws,
+        &[("GITHUB_ACTIONS", "true")],
+        &[
+            "--ci",
+            "--report",
+            report_path.to_str().unwrap(),
+            "--policy",
+            policy.path.to_str().unwrap(),
+        ],
+        &[PYTHON, &agent, "0", "flood", "300"],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let written = fs::read_dir(ws.path("denied")).unwrap().count();
+    assert_eq!(written, 1, "denied files were written");
+    let report = read_json(&report_path);
+    let counts = audit_counts(&ws);
+    assert_eq!(report_counts(&report), counts);
+    let denied = report["counts"]["total"]["deny"].as_u64().unwrap();
+    assert!(denied >= 1200, "{denied} denials for 1200 writes");
+    let listed = report["denials"].as_array().unwrap().len() as u64;
+    assert_eq!(listed, 1000, "the denial list is bounded");
+    assert_eq!(report["denials_omitted"].as_u64().unwrap(), denied - listed);
+    entries_match_audit(&ws, &report, "denials");
+    let errors = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("::error"))
+        .count();
+    assert_eq!(
+        errors, 10,
+        "one annotation per denial, at most 10: {}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("{} more denials in the report", denied - 10)),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("... and {} more (see the report)", denied - 20)),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -493,13 +493,17 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         );
     }
     drop(bpf);
+    let signal = match status {
+        sys::ExitStatus::Signaled(s) => Some(s),
+        sys::ExitStatus::Exited(_) => None,
+    };
     audit.record(Record::session(
         &session,
         sandbox.init_pid,
         "session-end",
         serde_json::json!({
             "exit_code": status.code(),
-            "signal": match status { sys::ExitStatus::Signaled(s) => Some(s), sys::ExitStatus::Exited(_) => None },
+            "signal": signal,
             "ebpf_events_lost": events_lost,
         }),
     ));

@@ -322,13 +322,27 @@ impl Collector {
             signal,
             default_allow: facts.default_allow,
             counts: c.counts.clone(),
-            denials: c.denials.clone(),
+            denials: in_id_order(&c.denials),
             denials_omitted: c.denials_omitted,
-            approvals: c.approvals.clone(),
+            approvals: in_id_order(&c.approvals),
             approvals_omitted: c.approvals_omitted,
             audit_log: facts.audit_log,
         }
     }
+}
+
+/// Entries sorted by their audit sequence number (records of concurrent handlers reach the
+/// observer in any order).
+fn in_id_order(entries: &[Entry]) -> Vec<Entry> {
+    let seq = |e: &Entry| {
+        e.id.rsplit('-')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    };
+    let mut v = entries.to_vec();
+    v.sort_by_key(seq);
+    v
 }
 
 /// Why the report could not be written.
