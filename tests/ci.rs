@@ -764,8 +764,23 @@ fn run_lines(v: &serde_yaml::Value, out: &mut Vec<String>) {
     }
 }
 
+/// The long options `run --help` lists.
+fn run_options() -> Vec<String> {
+    let help = cli(&["run", "--help"], &[]);
+    assert_eq!(help.code, Some(0), "{help:?}");
+    help.stdout
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-'))
+        .flat_map(|l| l.split([' ', ',']).filter(|w| w.starts_with("--")))
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn the_example_workflows_are_valid_yaml_and_use_real_flags() {
+    let options = run_options();
+    assert!(options.iter().any(|o| o == "--report"), "{options:?}");
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
     for name in ["github-actions.yml", "gitlab-ci.yml"] {
         let path = examples.join(name);
@@ -781,21 +796,31 @@ fn the_example_workflows_are_valid_yaml_and_use_real_flags() {
             let end = words.iter().position(|w| *w == "--").unwrap_or_else(|| {
                 panic!("{name}: `{line}` has no `--` before the agent's command")
             });
-            // Every option up to `--`, then --help: clap refuses an unknown flag or a
-            // missing value before it prints the help.
             let flags: Vec<&str> = words[start..end]
                 .iter()
                 .map(|w| w.trim_matches('"'))
                 .collect();
+            // Each option is one `run --help` lists: an unknown one would not be refused but
+            // taken as the start of the agent's command.
+            for flag in flags.iter().filter(|w| w.starts_with("--")) {
+                let flag = flag.split('=').next().unwrap_or_default();
+                assert!(
+                    options.iter().any(|o| o == flag),
+                    "{name}: `{flag}` is not an option of run: {line}"
+                );
+            }
+            // And they parse (a value where one is due) up to the help.
             let mut args = vec!["run"];
             args.extend(&flags);
             args.push("--help");
             let r = cli(&args, &[]);
             assert_eq!(r.code, Some(0), "{name}: `{line}`: {}", r.stderr);
             assert!(
-                flags.contains(&"--ci") || line.contains("CI"),
-                "{name}: {line}"
+                r.stdout.contains("Usage: agent-supervisor run"),
+                "{name}: `{line}`: {}",
+                r.stdout
             );
+            assert!(flags.contains(&"--ci"), "{name}: no --ci in {line}");
         }
     }
 }
