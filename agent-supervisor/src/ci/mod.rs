@@ -99,7 +99,8 @@ pub fn run(ci: CiOptions, mut opts: RunOptions) -> i32 {
             outcome
         }
         Err(e) => Err(anyhow::anyhow!(
-            "cannot write the workflow command that keeps the agent's output from issuing              others (::stop-commands::) to stdout: {e}; refusing to start the agent"
+            "cannot write the workflow command that keeps the agent's output from issuing \
+             others (::stop-commands::) to stdout: {e}; refusing to start the agent"
         )),
     };
     let (exit_code, error) = match outcome {
