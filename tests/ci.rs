@@ -717,7 +717,11 @@ fn the_ci_preset_denies_publishing_allows_registries_and_hides_keys() {
         serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {r:?}"))
     };
     let key = home.join(".ssh/id_ed25519").display().to_string();
-    let cases: [(&[&str], &str, &str); 8] = [
+    let set_env = home
+        .join("work/_temp/_runner_file_commands/set_env_1234")
+        .display()
+        .to_string();
+    let cases: [(&[&str], &str, &str); 9] = [
         (&["exec", "cargo", "publish"], "deny", "publishing a crate"),
         (
             &["exec", "git", "push", "origin", "main"],
@@ -730,6 +734,7 @@ fn the_ci_preset_denies_publishing_allows_registries_and_hides_keys() {
         (&["connect", "pypi.org:443"], "allow", ""),
         (&["connect", "exfil.example.com:443"], "deny", ""),
         (&["open", &key], "deny", "SSH keys"),
+        (&["open", &set_env, "--write"], "deny", "later steps"),
     ];
     for (action, decision, reason) in cases {
         let e = explain(action);
@@ -740,6 +745,63 @@ fn the_ci_preset_denies_publishing_allows_registries_and_hides_keys() {
         );
     }
     fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_session_under_the_ci_preset_builds_but_cannot_publish_or_read_keys() {
+    let ws = Workspace::new("ci-preset-run");
+    let home = base(&ws).join("home");
+    fs::create_dir_all(home.join(".ssh")).unwrap();
+    fs::write(home.join(".ssh/id_ed25519"), "SECRET-KEY\n").unwrap();
+    // A stand-in for cargo in the checkout: it records each command it ran.
+    let cargo = ws.write("tools/cargo", "#!/bin/sh\necho \"$*\" >> ran.txt\n");
+    fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let report_path = base(&ws).join("report.json");
+    let home_s = home.display().to_string();
+    let r = run(
+        &ws,
+        &[("HOME", &home_s)],
+        &[
+            "--ci",
+            "--report",
+            report_path.to_str().unwrap(),
+            "--policy",
+            "preset:ci",
+        ],
+        &[
+            "/bin/sh",
+            "-c",
+            "./tools/cargo build; ./tools/cargo publish; cat \"$HOME/.ssh/id_ed25519\" > leak.txt; exit 0",
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(
+        ws.read("ran.txt").as_deref(),
+        Some("build\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !ws.read("leak.txt").unwrap_or_default().contains("SECRET"),
+        "the key leaked"
+    );
+    let report = read_json(&report_path);
+    assert_eq!(report["policy"], "preset:ci");
+    let publish = report["denials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "exec" && e["action"].as_str().unwrap().contains("publish"))
+        .unwrap_or_else(|| panic!("no publish denial: {report}"));
+    assert_eq!(publish["decided_by"], "rule");
+    assert!(
+        publish["reason"]
+            .as_str()
+            .unwrap()
+            .contains("publishing a crate"),
+        "{publish}"
+    );
+    assert!(publish["rule"].as_str().unwrap().starts_with("preset:ci:"));
 }
 
 // --- the documented examples -------------------------------------------------------------------
