@@ -16,6 +16,7 @@
 //! `ATTACKS_VERBOSE=1 cargo test --test attacks -- --nocapture` prints every supervised run.
 
 mod common;
+use common::NoCi;
 
 use std::io::Read;
 use std::net::UdpSocket;
@@ -2676,7 +2677,7 @@ try:
 except OSError as e:
     print(f"tiocsti={e.errno}")
 "#;
-    let mut c = std::process::Command::new(common::bin());
+    let mut c = common::supervisor_command();
     c.args([
         "run",
         "-q",
@@ -2688,7 +2689,7 @@ except OSError as e:
     .arg(&ws.audit)
     .args(["--", PYTHON, "-c", script])
     .current_dir(&ws.dir)
-    .env_remove("CI")
+    .no_ci()
     .stdin(slave.try_clone().expect("dup slave"));
     // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
     unsafe {
@@ -2770,7 +2771,7 @@ fn the_agent_dies_with_its_supervisor() {
         "touch started; trap '' HUP TERM INT; sleep 1.5; touch {}",
         marker.display()
     );
-    let mut c = std::process::Command::new(common::bin());
+    let mut c = common::supervisor_command();
     c.args([
         "run",
         "-q",
@@ -2782,7 +2783,7 @@ fn the_agent_dies_with_its_supervisor() {
     .arg(&ws.audit)
     .args(["--", "/bin/sh", "-c", &script])
     .current_dir(&ws.dir)
-    .env_remove("CI")
+    .no_ci()
     .stdin(std::process::Stdio::null());
     let mut supervisor = c.spawn().expect("spawn agent-supervisor");
     let _guard = KillOnDrop(supervisor.id());
@@ -2820,7 +2821,7 @@ fn agent_cannot_plant_a_policy_for_a_session_started_in_a_subdirectory() {
     // so; with an explicit policy the session runs and the mask holds.
     let state = ws.dir.parent().expect("base").join("state");
     let session2 = |extra: &[&str]| {
-        let mut c = std::process::Command::new(common::bin());
+        let mut c = common::supervisor_command();
         c.args(["run", "-q", "--headless", "--audit"])
             .arg(&ws.audit)
             .args(extra)
@@ -2832,7 +2833,7 @@ fn agent_cannot_plant_a_policy_for_a_session_started_in_a_subdirectory() {
             ])
             .current_dir(ws.path("frontend"))
             .env("AGENT_SUPERVISOR_STATE_DIR", &state)
-            .env_remove("CI")
+            .no_ci()
             .stdin(std::process::Stdio::null());
         common::run_with_timeout(c, LIMIT)
     };

@@ -10,6 +10,7 @@
 //! answers with one key per prompt and reports how many prompts it saw.
 
 mod common;
+use common::NoCi;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -135,7 +136,7 @@ fn rule_line(text: &str, nth: usize) -> usize {
 /// The supervisor command `Workspace::run` would build, for tests that need to spawn it
 /// themselves (signals, inherited fds).
 fn supervisor(ws: &Workspace, extra: &[&str], cmd: &[&str]) -> Command {
-    let mut c = Command::new(bin());
+    let mut c = common::supervisor_command();
     c.arg("run")
         .arg("-q")
         .arg("--headless")
@@ -144,7 +145,7 @@ fn supervisor(ws: &Workspace, extra: &[&str], cmd: &[&str]) -> Command {
         .args(extra)
         .arg("--")
         .args(cmd);
-    c.current_dir(&ws.dir).stdin(Stdio::null()).env_remove("CI");
+    c.current_dir(&ws.dir).stdin(Stdio::null()).no_ci();
     c
 }
 
@@ -227,10 +228,9 @@ fn run_on_pty(ws: &Workspace, keys: &str, extra: &[&str], cmd: &[&str], ci: bool
         .arg("--")
         .args(cmd);
     c.current_dir(&ws.dir).stdin(Stdio::null());
+    c.no_ci();
     if ci {
         c.env("CI", "true");
-    } else {
-        c.env_remove("CI");
     }
     let r = run_with_timeout(c, LIMIT + Duration::from_secs(10));
     assert!(
@@ -1397,11 +1397,11 @@ fn an_unusable_audit_path_refuses_to_start() {
     let regular = base(&ws).join("regular-file");
     fs::write(&regular, "").unwrap();
     let bad = regular.join("sub/audit.jsonl");
-    let mut c = Command::new(bin());
+    let mut c = common::supervisor_command();
     c.args(["run", "-q", "--headless", "--audit"])
         .arg(&bad)
         .args(["--", "/bin/sh", "-c", "echo ran > marker"]);
-    c.current_dir(&ws.dir).stdin(Stdio::null()).env_remove("CI");
+    c.current_dir(&ws.dir).stdin(Stdio::null()).no_ci();
     let r = run_with_timeout(c, LIMIT);
     assert_eq!(r.code, Some(125), "{r:?}");
     assert!(
@@ -1423,11 +1423,11 @@ fn an_unusable_audit_path_error_states_its_cause_once() {
     let regular = base(&ws).join("regular-file");
     fs::write(&regular, "").unwrap();
     let bad = regular.join("sub/audit.jsonl");
-    let mut c = Command::new(bin());
+    let mut c = common::supervisor_command();
     c.args(["run", "-q", "--headless", "--audit"])
         .arg(&bad)
         .args(["--", "/bin/true"]);
-    c.current_dir(&ws.dir).stdin(Stdio::null()).env_remove("CI");
+    c.current_dir(&ws.dir).stdin(Stdio::null()).no_ci();
     let r = run_with_timeout(c, LIMIT);
     assert_eq!(r.code, Some(125), "{r:?}");
     let cause = std::io::Error::from_raw_os_error(libc::ENOTDIR).to_string();

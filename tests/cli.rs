@@ -2,24 +2,22 @@
 //! `run` refuses a bad policy. Run against the real binary, each in a throw-away directory.
 
 mod common;
+use common::NoCi;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{bin, run_with_timeout, Result_, Workspace};
+use common::{run_with_timeout, Result_, Workspace};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
 /// `agent-supervisor args...` in `dir`, without CI in the environment.
 fn cli_in(dir: &Path, args: &[&str]) -> Result_ {
-    let mut c = Command::new(bin());
-    c.args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .env_remove("CI");
+    let mut c = common::supervisor_command();
+    c.args(args).current_dir(dir).stdin(Stdio::null()).no_ci();
     let r = run_with_timeout(c, LIMIT);
     assert!(
         !r.timed_out,
@@ -267,7 +265,7 @@ fn policy_check_reports_other_mistakes_with_their_position() {
 
 #[test]
 fn policy_check_accepts_the_presets() {
-    for name in ["sandboxed", "locked", "unrestricted"] {
+    for name in ["sandboxed", "locked", "unrestricted", "ci"] {
         let r = cli(&["policy", "check", &format!("preset:{name}")]);
         assert_eq!(r.code, Some(0), "{name}: {r:?}");
     }
@@ -538,11 +536,11 @@ fn run_finds_the_workspace_policy() {
         "version = 1\nextends = \"sandboxed\"\n\n[[rule]]\ndecision = \"deny\"\ncommand = \"touch\"\nreason = \"test\"\n",
     );
     let supervisor = |args: &[&str]| {
-        let mut c = Command::new(common::bin());
+        let mut c = common::supervisor_command();
         c.args(args)
             .current_dir(&ws.dir)
             .env("AGENT_SUPERVISOR_STATE_DIR", &state)
-            .env_remove("CI");
+            .no_ci();
         run_with_timeout(c, LIMIT)
     };
     let audit = ws.audit.display().to_string();

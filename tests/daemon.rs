@@ -77,7 +77,7 @@ impl Daemon {
             .append(true)
             .open(self.dir.join("daemon.err"))
             .unwrap();
-        let child = Command::new(bin())
+        let child = common::supervisor_command()
             .arg("daemon")
             .arg("--config")
             .arg(&self.config)
@@ -183,7 +183,7 @@ impl Daemon {
 
     /// The CLI as another uid: `agent-supervisor ARGS --socket S`.
     fn cli_as(&self, uid: u32, args: &[&str], env: &[(&str, &str)]) -> common::Result_ {
-        let mut c = Command::new(bin());
+        let mut c = common::supervisor_command();
         c.args(args)
             .arg("--socket")
             .arg(self.socket())
@@ -498,7 +498,7 @@ fn answers_are_bound_to_the_approval_and_its_action_and_the_first_one_wins() {
         let id = a.id.clone();
         let racers: Vec<_> = (0..2)
             .map(|i| {
-                let mut c = Command::new(bin());
+                let mut c = common::supervisor_command();
                 c.args([if i == 0 { "approve" } else { "deny" }, &id])
                     .arg("--socket")
                     .arg(&sock)
@@ -1113,7 +1113,7 @@ fn run_through_the_daemon_keeps_the_callers_stdio_and_exit_code() {
     let policy = d.policy("30s");
     // stdin, stdout, stderr are the caller's; the agent's exit code is ours; an ask is answered
     // by an approver meanwhile.
-    let mut c = Command::new(bin());
+    let mut c = common::supervisor_command();
     c.args(["run", "--daemon", "--policy", &policy, "--socket"])
         .arg(d.socket())
         .args([
@@ -1162,7 +1162,7 @@ fn a_run_client_that_goes_away_takes_its_session_with_it_and_stdio_tokens_are_si
     let d = Daemon::start("detach");
     let policy = d.policy("30s");
     let marker = format!("as-daemon-detach-marker-{}", std::process::id());
-    let mut c = Command::new(bin());
+    let mut c = common::supervisor_command();
     c.args(["run", "--daemon", "--policy", &policy, "--socket"])
         .arg(d.socket())
         // The marker reaches the agent through the environment: only the agent's inner shell
@@ -1228,7 +1228,7 @@ fn a_session_runs_as_its_caller_and_another_uid_answers_its_approvals() {
     d.counter_script();
     std::os::unix::fs::chown(d.ws(), Some(APPROVER), Some(APPROVER)).unwrap();
     let policy = d.policy("30s");
-    let mut c = Command::new(bin());
+    let mut c = common::supervisor_command();
     c.args(["run", "--daemon", "--policy", &policy, "--socket"])
         .arg(d.socket())
         .args(["--", "/bin/sh", "-c", "./s.sh log; id -u > uid.txt"])
@@ -1375,7 +1375,7 @@ fn load_50_sessions_of_1000_decisions_with_an_approval_client_attached() {
                 let ws = d.dir.join(format!("ws{i}"));
                 std::fs::create_dir_all(&ws).unwrap();
                 std::os::unix::fs::chown(&ws, Some(APPROVER), Some(APPROVER)).unwrap();
-                let mut c = Command::new(bin());
+                let mut c = common::supervisor_command();
                 c.args(["run", "--daemon", "-q", "--policy"])
                     .arg(&policy)
                     .arg("--socket")
@@ -1806,7 +1806,7 @@ fn the_approvals_tui_shows_a_waiting_action_and_y_allows_it() {
     std::os::unix::fs::chown(d.ws(), Some(APPROVER), Some(APPROVER)).unwrap();
     let policy = d.policy("30s");
     // The session, as another uid (root answers it from the UI).
-    let mut c = Command::new(bin());
+    let mut c = common::supervisor_command();
     c.args(["run", "--daemon", "-q", "--policy", &policy, "--socket"])
         .arg(d.socket())
         .args(["--", "/bin/sh", "-c", "./s.sh log"])
@@ -1868,7 +1868,7 @@ fn a_second_daemon_on_the_same_socket_refuses_to_start_and_leaves_the_first_ones
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut c = Command::new(bin());
+    let mut c = common::supervisor_command();
     c.arg("daemon").arg("--config").arg(&d.config);
     let r = common::run_with_timeout(c, Duration::from_secs(20));
     assert_eq!(r.code, Some(125), "{r:?}");
@@ -1897,7 +1897,7 @@ fn policy_explain_over_the_api_matches_the_cli() {
         assert_eq!(e.decision, "deny", "{e:?}");
         assert!(e.decided_by.contains("preset:sandboxed"), "{e:?}");
         // The CLI says the same about the same action.
-        let out = Command::new(bin())
+        let out = common::supervisor_command()
             .args([
                 "policy",
                 "explain",
@@ -1953,7 +1953,7 @@ fn the_daemon_tells_systemd_it_is_ready_once_its_socket_listens() {
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut child = Command::new(bin())
+    let mut child = common::supervisor_command()
         .arg("daemon")
         .arg("--config")
         .arg(&d.config)

@@ -9,6 +9,7 @@
 
 #[macro_use]
 mod common;
+use common::NoCi;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
@@ -958,7 +959,7 @@ fn ask_on_a_name_prompts_once_and_remembers_always() {
         .args([PYTHON, agent.to_str().unwrap()])
         .args(["connect", "ask.example.test", &port, "4"])
         .args(["connect", "ask.example.test", &port, "4"]);
-    c.current_dir(&ws.dir).stdin(Stdio::null()).env_remove("CI");
+    c.current_dir(&ws.dir).stdin(Stdio::null()).no_ci();
     let r = run_with_timeout(c, LIMIT + Duration::from_secs(10));
     assert!(
         !r.timed_out && r.code == Some(0),

@@ -6,6 +6,7 @@
 //! what the test observes itself.
 
 mod common;
+use common::NoCi;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,11 +20,8 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// `agent-supervisor args...` in `dir`, time-limited.
 fn cli_in(dir: &Path, args: &[&str]) -> Result_ {
-    let mut c = Command::new(bin());
-    c.args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .env_remove("CI");
+    let mut c = common::supervisor_command();
+    c.args(args).current_dir(dir).stdin(Stdio::null()).no_ci();
     let r = run_with_timeout(c, LIMIT);
     assert!(
         !r.timed_out,
@@ -737,7 +735,7 @@ fn without_root_doctor_says_what_is_weaker_and_exits_1() {
         .args(["--", "true"])
         .current_dir(&ws.dir)
         .env("HOME", &ws.dir)
-        .env_remove("CI")
+        .no_ci()
         .stdin(Stdio::null());
     let session = run_with_timeout(c, LIMIT);
     assert!(!session.timed_out, "{session:?}");
@@ -787,15 +785,15 @@ fn policy_is_looked_up_like_run_does() {
         c.current_dir(&ws.dir)
             .env("HOME", &home)
             .env_remove("XDG_CONFIG_HOME")
-            .env_remove("CI")
+            .no_ci()
             .stdin(Stdio::null());
     };
-    let mut c = Command::new(bin());
+    let mut c = common::supervisor_command();
     c.args(["doctor", "--json"]);
     env(&mut c);
     let d = run_with_timeout(c, LIMIT);
     let j: Value = serde_json::from_str(&d.stdout).unwrap_or_else(|e| panic!("{e}: {d:?}"));
-    let mut c = Command::new(bin());
+    let mut c = common::supervisor_command();
     c.args(["run", "--headless", "--audit"])
         .arg(&ws.audit)
         .args(["--", "true"]);

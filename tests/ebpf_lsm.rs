@@ -17,6 +17,7 @@
 //! runs them in kernels booted with `lsm=...,bpf`.
 
 mod common;
+use common::NoCi;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use agent_supervisor::cgroup::{cgroup2_root, SessionCgroup};
 use agent_supervisor::ebpf::lsm::{self, DeniedFile};
 use agent_supervisor::ebpf::{process, ExecMode, Session};
 use agent_supervisor_common::{INODE_DENY_EXEC, INODE_DENY_READ, INODE_DENY_WRITE};
-use common::{bin, is_root, run_with_timeout, Result_, Workspace};
+use common::{is_root, run_with_timeout, Result_, Workspace};
 use serde_json::Value;
 
 /// Time limit for one child process and for one supervised session.
@@ -315,7 +316,7 @@ command = "forbidden-tool"
 /// A session in `ws` under the full policy text `policy`, with `PATH` = `path`.
 fn supervise_policy(ws: &Workspace, policy: &str, path: &str, script: &str) -> Result_ {
     let policy = ws.policy(policy);
-    let mut c = Command::new(bin());
+    let mut c = common::supervisor_command();
     c.arg("run")
         .arg("-q")
         .arg("--headless")
@@ -326,7 +327,7 @@ fn supervise_policy(ws: &Workspace, policy: &str, path: &str, script: &str) -> R
         .args(["--", "/bin/sh", "-c", script])
         .current_dir(&ws.dir)
         .env("PATH", path)
-        .env_remove("CI")
+        .no_ci()
         .stdin(Stdio::null());
     let r = run_with_timeout(c, LIMIT);
     assert!(

@@ -14,6 +14,7 @@
 //! Needs root and a cgroup v2 hierarchy; otherwise every test says why it is skipped.
 
 mod common;
+use common::NoCi;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
@@ -769,6 +770,7 @@ fn without_root_the_session_still_runs_and_says_once_that_the_backstop_is_off() 
         .current_dir(&ws.dir)
         .env("HOME", &ws.dir)
         .env_remove("XDG_CONFIG_HOME")
+        .no_ci()
         .stdin(Stdio::null());
     let r = common::run_with_timeout(c, LIMIT);
     assert!(

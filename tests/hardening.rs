@@ -1,6 +1,7 @@
 //! Regression tests for holes found in review: each proves, from outside the sandbox, that a
 //! hostile agent does not get what it tries for, and that the legitimate use still works.
 mod common;
+use common::NoCi;
 
 use std::io::Read;
 use std::os::unix::net::UnixListener;
@@ -240,12 +241,12 @@ fn an_unwritable_audit_log_fails_closed_and_loses_nothing() {
         "needs /dev/full"
     );
     let ws = Workspace::new("audit-full");
-    let mut c = std::process::Command::new(common::bin());
+    let mut c = common::supervisor_command();
     // Spin in the shell (no exec) until the writer has met the full disk, then try a program.
     c.args(["run", "-q", "--headless", "--audit", "/dev/full", "--", "/bin/sh", "-c"])
         .arg("i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; /usr/bin/touch ran; echo done > shell-ran")
         .current_dir(&ws.dir)
-        .env_remove("CI");
+        .no_ci();
     let r = common::run_with_timeout(c, LIMIT);
     assert!(!r.timed_out, "{r:?}");
     // (Whether the shell itself gets to run depends on how fast the writer meets the full disk:
@@ -274,7 +275,7 @@ fn an_unwritable_audit_log_fails_closed_and_loses_nothing() {
 #[test]
 fn require_refuses_to_start_exactly_when_doctor_says_the_protection_is_missing() {
     let doctor = {
-        let mut c = std::process::Command::new(common::bin());
+        let mut c = common::supervisor_command();
         c.args(["doctor", "--json", "--policy", "preset:sandboxed"]);
         common::run_with_timeout(c, LIMIT)
     };

@@ -10,7 +10,7 @@
 //!
 //! ```toml
 //! version = 1                    # required; anything else is refused
-//! extends = "sandboxed"          # "unrestricted" | "sandboxed" | "locked" | "none" | a path
+//! extends = "sandboxed"          # "unrestricted" | "sandboxed" | "locked" | "ci" | "none" | a path
 //! default = "ask"                # no rule matched: "ask" | "deny" | "allow"
 //! approval_timeout = "120s"      # humantime: "120s", "2m", "1h 30m", "500ms"; must be > 0
 //! [vars]                         # {name} in any path or pattern
@@ -131,7 +131,9 @@
 //! The presets are the files of `policies/` (embedded): `unrestricted` (everything allowed
 //! and audited), `sandboxed` (the default: the system readable, the workspace and tmp
 //! writable, secrets hidden, dangerous commands denied, publishing and network asked) and
-//! `locked` (a short list of programs, no network, `default = "deny"`). [`init_template`]
+//! `locked` (a short list of programs, no network, `default = "deny"`) and `ci` (a
+//! build-and-test job on a CI runner: registries reachable, publishing denied, no `ask`,
+//! `default = "deny"`). [`init_template`]
 //! is the commented starting point `agent-supervisor init` writes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -558,7 +560,7 @@ impl std::fmt::Display for OriginDisplay {
 }
 
 /// Names of the built-in presets.
-pub const PRESETS: &[&str] = &["unrestricted", "sandboxed", "locked"];
+pub const PRESETS: &[&str] = &["unrestricted", "sandboxed", "locked", "ci"];
 
 impl Policy {
     /// A built-in preset by name (the TOML files in `policies/`, embedded with include_str!).

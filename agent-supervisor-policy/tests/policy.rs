@@ -43,6 +43,7 @@ fn every_preset_parses_and_sets_its_default() {
         ("unrestricted", Decision::Allow),
         ("sandboxed", Decision::Ask),
         ("locked", Decision::Deny),
+        ("ci", Decision::Deny),
     ];
     assert_eq!(PRESETS.len(), defaults.len());
     for (name, default) in defaults {
@@ -58,7 +59,7 @@ fn every_preset_parses_and_sets_its_default() {
     let err = Policy::preset("strict", &vars()).unwrap_err().to_string();
     assert_eq!(
         err,
-        "preset:strict: unknown preset `strict`, expected unrestricted, sandboxed or locked"
+        "preset:strict: unknown preset `strict`, expected unrestricted, sandboxed, locked or ci"
     );
 }
 

@@ -123,11 +123,16 @@ impl Record {
     }
 }
 
+/// Sees every record once its id is set, on the recording thread (CI mode's report, see
+/// [`crate::ci`]). It must be quick and must not record.
+pub type Observer = Arc<dyn Fn(&Record) + Send + Sync>;
+
 /// Handle used by the supervisor's threads.
 #[derive(Clone)]
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
+    observer: Option<Observer>,
 }
 
 struct Shared {
@@ -245,7 +250,11 @@ impl AuditFile {
                 path: self.path.clone(),
                 error,
             })?;
-        Ok(Audit { tx, shared })
+        Ok(Audit {
+            tx,
+            shared,
+            observer: None,
+        })
     }
 }
 
@@ -254,10 +263,19 @@ impl Audit {
         &self.shared.path
     }
 
+    /// Show every record to `observer` too (set before the handle is cloned).
+    pub fn with_observer(mut self, observer: Option<Observer>) -> Audit {
+        self.observer = observer;
+        self
+    }
+
     /// Queue a record. Never blocks.
     pub fn record(&self, mut r: Record) {
         let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
         r.id = format!("{}-{seq}", r.session);
+        if let Some(observe) = &self.observer {
+            observe(&r);
+        }
         if self.shared.backlog.fetch_add(1, Ordering::SeqCst) + 1 > MAX_BACKLOG {
             self.mark_broken("the audit writer is more than 10000 records behind");
         }

@@ -91,10 +91,17 @@ pub fn explain(policy: &Policy, action: &[String], paths: Paths) -> Result<Expla
             let invoked = paths
                 .program(prog)
                 .with_context(|| format!("{prog}: not found in PATH"))?;
+            // What execve would be given: the PATH entry itself (a shell does not resolve
+            // symlinks: `cargo` runs as ~/.cargo/bin/cargo, a link to rustup).
             let raw = if Path::new(prog).is_absolute() {
                 PathBuf::from(prog)
             } else {
-                invoked.clone()
+                match paths {
+                    Paths::Host => which(prog)
+                        .filter(|p| p.is_absolute())
+                        .unwrap_or_else(|| invoked.clone()),
+                    Paths::AsGiven => invoked.clone(),
+                }
             };
             let argv: Vec<String> = rest.to_vec();
             let v = policy.decide(&Request::Exec {

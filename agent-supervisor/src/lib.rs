@@ -7,6 +7,7 @@
 //! - [`approval`]: asking a human (terminal) or answering headless.
 //! - [`audit`]: the JSON-lines audit log.
 //! - [`audit_export`]: optional copies of the audit records to journald and OTLP.
+//! - [`ci`]: CI-runner mode (`run --ci`): no prompts, a JSON report, GitHub annotations.
 //! - [`cgroup`]: the session's own cgroup v2 directory (where the eBPF programs attach).
 //! - [`ebpf`]: the embedded eBPF object and the in-kernel network backstop.
 //! - [`session`]: `agent-supervisor run` from policy to exit code.
@@ -18,6 +19,7 @@ pub mod approval;
 pub mod audit;
 pub mod audit_export;
 pub mod cgroup;
+pub mod ci;
 pub mod daemon;
 pub mod dns;
 pub mod doctor;

@@ -13,13 +13,15 @@ const AFTER_HELP: &str = "\
 Examples:
   agent-supervisor run -- python my_agent.py
   agent-supervisor run --policy ./policy.toml --headless -- ./agent.sh
+  agent-supervisor run --ci --policy preset:ci -- ./agent.sh
   agent-supervisor init
   agent-supervisor policy check ./policy.toml
   agent-supervisor policy explain ./policy.toml -- exec git push origin main
 
 Exit codes: run exits with the agent's code (128+N when a signal N killed it),
-125 when the supervisor refuses to start or fails, 126/127 when the command
-cannot be executed or is not found.";
+125 when the supervisor refuses to start or fails (in CI mode also when the
+report cannot be written), 126/127 when the command cannot be executed or is
+not found.";
 
 /// `--dns-upstream`: `IP`, `IP:PORT` or `[IPv6]:PORT` (port 53 when absent).
 fn parse_dns_server(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -69,18 +71,30 @@ impl From<ExportArgs> for agent_supervisor::audit_export::ExportConfig {
 enum Command {
     /// Run COMMAND under a policy.
     #[command(
-        after_help = "Examples:\n  agent-supervisor run -- python my_agent.py\n  agent-supervisor run --policy preset:locked -- ./agent.sh\n  agent-supervisor run --headless --audit ./audit.jsonl -- make test\n  agent-supervisor run --dns-upstream 10.0.0.2 --policy ./policy.toml -- ./agent.sh\n\nPolicy lookup without --policy: ./.agent-supervisor/policy.toml,\n~/.config/agent-supervisor/policy.toml, /etc/agent-supervisor/policy.toml,\nthen the built-in `sandboxed` preset."
+        after_help = "Examples:\n  agent-supervisor run -- python my_agent.py\n  agent-supervisor run --policy preset:locked -- ./agent.sh\n  agent-supervisor run --headless --audit ./audit.jsonl -- make test\n  agent-supervisor run --dns-upstream 10.0.0.2 --policy ./policy.toml -- ./agent.sh\n  agent-supervisor run --ci --policy preset:ci --report report.json -- ./agent.sh\n\nCI mode (--ci, or CI=true in the environment; --no-ci or CI=false turn it off):\nnever prompts (ask = deny, or allow with --default-allow), writes a JSON report\n(--report, default ./agent-supervisor-report.json) and a summary on stderr; with\nGITHUB_ACTIONS=true also annotations and $GITHUB_STEP_SUMMARY. See docs/ci.md.\n\nPolicy lookup without --policy: ./.agent-supervisor/policy.toml,\n~/.config/agent-supervisor/policy.toml, /etc/agent-supervisor/policy.toml,\nthen the built-in `sandboxed` preset."
     )]
     Run {
-        /// Policy file, or `preset:NAME` (unrestricted, sandboxed, locked).
+        /// Policy file, or `preset:NAME` (unrestricted, sandboxed, locked, ci).
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
         /// Never prompt: an `ask` becomes a denial (or an allow with --default-allow).
         #[arg(long, env = "AGENT_SUPERVISOR_HEADLESS")]
         headless: bool,
-        /// Headless only: allow what would have been asked.
+        /// Headless and CI mode only: allow what would have been asked.
         #[arg(long)]
         default_allow: bool,
+        /// CI mode: never prompt, write a JSON report and a summary, GitHub Actions
+        /// annotations when GITHUB_ACTIONS=true. Also on when CI=true (or 1) is in the
+        /// environment.
+        #[arg(long, conflicts_with = "no_ci")]
+        ci: bool,
+        /// Not CI mode, even with CI=true in the environment.
+        #[arg(long)]
+        no_ci: bool,
+        /// CI mode: where to write the JSON report (default ./agent-supervisor-report.json;
+        /// replaced, never followed if it is a symlink).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
         /// Audit log file (JSON lines, appended).
         #[arg(long, value_name = "FILE")]
         audit: Option<PathBuf>,
@@ -404,6 +418,9 @@ fn dispatch(cmd: Command) -> Result<i32> {
             policy,
             headless,
             default_allow,
+            ci,
+            no_ci,
+            report,
             audit,
             export,
             keep_fds,
@@ -420,7 +437,17 @@ fn dispatch(cmd: Command) -> Result<i32> {
             session_id,
             command,
         } => {
-            let standalone_only = audit.is_some()
+            // The daemon launches its sessions itself: never in CI mode.
+            let ci = daemon_link.is_none()
+                && agent_supervisor::ci::enabled(ci, no_ci, std::env::var("CI").ok().as_deref());
+            if report.is_some() && !ci {
+                bail!("--report is for CI mode: add --ci");
+            }
+            if daemon && ci {
+                bail!("--daemon: CI mode (--ci, or CI=true in the environment) is for standalone runs; add --no-ci to run through the daemon");
+            }
+            let standalone_only = ci
+                || audit.is_some()
                 || export.audit_journald
                 || export.audit_otlp.is_some()
                 || !keep_fds.is_empty()
@@ -447,10 +474,9 @@ fn dispatch(cmd: Command) -> Result<i32> {
                     },
                 );
             }
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            session::run(RunOptions {
+            let opts = RunOptions {
                 policy,
-                headless: headless || ci,
+                headless,
                 default_allow,
                 audit,
                 export: export.into(),
@@ -466,7 +492,15 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 daemon_link,
                 session_id,
                 command,
-            })
+                observer: Default::default(),
+            };
+            if ci {
+                return Ok(agent_supervisor::ci::run(
+                    agent_supervisor::ci::CiOptions::from_env(report),
+                    opts,
+                ));
+            }
+            session::run(opts)
         }
         Command::Init { path, force } => init(path, force),
         Command::Daemon { config } => {

@@ -48,6 +48,18 @@ pub struct RunOptions {
     pub daemon_link: Option<i32>,
     pub session_id: Option<String>,
     pub command: Vec<OsString>,
+    /// Sees every audit record (CI mode's report, [`crate::ci`]).
+    pub observer: AuditObserver,
+}
+
+/// An optional [`crate::audit::Observer`] (its `Debug` says only whether one is set).
+#[derive(Clone, Default)]
+pub struct AuditObserver(pub Option<crate::audit::Observer>);
+
+impl std::fmt::Debug for AuditObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
 }
 
 /// What `run --require` can insist on.
@@ -229,7 +241,8 @@ fn protected_paths(vars: &Vars, audit_path: &Path) -> Vec<sandbox::masks::MaskMo
     out
 }
 
-fn session_id() -> String {
+/// A new session id (12 hex digits).
+pub fn session_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -402,7 +415,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     if let Some(e) = &exporters {
         audit_file.export_to(Arc::clone(e));
     }
-    let audit = audit_file.start()?;
+    let audit = audit_file.start()?.with_observer(opts.observer.0.clone());
     let (approvals, broker) = Approvals::new(mode, policy.approval_timeout);
     let (guard, guard_jobs) =
         Guard::with_exec_backstop(bpf.as_mut().and_then(|b| b.exec_approvals.take()));
@@ -489,11 +502,19 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         );
     }
     drop(bpf);
+    let signal = match status {
+        sys::ExitStatus::Signaled(s) => Some(s),
+        sys::ExitStatus::Exited(_) => None,
+    };
     audit.record(Record::session(
         &session,
         sandbox.init_pid,
         "session-end",
-        serde_json::json!({ "exit_code": status.code(), "ebpf_events_lost": events_lost }),
+        serde_json::json!({
+            "exit_code": status.code(),
+            "signal": signal,
+            "ebpf_events_lost": events_lost,
+        }),
     ));
     if let Err(e) = audit.flush() {
         eprintln!(

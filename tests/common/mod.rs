@@ -13,6 +13,32 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_agent-supervisor"))
 }
 
+/// The variables that turn on CI mode and its GitHub output (`.ci/run` runs the tests with
+/// `CI=true`, a GitHub runner adds the others): removed from every supervisor a test starts,
+/// unless the test is about CI mode (tests/ci.rs).
+pub const CI_VARS: [&str; 3] = ["CI", "GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY"];
+
+/// `.no_ci()` on a [`Command`]: remove [`CI_VARS`] from its environment.
+pub trait NoCi {
+    fn no_ci(&mut self) -> &mut Self;
+}
+
+impl NoCi for Command {
+    fn no_ci(&mut self) -> &mut Self {
+        for var in CI_VARS {
+            self.env_remove(var);
+        }
+        self
+    }
+}
+
+/// `Command::new(bin())` without [`CI_VARS`] in its environment.
+pub fn supervisor_command() -> Command {
+    let mut c = Command::new(bin());
+    c.no_ci();
+    c
+}
+
 /// When `$cond` is false: print why the test cannot run here, record it in
 /// `target/tmp/skipped.txt` (which `cargo xtask test` counts and reports as skipped), and
 /// return. A skipped test never passes silently.
@@ -109,7 +135,7 @@ impl Workspace {
             .arg("--")
             .args(cmd);
         c.current_dir(&self.dir).stdin(Stdio::null());
-        c.env_remove("CI");
+        c.no_ci();
         run_with_timeout(c, timeout)
     }
 

@@ -139,6 +139,8 @@ fn runners(supervisor: &Path, dir: &Path) -> Vec<Runner> {
             "run".into(),
             "-q".into(),
             "--headless".into(),
+            // Measure supervision, not CI mode's report (on when CI=true).
+            "--no-ci".into(),
         ];
         prefix.extend(extra.iter().map(|s| s.to_string()));
         prefix.extend([

@@ -102,7 +102,8 @@ pub fn run(supervisor: &Path, dir: &Path) -> Result<Vec<Row>> {
     let upstream = server.addr.to_string();
     let supervised = |args: &[String]| -> Result<f64> {
         let mut c = Command::new(supervisor);
-        c.args(["run", "-q", "--headless", "--policy"])
+        // --no-ci: measure supervision, not CI mode's report (on when CI=true).
+        c.args(["run", "-q", "--headless", "--no-ci", "--policy"])
             .arg(&policy)
             .arg("--audit")
             .arg(&audit)

@@ -57,7 +57,9 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
     }
     let path = t.read_cstr(path_ptr, PATH_MAX).map_err(errno)?;
     let acc = flags & libc::O_ACCMODE;
-    let creates = flags & (libc::O_CREAT | libc::O_TMPFILE) != 0;
+    // O_TMPFILE is __O_TMPFILE|O_DIRECTORY: only all of its bits make a temporary file (a
+    // plain O_DIRECTORY open, as opendir() does, creates nothing).
+    let creates = flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
     let access = Access {
         read: acc == libc::O_RDONLY || acc == libc::O_RDWR,
         write: acc == libc::O_WRONLY
