@@ -7,6 +7,7 @@
 //! - [`approval`]: asking a human (terminal) or answering headless.
 //! - [`audit`]: the JSON-lines audit log.
 //! - [`cgroup`]: the session's own cgroup v2 directory (where the eBPF programs attach).
+//! - [`limits`]: the session's resource limits (cgroup v2 or v1), timeout and how it ended.
 //! - [`ebpf`]: the embedded eBPF object and the in-kernel network backstop.
 //! - [`session`]: `agent-supervisor run` from policy to exit code.
 //! - [`sys`]: every raw system call (the only `unsafe` code).
@@ -21,6 +22,7 @@ pub mod dns;
 pub mod doctor;
 pub mod ebpf;
 pub mod explain;
+pub mod limits;
 pub mod sandbox;
 pub mod session;
 pub mod supervise;

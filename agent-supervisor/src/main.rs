@@ -110,6 +110,8 @@ enum Command {
             value_name = "PATH"
         )]
         socket: PathBuf,
+        #[command(flatten)]
+        limits: session::LimitFlags,
         /// Launched by the daemon: its link's inherited fd (internal).
         #[arg(long, hide = true, value_name = "FD")]
         daemon_link: Option<i32>,
@@ -393,6 +395,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             socket,
             daemon_link,
             session_id,
+            limits,
             command,
         } => {
             let standalone_only = audit.is_some()
@@ -401,9 +404,10 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 || no_ebpf
                 || headless
                 || default_allow
+                || limits.any()
                 || daemon_link.is_some();
             if daemon && standalone_only {
-                bail!("--daemon: --audit, --keep-fd, --require, --no-ebpf, --headless and --default-allow are for standalone runs (the daemon's config decides those)");
+                bail!("--daemon: --audit, --keep-fd, --require, --no-ebpf, --headless, --default-allow and the limit flags are for standalone runs (the daemon's config decides those)");
             }
             let use_daemon = daemon
                 || (!standalone
@@ -437,6 +441,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 },
                 daemon_link,
                 session_id,
+                limits,
                 command,
             })
         }
