@@ -379,11 +379,22 @@ pub fn run(opts: RunOptions) -> Result<i32> {
                 "[limits] {} (set at {origin}) is not enforced (--best-effort-limits): {}",
                 u.what, u.why
             )),
-            None => limits_weaker.push(format!(
-                "the default limit {} is not enforced: {}; a runaway agent can exhaust the host",
-                u.what, u.why
-            )),
+            None => {}
         }
+    }
+    // The defaults that cannot be enforced: one line.
+    let defaults: Vec<&crate::limits::Unenforced> = limits
+        .unenforced
+        .iter()
+        .filter(|u| u.origin.is_none())
+        .collect();
+    if let Some(first) = defaults.first() {
+        let what: Vec<&str> = defaults.iter().map(|u| u.what.as_str()).collect();
+        limits_weaker.push(format!(
+            "the default limits ({}) are not enforced ({}): a runaway agent can exhaust the host",
+            what.join(", "),
+            first.why
+        ));
     }
     // The kernel's own checks of network destinations and executed files, and its process
     // events: the eBPF programs attached to the session's cgroup (without them, one

@@ -1,0 +1,540 @@
+//! `[limits]`: resource limits, the timeout and how a session ends, checked from outside the
+//! sandbox (the host's process table, cgroupfs, files on disk, the audit log), never from
+//! what the agent says.
+//!
+//! Every workload is bounded even if the limit under test did not hold (a "fork bomb" of at
+//! most ~2,000 processes, a "memory hog" of at most 512 MiB), so a regression fails the test
+//! without taking the host down. Limits are generous and workloads small, for slow guests.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn unique() -> String {
+    format!(
+        "{}{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    )
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// Is `controller` usable for a session here (cgroup v2 root lists it, or a v1 hierarchy)?
+fn controller_available(controller: &str) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 4
+            && match f[2] {
+                "cgroup2" => std::fs::read_to_string(format!("{}/cgroup.controllers", f[1]))
+                    .is_ok_and(|c| c.split_whitespace().any(|c| c == controller)),
+                "cgroup" => f[3].split(',').any(|o| o == controller),
+                _ => false,
+            }
+    })
+}
+
+/// Every place a session's cgroup directory could be: under the cgroup v2 root, and under
+/// our own cgroup of each v1 hierarchy (the supervisor, our child, shares it).
+fn session_cgroup_dirs(session: &str) -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut out = Vec::new();
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 4 {
+            continue;
+        }
+        if f[2] == "cgroup2" {
+            out.push(PathBuf::from(f[1]).join("agent-supervisor").join(session));
+        } else if f[2] == "cgroup" {
+            let ctrls: Vec<&str> = f[3].split(',').collect();
+            for line in own.lines() {
+                let parts: Vec<&str> = line.splitn(3, ':').collect();
+                if parts.len() == 3 && parts[1].split(',').any(|c| ctrls.contains(&c)) {
+                    out.push(
+                        PathBuf::from(f[1])
+                            .join(parts[2].trim_start_matches('/'))
+                            .join("agent-supervisor")
+                            .join(session),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+fn session_end(ws: &Workspace) -> serde_json::Value {
+    ws.audit()
+        .into_iter()
+        .find(|r| r["kind"] == "session-end")
+        .unwrap_or_else(|| panic!("no session-end record in {:?}", ws.audit()))
+}
+
+fn session_id(ws: &Workspace) -> String {
+    ws.audit()
+        .first()
+        .and_then(|r| r["session"].as_str().map(String::from))
+        .expect("a session id in the audit")
+}
+
+/// The /proc entries of the processes anywhere on the host whose command line contains
+/// `marker`, the supervisor (and the sandbox's init, a fork of it) aside: their command line
+/// names the agent's too.
+fn procs_with_marker(marker: &str) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            std::fs::read(p.join("cmdline")).is_ok_and(|c| {
+                let argv0 = c.split(|&b| b == 0).next().unwrap_or_default();
+                !argv0.ends_with(b"agent-supervisor")
+                    && String::from_utf8_lossy(&c).contains(marker)
+            })
+        })
+        .collect()
+}
+
+fn count_with_marker(marker: &str) -> usize {
+    procs_with_marker(marker).len()
+}
+
+/// A host-side probe that runs while a session does: the most processes seen with `marker`,
+/// and the longest a 10 ms sleep of this (host) thread took: the host stays responsive.
+struct HostProbe {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<(usize, Duration)>,
+}
+
+impl HostProbe {
+    fn start(marker: String) -> HostProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                let (mut most, mut worst) = (0, Duration::ZERO);
+                while !stop.load(Ordering::SeqCst) {
+                    most = most.max(count_with_marker(&marker));
+                    let t = Instant::now();
+                    std::thread::sleep(Duration::from_millis(10));
+                    worst = worst.max(t.elapsed());
+                }
+                (most, worst)
+            }
+        });
+        HostProbe { stop, handle }
+    }
+
+    fn finish(self) -> (usize, Duration) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().expect("probe thread")
+    }
+}
+
+const UNRESTRICTED: &str = "version = 1\nextends = \"unrestricted\"\n";
+
+/// A fork bomb (bounded: a binary tree of depth 9, ~2,000 processes, if nothing stopped it)
+/// under `processes = 64`: it never has more than 64 processes, the host stays responsive, the
+/// session is killed and reported (exit 123, `ended_by: process-limit`), nothing is left
+/// running, the session's cgroups are gone.
+#[test]
+fn a_fork_bomb_is_contained_killed_and_reported() {
+    skip_unless!(is_root(), "needs root (cgroups)");
+    skip_unless!(
+        controller_available("pids"),
+        "no pids cgroup controller (v2 root or v1 hierarchy) on this host"
+    );
+    let ws = Workspace::new("forkbomb");
+    let marker = format!("bomb{}", unique());
+    let policy = ws.policy(&format!("{UNRESTRICTED}[limits]\nprocesses = 64\n"));
+    ws.write(
+        &format!("{marker}.sh"),
+        "sleep 1\nf() { if [ \"$1\" -gt 0 ]; then f $(($1 - 1)) & f $(($1 - 1)) & fi; sleep 30; }\nf 9\n",
+    );
+    let probe = HostProbe::start(marker.clone());
+    let start = Instant::now();
+    let r = ws.run(
+        &["--policy", policy.to_str().unwrap()],
+        &["/bin/sh", &format!("{marker}.sh")],
+        Duration::from_secs(60),
+    );
+    let took = start.elapsed();
+    let (most, worst_tick) = probe.finish();
+    assert_eq!(r.code, Some(123), "{r:?}");
+    assert!(r.stderr.contains("process limit (64"), "{}", r.stderr);
+    assert!(
+        took < Duration::from_secs(30),
+        "the bomb ran {took:?}: not stopped by the limit"
+    );
+    assert!(
+        most <= 64,
+        "{most} bomb processes at once, over the limit of 64"
+    );
+    assert!(
+        most > 0,
+        "the probe never saw the bomb (the test measured nothing)"
+    );
+    assert!(
+        worst_tick < Duration::from_secs(2),
+        "the host stalled for {worst_tick:?} during the bomb"
+    );
+    let end = session_end(&ws);
+    assert_eq!(end["action"]["ended_by"], "process-limit", "{end}");
+    assert_eq!(end["action"]["limit"], "64", "{end}");
+    assert_eq!(end["action"]["exit_code"], 123, "{end}");
+    assert!(
+        wait_until(Duration::from_secs(5), || count_with_marker(&marker) == 0),
+        "bomb processes outlived the session"
+    );
+    let sid = session_id(&ws);
+    for dir in session_cgroup_dirs(&sid) {
+        assert!(!dir.exists(), "{} is still there", dir.display());
+    }
+}
+
+const HOG: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(void) {
+    /* 1 MiB at a time, touched, up to 512 MiB; then wait. */
+    sleep(1);
+    for (int i = 0; i < 512; i++) {
+        char *p = malloc(1 << 20);
+        if (!p) return 3;
+        memset(p, i, 1 << 20);
+        usleep(1000);
+    }
+    sleep(30);
+    return 0;
+}
+"#;
+
+/// Resident memory (VmRSS, bytes) of the processes with `marker` in their command line.
+fn rss_with_marker(marker: &str) -> u64 {
+    procs_with_marker(marker)
+        .into_iter()
+        .filter_map(|p| std::fs::read_to_string(p.join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .sum::<u64>()
+        * 1024
+}
+
+/// A memory hog under `memory = "64M"`: its resident memory never goes far past 64 MiB (seen
+/// from the host), it is killed, the session reported (exit 122, `ended_by: memory-limit`),
+/// nothing left, cgroups gone.
+#[test]
+fn a_memory_hog_is_contained_killed_and_reported() {
+    skip_unless!(is_root(), "needs root (cgroups)");
+    skip_unless!(
+        controller_available("memory"),
+        "no memory cgroup controller (v2 root or v1 hierarchy) on this host"
+    );
+    let ws = Workspace::new("memhog");
+    let marker = format!("hog{}", unique());
+    let Some(hog) = compile_c(&ws.dir, &marker, HOG, &[]) else {
+        skip_unless!(false, "no C compiler (cc) to build the memory hog");
+        return;
+    };
+    let policy = ws.policy(&format!("{UNRESTRICTED}[limits]\nmemory = \"64M\"\n"));
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = std::thread::spawn({
+        let (peak, stop, marker) = (Arc::clone(&peak), Arc::clone(&stop), marker.clone());
+        move || {
+            while !stop.load(Ordering::SeqCst) {
+                peak.fetch_max(rss_with_marker(&marker), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    let r = ws.run(
+        &["--policy", policy.to_str().unwrap()],
+        &[hog.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    stop.store(true, Ordering::SeqCst);
+    sampler.join().expect("sampler");
+    let peak = peak.load(Ordering::SeqCst);
+    assert_eq!(r.code, Some(122), "{r:?}");
+    assert!(r.stderr.contains("memory limit (64M)"), "{}", r.stderr);
+    assert!(
+        peak > 0,
+        "the sampler never saw the hog (the test measured nothing)"
+    );
+    assert!(
+        peak <= 72 << 20,
+        "the hog reached {} MiB resident, over the 64 MiB limit",
+        peak >> 20
+    );
+    let end = session_end(&ws);
+    assert_eq!(end["action"]["ended_by"], "memory-limit", "{end}");
+    assert_eq!(end["action"]["limit"], "64M", "{end}");
+    assert!(
+        wait_until(Duration::from_secs(5), || count_with_marker(&marker) == 0),
+        "the hog outlived the session"
+    );
+    for dir in session_cgroup_dirs(&session_id(&ws)) {
+        assert!(!dir.exists(), "{} is still there", dir.display());
+    }
+}
+
+/// `--timeout 2s` on an agent that ignores SIGTERM and left a daemonised grandchild (its own
+/// session, reparented): both are gone (checked in the host's process table by a marker),
+/// after the grace period, exit code 124, `ended_by: timeout` in the audit.
+#[test]
+fn the_timeout_kills_the_whole_tree_with_a_daemonised_grandchild() {
+    skip_unless!(is_root(), "the sandbox needs root here");
+    let ws = Workspace::new("timeout");
+    let marker = format!("1000.{}", unique());
+    let script = format!(
+        "trap '' TERM; \
+         setsid sh -c 'echo $$ > daemon.pid; exec sleep {marker}' < /dev/null > /dev/null 2>&1 & \
+         while [ ! -s daemon.pid ]; do sleep 0.05; done; \
+         while ! grep -q {marker} /proc/$(cat daemon.pid)/cmdline 2>/dev/null; do sleep 0.05; done; \
+         echo up > up.txt; \
+         while :; do sleep 1; done"
+    );
+    let start = Instant::now();
+    let r = ws.run(
+        &["--policy", "preset:unrestricted", "--timeout", "2s"],
+        &["/bin/sh", "-c", &script],
+        Duration::from_secs(40),
+    );
+    let took = start.elapsed();
+    assert_eq!(r.code, Some(124), "{r:?}");
+    assert_eq!(
+        ws.read("up.txt").as_deref(),
+        Some("up\n"),
+        "the grandchild never started"
+    );
+    assert!(r.stderr.contains("timeout (2s)"), "{}", r.stderr);
+    assert!(
+        took >= Duration::from_secs(2) + Duration::from_secs(4),
+        "ended after {took:?}: before the timeout plus the grace for an agent ignoring SIGTERM"
+    );
+    assert!(took < Duration::from_secs(30), "ended after {took:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || !process_alive_with_marker(
+            &marker
+        )),
+        "the daemonised grandchild outlived the timeout"
+    );
+    let end = session_end(&ws);
+    assert_eq!(end["action"]["ended_by"], "timeout", "{end}");
+    assert_eq!(end["action"]["limit"], "2s", "{end}");
+    assert_eq!(end["action"]["exit_code"], 124, "{end}");
+}
+
+/// An agent that exits before its timeout keeps its own exit code (nothing is reported).
+#[test]
+fn a_session_within_its_timeout_keeps_the_agents_exit_code() {
+    skip_unless!(is_root(), "the sandbox needs root here");
+    let ws = Workspace::new("within");
+    let policy = ws.policy(&format!("{UNRESTRICTED}[limits]\ntimeout = \"30s\"\n"));
+    let r = ws.run(
+        &["--policy", policy.to_str().unwrap()],
+        &["/bin/sh", "-c", "exit 7"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(r.code, Some(7), "{r:?}");
+    let end = session_end(&ws);
+    assert_eq!(end["action"]["ended_by"], "exit", "{end}");
+    assert_eq!(end["action"]["exit_code"], 7, "{end}");
+}
+
+/// `file_size = "1M"`: a 5 MB write leaves a file of at most 1 MiB on disk, and the agent gets
+/// EFBIG (it is not killed by SIGXFSZ: the script goes on and records the failure).
+#[test]
+fn file_size_caps_the_files_the_agent_writes() {
+    skip_unless!(is_root(), "the sandbox needs root here");
+    let ws = Workspace::new("fsize");
+    let policy = ws.policy(&format!("{UNRESTRICTED}[limits]\nfile_size = \"1M\"\n"));
+    let r = ws.run(
+        &["--policy", policy.to_str().unwrap()],
+        &[
+            "/bin/sh",
+            "-c",
+            "head -c 5000000 /dev/zero > big.bin; echo $? > rc.txt",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let size = std::fs::metadata(ws.path("big.bin"))
+        .expect("big.bin")
+        .len();
+    assert!(
+        size <= 1 << 20,
+        "big.bin is {size} bytes, over the 1 MiB limit"
+    );
+    assert!(size > 0, "nothing was written: the test proves nothing");
+    assert_ne!(
+        ws.read("rc.txt").as_deref(),
+        Some("0\n"),
+        "the write did not fail"
+    );
+    assert!(r.stderr.contains("File too large"), "{}", r.stderr);
+}
+
+/// Run the supervisor as `nobody` (no cgroups can be created): with an explicit limit it
+/// refuses to start (exit 125, says what to do, the agent never ran); with the defaults only
+/// it runs with one warning line; `--best-effort-limits` runs with the explicit limit reported.
+#[test]
+fn explicit_limits_that_cannot_be_enforced_are_refused() {
+    skip_unless!(is_root(), "needs root to drop to nobody");
+    let ws = Workspace::new("unenforced");
+    let base = ws.dir.parent().unwrap().to_path_buf();
+    for dir in [&base, &ws.dir] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("chmod");
+    }
+    let policy = ws.policy(&format!("{UNRESTRICTED}[limits]\nmemory = \"1G\"\n"));
+    let as_nobody = |extra: &[&str], out: &str| {
+        let mut c = Command::new(bin());
+        c.arg("run")
+            .args(["--standalone", "--headless", "--audit"])
+            .arg(&ws.audit)
+            .args(extra)
+            .args(["--", "/bin/sh", "-c"])
+            .arg(format!("echo ran > {out}"))
+            .current_dir(&ws.dir)
+            .env_remove("CI")
+            .env_remove("GITHUB_ACTIONS")
+            .env("HOME", &base)
+            .stdin(std::process::Stdio::null());
+        std::os::unix::process::CommandExt::uid(&mut c, 65534);
+        std::os::unix::process::CommandExt::gid(&mut c, 65534);
+        run_with_timeout(c, Duration::from_secs(20))
+    };
+    let r = as_nobody(&["--policy", policy.to_str().unwrap()], "refused.txt");
+    skip_unless!(
+        !r.stderr.contains("user namespace") && !r.stderr.contains("clone3"),
+        format!("unprivileged user namespaces are off here: {}", r.stderr)
+    );
+    assert_eq!(r.code, Some(125), "{r:?}");
+    assert!(
+        r.stderr.contains("[limits] memory = 1G")
+            && r.stderr.contains("policy.toml:4:10")
+            && r.stderr.contains("--best-effort-limits"),
+        "{}",
+        r.stderr
+    );
+    assert!(ws.read("refused.txt").is_none(), "the agent ran");
+
+    let r = as_nobody(&["--policy", "preset:unrestricted"], "defaults.txt");
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(ws.read("defaults.txt").as_deref(), Some("ran\n"));
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("default limits"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(lines[0].contains("warning:") && lines[0].contains("processes = 4096"));
+
+    let r = as_nobody(
+        &[
+            "--policy",
+            "preset:unrestricted",
+            "--processes",
+            "100",
+            "--best-effort-limits",
+        ],
+        "best.txt",
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert_eq!(ws.read("best.txt").as_deref(), Some("ran\n"));
+    assert!(
+        r.stderr
+            .contains("[limits] processes = 100 (set at --processes) is not enforced"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// The agent runs as host uid 0 (we are root): it tries to write its pid into every existing
+/// `cgroup.procs` two levels down (the hierarchies' roots, our parent) to leave its limits. The host then reads its
+/// process's cgroups: still in the session's, in every hierarchy that carries a limit.
+#[test]
+fn the_agent_cannot_move_itself_out_of_its_cgroups() {
+    skip_unless!(is_root(), "needs root (cgroups)");
+    skip_unless!(
+        controller_available("pids"),
+        "no pids cgroup controller (v2 root or v1 hierarchy) on this host"
+    );
+    let ws = Workspace::new("escape");
+    let marker = format!("1000.{}", unique());
+    let script = format!(
+        "for f in /sys/fs/cgroup/cgroup.procs /sys/fs/cgroup/*/cgroup.procs \
+                  /sys/fs/cgroup/*/*/cgroup.procs; do \
+           [ -e \"$f\" ] && echo $$ > \"$f\" 2>/dev/null && echo \"$f\" >> tried.txt; \
+         done; \
+         exec sleep {marker}"
+    );
+    let mut c = Command::new(bin());
+    c.args([
+        "run",
+        "-q",
+        "--standalone",
+        "--headless",
+        "--policy",
+        "preset:unrestricted",
+    ])
+    .args(["--processes", "64", "--timeout", "20s", "--audit"])
+    .arg(&ws.audit)
+    .args(["--", "/bin/sh", "-c", &script])
+    .current_dir(&ws.dir)
+    .env_remove("CI")
+    .env_remove("GITHUB_ACTIONS")
+    .stdin(std::process::Stdio::null());
+    let mut child = c.spawn().expect("spawn the supervisor");
+    let found = wait_until(Duration::from_secs(15), || count_with_marker(&marker) == 1);
+    let cgroups = procs_with_marker(&marker)
+        .first()
+        .and_then(|p| std::fs::read_to_string(p.join("cgroup")).ok())
+        .unwrap_or_default();
+    let _ = child.kill();
+    wait_child(&mut child, Duration::from_secs(10));
+    assert!(found, "the agent's sleep never showed up");
+    // Writes into hierarchies that carry no limit may succeed (they change nothing); what
+    // counts is where the agent is.
+    // The v2 line, and the v1 pids line on hybrid hosts, name the session's cgroup.
+    for line in cgroups.lines() {
+        let controllers = line.split(':').nth(1).unwrap_or_default();
+        if controllers.is_empty() || controllers.split(',').any(|c| c == "pids") {
+            assert!(
+                line.contains("/agent-supervisor/"),
+                "the agent is outside its session's cgroup: {line} (all: {cgroups})"
+            );
+        }
+    }
+    assert!(wait_until(Duration::from_secs(5), || count_with_marker(
+        &marker
+    ) == 0));
+}
