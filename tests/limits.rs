@@ -538,3 +538,48 @@ fn the_agent_cannot_move_itself_out_of_its_cgroups() {
         &marker
     ) == 0));
 }
+
+/// `policy check` lists the limits in effect and where each was set; a bad `--timeout` or
+/// `[limits]` value is refused with a message that says what is expected.
+#[test]
+fn policy_check_shows_the_limits_and_bad_values_are_refused() {
+    let ws = Workspace::new("check");
+    let policy = ws.policy(&format!(
+        "{UNRESTRICTED}[limits]\nmemory = \"2G\"\ntimeout = \"30m\"\n"
+    ));
+    let mut c = Command::new(bin());
+    c.args(["policy", "check"]).arg(&policy);
+    let r = run_with_timeout(c, Duration::from_secs(20));
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stdout.contains("memory = 2G (") && r.stdout.contains("policy.toml:4:10)"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("timeout = 30m ("), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("processes = 4096 (built-in default)"),
+        "{}",
+        r.stdout
+    );
+
+    let bad = ws.policy(&format!("{UNRESTRICTED}[limits]\nprocesses = -3\n"));
+    let mut c = Command::new(bin());
+    c.args(["policy", "check"]).arg(&bad);
+    let r = run_with_timeout(c, Duration::from_secs(20));
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("policy.toml:4:13: processes `-3` is not a count"),
+        "{}",
+        r.stderr
+    );
+
+    let mut c = Command::new(bin());
+    c.args(["run", "--standalone", "--timeout", "soon", "--", "true"])
+        .env_remove("CI")
+        .env_remove("GITHUB_ACTIONS");
+    let r = run_with_timeout(c, Duration::from_secs(20));
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(r.stderr.contains("bad timeout `soon`"), "{}", r.stderr);
+}

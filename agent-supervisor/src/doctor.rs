@@ -39,6 +39,15 @@ pub struct Options {
     pub json: bool,
 }
 
+/// Whether `[limits]` memory, processes and cpu can be enforced here, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResourceLimits {
+    /// Root, and each of the memory, pids and cpu controllers in cgroup v2 or v1.
+    pub enforceable: bool,
+    /// One line: which controller is where.
+    pub detail: String,
+}
+
 /// The outcome of trying one feature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Probe {
@@ -218,6 +227,8 @@ pub struct Report {
     /// What `run`'s in-kernel network backstop needs: `cgroup_sock_addr` programs load and
     /// the session's cgroup can be created under the cgroup v2 hierarchy.
     pub network_backstop: Probe,
+    /// Where `[limits]` memory, processes and cpu would be enforced (cgroup v2 or v1), one line.
+    pub resource_limits: ResourceLimits,
     pub policy: PolicyReport,
     /// Every distinct WEAKER line.
     pub weaker: Vec<String>,
@@ -376,6 +387,35 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
             weaker.push(w.clone());
         }
     }
+    let (limits_ok, limits_line) = crate::limits::doctor_line();
+    let resource_limits = ResourceLimits {
+        enforceable: limits_ok,
+        detail: limits_line,
+    };
+    let explicit: Vec<&str> = [
+        (
+            "memory",
+            policy.limits.memory.is_explicit() && policy.limits.memory.value.is_some(),
+        ),
+        (
+            "processes",
+            policy.limits.processes.is_explicit() && policy.limits.processes.value.is_some(),
+        ),
+        (
+            "cpu",
+            policy.limits.cpu.is_explicit() && policy.limits.cpu.value.is_some(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    if !limits_ok && !explicit.is_empty() {
+        weaker.push(format!(
+            "[limits] {} may not be enforceable here (`run` refuses a limit it cannot enforce): {}",
+            explicit.join(", "),
+            resource_limits.detail
+        ));
+    }
     let mut notes = Vec::new();
     if seccomp.listener.works && !seccomp.sync_wake_up.works {
         notes.push(
@@ -397,6 +437,7 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
         tracefs,
         cgroups,
         network_backstop,
+        resource_limits,
         policy: PolicyReport {
             source: policy.source.clone(),
             default: policy.default.to_string(),
@@ -509,6 +550,7 @@ pub fn render_text(r: &Report) -> String {
         let _ = write!(cg, "{sep} v1: {}", c.v1_controllers.join(" "));
     }
     line("cgroups", cg);
+    line("resource limits", r.resource_limits.detail.clone());
     line(
         "network backstop (BPF)",
         if r.network_backstop.works {

@@ -47,7 +47,7 @@ struct Cli {
 enum Command {
     /// Run COMMAND under a policy.
     #[command(
-        after_help = "Examples:\n  agent-supervisor run -- python my_agent.py\n  agent-supervisor run --policy preset:locked -- ./agent.sh\n  agent-supervisor run --headless --audit ./audit.jsonl -- make test\n  agent-supervisor run --dns-upstream 10.0.0.2 --policy ./policy.toml -- ./agent.sh\n\nPolicy lookup without --policy: ./.agent-supervisor/policy.toml,\n~/.config/agent-supervisor/policy.toml, /etc/agent-supervisor/policy.toml,\nthen the built-in `sandboxed` preset."
+        after_help = "Examples:\n  agent-supervisor run -- python my_agent.py\n  agent-supervisor run --policy preset:locked -- ./agent.sh\n  agent-supervisor run --headless --audit ./audit.jsonl -- make test\n  agent-supervisor run --dns-upstream 10.0.0.2 --policy ./policy.toml -- ./agent.sh\n  agent-supervisor run --timeout 30m --memory 4G --processes 512 -- ./agent.sh\n\nPolicy lookup without --policy: ./.agent-supervisor/policy.toml,\n~/.config/agent-supervisor/policy.toml, /etc/agent-supervisor/policy.toml,\nthen the built-in `sandboxed` preset."
     )]
     Run {
         /// Policy file, or `preset:NAME` (unrestricted, sandboxed, locked).
@@ -512,6 +512,10 @@ fn dispatch(cmd: Command) -> Result<i32> {
                         p.rules.len(),
                         p.default
                     );
+                    println!("limits:");
+                    for l in p.limits.describe() {
+                        println!("  {l}");
+                    }
                     Ok(0)
                 }
                 Err(e) => {

@@ -549,7 +549,7 @@ pub fn doctor_line() -> (bool, String) {
     }
     let ok = root && all;
     let text = format!(
-        "resource limits ([limits] memory, processes, cpu): {}{}; timeout and file_size always",
+        "{}{}; timeout and file_size: always",
         parts.join(", "),
         if root {
             ""
