@@ -593,6 +593,35 @@ mod tests {
         assert!(EndReason::Exit.message().is_none());
     }
 
+    /// The parent gets the controller; the root only when it does not pass it down already
+    /// (plain files stand in for cgroupfs: a write replaces the content).
+    #[test]
+    fn v2_controllers_are_enabled_in_the_root_only_where_missing() {
+        let root = std::env::temp_dir().join(format!("limits-v2-{}", std::process::id()));
+        let parent = root.join(crate::cgroup::PARENT_DIR);
+        std::fs::create_dir_all(&parent).unwrap();
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        std::fs::write(root.join("cgroup.subtree_control"), "memory\n").unwrap();
+        std::fs::write(parent.join("cgroup.subtree_control"), "").unwrap();
+        enable_v2_controller(&root, "memory").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+            "memory\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap(),
+            "+memory"
+        );
+        enable_v2_controller(&root, "pids").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
+            "+pids"
+        );
+        let err = enable_v2_controller(&root, "io").unwrap_err();
+        assert!(err.contains("has no io controller"), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn host_memory_is_read() {
         assert!(host_memory().unwrap() > 1 << 20);
