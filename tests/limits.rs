@@ -583,3 +583,81 @@ fn policy_check_shows_the_limits_and_bad_values_are_refused() {
     assert_eq!(r.code, Some(2), "{r:?}");
     assert!(r.stderr.contains("bad timeout `soon`"), "{}", r.stderr);
 }
+
+const FLOOD: &str = r#"
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+#define THREADS 100
+static void *one(void *arg) {
+    char path[64];
+    snprintf(path, sizeof path, "ask/f%ld", (long)arg);
+    int fd = open(path, O_WRONLY | O_CREAT, 0644);
+    if (fd >= 0) close(fd);
+    return 0;
+}
+int main(void) {
+    pthread_t t[THREADS];
+    for (long i = 0; i < THREADS; i++) pthread_create(&t[i], 0, one, (void *)i);
+    for (int i = 0; i < THREADS; i++) pthread_join(t[i], 0);
+    return 0;
+}
+"#;
+
+/// A hostile agent floods asks from 100 threads while a terminal is there and nobody answers:
+/// 64 (`MAX_PENDING_ASKS`) wait (and are denied at `approval_timeout`), the other 36 are
+/// denied at once with `decided_by: "queue-full"`, all audited; no file was created.
+#[test]
+fn a_flood_of_asks_is_bounded_and_the_rest_denied_at_once() {
+    skip_unless!(is_root(), "the sandbox needs root here");
+    skip_unless!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "no python3 for the pseudo-terminal driver"
+    );
+    let ws = Workspace::new("flood");
+    std::fs::create_dir_all(ws.path("ask")).expect("mkdir ask");
+    let Some(flood) = compile_c(&ws.dir, "flood", FLOOD, &["-pthread"]) else {
+        skip_unless!(false, "no C compiler (cc) to build the flooding agent");
+        return;
+    };
+    let policy = ws.policy(
+        "version = 1\nextends = \"unrestricted\"\napproval_timeout = \"8s\"\n\
+         [[rule]]\ndecision = \"ask\"\nfile = \"ask/**\"\n",
+    );
+    let driver = ws.dir.parent().unwrap().join("pty_driver.py");
+    std::fs::write(&driver, PTY_DRIVER).expect("write the driver");
+    let mut c = Command::new("/usr/bin/python3");
+    c.arg(&driver).args(["", "40"]).arg(bin());
+    c.args(["run", "-q", "--standalone", "--policy"])
+        .arg(&policy)
+        .arg("--audit")
+        .arg(&ws.audit)
+        .arg("--")
+        .arg(&flood)
+        .current_dir(&ws.dir)
+        .env_remove("CI")
+        .env_remove("GITHUB_ACTIONS")
+        .stdin(std::process::Stdio::null());
+    let r = run_with_timeout(c, Duration::from_secs(50));
+    assert_eq!(r.code, Some(0), "the pty driver failed: {r:?}");
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("driver JSON");
+    assert_eq!(v["timed_out"], false, "{v}");
+    assert_eq!(v["status"], 0, "{v}");
+    assert!(v["prompts"].as_u64().unwrap_or(0) >= 1, "no prompt: {v}");
+    let created: Vec<_> = std::fs::read_dir(ws.path("ask"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(created.is_empty(), "files were created: {created:?}");
+    let asks: Vec<serde_json::Value> = ws
+        .audit()
+        .into_iter()
+        .filter(|r| r["kind"] == "open" && r["action"].to_string().contains("/ask/f"))
+        .collect();
+    let by = |who: &str| asks.iter().filter(|r| r["decided_by"] == who).count();
+    assert_eq!(asks.len(), 100, "{asks:?}");
+    assert!(asks.iter().all(|r| r["decision"] == "deny"), "{asks:?}");
+    assert_eq!(by("queue-full"), 36, "{asks:?}");
+    assert_eq!(by("timeout"), 64, "{asks:?}");
+}
