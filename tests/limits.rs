@@ -661,3 +661,93 @@ fn a_flood_of_asks_is_bounded_and_the_rest_denied_at_once() {
     assert_eq!(by("queue-full"), 36, "{asks:?}");
     assert_eq!(by("timeout"), 64, "{asks:?}");
 }
+
+/// A tmpfs this test mounts (and unmounts on drop, by its path).
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    fn mount(dir: PathBuf, size: &str) -> Option<SmallTmpfs> {
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallTmpfs(dir))
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The audit log's disk fills up *during* a session (a 16 KiB tmpfs): the actions before
+/// were allowed, every action after is denied (the program after the loop never runs: its
+/// file is absent), the failure is loud, the records that could not be written are on
+/// stderr, the supervisor exits 125.
+#[test]
+fn an_audit_disk_that_fills_up_during_the_session_denies_everything_after() {
+    skip_unless!(is_root(), "needs root (mounts a tmpfs)");
+    let ws = Workspace::new("auditfull");
+    let Some(tmpfs) = SmallTmpfs::mount(ws.dir.parent().unwrap().join("auditfs"), "16k") else {
+        skip_unless!(false, "cannot mount a tmpfs here");
+        return;
+    };
+    let audit = tmpfs.0.join("audit.jsonl");
+    let policy = ws.policy(
+        "version = 1\nextends = \"unrestricted\"\n\
+         [[rule]]\ndecision = \"allow\"\ncommand = \"true\"\n\
+         [[rule]]\ndecision = \"allow\"\ncommand = \"touch\"\n",
+    );
+    let mut c = Command::new(bin());
+    c.args(["run", "-q", "--standalone", "--headless", "--policy"])
+        .arg(&policy)
+        .arg("--audit")
+        .arg(&audit)
+        .args(["--", "/bin/sh", "-c"])
+        .arg(
+            "i=0; while [ $i -lt 2000 ]; do /bin/true || break; i=$((i+1)); done; \
+             echo $i > count.txt; /usr/bin/touch after.txt",
+        )
+        .current_dir(&ws.dir)
+        .env_remove("CI")
+        .env_remove("GITHUB_ACTIONS")
+        .stdin(std::process::Stdio::null());
+    let r = run_with_timeout(c, Duration::from_secs(60));
+    let written = std::fs::read_to_string(&audit).unwrap_or_default();
+    drop(tmpfs);
+    assert!(!r.timed_out, "{r:?}");
+    let count: u32 = ws
+        .read("count.txt")
+        .and_then(|c| c.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the loop never ended: {r:?}"));
+    assert!(count > 0, "no action was allowed before the disk filled up");
+    assert!(
+        count < 2000,
+        "the disk never filled up (16 KiB): {count} execs"
+    );
+    assert!(
+        written
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"exec\""))
+            .count()
+            > 0,
+        "nothing was audited before the disk filled up"
+    );
+    assert!(
+        !ws.path("after.txt").exists(),
+        "an action was allowed after the audit log failed"
+    );
+    assert!(r.stderr.contains("cannot be written"), "{}", r.stderr);
+    assert!(r.stderr.contains("audit-unavailable"), "{}", r.stderr);
+    assert_eq!(r.code, Some(125), "{r:?}");
+}
