@@ -751,3 +751,86 @@ fn an_audit_disk_that_fills_up_during_the_session_denies_everything_after() {
     assert!(r.stderr.contains("audit-unavailable"), "{}", r.stderr);
     assert_eq!(r.code, Some(125), "{r:?}");
 }
+
+/// Runs argv on a pseudo-terminal, waits for the first approval prompt, SIGKILLs the process
+/// it started (the supervisor) while the ask waits, and reports as JSON.
+const KILL_AT_PROMPT: &str = r#"
+import json, os, pty, select, signal, sys, time
+limit, argv = float(sys.argv[1]), sys.argv[2:]
+pid, fd = pty.fork()
+if pid == 0:
+    try:
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+buf, killed, deadline = b"", False, time.monotonic() + limit
+while time.monotonic() < deadline:
+    r, _, _ = select.select([fd], [], [], 0.05)
+    if r:
+        try:
+            buf += os.read(fd, 65536)
+        except OSError:
+            pass
+    if not killed and b"allow? [y]" in buf:
+        os.kill(pid, signal.SIGKILL)
+        killed = True
+    done, st = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+else:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+print(json.dumps({"killed_at_prompt": killed, "out": buf.decode("utf-8", "replace")}))
+"#;
+
+/// The supervisor is SIGKILLed while an ask waits on its terminal: the asked action never
+/// happens (the file is absent), nor does anything after it, and the agent is gone.
+#[test]
+fn a_pending_ask_is_not_allowed_when_the_supervisor_dies() {
+    skip_unless!(is_root(), "the sandbox needs root here");
+    skip_unless!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "no python3 for the pseudo-terminal driver"
+    );
+    let ws = Workspace::new("diewhileask");
+    std::fs::create_dir_all(ws.path("ask")).expect("mkdir ask");
+    let marker = format!("1000.{}", unique());
+    let policy = ws.policy(
+        "version = 1\nextends = \"unrestricted\"\napproval_timeout = \"60s\"\n\
+         [[rule]]\ndecision = \"ask\"\nfile = \"ask/**\"\n",
+    );
+    let driver = ws.dir.parent().unwrap().join("kill_at_prompt.py");
+    std::fs::write(&driver, KILL_AT_PROMPT).expect("write the driver");
+    let mut c = Command::new("/usr/bin/python3");
+    c.arg(&driver).arg("30").arg(bin());
+    c.args(["run", "-q", "--standalone", "--policy"])
+        .arg(&policy)
+        .arg("--audit")
+        .arg(&ws.audit)
+        .args(["--", "/bin/sh", "-c"])
+        .arg(format!(
+            "sleep {marker} & echo x > ask/x; echo after > after.txt; wait"
+        ))
+        .current_dir(&ws.dir)
+        .env_remove("CI")
+        .env_remove("GITHUB_ACTIONS")
+        .stdin(std::process::Stdio::null());
+    let r = run_with_timeout(c, Duration::from_secs(40));
+    assert_eq!(r.code, Some(0), "the driver failed: {r:?}");
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("driver JSON");
+    assert_eq!(v["killed_at_prompt"], true, "no prompt came: {v}");
+    assert!(
+        wait_until(Duration::from_secs(5), || !process_alive_with_marker(
+            &marker
+        )),
+        "a process of the session outlived the SIGKILLed supervisor"
+    );
+    assert!(
+        !ws.path("ask/x").exists(),
+        "the pending ask was carried out"
+    );
+    assert!(
+        !ws.path("after.txt").exists(),
+        "the agent went on after its supervisor died"
+    );
+}
