@@ -129,7 +129,7 @@ impl Default for Limits {
 /// `2G`, `512M`, `100K` when exact, else bytes.
 pub fn format_size(b: u64) -> String {
     for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-        if b >= 1 << shift && b % (1 << shift) == 0 {
+        if b >= 1 << shift && b.is_multiple_of(1 << shift) {
             return format!("{}{unit}", b >> shift);
         }
     }
@@ -246,9 +246,7 @@ pub fn parse_cpu(s: &str) -> Result<Option<f64>, String> {
 }
 
 fn size(v: &toml::Value) -> Result<Option<u64>, String> {
-    let expected = format!(
-        "expected bytes (1048576) or a size like \"512M\", \"2G\" (K, M, G, T: powers of 1024), or \"none\""
-    );
+    let expected = "expected bytes (1048576) or a size like \"512M\", \"2G\" (K, M, G, T: powers of 1024), or \"none\"";
     match v {
         toml::Value::Integer(n) if *n > 0 => Ok(Some(*n as u64)),
         toml::Value::Integer(n) => Err(format!("`{n}` must be greater than zero ({NONE_HINT})")),

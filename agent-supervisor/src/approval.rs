@@ -105,13 +105,14 @@ impl Approvals {
     /// Queue an ask; `Err` gives it back when [`MAX_PENDING_ASKS`] are already waiting (the
     /// caller denies it). If the broker is gone, the action is lost... never allowed: the
     /// trapped syscall fails when the supervisor exits.
-    pub fn ask(&self, p: Pending) -> Result<(), Pending> {
+    pub fn ask(&self, p: Pending) -> Result<(), Box<Pending>> {
+        let p = Box::new(p);
         let before = self.pending.fetch_add(1, Ordering::SeqCst);
         let slot = Slot(Arc::clone(&self.pending));
         if before >= MAX_PENDING_ASKS {
             return Err(p);
         }
-        let _ = self.tx.send(BrokerMsg::Ask(Box::new(p), slot));
+        let _ = self.tx.send(BrokerMsg::Ask(p, slot));
         Ok(())
     }
 }

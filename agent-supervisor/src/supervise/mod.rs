@@ -219,7 +219,7 @@ pub fn decide(ctx: &Arc<Ctx>, p: Pending) {
                 return finish(ctx, p, d, Decider::Session);
             }
             if let Err(p) = ctx.approvals.ask(p) {
-                finish(ctx, p, Decision::Deny, Decider::QueueFull);
+                finish(ctx, *p, Decision::Deny, Decider::QueueFull);
             }
         }
     }
