@@ -377,6 +377,7 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
         }),
         bpf_lsm: bpf_lsm.usable.as_result(),
         dns_resolver: probe_dns_port(),
+        resource_limits: crate::limits::host_can_enforce(&policy.limits),
     };
     let plan = policy.plan();
     let mut protections = needs::protections(policy, &plan);
@@ -392,30 +393,6 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
         enforceable: limits_ok,
         detail: limits_line,
     };
-    let explicit: Vec<&str> = [
-        (
-            "memory",
-            policy.limits.memory.is_explicit() && policy.limits.memory.value.is_some(),
-        ),
-        (
-            "processes",
-            policy.limits.processes.is_explicit() && policy.limits.processes.value.is_some(),
-        ),
-        (
-            "cpu",
-            policy.limits.cpu.is_explicit() && policy.limits.cpu.value.is_some(),
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(k, set)| set.then_some(k))
-    .collect();
-    if !limits_ok && !explicit.is_empty() {
-        weaker.push(format!(
-            "[limits] {} may not be enforceable here (`run` refuses a limit it cannot enforce): {}",
-            explicit.join(", "),
-            resource_limits.detail
-        ));
-    }
     let mut notes = Vec::new();
     if seccomp.listener.works && !seccomp.sync_wake_up.works {
         notes.push(

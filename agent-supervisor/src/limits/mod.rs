@@ -527,6 +527,41 @@ fn watch(
     }
 }
 
+/// Can this host enforce `limits`' memory, processes and cpu (root, and each controller they
+/// need in cgroup v2 or v1)? For `doctor`; `run` finds out by creating the cgroups.
+pub fn host_can_enforce(limits: &Limits) -> Result<(), String> {
+    let needed: Vec<&str> = [
+        ("memory", limits.memory.value.is_some()),
+        ("pids", limits.processes.value.is_some()),
+        ("cpu", limits.cpu.value.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(c, on)| on.then_some(c))
+    .collect();
+    if needed.is_empty() {
+        return Ok(());
+    }
+    if sys::euid_egid().0 != 0 {
+        return Err("not root: the session's cgroups cannot be created".into());
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let v2 = crate::cgroup::cgroup2_root_in(&mounts)
+        .map(|r| std::fs::read_to_string(r.join("cgroup.controllers")).unwrap_or_default())
+        .unwrap_or_default();
+    let missing: Vec<&str> = needed
+        .into_iter()
+        .filter(|c| !v2.split_whitespace().any(|x| x == *c) && v1::mount_of(&mounts, c).is_none())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "no {} controller in cgroup v2 or v1",
+            missing.join(", ")
+        ))
+    }
+}
+
 /// What this host can enforce, for `doctor`: one line.
 pub fn doctor_line() -> (bool, String) {
     let root = sys::euid_egid().0 == 0;
