@@ -434,13 +434,26 @@ impl SessionLimits {
     }
 }
 
+/// SIGKILL every process listed in a `cgroup.procs`. Each pid is pinned with a pidfd first,
+/// then signalled only if the file still lists it: a pid that was reused meanwhile by a process
+/// outside the cgroup is never signalled.
 fn kill_listed(procs: &Path) {
-    for pid in std::fs::read_to_string(procs)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
-    {
-        let _ = sys::kill(pid, libc::SIGKILL);
+    let listed = || -> Vec<libc::pid_t> {
+        std::fs::read_to_string(procs)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let pinned: Vec<(libc::pid_t, OwnedFd)> = listed()
+        .into_iter()
+        .filter_map(|pid| sys::pidfd_open(pid).ok().map(|fd| (pid, fd)))
+        .collect();
+    let still = listed();
+    for (pid, fd) in pinned {
+        if still.contains(&pid) {
+            let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+        }
     }
 }
 
