@@ -834,3 +834,61 @@ fn a_pending_ask_is_not_allowed_when_the_supervisor_dies() {
         "the agent went on after its supervisor died"
     );
 }
+
+/// CPU time (user + system, seconds) of the first process with `marker` in its command line.
+fn cpu_seconds_of(marker: &str) -> Option<f64> {
+    let tick = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    let stat = std::fs::read_to_string(procs_with_marker(marker).first()?.join("stat")).ok()?;
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    Some((utime + stime) / tick)
+}
+
+/// `cpu = 0.25`: a busy loop gets about a quarter of a CPU, measured from the host over two
+/// seconds of its life (the session then ends by its timeout).
+#[test]
+fn cpu_throttles_a_busy_agent() {
+    skip_unless!(is_root(), "needs root (cgroups)");
+    skip_unless!(
+        controller_available("cpu"),
+        "no cpu cgroup controller (v2 root or v1 hierarchy) on this host"
+    );
+    let ws = Workspace::new("cpu");
+    let marker = format!("busy{}", unique());
+    ws.write(&format!("{marker}.sh"), "while :; do :; done\n");
+    let policy = ws.policy(&format!("{UNRESTRICTED}[limits]\ncpu = 0.25\ntimeout = \"4s\"\n"));
+    let mut c = Command::new(bin());
+    c.args(["run", "-q", "--standalone", "--headless", "--policy"])
+        .arg(&policy)
+        .arg("--audit")
+        .arg(&ws.audit)
+        .args(["--", "/bin/sh"])
+        .arg(format!("{marker}.sh"))
+        .current_dir(&ws.dir)
+        .env_remove("CI")
+        .env_remove("GITHUB_ACTIONS")
+        .stdin(std::process::Stdio::null());
+    let mut child = c.spawn().expect("spawn the supervisor");
+    let started = wait_until(Duration::from_secs(10), || cpu_seconds_of(&marker).is_some());
+    let before = cpu_seconds_of(&marker);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = cpu_seconds_of(&marker);
+    let wall = t0.elapsed().as_secs_f64();
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    assert!(started, "the busy loop never showed up");
+    let (Some(before), Some(after)) = (before, after) else {
+        panic!("the busy loop ended early (status {status:?})");
+    };
+    let share = (after - before) / wall;
+    assert!(share > 0.05, "the loop got {share:.2} CPUs: did it run at all?");
+    assert!(share < 0.4, "the loop got {share:.2} CPUs, over the 0.25 limit");
+    assert_eq!(status.code(), Some(124), "the session ends by its timeout");
+}
