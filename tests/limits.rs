@@ -841,7 +841,12 @@ fn cpu_seconds_of(marker: &str) -> Option<f64> {
         .arg("CLK_TCK")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .unwrap_or(100.0);
     let stat = std::fs::read_to_string(procs_with_marker(marker).first()?.join("stat")).ok()?;
     // After the command name in parentheses: state is field 3, utime 14, stime 15.
@@ -863,7 +868,9 @@ fn cpu_throttles_a_busy_agent() {
     let ws = Workspace::new("cpu");
     let marker = format!("busy{}", unique());
     ws.write(&format!("{marker}.sh"), "while :; do :; done\n");
-    let policy = ws.policy(&format!("{UNRESTRICTED}[limits]\ncpu = 0.25\ntimeout = \"4s\"\n"));
+    let policy = ws.policy(&format!(
+        "{UNRESTRICTED}[limits]\ncpu = 0.25\ntimeout = \"4s\"\n"
+    ));
     let mut c = Command::new(bin());
     c.args(["run", "-q", "--standalone", "--headless", "--policy"])
         .arg(&policy)
@@ -876,7 +883,9 @@ fn cpu_throttles_a_busy_agent() {
         .env_remove("GITHUB_ACTIONS")
         .stdin(std::process::Stdio::null());
     let mut child = c.spawn().expect("spawn the supervisor");
-    let started = wait_until(Duration::from_secs(10), || cpu_seconds_of(&marker).is_some());
+    let started = wait_until(Duration::from_secs(10), || {
+        cpu_seconds_of(&marker).is_some()
+    });
     let before = cpu_seconds_of(&marker);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
@@ -888,7 +897,13 @@ fn cpu_throttles_a_busy_agent() {
         panic!("the busy loop ended early (status {status:?})");
     };
     let share = (after - before) / wall;
-    assert!(share > 0.05, "the loop got {share:.2} CPUs: did it run at all?");
-    assert!(share < 0.4, "the loop got {share:.2} CPUs, over the 0.25 limit");
+    assert!(
+        share > 0.05,
+        "the loop got {share:.2} CPUs: did it run at all?"
+    );
+    assert!(
+        share < 0.4,
+        "the loop got {share:.2} CPUs, over the 0.25 limit"
+    );
     assert_eq!(status.code(), Some(124), "the session ends by its timeout");
 }
