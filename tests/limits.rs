@@ -907,3 +907,57 @@ fn cpu_throttles_a_busy_agent() {
     );
     assert_eq!(status.code(), Some(124), "the session ends by its timeout");
 }
+
+/// The timeout hits while an ask waits on the terminal (nobody answers): the session ends
+/// (exit 124) and the asked action never happens.
+#[test]
+fn the_timeout_ends_a_session_whose_ask_waits_and_the_action_never_happens() {
+    skip_unless!(is_root(), "the sandbox needs root here");
+    skip_unless!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "no python3 for the pseudo-terminal driver"
+    );
+    let ws = Workspace::new("timeoutask");
+    std::fs::create_dir_all(ws.path("ask")).expect("mkdir ask");
+    let policy = ws.policy(&format!(
+        "version = 1\nextends = \"unrestricted\"\napproval_timeout = \"60s\"\n\
+         [limits]\ntimeout = \"2s\"\n[[rule]]\ndecision = \"ask\"\nfile = \"ask/**\"\n"
+    ));
+    let driver = ws.dir.parent().unwrap().join("pty_driver.py");
+    std::fs::write(&driver, PTY_DRIVER).expect("write the driver");
+    let mut c = Command::new("/usr/bin/python3");
+    c.arg(&driver).args(["", "40"]).arg(bin());
+    c.args(["run", "-q", "--standalone", "--policy"])
+        .arg(&policy)
+        .arg("--audit")
+        .arg(&ws.audit)
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo x > ask/x; echo after > after.txt",
+        ])
+        .current_dir(&ws.dir)
+        .env_remove("CI")
+        .env_remove("GITHUB_ACTIONS")
+        .stdin(std::process::Stdio::null());
+    let start = Instant::now();
+    let r = run_with_timeout(c, Duration::from_secs(50));
+    assert_eq!(r.code, Some(0), "the pty driver failed: {r:?}");
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("driver JSON");
+    assert_eq!(v["timed_out"], false, "{v}");
+    assert_eq!(v["prompts"], 1, "{v}");
+    assert_eq!(v["status"], 124, "{v}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(!ws.path("ask/x").exists(), "the waiting action happened");
+    assert!(
+        !ws.path("after.txt").exists(),
+        "the agent went on after its timeout"
+    );
+    let end = session_end(&ws);
+    assert_eq!(end["action"]["ended_by"], "timeout", "{end}");
+}
