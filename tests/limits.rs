@@ -919,10 +919,10 @@ fn the_timeout_ends_a_session_whose_ask_waits_and_the_action_never_happens() {
     );
     let ws = Workspace::new("timeoutask");
     std::fs::create_dir_all(ws.path("ask")).expect("mkdir ask");
-    let policy = ws.policy(&format!(
+    let policy = ws.policy(
         "version = 1\nextends = \"unrestricted\"\napproval_timeout = \"60s\"\n\
-         [limits]\ntimeout = \"2s\"\n[[rule]]\ndecision = \"ask\"\nfile = \"ask/**\"\n"
-    ));
+         [limits]\ntimeout = \"2s\"\n[[rule]]\ndecision = \"ask\"\nfile = \"ask/**\"\n",
+    );
     let driver = ws.dir.parent().unwrap().join("pty_driver.py");
     std::fs::write(&driver, PTY_DRIVER).expect("write the driver");
     let mut c = Command::new("/usr/bin/python3");
