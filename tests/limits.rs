@@ -920,9 +920,11 @@ fn cpu_throttles_a_busy_agent() {
         panic!("the busy loop ended early (status {status:?})");
     };
     let share = (after - before) / wall;
+    // Any progress at all: on a loaded host (other builds) the loop may get far less than
+    // its quarter; what it must never get is more.
     assert!(
-        share > 0.05,
-        "the loop got {share:.2} CPUs: did it run at all?"
+        after > before,
+        "the loop got no CPU time at all: the test measured nothing"
     );
     assert!(
         share < 0.4,
