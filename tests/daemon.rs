@@ -907,6 +907,10 @@ fn a_daemon_killed_while_an_approval_waits_takes_the_agent_with_it_and_nothing_i
             "{} still lists {left}",
             procs.display()
         );
+        // Ours to clean up: the killed supervisor could not.
+        if let Some(dir) = procs.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
