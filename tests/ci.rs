@@ -886,3 +886,35 @@ fn the_example_workflows_are_valid_yaml_and_use_real_flags() {
         }
     }
 }
+
+/// A session killed at its timeout: the report says so (how it ended, the limit), exit 124.
+#[test]
+fn a_session_killed_at_its_timeout_is_reported_as_such() {
+    skip_unless!(
+        common::is_root(),
+        "needs root: the timeout watches the session's cgroup"
+    );
+    let ws = Workspace::new("ci-timeout");
+    let report_path = ws.path("report.json");
+    let r = run(
+        &ws,
+        &[],
+        &[
+            "--ci",
+            "--policy",
+            "preset:unrestricted",
+            "--timeout",
+            "1s",
+            "--report",
+            report_path.to_str().unwrap(),
+        ],
+        &["/bin/sleep", "30"],
+    );
+    assert_eq!(r.code, Some(124), "{r:?}");
+    let report = read_json(&report_path);
+    assert_eq!(report["status"], "completed", "{report}");
+    assert_eq!(report["ended_by"], "timeout", "{report}");
+    assert_eq!(report["exit_code"], 124, "{report}");
+    assert!(!report["limit"].is_null(), "{report}");
+    assert!(r.stderr.contains("KILLED at its timeout"), "{}", r.stderr);
+}

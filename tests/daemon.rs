@@ -897,6 +897,53 @@ fn a_daemon_killed_while_an_approval_waits_takes_the_agent_with_it_and_nothing_i
         .dir
         .join(format!("state/sessions/{}.json", session.id))
         .exists());
+    // Nothing of the old session runs in its cgroups (the v2 one, and on hybrid hosts the v1
+    // ones under our own cgroups; a SIGKILLed supervisor leaves the empty directories for the
+    // next session to sweep).
+    for procs in old_session_cgroup_procs(&session.id) {
+        let left = std::fs::read_to_string(&procs).unwrap_or_default();
+        assert!(
+            left.trim().is_empty(),
+            "{} still lists {left}",
+            procs.display()
+        );
+        // Ours to clean up: the killed supervisor could not.
+        if let Some(dir) = procs.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The `cgroup.procs` files of session `id`'s cgroups that exist.
+fn old_session_cgroup_procs(id: &str) -> Vec<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut dirs = Vec::new();
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.get(2) {
+            Some(&"cgroup2") => dirs.push(std::path::Path::new(f[1]).join("agent-supervisor")),
+            Some(&"cgroup") => {
+                for line in own.lines() {
+                    let parts: Vec<&str> = line.splitn(3, ':').collect();
+                    if parts.len() == 3
+                        && parts[1].split(',').any(|c| f[3].split(',').any(|o| o == c))
+                    {
+                        dirs.push(
+                            std::path::Path::new(f[1])
+                                .join(parts[2].trim_start_matches('/'))
+                                .join("agent-supervisor"),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    dirs.into_iter()
+        .map(|d| d.join(id).join("cgroup.procs"))
+        .filter(|p| p.exists())
+        .collect()
 }
 
 /// Sends bytes as they are (a malformed message), reads the reply as bytes.

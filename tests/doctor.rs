@@ -637,6 +637,7 @@ const WARNING_TOPICS: &[&str] = &[
     "Landlock",
     "WAIT_KILLABLE_RECV",
     "DNS resolver",
+    "default limits",
 ];
 
 fn topic(line: &str) -> &'static str {

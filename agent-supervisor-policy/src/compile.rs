@@ -176,7 +176,9 @@ fn compile(source: String, layers: Vec<Layer>, vars: &Vars) -> Result<Policy, Po
     let mut custom = Vec::new();
     let (mut read, mut write, mut exec) = (Vec::new(), Vec::new(), Vec::new());
     let mut layer_rules = Vec::new();
+    let mut limits = crate::Limits::DEFAULT;
     for layer in layers {
+        layer.limits.merge_into(&mut limits);
         default = layer.default.unwrap_or(default);
         approval_timeout = layer.approval_timeout.unwrap_or(approval_timeout);
         custom.extend(layer.vars);
@@ -209,6 +211,7 @@ fn compile(source: String, layers: Vec<Layer>, vars: &Vars) -> Result<Policy, Po
         default,
         approval_timeout,
         filesystem,
+        limits,
         rules,
         matchers,
         vars: var_list,

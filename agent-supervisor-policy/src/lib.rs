@@ -32,6 +32,12 @@
 //! [[rule]]
 //! decision = "allow"
 //! network = "127.0.0.1:8080"     # IP, CIDR, [IPv6], [IPv6 CIDR] or host name glob, then :port or :*
+//! [limits]                       # the session's resources (see `Limits`); "none": no limit
+//! memory = "2G"                  # bytes, "512M", "2G", "50%" of host RAM (default "50%")
+//! processes = 4096               # processes + threads at once (default 4096)
+//! cpu = 1.5                      # CPUs' worth of time (default "none")
+//! timeout = "30m"                # wall clock (default "none")
+//! file_size = "1G"               # largest file the agent writes (default "none")
 //! ```
 //!
 //! ## Validation
@@ -48,6 +54,7 @@
 //!
 //! The base is loaded first (recursively), then the file is laid over it:
 //! - `default` and `approval_timeout` override the base when present;
+//! - each `[limits]` key present in the file overrides the base's, key by key;
 //! - a `[filesystem]` key (`read`, `write`, `exec`) present in the file **replaces** the base's
 //!   list; absent keys inherit it;
 //! - rules are the base's first, then the file's ([`Policy::rules`] is numbered across both);
@@ -140,6 +147,7 @@
 
 mod compile;
 mod decide;
+mod limits;
 mod matcher;
 mod paths;
 mod plan;
@@ -153,6 +161,10 @@ use std::path::{Path, PathBuf};
 
 /// An IP network (IPv4 or IPv6 CIDR), as returned by [`Policy::network_rule_ips`].
 pub use ipnet::IpNet;
+pub use limits::{
+    format_size, parse_cpu, parse_memory, parse_processes, parse_size, parse_timeout, Limit,
+    Limits, Memory,
+};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -470,6 +482,8 @@ pub struct Policy {
     pub approval_timeout: Duration,
     /// The static trees.
     pub filesystem: Filesystem,
+    /// `[limits]`: the session's resource limits (built-in defaults where no file sets one).
+    pub limits: Limits,
     /// Base policy's rules first (extends), then this file's, in file order.
     pub rules: Vec<Rule>,
     /// Compiled matchers, one per rule (same index).

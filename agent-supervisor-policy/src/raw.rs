@@ -25,6 +25,7 @@ struct RawFile {
     vars: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     filesystem: Option<RawFilesystem>,
     network: Option<RawNetwork>,
+    limits: Option<crate::limits::RawLimits>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
 }
@@ -69,6 +70,8 @@ pub(crate) struct Layer {
     pub write: Option<Vec<Str>>,
     pub exec: Option<Vec<Str>>,
     pub rules: Vec<LayerRule>,
+    /// `[limits]`, key by key.
+    pub limits: crate::limits::LayerLimits,
 }
 
 #[derive(Debug)]
@@ -145,8 +148,13 @@ pub(crate) fn parse_layer(src: &Arc<Source>) -> Result<Layer, PolicyError> {
             }
         }
     }
+    let limits = match raw.limits {
+        Some(l) => crate::limits::parse(src, l)?,
+        None => Default::default(),
+    };
     Ok(Layer {
         extends: raw.extends.map(str_of),
+        limits,
         default,
         approval_timeout,
         vars,

@@ -362,3 +362,62 @@ fn tree_entries_may_be_files_and_are_normalised() {
         DecidedBy::Filesystem
     );
 }
+
+#[test]
+fn limits_default_merge_key_by_key_through_extends_and_describe_themselves() {
+    let p = parse("version = 1\nextends = \"none\"\n").unwrap();
+    assert_eq!(p.limits, Limits::DEFAULT);
+    assert_eq!(p.limits.processes.value, Some(4096));
+    assert_eq!(p.limits.memory.value, Some(Memory::HostPercent(50)));
+    assert!(!p.limits.processes.is_explicit());
+    for preset in PRESETS {
+        let p = Policy::preset(preset, &vars()).unwrap();
+        assert_eq!(p.limits, Limits::DEFAULT, "preset {preset} sets no limit");
+    }
+
+    let dir = std::env::temp_dir().join(format!("policy-limits-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("base.toml"),
+        "version = 1\nextends = \"none\"\n[limits]\nmemory = \"2G\"\nprocesses = 100\ntimeout = \"30m\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nextends = \"base.toml\"\n[limits]\nprocesses = \"none\"\ncpu = 1.5\nfile_size = \"10M\"\n",
+    )
+    .unwrap();
+    let p = Policy::load(&dir.join("p.toml"), &vars()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let l = &p.limits;
+    assert_eq!(l.memory.value, Some(Memory::Bytes(2 << 30)), "inherited");
+    assert_eq!(
+        l.memory.origin.as_ref().map(|o| (o.line, o.column)),
+        Some((4, 10)),
+        "the base's position"
+    );
+    assert!(l
+        .memory
+        .origin
+        .as_ref()
+        .unwrap()
+        .file
+        .ends_with("base.toml"));
+    assert_eq!(l.processes.value, None, "\"none\" overrides the base's 100");
+    assert!(l.processes.is_explicit());
+    assert_eq!(l.cpu.value, Some(1.5));
+    assert_eq!(l.timeout.value, Some(Duration::from_secs(1800)));
+    assert_eq!(l.file_size.value, Some(10 << 20));
+    let lines = l.describe();
+    assert_eq!(lines.len(), 5);
+    assert!(lines[0].starts_with("memory = 2G ("), "{lines:?}");
+    assert!(lines[1].starts_with("processes = none ("), "{lines:?}");
+    assert_eq!(lines[2].split(" (").next(), Some("cpu = 1.5 CPUs"));
+    assert_eq!(lines[3].split(" (").next(), Some("timeout = 30m"));
+    assert_eq!(lines[4].split(" (").next(), Some("file_size = 10M"));
+    let d = parse("version = 1\nextends = \"none\"\n")
+        .unwrap()
+        .limits
+        .describe();
+    assert_eq!(d[0], "memory = 50% of host RAM (built-in default)");
+}

@@ -9,6 +9,10 @@
 //! over its link (see [`crate::daemon::link`]) and come back answered by an approval client;
 //! the daemon denies at the deadline, and this broker denies a little later on its own should
 //! the daemon not answer; a closed link denies everything and ends the session.
+//!
+//! At most [`MAX_PENDING_ASKS`] asks of a session wait at once (in this queue, and so in the
+//! daemon's): one more is denied at once (`decided_by: "queue-full"`), so that a hostile agent
+//! flooding asks from many threads cannot grow the supervisor's (or the daemon's) memory.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -16,6 +20,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -43,9 +48,22 @@ pub enum Mode {
 /// timeout included, normally comes first).
 const DAEMON_GRACE: Duration = Duration::from_secs(5);
 
+/// How many asks of one session may wait for an answer at once; one more is denied at once
+/// (`decided_by: "queue-full"`, audited).
+pub const MAX_PENDING_ASKS: usize = 64;
+
+/// One place in the queue of pending asks, given back when dropped (the ask is settled).
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// What the broker is fed.
 pub enum BrokerMsg {
-    Ask(Box<Pending>),
+    Ask(Box<Pending>, Slot),
     /// From the daemon.
     Answer(ToSession),
     /// The daemon's link closed or broke.
@@ -55,6 +73,8 @@ pub enum BrokerMsg {
 /// Handle to the broker.
 pub struct Approvals {
     tx: mpsc::Sender<BrokerMsg>,
+    /// Asks sent to the broker and not settled yet.
+    pending: Arc<AtomicUsize>,
 }
 
 /// The broker's end, moved into its thread.
@@ -69,7 +89,10 @@ impl Approvals {
     pub fn new(mode: Mode, timeout: Duration) -> (Approvals, Broker) {
         let (tx, rx) = mpsc::channel();
         (
-            Approvals { tx: tx.clone() },
+            Approvals {
+                tx: tx.clone(),
+                pending: Arc::new(AtomicUsize::new(0)),
+            },
             Broker {
                 rx,
                 tx,
@@ -79,27 +102,35 @@ impl Approvals {
         )
     }
 
-    /// Queue an ask. If the broker is gone, the action is lost... never allowed: the trapped
-    /// syscall fails when the supervisor exits.
-    pub fn ask(&self, p: Pending) {
-        let _ = self.tx.send(BrokerMsg::Ask(Box::new(p)));
+    /// Queue an ask; `Err` gives it back when [`MAX_PENDING_ASKS`] are already waiting (the
+    /// caller denies it). If the broker is gone, the action is lost... never allowed: the
+    /// trapped syscall fails when the supervisor exits.
+    pub fn ask(&self, p: Pending) -> Result<(), Box<Pending>> {
+        let p = Box::new(p);
+        let before = self.pending.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(Arc::clone(&self.pending));
+        if before >= MAX_PENDING_ASKS {
+            return Err(p);
+        }
+        let _ = self.tx.send(BrokerMsg::Ask(p, slot));
+        Ok(())
     }
 }
 
 /// The next ask (terminal mode has nothing else on its channel).
-fn recv_ask(rx: &mpsc::Receiver<BrokerMsg>) -> Option<Pending> {
+fn recv_ask(rx: &mpsc::Receiver<BrokerMsg>) -> Option<(Pending, Slot)> {
     loop {
         match rx.recv().ok()? {
-            BrokerMsg::Ask(p) => return Some(*p),
+            BrokerMsg::Ask(p, slot) => return Some((*p, slot)),
             _ => continue,
         }
     }
 }
 
-fn try_recv_ask(rx: &mpsc::Receiver<BrokerMsg>) -> Option<Pending> {
+fn try_recv_ask(rx: &mpsc::Receiver<BrokerMsg>) -> Option<(Pending, Slot)> {
     loop {
         match rx.try_recv().ok()? {
-            BrokerMsg::Ask(p) => return Some(*p),
+            BrokerMsg::Ask(p, slot) => return Some((*p, slot)),
             _ => continue,
         }
     }
@@ -118,6 +149,8 @@ pub fn choose_mode(headless: bool, default_allow: bool) -> Mode {
 struct Waiting {
     p: Pending,
     deadline: Instant,
+    /// Its place in the queue, given back when it is settled (dropped).
+    _slot: Slot,
 }
 
 /// The broker thread.
@@ -126,7 +159,7 @@ pub fn run(ctx: Arc<Ctx>, b: Broker) {
     let mut tty = match b.mode {
         Mode::Daemon { link, reader } => return run_daemon(ctx, b.rx, b.tx, link, reader),
         Mode::Headless { default_allow } => {
-            while let Some(p) = recv_ask(&b.rx) {
+            while let Some((p, _slot)) = recv_ask(&b.rx) {
                 let d = if default_allow {
                     Decision::Allow
                 } else {
@@ -141,17 +174,19 @@ pub fn run(ctx: Arc<Ctx>, b: Broker) {
     loop {
         if queue.is_empty() {
             match recv_ask(&b.rx) {
-                Some(p) => queue.push_back(Waiting {
+                Some((p, _slot)) => queue.push_back(Waiting {
                     deadline: p.started + b.timeout,
                     p,
+                    _slot,
                 }),
                 None => return,
             }
         }
-        while let Some(p) = try_recv_ask(&b.rx) {
+        while let Some((p, _slot)) = try_recv_ask(&b.rx) {
             queue.push_back(Waiting {
                 deadline: p.started + b.timeout,
                 p,
+                _slot,
             });
         }
         settle(&ctx, &mut queue, None);
@@ -274,10 +309,11 @@ fn prompt(
         {
             break Answer::Gone;
         }
-        while let Some(p) = try_recv_ask(rx) {
+        while let Some((p, _slot)) = try_recv_ask(rx) {
             queue.push_back(Waiting {
                 deadline: p.started + timeout,
                 p,
+                _slot,
             });
         }
         settle(ctx, queue, Some(now));
@@ -364,7 +400,7 @@ fn run_daemon(
             .unwrap_or(Duration::from_secs(3600))
             .min(Duration::from_millis(200));
         match rx.recv_timeout(wait) {
-            Ok(BrokerMsg::Ask(p)) => {
+            Ok(BrokerMsg::Ask(p, _slot)) => {
                 let p = *p;
                 next_id += 1;
                 let msg = ToDaemon::Ask {
@@ -382,6 +418,7 @@ fn run_daemon(
                     Waiting {
                         deadline: p.started + timeout + DAEMON_GRACE,
                         p,
+                        _slot,
                     },
                 );
                 if let Err(e) = link.send(&msg) {

@@ -1,6 +1,7 @@
 //! The session's own cgroup v2 directory: `<cgroup2 root>/agent-supervisor/<session id>`.
 //!
-//! The eBPF network programs are attached to this directory and nowhere else, so they only
+//! Every root session creates it (see [`crate::limits`], which also writes the session's
+//! resource limits into it). The eBPF network programs are attached to this directory and nowhere else, so they only
 //! ever see the sockets of the session's processes: everything else on the host is untouched.
 //! The sandbox's init is written into its `cgroup.procs` before it starts the agent, so every
 //! process and socket of the session lives in it.

@@ -39,6 +39,15 @@ pub struct Options {
     pub json: bool,
 }
 
+/// Whether `[limits]` memory, processes and cpu can be enforced here, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResourceLimits {
+    /// Root, and each of the memory, pids and cpu controllers in cgroup v2 or v1.
+    pub enforceable: bool,
+    /// One line: which controller is where.
+    pub detail: String,
+}
+
 /// The outcome of trying one feature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Probe {
@@ -218,6 +227,8 @@ pub struct Report {
     /// What `run`'s in-kernel network backstop needs: `cgroup_sock_addr` programs load and
     /// the session's cgroup can be created under the cgroup v2 hierarchy.
     pub network_backstop: Probe,
+    /// Where `[limits]` memory, processes and cpu would be enforced (cgroup v2 or v1), one line.
+    pub resource_limits: ResourceLimits,
     pub policy: PolicyReport,
     /// Every distinct WEAKER line.
     pub weaker: Vec<String>,
@@ -366,6 +377,7 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
         }),
         bpf_lsm: bpf_lsm.usable.as_result(),
         dns_resolver: probe_dns_port(),
+        resource_limits: crate::limits::host_can_enforce(&policy.limits),
     };
     let plan = policy.plan();
     let mut protections = needs::protections(policy, &plan);
@@ -376,6 +388,11 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
             weaker.push(w.clone());
         }
     }
+    let (limits_ok, limits_line) = crate::limits::doctor_line();
+    let resource_limits = ResourceLimits {
+        enforceable: limits_ok,
+        detail: limits_line,
+    };
     let mut notes = Vec::new();
     if seccomp.listener.works && !seccomp.sync_wake_up.works {
         notes.push(
@@ -397,6 +414,7 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
         tracefs,
         cgroups,
         network_backstop,
+        resource_limits,
         policy: PolicyReport {
             source: policy.source.clone(),
             default: policy.default.to_string(),
@@ -509,6 +527,7 @@ pub fn render_text(r: &Report) -> String {
         let _ = write!(cg, "{sep} v1: {}", c.v1_controllers.join(" "));
     }
     line("cgroups", cg);
+    line("resource limits", r.resource_limits.detail.clone());
     line(
         "network backstop (BPF)",
         if r.network_backstop.works {

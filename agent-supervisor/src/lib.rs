@@ -9,6 +9,7 @@
 //! - [`audit_export`]: optional copies of the audit records to journald and OTLP.
 //! - [`ci`]: CI-runner mode (`run --ci`): no prompts, a JSON report, GitHub annotations.
 //! - [`cgroup`]: the session's own cgroup v2 directory (where the eBPF programs attach).
+//! - [`limits`]: the session's resource limits (cgroup v2 or v1), timeout and how it ended.
 //! - [`ebpf`]: the embedded eBPF object and the in-kernel network backstop.
 //! - [`session`]: `agent-supervisor run` from policy to exit code.
 //! - [`sys`]: every raw system call (the only `unsafe` code).
@@ -25,6 +26,7 @@ pub mod dns;
 pub mod doctor;
 pub mod ebpf;
 pub mod explain;
+pub mod limits;
 pub mod sandbox;
 pub mod session;
 pub mod supervise;

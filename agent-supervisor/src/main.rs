@@ -71,7 +71,7 @@ impl From<ExportArgs> for agent_supervisor::audit_export::ExportConfig {
 enum Command {
     /// Run COMMAND under a policy.
     #[command(
-        after_help = "Examples:\n  agent-supervisor run -- python my_agent.py\n  agent-supervisor run --policy preset:locked -- ./agent.sh\n  agent-supervisor run --headless --audit ./audit.jsonl -- make test\n  agent-supervisor run --dns-upstream 10.0.0.2 --policy ./policy.toml -- ./agent.sh\n  agent-supervisor run --ci --policy preset:ci --report report.json -- ./agent.sh\n\nCI mode (--ci, or CI=true in the environment; --no-ci or CI=false turn it off):\nnever prompts (ask = deny, or allow with --default-allow), writes a JSON report\n(--report, default ./agent-supervisor-report.json) and a summary on stderr; with\nGITHUB_ACTIONS=true also annotations and $GITHUB_STEP_SUMMARY. See docs/ci.md.\n\nPolicy lookup without --policy: ./.agent-supervisor/policy.toml,\n~/.config/agent-supervisor/policy.toml, /etc/agent-supervisor/policy.toml,\nthen the built-in `sandboxed` preset."
+        after_help = "Examples:\n  agent-supervisor run -- python my_agent.py\n  agent-supervisor run --policy preset:locked -- ./agent.sh\n  agent-supervisor run --headless --audit ./audit.jsonl -- make test\n  agent-supervisor run --dns-upstream 10.0.0.2 --policy ./policy.toml -- ./agent.sh\n  agent-supervisor run --ci --policy preset:ci --report report.json -- ./agent.sh\n  agent-supervisor run --timeout 30m --memory 4G --processes 512 -- ./agent.sh\n\nCI mode (--ci, or CI=true in the environment; --no-ci or CI=false turn it off):\nnever prompts (ask = deny, or allow with --default-allow), writes a JSON report\n(--report, default ./agent-supervisor-report.json) and a summary on stderr; with\nGITHUB_ACTIONS=true also annotations and $GITHUB_STEP_SUMMARY. See docs/ci.md.\n\nPolicy lookup without --policy: ./.agent-supervisor/policy.toml,\n~/.config/agent-supervisor/policy.toml, /etc/agent-supervisor/policy.toml,\nthen the built-in `sandboxed` preset."
     )]
     Run {
         /// Policy file, or `preset:NAME` (unrestricted, sandboxed, locked, ci).
@@ -148,6 +148,8 @@ enum Command {
             value_name = "PATH"
         )]
         socket: PathBuf,
+        #[command(flatten)]
+        limits: session::LimitFlags,
         /// Launched by the daemon: its link's inherited fd (internal).
         #[arg(long, hide = true, value_name = "FD")]
         daemon_link: Option<i32>,
@@ -435,6 +437,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             socket,
             daemon_link,
             session_id,
+            limits,
             command,
         } => {
             // The daemon launches its sessions itself: never in CI mode.
@@ -455,9 +458,10 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 || no_ebpf
                 || headless
                 || default_allow
+                || limits.any()
                 || daemon_link.is_some();
             if daemon && standalone_only {
-                bail!("--daemon: --audit, --audit-journald, --audit-otlp, --keep-fd, --require, --no-ebpf, --headless and --default-allow are for standalone runs (the daemon's config decides those)");
+                bail!("--daemon: --audit, --audit-journald, --audit-otlp, --keep-fd, --require, --no-ebpf, --headless, --default-allow and the limit flags are for standalone runs (the daemon's config decides those)");
             }
             let use_daemon = daemon
                 || (!standalone
@@ -491,6 +495,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 },
                 daemon_link,
                 session_id,
+                limits,
                 command,
                 observer: Default::default(),
             };
@@ -569,6 +574,10 @@ fn dispatch(cmd: Command) -> Result<i32> {
                         p.rules.len(),
                         p.default
                     );
+                    println!("limits:");
+                    for l in p.limits.describe() {
+                        println!("  {l}");
+                    }
                     Ok(0)
                 }
                 Err(e) => {

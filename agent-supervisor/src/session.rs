@@ -47,6 +47,8 @@ pub struct RunOptions {
     /// session id it chose. Audit records and asks go to the daemon.
     pub daemon_link: Option<i32>,
     pub session_id: Option<String>,
+    /// `run --timeout/--memory/...`: override the policy's `[limits]`.
+    pub limits: LimitFlags,
     pub command: Vec<OsString>,
     /// Sees every audit record (CI mode's report, [`crate::ci`]).
     pub observer: AuditObserver,
@@ -59,6 +61,75 @@ pub struct AuditObserver(pub Option<crate::audit::Observer>);
 impl std::fmt::Debug for AuditObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_some() { "Some(..)" } else { "None" })
+    }
+}
+
+/// A `[limits]` value given on the command line: `Some` value or "none" (no limit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitFlag<T>(pub Option<T>);
+
+/// `run`'s resource limit flags; each overrides the policy's `[limits]` key of the same name
+/// and counts as set explicitly (refused when this host cannot enforce it).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LimitFlags {
+    /// Wall-clock limit of the session ("30s", "30m", "1h 30m", or "none"): then SIGTERM to
+    /// the agent, SIGKILL to everything 5 s later, exit code 124.
+    #[arg(long, value_name = "DURATION", value_parser = |s: &str| agent_supervisor_policy::parse_timeout(s).map(LimitFlag))]
+    pub timeout: Option<LimitFlag<std::time::Duration>>,
+    /// Memory of the whole session ("512M", "2G", "50%" of host RAM, or "none"); exceeding it
+    /// kills the session, exit code 122.
+    #[arg(long, value_name = "SIZE", value_parser = |s: &str| agent_supervisor_policy::parse_memory(s).map(LimitFlag))]
+    pub memory: Option<LimitFlag<agent_supervisor_policy::Memory>>,
+    /// Processes and threads alive at once (or "none"); reaching it kills the session, exit
+    /// code 123.
+    #[arg(long, value_name = "N", value_parser = |s: &str| agent_supervisor_policy::parse_processes(s).map(LimitFlag))]
+    pub processes: Option<LimitFlag<u64>>,
+    /// CPUs' worth of CPU time ("1.5", or "none").
+    #[arg(long, value_name = "CPUS", value_parser = |s: &str| agent_supervisor_policy::parse_cpu(s).map(LimitFlag))]
+    pub cpu: Option<LimitFlag<f64>>,
+    /// Largest file the agent may write ("100M", or "none"); a larger write fails with EFBIG.
+    #[arg(long, value_name = "SIZE", value_parser = |s: &str| agent_supervisor_policy::parse_size(s).map(LimitFlag))]
+    pub file_size: Option<LimitFlag<u64>>,
+    /// Run even when limits set explicitly (policy or flags) cannot be enforced on this host
+    /// (not root, no cgroup controller): each is reported on stderr instead of refusing.
+    #[arg(long)]
+    pub best_effort_limits: bool,
+}
+
+impl LimitFlags {
+    /// Lay the flags over the policy's limits (origin: the flag's name).
+    pub fn apply(&self, limits: &mut agent_supervisor_policy::Limits) {
+        fn set<T: Copy>(
+            limit: &mut agent_supervisor_policy::Limit<T>,
+            flag: Option<LimitFlag<T>>,
+            name: &str,
+        ) {
+            if let Some(LimitFlag(value)) = flag {
+                *limit = agent_supervisor_policy::Limit {
+                    value,
+                    origin: Some(agent_supervisor_policy::Origin {
+                        file: format!("--{name}"),
+                        line: 0,
+                        column: 0,
+                    }),
+                };
+            }
+        }
+        set(&mut limits.timeout, self.timeout, "timeout");
+        set(&mut limits.memory, self.memory, "memory");
+        set(&mut limits.processes, self.processes, "processes");
+        set(&mut limits.cpu, self.cpu, "cpu");
+        set(&mut limits.file_size, self.file_size, "file-size");
+    }
+
+    /// Any flag given.
+    pub fn any(&self) -> bool {
+        self.timeout.is_some()
+            || self.memory.is_some()
+            || self.processes.is_some()
+            || self.cpu.is_some()
+            || self.file_size.is_some()
+            || self.best_effort_limits
     }
 }
 
@@ -260,7 +331,8 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         "no command given: agent-supervisor run -- COMMAND [ARGS...]"
     );
     let vars = vars(opts.workspace.as_deref())?;
-    let policy = load_policy(opts.policy.as_deref(), &vars)?;
+    let mut policy = load_policy(opts.policy.as_deref(), &vars)?;
+    opts.limits.apply(&mut policy.limits);
     tracing::debug!("policy loaded: {}", policy.source);
     let plan = policy.plan();
     let landlock = LandlockSpec {
@@ -305,8 +377,45 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             audit_path.display()
         );
     }
+    // The session's cgroups with its resource limits (v2, or v1 on hybrid hosts). A limit the
+    // policy or a flag set that cannot be enforced refuses the session; a default one is a
+    // warning.
+    let limits = crate::limits::SessionLimits::setup(&session, &policy.limits);
+    let mut limits_weaker = Vec::new();
+    for u in &limits.unenforced {
+        match &u.origin {
+            Some(origin) if !opts.limits.best_effort_limits => {
+                anyhow::bail!(
+                    "[limits] {} (set at {origin}) cannot be enforced on this host: {}. Run as \
+                     root on a host with that cgroup controller, remove the limit, or pass \
+                     --best-effort-limits to run without it (see `agent-supervisor doctor`)",
+                    u.what,
+                    u.why
+                );
+            }
+            Some(origin) => limits_weaker.push(format!(
+                "[limits] {} (set at {origin}) is not enforced (--best-effort-limits): {}",
+                u.what, u.why
+            )),
+            None => {}
+        }
+    }
+    // The defaults that cannot be enforced: one line.
+    let defaults: Vec<&crate::limits::Unenforced> = limits
+        .unenforced
+        .iter()
+        .filter(|u| u.origin.is_none())
+        .collect();
+    if let Some(first) = defaults.first() {
+        let what: Vec<&str> = defaults.iter().map(|u| u.what.as_str()).collect();
+        limits_weaker.push(format!(
+            "the default limits ({}) are not enforced ({}): a runaway agent can exhaust the host",
+            what.join(", "),
+            first.why
+        ));
+    }
     // The kernel's own checks of network destinations and executed files, and its process
-    // events: the session's cgroup with the eBPF programs attached (without them, one
+    // events: the eBPF programs attached to the session's cgroup (without them, one
     // "weaker" line says so). The exec backstop enforces only when every exec is trapped.
     let exec_mode = if plan.notify_exec {
         crate::ebpf::ExecMode::Enforce
@@ -322,7 +431,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         };
         (None, off)
     } else {
-        crate::ebpf::start_session(&session, &policy, exec_mode, &masks)
+        crate::ebpf::start_session(limits.v2_cgroup(), &policy, exec_mode, &masks)
     };
     if opts.require.contains(&Requirement::Ebpf) {
         if let Some(why) = bpf_weaker.backstops.first() {
@@ -341,11 +450,9 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             ));
         }
     }
-    if let Some(bpf) = &bpf {
-        // The agent (host uid 0 when we are root) must not move itself out of that cgroup.
-        masks.push(bpf.session.cgroup().read_only_root_mask());
-        masks.sort_by_key(|m| m.path.components().count());
-    }
+    // The agent (host uid 0 when we are root) must not move itself out of its cgroups.
+    masks.extend(limits.masks());
+    masks.sort_by_key(|m| m.path.components().count());
 
     // The session's DNS resolver binds port 53 of its own loopback address now (root, before
     // any thread); the agent's resolv.conf names it. Without it (not root) DNS is refused
@@ -374,7 +481,9 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         },
         keep_fds: opts.keep_fds.clone(),
         hostname: "agent-sandbox".into(),
-        cgroup_procs: bpf.as_ref().map(|b| b.session.cgroup().procs_path()),
+        cgroup_procs: limits.v2_cgroup().ok().map(|c| c.procs_path()),
+        limit_procs: limits.limit_procs(),
+        file_size: policy.limits.file_size.value,
         resolv_conf: dns.as_ref().map(|d| d.resolv_conf().into_bytes()),
     };
     // Signals we forward are blocked before any thread exists, so every thread inherits the
@@ -402,6 +511,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     }
     sandbox.weaker.extend(bpf_weaker.into_lines());
     sandbox.weaker.extend(dns_weaker);
+    sandbox.weaker.extend(limits_weaker);
     tracing::debug!("sandbox ready (init pid {})", sandbox.init_pid);
     for w in &sandbox.weaker {
         eprintln!("agent-supervisor: warning: {w}");
@@ -419,6 +529,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     let (approvals, broker) = Approvals::new(mode, policy.approval_timeout);
     let (guard, guard_jobs) =
         Guard::with_exec_backstop(bpf.as_mut().and_then(|b| b.exec_approvals.take()));
+    let timeout = policy.limits.timeout.value;
     let initial: Vec<Vec<u8>> = opts.command.iter().map(|a| a.as_bytes().to_vec()).collect();
     let ctx = Arc::new(Ctx {
         session: session.clone(),
@@ -443,6 +554,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             "workspace": vars.workspace.display().to_string(),
             "weaker": sandbox.weaker,
             "lsm_denied_files": bpf.as_ref().and_then(|b| b.lsm_files),
+            "limits": ctx.policy.limits.describe(),
         }),
     ));
     // The kernel's process events go to the audit log (those from before this point wait in
@@ -472,6 +584,9 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         move || approval::run(ctx, broker)
     })?;
     let init_pidfd = Arc::new(sandbox.init_pidfd);
+    let limits = Arc::new(limits);
+    let watch = crate::limits::Watch::spawn(Arc::clone(&limits), Arc::clone(&init_pidfd), timeout)
+        .context("starting the limits thread")?;
     spawn("signals", {
         let pidfd = Arc::clone(&init_pidfd);
         move || loop {
@@ -491,6 +606,18 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     tracing::debug!("supervising");
     let status = sys::waitid_pidfd(init_pidfd.as_fd()).context("waiting for the agent")?;
     tracing::debug!("agent exited: {status:?}");
+    // What ended it: the watch thread (timeout, a limit), or a limit the kernel enforced by
+    // itself (memory.oom.group killed init) that the watch thread had no time to see.
+    let ended_by = watch
+        .finish()
+        .or_else(|| limits.breach())
+        .unwrap_or(crate::limits::EndReason::Exit);
+    // Init is gone, and its PID namespace with it; anything that is somehow still in the
+    // session's cgroups is killed too.
+    limits.kill_all();
+    if let Some(message) = ended_by.message() {
+        eprintln!("agent-supervisor: {message}");
+    }
     supervise::mark_stopping(&ctx);
     // Every process of the session is gone with init: read the last events, detach the
     // programs, remove the cgroup.
@@ -502,6 +629,8 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         );
     }
     drop(bpf);
+    drop(limits);
+    let exit_code = ended_by.exit_code().unwrap_or(status.code());
     let signal = match status {
         sys::ExitStatus::Signaled(s) => Some(s),
         sys::ExitStatus::Exited(_) => None,
@@ -511,8 +640,11 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         sandbox.init_pid,
         "session-end",
         serde_json::json!({
-            "exit_code": status.code(),
+            "exit_code": exit_code,
+            "agent_exit_code": status.code(),
             "signal": signal,
+            "ended_by": ended_by.as_str(),
+            "limit": ended_by.limit(),
             "ebpf_events_lost": events_lost,
         }),
     ));
@@ -534,7 +666,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             );
         }
     }
-    Ok(status.code())
+    Ok(exit_code)
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {

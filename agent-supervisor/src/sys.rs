@@ -532,6 +532,26 @@ pub fn reset_signals() {
     }
 }
 
+/// Set both the soft and the hard limit of `resource` (`RLIMIT_*`) to `value` bytes/units.
+/// Without `CAP_SYS_RESOURCE` the process can lower it further but never raise it again.
+pub fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: value as libc::rlim_t,
+        rlim_max: value as libc::rlim_t,
+    };
+    // SAFETY: `lim` is a valid rlimit for the duration of the call.
+    check_int(unsafe { libc::setrlimit(resource, &lim) }).map(drop)
+}
+
+/// Ignore `sig` (an ignored disposition survives exec).
+pub fn ignore_signal(sig: i32) -> io::Result<()> {
+    // SAFETY: SIG_IGN is a valid disposition for any catchable signal.
+    if unsafe { libc::signal(sig, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Wait for one of the blocked signals in `sigs`; returns (signal, si_code). `si_code` is
 /// `SI_USER` for kill(2), `SI_KERNEL` for terminal-generated signals.
 pub fn sigwait_info(sigs: &[i32]) -> io::Result<(i32, i32)> {

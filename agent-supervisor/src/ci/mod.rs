@@ -192,6 +192,14 @@ pub fn human_summary(r: &Report, report_path: &Path) -> String {
         (Status::Completed, "signal") => {
             format!("the agent was killed by signal {}", r.signal.unwrap_or(0))
         }
+        (Status::Completed, limit @ ("timeout" | "memory-limit" | "process-limit")) => {
+            let value = r
+                .limit
+                .as_ref()
+                .map(|v| format!(" ({v})"))
+                .unwrap_or_default();
+            format!("the session was KILLED at its {limit}{value}")
+        }
         _ => format!(
             "the agent exited with {}",
             r.agent_exit_code.unwrap_or(r.exit_code)

@@ -67,11 +67,23 @@ struct Started {
     workspace: Option<String>,
 }
 
+/// The session-end record: the supervisor's exit code, the agent's, the signal that killed
+/// it, and how the session ended (`exit`, or a limit: `timeout`, `memory-limit`,
+/// `process-limit`, with the limit's value).
+#[derive(Debug, Clone, Default)]
+struct Ended {
+    exit_code: Option<i32>,
+    agent_exit_code: Option<i32>,
+    signal: Option<i32>,
+    ended_by: Option<String>,
+    limit: Option<serde_json::Value>,
+}
+
 #[derive(Debug, Default)]
 struct Collected {
     started: Option<Started>,
-    /// (agent exit code, signal) from the session-end record.
-    ended: Option<(Option<i32>, Option<i32>)>,
+    /// What the session-end record said.
+    ended: Option<Ended>,
     counts: Counts,
     denials: Vec<Entry>,
     denials_omitted: u64,
@@ -119,9 +131,16 @@ impl Collector {
                 });
             }
             ("session-end", None) => {
-                let code = r.action["exit_code"].as_i64().map(|c| c as i32);
-                let signal = r.action["signal"].as_i64().map(|s| s as i32);
-                c.ended = Some((code, signal));
+                let int = |k: &str| r.action[k].as_i64().map(|c| c as i32);
+                let exit_code = int("exit_code");
+                c.ended = Some(Ended {
+                    exit_code,
+                    // Records from before the limits were added carry only `exit_code`.
+                    agent_exit_code: int("agent_exit_code").or(exit_code),
+                    signal: int("signal"),
+                    ended_by: r.action["ended_by"].as_str().map(str::to_string),
+                    limit: Some(r.action["limit"].clone()).filter(|v| !v.is_null()),
+                });
             }
             (_, Some(decision)) => {
                 let denied = decision != "allow";
@@ -241,8 +260,11 @@ pub struct Report {
     /// What `agent-supervisor run` exits with.
     pub exit_code: i32,
     /// `exit` (the agent exited with `agent_exit_code`), `signal` (killed by `signal`),
+    /// `timeout`, `memory-limit` or `process-limit` (the session was killed at `limit`),
     /// `refused` or `error`.
     pub ended_by: String,
+    /// The limit that ended the session, as the audit's session-end record gives it.
+    pub limit: Option<serde_json::Value>,
     pub agent_exit_code: Option<i32>,
     pub signal: Option<i32>,
     /// `--default-allow`: asks were allowed instead of denied.
@@ -273,11 +295,13 @@ impl Collector {
     /// The report of a finished run.
     pub fn report(&self, facts: RunFacts) -> Report {
         let c = self.lock();
-        let (agent_exit_code, signal) = c.ended.unwrap_or((None, None));
+        let ended = c.ended.clone().unwrap_or_default();
+        let (agent_exit_code, signal) = (ended.agent_exit_code, ended.signal);
         let mut error = facts.error;
-        // The agent exited but the supervisor did not pass its code on (the audit log could
-        // not be completed): a failure of the supervisor, said on stderr already.
-        if error.is_none() && agent_exit_code.is_some_and(|code| code != facts.exit_code) {
+        // The session ended but the supervisor did not exit with the code it recorded (the
+        // audit log could not be completed): a failure of the supervisor, said on stderr
+        // already.
+        if error.is_none() && ended.exit_code.is_some_and(|code| code != facts.exit_code) {
             error = Some(format!(
                 "the agent exited with {}, but the supervisor failed at the end (exit code {}; \
                  see its messages, e.g. an incomplete audit log)",
@@ -290,9 +314,11 @@ impl Collector {
             (Some(_), None) => Status::Refused,
             (Some(_), Some(_)) => Status::Error,
         };
+        let limit_hit = ended.ended_by.as_deref().filter(|e| *e != "exit");
         let ended_by = match status {
             Status::Refused => "refused",
             Status::Error => "error",
+            Status::Completed if limit_hit.is_some() => limit_hit.unwrap_or("exit"),
             Status::Completed if signal.is_some() => "signal",
             Status::Completed => "exit",
         };
@@ -318,6 +344,7 @@ impl Collector {
                 .as_millis() as u64,
             exit_code: facts.exit_code,
             ended_by: ended_by.to_string(),
+            limit: ended.limit.clone(),
             agent_exit_code,
             signal,
             default_allow: facts.default_allow,

@@ -44,6 +44,9 @@ pub enum Need {
     /// Port 53 of a loopback address can be bound (root, `CAP_NET_BIND_SERVICE`): the
     /// session's DNS resolver.
     DnsResolver,
+    /// The cgroup controllers (v2, or v1 on hybrid hosts) of the policy's `[limits]` memory,
+    /// processes and cpu, and root to create the session's cgroups.
+    ResourceLimits,
     /// A mechanism description the doctor does not recognise.
     Unrecognised,
 }
@@ -65,6 +68,7 @@ impl Need {
             Need::BpfTracepoint => "BPF tracepoint",
             Need::BpfLsm => "BPF LSM",
             Need::DnsResolver => "DNS resolver (port 53)",
+            Need::ResourceLimits => "cgroup controllers (memory, pids, cpu)",
             Need::Unrecognised => "unrecognised mechanism",
         }
     }
@@ -85,6 +89,8 @@ pub struct Abilities {
     pub bpf_tracepoint: Result<(), String>,
     pub bpf_lsm: Result<(), String>,
     pub dns_resolver: Result<(), String>,
+    /// The controllers the policy's limits need, here.
+    pub resource_limits: Result<(), String>,
 }
 
 /// The Landlock features the supervisor handles that `abi` lacks (empty from ABI 6).
@@ -148,6 +154,13 @@ pub fn weakness(need: Need, host: &Abilities, subject: &str) -> Option<String> {
             .map(|why| format!("BPF LSM unavailable ({why}): {subject} not enforced by LSM hooks")),
         Need::DnsResolver => missing(&host.dns_resolver).map(|why| {
             format!("the session's DNS resolver could not start ({why}): DNS is refused and host-name rules never match")
+        }),
+        Need::ResourceLimits => missing(&host.resource_limits).map(|why| {
+            if subject.starts_with("the default limits") {
+                format!("{subject} are not enforced ({why}): a runaway agent can exhaust the host")
+            } else {
+                format!("{subject} cannot be enforced ({why}): run refuses to start (unless --best-effort-limits)")
+            }
         }),
         Need::Unrecognised => Some(format!(
             "doctor does not know which kernel features enforce {subject}: unverified"
@@ -275,6 +288,38 @@ pub fn protections(policy: &Policy, plan: &Plan) -> Vec<Protection> {
             vec![Need::DnsResolver],
         ));
     }
+    let limits = &policy.limits;
+    let limited: Vec<(&str, bool)> = [
+        (
+            "memory",
+            limits.memory.value.is_some(),
+            limits.memory.is_explicit(),
+        ),
+        (
+            "processes",
+            limits.processes.value.is_some(),
+            limits.processes.is_explicit(),
+        ),
+        ("cpu", limits.cpu.value.is_some(), limits.cpu.is_explicit()),
+    ]
+    .into_iter()
+    .filter(|(_, on, _)| *on)
+    .map(|(k, _, explicit)| (k, explicit))
+    .collect();
+    if !limited.is_empty() {
+        let keys: Vec<&str> = limited.iter().map(|(k, _)| *k).collect();
+        let subject = if limited.iter().any(|(_, explicit)| *explicit) {
+            format!("[limits] {}", keys.join(", "))
+        } else {
+            format!("the default limits ({})", keys.join(", "))
+        };
+        out.push(p(
+            subject,
+            None,
+            "the session's cgroups: memory.max, pids.max, cpu.max (cgroup v2), or the v1 memory, pids and cpu hierarchies on hybrid hosts".into(),
+            vec![Need::ResourceLimits],
+        ));
+    }
     if crate::ebpf::lsm::relevant(policy, plan) {
         out.push(p(
             "denied files and programs, by inode, in the kernel".into(),
@@ -333,6 +378,7 @@ mod tests {
             bpf_tracepoint: Ok(()),
             bpf_lsm: Ok(()),
             dns_resolver: Ok(()),
+            resource_limits: Ok(()),
         }
     }
 

@@ -73,27 +73,25 @@ impl Weaker {
     }
 }
 
-/// Set up the session's cgroup and eBPF programs as `run` wants them: what works, and one line
-/// per thing that is weaker. When nothing can be loaded (not root, no cgroup v2, a kernel that
-/// refuses the object) that is one line, the network backstop's. `exec_mode`: enforce when
-/// every exec of the session is trapped and decided by the supervisor.
+/// Load the session's eBPF programs into its cgroup (made by the session, see
+/// [`crate::limits`]) as `run` wants them: what works, and one line per thing that is weaker.
+/// When nothing can be loaded (no cgroup: `cgroup` holds why; not root; a kernel that refuses
+/// the object) that is one line, the network backstop's. `exec_mode`: enforce when every exec
+/// of the session is trapped and decided by the supervisor.
 pub fn start_session(
-    session_id: &str,
+    cgroup: Result<Arc<crate::cgroup::SessionCgroup>, String>,
     policy: &Policy,
     exec_mode: ExecMode,
     masks: &[crate::sandbox::masks::MaskMount],
 ) -> (Option<Backstops>, Weaker) {
-    let loaded = crate::cgroup::SessionCgroup::create(session_id)
-        .map_err(session::BackstopError::from)
-        .and_then(|cgroup| {
-            tracing::debug!("session cgroup created");
-            Session::load(cgroup, exec_mode)
-        });
+    let loaded = match cgroup {
+        Ok(cgroup) => Session::load(cgroup, exec_mode).map_err(|e| session::error_chain(&e)),
+        Err(cause) => Err(cause),
+    };
     tracing::debug!("eBPF object loaded");
     let mut session = match loaded {
         Ok(session) => session,
-        Err(e) => {
-            let cause = session::error_chain(&e);
+        Err(cause) => {
             let mut weaker = Weaker {
                 backstops: vec![network::weaker_line(&cause)],
                 lsm: lsm::relevant(policy, &policy.plan()).then(|| lsm::weaker_line(&cause)),

@@ -76,14 +76,20 @@ pub struct Session {
     btf: Option<std::sync::Arc<aya::Btf>>,
     offsets: Result<KernelOffsets, OffsetsError>,
     exec_mode: ExecMode,
-    cgroup: SessionCgroup,
+    /// Shared with the session (which applies the resource limits to it); removed when the
+    /// last owner drops it, after the programs are detached.
+    cgroup: std::sync::Arc<SessionCgroup>,
 }
 
 impl Session {
     /// Load a copy of the object for `cgroup`. The running kernel's struct offsets are looked
     /// up now; if that fails the object still loads (the network programs don't need them)
     /// and [`super::process::attach`] reports why later.
-    pub fn load(cgroup: SessionCgroup, exec_mode: ExecMode) -> Result<Session, BackstopError> {
+    pub fn load(
+        cgroup: impl Into<std::sync::Arc<SessionCgroup>>,
+        exec_mode: ExecMode,
+    ) -> Result<Session, BackstopError> {
+        let cgroup = cgroup.into();
         let cgroup_id = cgroup.id();
         let offsets = kernel_btf::running_kernel_offsets();
         let zero = KernelOffsets::default();
@@ -151,7 +157,7 @@ impl Session {
 
     /// The loaded object and the cgroup, together (to attach programs to the cgroup).
     pub fn parts_mut(&mut self) -> (&mut Ebpf, &SessionCgroup) {
-        (&mut self.ebpf, &self.cgroup)
+        (&mut self.ebpf, &*self.cgroup)
     }
 
     /// Take map `name` out of the object (each map has one owner).

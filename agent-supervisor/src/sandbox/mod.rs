@@ -42,6 +42,13 @@ pub struct SandboxSpec {
     /// The session cgroup's `cgroup.procs`: init is written into it before it starts anything,
     /// so the agent and all its processes (and sockets) live in that cgroup. None: no cgroup.
     pub cgroup_procs: Option<std::path::PathBuf>,
+    /// The `cgroup.procs` of the cgroups that enforce the session's `[limits]` (cgroup v2
+    /// and/or v1): init is written into each before it starts anything. Unlike
+    /// `cgroup_procs`, a failure here is fatal: the agent never runs outside its limits.
+    pub limit_procs: Vec<std::path::PathBuf>,
+    /// `[limits] file_size`: RLIMIT_FSIZE (soft and hard) of the agent, set before its exec,
+    /// with SIGXFSZ ignored so that a write past it fails with EFBIG instead of killing.
+    pub file_size: Option<u64>,
     /// The content of the agent's `/etc/resolv.conf` (naming the session's DNS resolver),
     /// bound read-only over the host's in the agent's mount namespace. None: left alone.
     pub resolv_conf: Option<Vec<u8>>,
@@ -268,6 +275,14 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
                 procs.display()
             ));
         }
+    }
+    for procs in &spec.limit_procs {
+        crate::cgroup::move_into(procs, init_pid).map_err(|e| {
+            kill_child(LaunchError::Parent {
+                call: "moving the sandbox into its resource-limit cgroup",
+                source: io::Error::new(e.kind(), format!("{}: {e}", procs.display())),
+            })
+        })?;
     }
     sys::write_all_fd(to_child_w.as_fd(), b"g").map_err(|e| kill_child(parent("pipe write")(e)))?;
 
@@ -518,6 +533,15 @@ fn child_main(
     if agent == 0 {
         sys::reset_signals();
         drop(to_parent);
+        if let Some(bytes) = spec.file_size {
+            let limited = sys::ignore_signal(libc::SIGXFSZ)
+                .and_then(|()| sys::set_rlimit(libc::RLIMIT_FSIZE, bytes));
+            if let Err(e) = limited {
+                let msg = format!("agent-supervisor: cannot set the file size limit: {e}\n");
+                let _ = sys::write_all_fd(std::io::stderr().as_fd(), msg.as_bytes());
+                sys::exit_now(126);
+            }
+        }
         let err = sys::execvp(&spec.argv);
         // Like env(1): say why on the agent's stderr, exit 127 (not found) or 126.
         let msg = format!(

@@ -107,8 +107,13 @@ pub fn run(ctx: Arc<Ctx>, mut jobs: GuardJobs) {
 fn check_one(ctx: &Arc<Ctx>, job: Job) {
     let tid = job.notif.pid as i32;
     if let Err(e) = sys::ptrace_seize(tid) {
-        // The thread died, or cannot be traced: never let the exec run unchecked.
-        tracing::warn!("exec guard cannot trace thread {tid}: {e}; refusing the exec");
+        // The thread died, or cannot be traced: never let the exec run unchecked. (A thread that
+        // died, as when a limit ends the session, is not worth a warning.)
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            tracing::debug!("exec guard: thread {tid} is gone; refusing the exec");
+        } else {
+            tracing::warn!("exec guard cannot trace thread {tid}: {e}; refusing the exec");
+        }
         super::respond(ctx, job.notif.id, Err(libc::EACCES));
         return;
     }

@@ -112,6 +112,8 @@ pub enum Decider {
     Headless,
     CommandLine,
     AuditUnavailable,
+    /// [`crate::approval::MAX_PENDING_ASKS`] asks were already waiting.
+    QueueFull,
 }
 
 /// Shared state of one supervised session.
@@ -216,7 +218,9 @@ pub fn decide(ctx: &Arc<Ctx>, p: Pending) {
             {
                 return finish(ctx, p, d, Decider::Session);
             }
-            ctx.approvals.ask(p);
+            if let Err(p) = ctx.approvals.ask(p) {
+                finish(ctx, *p, Decision::Deny, Decider::QueueFull);
+            }
         }
     }
 }
@@ -252,6 +256,7 @@ pub fn finish(ctx: &Arc<Ctx>, p: Pending, decision: Decision, by: Decider) {
             Decider::Headless => "headless",
             Decider::CommandLine => "command-line",
             Decider::AuditUnavailable => "audit-unavailable",
+            Decider::QueueFull => "queue-full",
         };
         ctx.audit.record(Record::decision(
             &ctx.session,
