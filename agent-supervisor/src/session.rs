@@ -32,6 +32,10 @@ pub struct RunOptions {
     pub headless: bool,
     pub default_allow: bool,
     pub audit: Option<PathBuf>,
+    /// Sign the audit log's checkpoints with this secret key (see docs/audit.md).
+    pub audit_key: Option<PathBuf>,
+    /// Rotate the audit file before it grows beyond this many bytes.
+    pub audit_max_size: Option<u64>,
     pub keep_fds: Vec<i32>,
     pub workspace: Option<PathBuf>,
     pub quiet: bool,
@@ -253,6 +257,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         write: plan.landlock_write.clone(),
         exec: plan.landlock_exec.clone(),
     };
+    let session = opts.session_id.clone().unwrap_or_else(session_id);
     let audit_path = opts
         .audit
         .clone()
@@ -270,16 +275,45 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     };
     let audit_file = match &link {
         Some((writer, _)) => crate::audit::AuditFile::to_daemon(writer.clone(), &audit_path),
-        None => crate::audit::AuditFile::open(&audit_path)?,
+        None => {
+            let key = opts
+                .audit_key
+                .as_deref()
+                .map(crate::audit::keys::load_signing_key)
+                .transpose()?;
+            crate::audit::AuditFile::open(
+                &audit_path,
+                crate::audit::Options {
+                    key: key.map(std::sync::Arc::new),
+                    max_size: opts.audit_max_size,
+                    lock: true,
+                    writer: session.clone(),
+                    ..Default::default()
+                },
+            )?
+        }
     };
     let mut masks = sandbox::masks::plan_masks(&policy, &plan, &noexec_trees(&landlock));
     masks.extend(protected_paths(&vars, &audit_path));
+    // The agent must not read the signing key (it could forge checkpoints).
+    if let Some(key) = opts
+        .audit_key
+        .as_deref()
+        .and_then(|k| std::fs::canonicalize(k).ok())
+    {
+        masks.retain(|m| m.path != key);
+        masks.push(sandbox::masks::MaskMount {
+            path: key,
+            kind: agent_supervisor_policy::MaskKind::Hide,
+            is_dir: false,
+            rule: None,
+        });
+    }
     masks.sort_by_key(|m| m.path.components().count());
     let mode = match link {
         Some((link, reader)) => approval::Mode::Daemon { link, reader },
         None => approval::choose_mode(opts.headless, opts.default_allow),
     };
-    let session = opts.session_id.clone().unwrap_or_else(session_id);
     if !opts.quiet {
         eprintln!(
             "agent-supervisor: session {session}, policy {}, audit {}",
