@@ -120,6 +120,9 @@ enum Command {
         /// Launched by the daemon: its link's inherited fd (internal).
         #[arg(long, hide = true, value_name = "FD")]
         daemon_link: Option<i32>,
+        /// Launched by the daemon: its audit signing key, to hide from the agent (internal).
+        #[arg(long, hide = true, value_name = "FILE")]
+        hide_audit_key: Option<PathBuf>,
         /// Launched by the daemon: the session id it chose (internal).
         #[arg(long, hide = true, value_name = "ID")]
         session_id: Option<String>,
@@ -455,6 +458,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             standalone,
             socket,
             daemon_link,
+            hide_audit_key,
             session_id,
             command,
         } => {
@@ -493,6 +497,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 audit,
                 audit_key,
                 audit_max_size,
+                hide_audit_key,
                 keep_fds,
                 workspace,
                 quiet,

@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub audit_key: Option<PathBuf>,
     /// Rotate the audit file before it grows beyond this many bytes.
     pub audit_max_size: Option<u64>,
+    /// Launched by the daemon: its audit signing key, hidden from the agent.
+    pub hide_audit_key: Option<PathBuf>,
     pub keep_fds: Vec<i32>,
     pub workspace: Option<PathBuf>,
     pub quiet: bool,

@@ -84,8 +84,21 @@ async fn serve(cfg: Config) -> Result<i32> {
     let on_broken_state: Arc<std::sync::OnceLock<Arc<state::State>>> = Default::default();
     let log = {
         let st = Arc::clone(&on_broken_state);
+        let key_path = cfg.audit_key_path();
+        let key = crate::audit::keys::load_or_generate(&key_path)
+            .context("the audit log's signing key (set `audit_key` in the daemon's config)")?;
+        let opts = crate::audit::Options {
+            key: Some(Arc::new(key)),
+            max_size: cfg.audit_max_size_bytes().map_err(|e| anyhow::anyhow!(e))?,
+            daily: cfg.audit_rotate_daily,
+            lock: false,
+            checkpoint_records: cfg.audit_checkpoint_records,
+            writer: format!("daemon-{}", std::process::id()),
+            ..Default::default()
+        };
         log::AuditLog::open(
             &cfg.audit,
+            opts,
             Box::new(move |why| {
                 eprintln!(
                     "agent-supervisor daemon: ERROR: the audit log cannot be written ({why}): every session is killed and none starts until the daemon is restarted with a writable log"
@@ -118,6 +131,7 @@ async fn serve(cfg: Config) -> Result<i32> {
         launcher,
         binary,
         state_dir: cfg.state_dir.clone(),
+        audit_key: cfg.audit_key_path(),
         runtime: tokio::runtime::Handle::current(),
         grants: Arc::clone(&grants),
     });
