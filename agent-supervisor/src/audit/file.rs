@@ -87,6 +87,10 @@ pub struct Appended {
 pub struct ChainFile {
     path: PathBuf,
     file: File,
+    /// A regular file (not /dev/stderr, a pipe, ...): locked, rotated, read back.
+    regular: bool,
+    /// The head of a stream that is not a regular file.
+    stream_head: Option<Head>,
     opts: Options,
     since_checkpoint: u64,
     last_checkpoint: Instant,
@@ -115,8 +119,12 @@ impl ChainFile {
                 .mode(0o700)
                 .create(dir)?;
         }
+        let file = open_append(path)?;
+        let regular = file.metadata()?.is_file();
         Ok(ChainFile {
-            file: open_append(path)?,
+            file,
+            regular,
+            stream_head: None,
             path: path.to_path_buf(),
             opts,
             since_checkpoint: 0,
@@ -135,7 +143,7 @@ impl ChainFile {
     }
 
     fn lock(&self) -> io::Result<Option<nix::fcntl::Flock<File>>> {
-        if !self.opts.lock {
+        if !self.opts.lock || !self.regular {
             return Ok(None);
         }
         let dir = self
@@ -184,6 +192,9 @@ impl ChainFile {
     /// Append `records` (JSON objects, one line each, not yet chained), then a checkpoint when
     /// due (or `checkpoint` asks for one and records were written since the last).
     pub fn append(&mut self, records: &[String], checkpoint: bool) -> io::Result<Appended> {
+        if !self.regular {
+            return self.append_unlinked_stream(records, checkpoint);
+        }
         let _lock = self.lock()?;
         self.reopen_if_rotated()?;
         let mut out = Appended::default();
@@ -274,8 +285,53 @@ impl ChainFile {
         Ok(out)
     }
 
+    /// A device or pipe (`--audit /dev/stderr`): a chain of its own from genesis in this
+    /// process, no lock, no rotation.
+    fn append_unlinked_stream(&mut self, records: &[String], checkpoint: bool) -> io::Result<Appended> {
+        let mut head = self.stream_head.clone().unwrap_or_else(Head::genesis);
+        let mut out = Appended::default();
+        let mut batch = String::new();
+        for r in records {
+            match chain::link(r, &mut head, None) {
+                Ok(line) => {
+                    batch.push_str(&line);
+                    batch.push('\n');
+                    out.lines.push(Written { offset: 0, line });
+                }
+                Err(e) => {
+                    tracing::error!("an audit record was not written ({e}): {r}");
+                    eprintln!("{r}");
+                }
+            }
+        }
+        self.since_checkpoint += records.len() as u64;
+        if let Some(key) = self.opts.key.as_ref().filter(|_| checkpoint && self.since_checkpoint > 0) {
+            self.checkpoints += 1;
+            let id = format!("{}-checkpoint-{}", self.opts.writer, self.checkpoints);
+            let line = checkpoint::checkpoint(key, &id, &super::now(), &mut head, None)
+                .map_err(io::Error::other)?;
+            batch.push_str(&line);
+            batch.push('\n');
+            out.lines.push(Written { offset: 0, line });
+            self.since_checkpoint = 0;
+        }
+        if !batch.is_empty() {
+            self.file.write_all(batch.as_bytes())?;
+        }
+        self.stream_head = Some(head);
+        if let Some(export) = &self.opts.export {
+            for w in &out.lines {
+                export.export(&w.line);
+            }
+        }
+        Ok(out)
+    }
+
     /// fsync the active file.
     pub fn sync(&self) -> io::Result<()> {
+        if !self.regular {
+            return Ok(());
+        }
         self.file.sync_data()
     }
 }
