@@ -93,11 +93,18 @@ fn a_session_log_verifies_and_each_tampering_is_pinpointed() {
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["ok"], true);
     assert!(v["checkpoints"].as_u64().unwrap() >= 1, "{v}");
-    assert_eq!(v["warnings"], serde_json::json!([]), "signed to the end: {v}");
+    assert_eq!(
+        v["warnings"],
+        serde_json::json!([]),
+        "signed to the end: {v}"
+    );
     let log = lines(&ws.audit);
     assert!(log.len() >= 6, "{log:?}");
     // The last line is the session end's checkpoint.
-    assert_eq!(serde_json::from_str::<Value>(log.last().unwrap()).unwrap()["kind"], "checkpoint");
+    assert_eq!(
+        serde_json::from_str::<Value>(log.last().unwrap()).unwrap()["kind"],
+        "checkpoint"
+    );
     let k = 3; // 0-based index of the record tampered with (line 4)
 
     // Edited: the changed record itself.
@@ -105,7 +112,11 @@ fn a_session_log_verifies_and_each_tampering_is_pinpointed() {
     edited[k] = edited[k].replacen("\"ts\":\"", "\"ts\":\"1", 1);
     let (code, e) = tampered(&ws, "edited.jsonl", &edited, &public);
     assert_eq!(code, Some(1), "{e}");
-    assert_eq!((e["kind"].as_str(), e["line"].as_u64()), (Some("edited"), Some(k as u64 + 1)), "{e}");
+    assert_eq!(
+        (e["kind"].as_str(), e["line"].as_u64()),
+        (Some("edited"), Some(k as u64 + 1)),
+        "{e}"
+    );
     assert_eq!(e["id"], id_of(&log[k]));
 
     // Deleted: found at the record after the gap, which names the missing position.
@@ -113,7 +124,11 @@ fn a_session_log_verifies_and_each_tampering_is_pinpointed() {
     deleted.remove(k);
     let (code, e) = tampered(&ws, "deleted.jsonl", &deleted, &public);
     assert_eq!(code, Some(1), "{e}");
-    assert_eq!((e["kind"].as_str(), e["line"].as_u64()), (Some("deleted"), Some(k as u64 + 1)), "{e}");
+    assert_eq!(
+        (e["kind"].as_str(), e["line"].as_u64()),
+        (Some("deleted"), Some(k as u64 + 1)),
+        "{e}"
+    );
     assert_eq!(e["id"], id_of(&log[k + 1]));
 
     // Reordered: the record moved up.
@@ -121,16 +136,28 @@ fn a_session_log_verifies_and_each_tampering_is_pinpointed() {
     reordered.swap(k, k + 1);
     let (code, e) = tampered(&ws, "reordered.jsonl", &reordered, &public);
     assert_eq!(code, Some(1), "{e}");
-    assert_eq!((e["kind"].as_str(), e["line"].as_u64()), (Some("reordered"), Some(k as u64 + 1)), "{e}");
+    assert_eq!(
+        (e["kind"].as_str(), e["line"].as_u64()),
+        (Some("reordered"), Some(k as u64 + 1)),
+        "{e}"
+    );
     assert_eq!(e["id"], id_of(&log[k + 1]));
 
     // Inserted: a forged record (a copy of another with a new id).
     let mut inserted = log.clone();
-    let forged = log[1].replacen(&format!("\"id\":{}", id_of(&log[1])), "\"id\":\"forged-1\"", 1);
+    let forged = log[1].replacen(
+        &format!("\"id\":{}", id_of(&log[1])),
+        "\"id\":\"forged-1\"",
+        1,
+    );
     inserted.insert(k, forged);
     let (code, e) = tampered(&ws, "inserted.jsonl", &inserted, &public);
     assert_eq!(code, Some(1), "{e}");
-    assert_eq!((e["kind"].as_str(), e["line"].as_u64()), (Some("inserted"), Some(k as u64 + 1)), "{e}");
+    assert_eq!(
+        (e["kind"].as_str(), e["line"].as_u64()),
+        (Some("inserted"), Some(k as u64 + 1)),
+        "{e}"
+    );
     assert_eq!(e["id"], "forged-1");
 
     // A cut tail (the final checkpoint and the record before it gone): not provable from the
@@ -141,19 +168,38 @@ fn a_session_log_verifies_and_each_tampering_is_pinpointed() {
     std::fs::write(&copy, cut.join("\n") + "\n").unwrap();
     let (code, v) = verify(&[&copy], Some(&public));
     assert_eq!(code, Some(0), "{v}");
-    let kinds: Vec<&str> = v["warnings"].as_array().unwrap().iter().filter_map(|w| w["kind"].as_str()).collect();
-    assert!(kinds.iter().any(|k| *k == "unsigned" || *k == "unsigned-tail"), "{v}");
+    let kinds: Vec<&str> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["kind"].as_str())
+        .collect();
+    assert!(
+        kinds
+            .iter()
+            .any(|k| *k == "unsigned" || *k == "unsigned-tail"),
+        "{v}"
+    );
 
     // A checkpoint by another key is refused.
     let other = base(&ws).join("keys/other.key");
-    assert_eq!(cli(&["audit", "keygen", other.to_str().unwrap()]).code, Some(0));
+    assert_eq!(
+        cli(&["audit", "keygen", other.to_str().unwrap()]).code,
+        Some(0)
+    );
     let (code, v) = verify(&[&ws.audit], Some(&base(&ws).join("keys/other.key.pub")));
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["error"]["kind"], "bad-signature");
 
     // The human output names the file, the line and the record.
     let copy = base(&ws).join("edited.jsonl");
-    let r = cli(&["audit", "verify", "--key", public.to_str().unwrap(), copy.to_str().unwrap()]);
+    let r = cli(&[
+        "audit",
+        "verify",
+        "--key",
+        public.to_str().unwrap(),
+        copy.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, Some(1));
     let id = id_of(&log[k]);
     assert!(
@@ -163,7 +209,11 @@ fn a_session_log_verifies_and_each_tampering_is_pinpointed() {
         "{r:?}"
     );
     // A missing file is a usage error.
-    let r = cli(&["audit", "verify", base(&ws).join("nope.jsonl").to_str().unwrap()]);
+    let r = cli(&[
+        "audit",
+        "verify",
+        base(&ws).join("nope.jsonl").to_str().unwrap(),
+    ]);
     assert_eq!(r.code, Some(2), "{r:?}");
 }
 
@@ -173,7 +223,12 @@ fn rotation_keeps_the_chain_and_a_removed_middle_file_is_found() {
     let (key, public) = keygen(&ws);
     session(
         &ws,
-        &["--audit-key", key.to_str().unwrap(), "--audit-max-size", "2K"],
+        &[
+            "--audit-key",
+            key.to_str().unwrap(),
+            "--audit-max-size",
+            "2K",
+        ],
         "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do /bin/true $i; done",
     );
     // audit.1.jsonl, audit.2.jsonl, ..., then audit.jsonl.
@@ -194,7 +249,10 @@ fn rotation_keeps_the_chain_and_a_removed_middle_file_is_found() {
     // Each file after the first names the one it continues.
     for w in files.windows(2) {
         let first = serde_json::from_str::<Value>(&lines(&w[1])[0]).unwrap();
-        assert_eq!(first["prev_file"], w[0].file_name().unwrap().to_str().unwrap());
+        assert_eq!(
+            first["prev_file"],
+            w[0].file_name().unwrap().to_str().unwrap()
+        );
     }
     // Without a middle file: the first record of the next file, with what is missing.
     let mut missing = refs.clone();
@@ -205,11 +263,20 @@ fn rotation_keeps_the_chain_and_a_removed_middle_file_is_found() {
     assert_eq!(e["kind"], "deleted", "{v}");
     assert_eq!(e["file"], files[2].display().to_string());
     assert_eq!(e["line"], 1);
-    assert!(e["message"].as_str().unwrap().contains(gone.file_name().unwrap().to_str().unwrap()), "{v}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains(gone.file_name().unwrap().to_str().unwrap()),
+        "{v}"
+    );
 }
 
 fn mask(kind: &str, secret: &str) -> String {
-    format!("[REDACTED:{kind}:{}]", &hex(&Sha256::digest(secret.as_bytes()))[..8])
+    format!(
+        "[REDACTED:{kind}:{}]",
+        &hex(&Sha256::digest(secret.as_bytes()))[..8]
+    )
 }
 
 fn hex(b: &[u8]) -> String {
@@ -235,17 +302,33 @@ fn secrets_in_what_the_agent_runs_never_reach_the_audit_file() {
         ("url-password", "pa55w0rd-in-url", "/bin/true https://bob:pa55w0rd-in-url@example.com/x"),
     ];
     let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1234567890abcdefghij\n-----END RSA PRIVATE KEY-----";
-    let mut script: String = secrets.iter().map(|(_, _, cmd)| format!("{cmd}\n")).collect();
+    let mut script: String = secrets
+        .iter()
+        .map(|(_, _, cmd)| format!("{cmd}\n"))
+        .collect();
     script.push_str(&format!("/bin/true '{pem}'\n"));
     session(&ws, &[], &script);
     let raw = std::fs::read_to_string(&ws.audit).unwrap();
     let execs = ws.decisions("exec");
-    assert!(execs.len() >= secrets.len(), "the commands were audited: {execs:?}");
+    assert!(
+        execs.len() >= secrets.len(),
+        "the commands were audited: {execs:?}"
+    );
     for (kind, secret, _) in secrets {
-        assert!(!raw.contains(secret), "{kind} secret {secret} is in the audit file");
-        assert!(raw.contains(&mask(kind, secret)), "no {} in the audit file:\n{raw}", mask(kind, secret));
+        assert!(
+            !raw.contains(secret),
+            "{kind} secret {secret} is in the audit file"
+        );
+        assert!(
+            raw.contains(&mask(kind, secret)),
+            "no {} in the audit file:\n{raw}",
+            mask(kind, secret)
+        );
     }
-    assert!(!raw.contains("MIIEpAIBAAKCAQEA1234567890abcdefghij"), "the private key is in the audit file");
+    assert!(
+        !raw.contains("MIIEpAIBAAKCAQEA1234567890abcdefghij"),
+        "the private key is in the audit file"
+    );
     assert!(raw.contains(&mask("private-key", pem)), "{raw}");
     // Ordinary arguments stay readable.
     assert!(raw.contains("/bin/true"), "{raw}");
@@ -263,15 +346,27 @@ fn concurrent_runs_appending_to_one_file_keep_one_chain() {
     let children: Vec<std::process::Child> = (0..3)
         .map(|i| {
             let mut c = Command::new(bin());
-            c.args(["run", "-q", "--standalone", "--headless", "--policy", "preset:sandboxed", "--audit"])
-                .arg(&ws.audit)
-                .args(["--audit-key", key.to_str().unwrap(), "--"])
-                .args(["/bin/sh", "-c", &format!("for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do /bin/true {i} $i; done")])
-                .current_dir(&ws.dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .env_remove("CI");
+            c.args([
+                "run",
+                "-q",
+                "--standalone",
+                "--headless",
+                "--policy",
+                "preset:sandboxed",
+                "--audit",
+            ])
+            .arg(&ws.audit)
+            .args(["--audit-key", key.to_str().unwrap(), "--"])
+            .args([
+                "/bin/sh",
+                "-c",
+                &format!("for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do /bin/true {i} $i; done"),
+            ])
+            .current_dir(&ws.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .env_remove("CI");
             c.spawn().expect("spawn run")
         })
         .collect();
@@ -291,7 +386,10 @@ fn concurrent_runs_appending_to_one_file_keep_one_chain() {
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
     // The chain positions are exactly 1..=n: one chain, no fork.
-    let seqs: Vec<u64> = records.iter().map(|r| r["chain_seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = records
+        .iter()
+        .map(|r| r["chain_seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, (1..=records.len() as u64).collect::<Vec<_>>());
 }
 
@@ -300,21 +398,38 @@ fn keygen_refuses_to_overwrite_and_run_refuses_an_exposed_key() {
     let ws = Workspace::new("audit-keys");
     let (key, public) = keygen(&ws);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert_eq!(std::fs::read_to_string(&public).unwrap().trim().len(), 64);
     let before = std::fs::read(&key).unwrap();
     let r = cli(&["audit", "keygen", key.to_str().unwrap()]);
     assert_ne!(r.code, Some(0), "{r:?}");
-    assert_eq!(std::fs::read(&key).unwrap(), before, "the key was not replaced");
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before,
+        "the key was not replaced"
+    );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let r = ws.run(
-        &["--standalone", "--headless", "--policy", "preset:sandboxed", "--audit-key", key.to_str().unwrap()],
+        &[
+            "--standalone",
+            "--headless",
+            "--policy",
+            "preset:sandboxed",
+            "--audit-key",
+            key.to_str().unwrap(),
+        ],
         &["/bin/sh", "-c", "echo ran > ran.txt"],
         LIMIT,
     );
     assert_eq!(r.code, Some(125), "{r:?}");
     assert!(r.stderr.contains("chmod 600"), "{r:?}");
-    assert!(!ws.path("ran.txt").exists(), "the agent ran without its audit key");
+    assert!(
+        !ws.path("ran.txt").exists(),
+        "the agent ran without its audit key"
+    );
 }
 
 #[test]
@@ -324,11 +439,25 @@ fn the_agent_cannot_read_the_signing_key() {
     let secret = std::fs::read_to_string(&key).unwrap();
     // `unrestricted` allows reading anything: only the mask stands between the agent and it.
     let r = ws.run(
-        &["--standalone", "--headless", "--policy", "preset:unrestricted", "--audit-key", key.to_str().unwrap()],
-        &["/bin/sh", "-c", &format!("/bin/cat {} > got.txt 2>/dev/null; true", key.display())],
+        &[
+            "--standalone",
+            "--headless",
+            "--policy",
+            "preset:unrestricted",
+            "--audit-key",
+            key.to_str().unwrap(),
+        ],
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("/bin/cat {} > got.txt 2>/dev/null; true", key.display()),
+        ],
         LIMIT,
     );
     assert_eq!(r.code, Some(0), "{r:?}");
     let got = ws.read("got.txt").unwrap_or_default();
-    assert!(!got.contains(secret.trim()), "the agent read the signing key");
+    assert!(
+        !got.contains(secret.trim()),
+        "the agent read the signing key"
+    );
 }

@@ -2024,7 +2024,10 @@ fn the_daemons_log_is_chained_signed_rotated_and_verifies() {
             .iter()
             .map(|f| std::fs::read_to_string(f).unwrap())
             .collect();
-        assert!(!text.contains("tok-0") && !text.contains("tok-1"), "a secret reached the log");
+        assert!(
+            !text.contains("tok-0") && !text.contains("tok-1"),
+            "a secret reached the log"
+        );
         assert!(text.contains("--token=[REDACTED:arg:"));
         // Verify with the daemon's public key: intact, signed to the end.
         let mut c = Command::new(bin());

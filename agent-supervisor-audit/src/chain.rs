@@ -60,15 +60,12 @@ impl Head {
         }
         let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
         let last = lines.last()?;
-        let mut after = 0u64;
-        let mut seq = 0u64;
-        for line in lines.iter().rev() {
-            if let Some(s) = chain_seq_of(line) {
-                seq = s + after;
-                break;
-            }
-            after += 1;
-        }
+        let seq = lines
+            .iter()
+            .rev()
+            .enumerate()
+            .find_map(|(after, line)| chain_seq_of(line).map(|s| s + after as u64))
+            .unwrap_or(0);
         Some(Head {
             hash: line_hash(last),
             seq,

@@ -199,20 +199,16 @@ impl ChainFile {
         self.reopen_if_rotated()?;
         let mut out = Appended::default();
         let mut size = self.file.metadata()?.len();
-        let mut prefix = String::new();
         if size > 0 && last_byte(&mut self.file, size)? != b'\n' {
+            // A line cut short by a crash: end it, so the next record starts a line.
+            self.file.write_all(b"\n")?;
             out.terminated_torn_line = Some(size);
-            prefix.push('\n');
             size += 1;
         }
         let estimate: u64 = records.iter().map(|r| r.len() as u64 + 200).sum();
         let over_size = self.opts.max_size.is_some_and(|max| size + estimate > max);
         let new_day = self.opts.daily && size > 0 && file_day(&mut self.file)? != today();
         if size > 0 && (over_size || new_day) {
-            if !prefix.is_empty() {
-                self.file.write_all(prefix.as_bytes())?;
-                prefix.clear();
-            }
             let to = next_rotated(&self.path)?;
             fs::rename(&self.path, &to)?;
             self.file = open_append(&self.path)?;
@@ -233,7 +229,7 @@ impl ChainFile {
                 None => (Head::genesis(), None),
             }
         };
-        let mut batch = prefix;
+        let mut batch = String::new();
         let mut offset = size;
         let mut push = |line: String, batch: &mut String, out: &mut Appended| {
             batch.push_str(&line);
@@ -287,7 +283,11 @@ impl ChainFile {
 
     /// A device or pipe (`--audit /dev/stderr`): a chain of its own from genesis in this
     /// process, no lock, no rotation.
-    fn append_unlinked_stream(&mut self, records: &[String], checkpoint: bool) -> io::Result<Appended> {
+    fn append_unlinked_stream(
+        &mut self,
+        records: &[String],
+        checkpoint: bool,
+    ) -> io::Result<Appended> {
         let mut head = self.stream_head.clone().unwrap_or_else(Head::genesis);
         let mut out = Appended::default();
         let mut batch = String::new();
@@ -305,7 +305,12 @@ impl ChainFile {
             }
         }
         self.since_checkpoint += records.len() as u64;
-        if let Some(key) = self.opts.key.as_ref().filter(|_| checkpoint && self.since_checkpoint > 0) {
+        if let Some(key) = self
+            .opts
+            .key
+            .as_ref()
+            .filter(|_| checkpoint && self.since_checkpoint > 0)
+        {
             self.checkpoints += 1;
             let id = format!("{}-checkpoint-{}", self.opts.writer, self.checkpoints);
             let line = checkpoint::checkpoint(key, &id, &super::now(), &mut head, None)
@@ -557,7 +562,7 @@ mod tests {
         for i in 0..12 {
             f.append(&[format!(r#"{{"id":"r-{i}","kind":"open"}}"#)], false)
                 .unwrap();
-            if i == 5 {
+            if i == 5 || i == 6 {
                 // A crash cut a line short.
                 let mut raw = OpenOptions::new().append(true).open(&path).unwrap();
                 raw.write_all(b"{\"id\":\"torn").unwrap();
@@ -578,6 +583,30 @@ mod tests {
         missing.remove(1);
         let e = verify(&missing, Some(&key)).error.unwrap();
         assert_eq!(e.kind, agent_supervisor_audit::ProblemKind::Deleted);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ended_and_linked_through() {
+        let d = tmp("torn");
+        let path = d.join("t.jsonl");
+        let mut f = ChainFile::open(&path, Options::default()).unwrap();
+        f.append(&["{\"id\":\"a\"}".into()], false).unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"id\":\"to")
+            .unwrap();
+        let a = f.append(&["{\"id\":\"b\"}".into()], false).unwrap();
+        assert!(a.terminated_torn_line.is_some());
+        let r = verify(&[path], None);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(r.records, 3);
+        assert!(r
+            .warnings
+            .iter()
+            .any(|w| w.kind == agent_supervisor_audit::ProblemKind::Incomplete && w.line == 2));
         fs::remove_dir_all(&d).unwrap();
     }
 
