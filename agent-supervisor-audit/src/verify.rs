@@ -135,38 +135,76 @@ impl Report {
     }
 }
 
-/// A line, parsed as far as the chain needs.
-struct Line<'a> {
+/// A line, parsed as far as the chain needs (only these fields are kept: logs are large).
+struct Line {
     file: usize,
     /// 1-based.
     number: usize,
     hash: String,
-    /// `None`: not a JSON object.
-    object: Option<serde_json::Map<String, Value>>,
+    /// A JSON object (else malformed).
+    object: bool,
     /// Without a newline at the end of the last file's content.
     unterminated: bool,
-    _bytes: &'a [u8],
+    fields: Fields,
 }
 
-impl Line<'_> {
+#[derive(Default)]
+struct Fields {
+    id: Option<String>,
+    kind: Option<String>,
+    ts: Option<String>,
+    seq: Option<u64>,
+    prev: Option<String>,
+    prev_file: Option<String>,
+    pubkey: Option<String>,
+    sig: Option<String>,
+}
+
+impl Fields {
+    fn of(v: &serde_json::Map<String, Value>) -> Fields {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        Fields {
+            id: s("id"),
+            kind: s("kind"),
+            ts: s("ts"),
+            seq: v.get("chain_seq").and_then(Value::as_u64),
+            prev: s("prev"),
+            prev_file: s("prev_file"),
+            pubkey: s("pubkey"),
+            sig: s("sig"),
+        }
+    }
+}
+
+impl Line {
     fn str_field(&self, k: &str) -> Option<&str> {
-        self.object.as_ref()?.get(k)?.as_str()
+        let f = &self.fields;
+        match k {
+            "id" => f.id.as_deref(),
+            "kind" => f.kind.as_deref(),
+            "ts" => f.ts.as_deref(),
+            "prev" => f.prev.as_deref(),
+            "prev_file" => f.prev_file.as_deref(),
+            "pubkey" => f.pubkey.as_deref(),
+            "sig" => f.sig.as_deref(),
+            _ => None,
+        }
     }
     fn id(&self) -> Option<String> {
-        self.str_field("id").map(str::to_string)
+        self.fields.id.clone()
     }
     fn seq(&self) -> Option<u64> {
-        self.object.as_ref()?.get("chain_seq")?.as_u64()
+        self.fields.seq
     }
     fn prev(&self) -> Option<&str> {
-        self.str_field("prev")
+        self.fields.prev.as_deref()
     }
     fn chained(&self) -> bool {
         self.seq().is_some() && self.prev().is_some()
     }
 }
 
-fn split<'a>(files: &[FileInput<'a>]) -> Vec<Line<'a>> {
+fn split(files: &[FileInput<'_>]) -> Vec<Line> {
     let mut out = Vec::new();
     for (fi, f) in files.iter().enumerate() {
         if f.bytes.is_empty() {
@@ -178,22 +216,20 @@ fn split<'a>(files: &[FileInput<'a>]) -> Vec<Line<'a>> {
         } else {
             f.bytes
         };
-        let parts: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
-        let n = parts.len();
-        for (i, bytes) in parts.into_iter().enumerate() {
-            let object = serde_json::from_slice::<Value>(bytes)
-                .ok()
-                .and_then(|v| match v {
-                    Value::Object(m) => Some(m),
-                    _ => None,
-                });
+        let n = body.split(|b| *b == b'\n').count();
+        for (i, bytes) in body.split(|b| *b == b'\n').enumerate() {
+            let parsed = serde_json::from_slice::<Value>(bytes).ok();
+            let (object, fields) = match parsed {
+                Some(Value::Object(m)) => (true, Fields::of(&m)),
+                _ => (false, Fields::default()),
+            };
             out.push(Line {
                 file: fi,
                 number: i + 1,
                 hash: line_hash(bytes),
                 object,
                 unterminated: !terminated && i + 1 == n,
-                _bytes: bytes,
+                fields,
             });
         }
     }
@@ -232,7 +268,7 @@ pub fn verify_files(files: &[FileInput<'_>], key: Option<&VerifyingKey>) -> Repo
         if !l.chained() {
             if !started {
                 unchained_before += 1;
-                if l.object.is_none() && !l.unterminated {
+                if !l.object && !l.unterminated {
                     report.error = Some(problem(
                         Severity::Error,
                         ProblemKind::Malformed,
@@ -249,7 +285,7 @@ pub fn verify_files(files: &[FileInput<'_>], key: Option<&VerifyingKey>) -> Repo
                 .get(i + 1)
                 .is_some_and(|n| n.prev() == Some(l.hash.as_str()));
             let at_end = i + 1 == lines.len();
-            if l.object.is_none() && (next_links || at_end) {
+            if !l.object && (next_links || at_end) {
                 report.warnings.push(problem(
                     Severity::Warning,
                     ProblemKind::Incomplete,
@@ -258,7 +294,7 @@ pub fn verify_files(files: &[FileInput<'_>], key: Option<&VerifyingKey>) -> Repo
                 ));
                 continue;
             }
-            let kind = if l.object.is_none() {
+            let kind = if !l.object {
                 ProblemKind::Malformed
             } else {
                 ProblemKind::Inserted

@@ -288,6 +288,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
                 crate::audit::Options {
                     key: key.map(std::sync::Arc::new),
                     max_size: opts.audit_max_size,
+                    daily_name: opts.audit.is_none(),
                     lock: true,
                     writer: session.clone(),
                     ..Default::default()

@@ -39,6 +39,10 @@ pub struct Options {
     pub max_size: Option<u64>,
     /// Rotate when the day (UTC) changes.
     pub daily: bool,
+    /// The file is the day's `YYYY-MM-DD.jsonl` (the standalone default): move on to the new
+    /// day's file in the same directory when the day (UTC) changes, so that sessions running
+    /// across midnight and new ones keep one chain.
+    pub daily_name: bool,
     /// Take the directory's lock around each append (several writers).
     pub lock: bool,
     /// A checkpoint after this many records...
@@ -57,6 +61,7 @@ impl Default for Options {
             key: None,
             max_size: None,
             daily: false,
+            daily_name: false,
             lock: false,
             checkpoint_records: 1000,
             checkpoint_interval: Duration::from_secs(60),
@@ -196,6 +201,13 @@ impl ChainFile {
             return self.append_unlinked_stream(records, checkpoint);
         }
         let _lock = self.lock()?;
+        if self.opts.daily_name {
+            let today = dir_of(&self.path).join(format!("{}.jsonl", today()));
+            if today != self.path {
+                self.file = open_append(&today)?;
+                self.path = today;
+            }
+        }
         self.reopen_if_rotated()?;
         let mut out = Appended::default();
         let mut size = self.file.metadata()?.len();
@@ -607,6 +619,29 @@ mod tests {
             .warnings
             .iter()
             .any(|w| w.kind == agent_supervisor_audit::ProblemKind::Incomplete && w.line == 2));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_session_across_midnight_moves_on_to_the_new_days_file() {
+        let d = tmp("midnight");
+        let old = d.join("2000-01-01.jsonl");
+        let opts = Options {
+            daily_name: true,
+            lock: true,
+            ..Options::default()
+        };
+        let mut f = ChainFile::open(&old, opts.clone()).unwrap();
+        // Written "yesterday" by another writer; then our next append is "after midnight".
+        ChainFile::open(&old, Options::default())
+            .unwrap()
+            .append(&["{\"id\":\"old\"}".into()], false)
+            .unwrap();
+        f.append(&["{\"id\":\"new\"}".into()], false).unwrap();
+        let today = d.join(format!("{}.jsonl", today()));
+        assert_eq!(f.path(), today);
+        assert_eq!(fs::read_to_string(&old).unwrap().lines().count(), 1);
+        assert!(verify(&[old, today], None).ok());
         fs::remove_dir_all(&d).unwrap();
     }
 
