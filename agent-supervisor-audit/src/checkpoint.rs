@@ -3,10 +3,12 @@
 //! line before the checkpoint: rewriting any of them (even recomputing the whole chain) breaks
 //! it.
 //!
-//! A checkpoint line is `{"id":…,"ts":…,"kind":"checkpoint","key_id":…,"pubkey":…,`
-//! `"chain_seq":N,"prev":H[,"prev_file":F],"sig":S}` where `S` is the hex Ed25519 signature of
-//! [`message`]`(N, H, ts)`. Keys are stored as 64 hex digits (the 32-byte secret seed, or the
-//! 32-byte public key) and a newline.
+//! A checkpoint line is `{"id":…,"key_id":…,"kind":"checkpoint","pubkey":…,"ts":…,`
+//! `"chain_seq":N,"prev":H[,"prev_file":F],"sig":S}`: `sig` is the last member, and `S` is the
+//! hex Ed25519 signature of [`DOMAIN`] followed by the line without its `,"sig":"S"` member
+//! (the bytes before `,"sig":` and a closing `}`). Every byte of the line but the signature is
+//! signed. Keys are stored as 64 hex digits (the 32-byte secret seed, or the 32-byte public
+//! key) and a newline.
 #![forbid(unsafe_code)]
 
 use ed25519_dalek::{Signer, Verifier};
@@ -24,10 +26,12 @@ pub enum KeyError {
     BadPublicKey,
 }
 
-/// What a checkpoint's signature covers.
-pub fn message(chain_seq: u64, prev: &str, ts: &str) -> Vec<u8> {
-    format!("agent-supervisor-audit checkpoint v1\nchain_seq={chain_seq}\nprev={prev}\nts={ts}\n")
-        .into_bytes()
+/// Prefix of the signed bytes.
+pub const DOMAIN: &[u8] = b"agent-supervisor-audit checkpoint v1\n";
+
+/// What a checkpoint's signature covers: [`DOMAIN`] and the line without its signature.
+pub fn message(unsigned_line: &[u8]) -> Vec<u8> {
+    [DOMAIN, unsigned_line].concat()
 }
 
 /// A short name for a public key: the first 16 hex digits of its SHA-256.
@@ -77,11 +81,11 @@ pub fn checkpoint(
         "pubkey": hex::encode(public.as_bytes()),
     });
     let mut h = head.clone();
-    let linked = link(&object.to_string(), &mut h, prev_file)?;
-    let sig = key.sign(&message(h.seq, &head.hash, ts));
+    let unsigned = link(&object.to_string(), &mut h, prev_file)?;
+    let sig = key.sign(&message(unsigned.as_bytes()));
     let line = format!(
         "{},\"sig\":\"{}\"}}",
-        linked.strip_suffix('}').expect("an object"),
+        unsigned.strip_suffix('}').expect("an object"),
         hex::encode(sig.to_bytes())
     );
     *head = Head {
@@ -91,15 +95,23 @@ pub fn checkpoint(
     Ok(line)
 }
 
-/// Check a checkpoint's signature (`sig`, hex) with `key`.
-pub fn verify(key: &VerifyingKey, chain_seq: u64, prev: &str, ts: &str, sig: &str) -> bool {
-    let Ok(bytes) = hex::decode(sig) else {
+/// Check the signature of a checkpoint `line` (as written, without its newline) with `key`.
+pub fn verify(key: &VerifyingKey, line: &[u8]) -> bool {
+    const MEMBER: &[u8] = b",\"sig\":\"";
+    let Some(body) = line.strip_suffix(b"\"}") else {
+        return false;
+    };
+    let Some(at) = body.windows(MEMBER.len()).rposition(|w| w == MEMBER) else {
+        return false;
+    };
+    let Ok(bytes) = hex::decode(&body[at + MEMBER.len()..]) else {
         return false;
     };
     let Ok(sig) = ed25519_dalek::Signature::from_slice(&bytes) else {
         return false;
     };
-    key.verify(&message(chain_seq, prev, ts), &sig).is_ok()
+    let unsigned = [&body[..at], b"}".as_slice()].concat();
+    key.verify(&message(&unsigned), &sig).is_ok()
 }
 
 #[cfg(test)]
@@ -110,45 +122,25 @@ mod tests {
     fn a_checkpoint_verifies_and_any_change_breaks_it() {
         let key = SigningKey::from_bytes(&[7; 32]);
         let mut head = Head::genesis();
-        let start = head.clone();
         let line = checkpoint(&key, "c-1", "2026-01-01T00:00:00Z", &mut head, None).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["kind"], "checkpoint");
         assert_eq!(v["chain_seq"], 1);
         assert_eq!(head.seq, 1);
-        let sig = v["sig"].as_str().unwrap();
         let public = key.verifying_key();
-        assert!(verify(&public, 1, &start.hash, "2026-01-01T00:00:00Z", sig));
-        assert!(!verify(
-            &public,
-            2,
-            &start.hash,
-            "2026-01-01T00:00:00Z",
-            sig
-        ));
-        assert!(!verify(
-            &public,
-            1,
-            &"1".repeat(64),
-            "2026-01-01T00:00:00Z",
-            sig
-        ));
-        assert!(!verify(
-            &public,
-            1,
-            &start.hash,
-            "2026-01-01T00:00:01Z",
-            sig
-        ));
+        assert!(verify(&public, line.as_bytes()));
         let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
-        assert!(!verify(&other, 1, &start.hash, "2026-01-01T00:00:00Z", sig));
-        assert!(!verify(
-            &public,
-            1,
-            &start.hash,
-            "2026-01-01T00:00:00Z",
-            "zz"
-        ));
+        assert!(!verify(&other, line.as_bytes()));
+        // Any byte changed, anywhere, breaks it.
+        for i in 0..line.len() {
+            let mut b = line.clone().into_bytes();
+            b[i] ^= 0x01;
+            assert!(!verify(&public, &b), "byte {i} changed");
+        }
+        // A member added after the signature, or the signature moved: refused.
+        let extra = format!("{},\"x\":1}}", line.strip_suffix('}').unwrap());
+        assert!(!verify(&public, extra.as_bytes()));
+        assert!(!verify(&public, b"{}"));
     }
 
     #[test]
