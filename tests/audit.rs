@@ -461,3 +461,44 @@ fn the_agent_cannot_read_the_signing_key() {
         "the agent read the signing key"
     );
 }
+
+/// The agent tries to stall the audit writer by holding the log directory's lock (it can see
+/// the directory): the lock it sees is not the writer's, the session is not failed closed, and
+/// every record is written and chained.
+#[test]
+fn the_agent_cannot_hold_the_writers_lock() {
+    skip_unless!(Path::new("/usr/bin/flock").exists(), "needs /usr/bin/flock");
+    let ws = Workspace::new("audit-lock");
+    // The first run makes the lock file; the second one's agent grabs it.
+    session(&ws, &[], "/bin/true");
+    let lock = base(&ws).join(".agent-supervisor-audit.lock");
+    assert!(lock.exists());
+    let r = ws.run(
+        &["--standalone", "--headless", "--policy", "preset:unrestricted"],
+        &["/bin/sh", "-c", &format!(
+            "/usr/bin/flock -x {} /bin/sleep 13 & sleep 0.5; /bin/echo one > one.txt; /bin/sleep 11; /bin/echo two > two.txt; wait",
+            lock.display()
+        )],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(!r.stderr.contains("cannot be written"), "{r:?}");
+    assert_eq!(
+        ws.read("two.txt").as_deref(),
+        Some("two\n"),
+        "actions after 10 s still allowed"
+    );
+    let (code, v) = verify(&[&ws.audit], None);
+    assert_eq!(code, Some(0), "{v}");
+    let execs: Vec<String> = ws
+        .decisions("exec")
+        .iter()
+        .map(|r| r["action"]["argv"].to_string())
+        .collect();
+    assert!(
+        execs
+            .iter()
+            .any(|a| a.contains("two.txt") || a.contains("\"two\"")),
+        "{execs:?}"
+    );
+}

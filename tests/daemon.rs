@@ -2074,5 +2074,30 @@ fn the_daemons_log_is_chained_signed_rotated_and_verifies() {
             n += 1;
         }
         assert_eq!(n, replayed.len() - 2);
+        // A root agent under a policy that lets it read anything still can't read the key
+        // (its public half beside it, it can).
+        let open = d.dir.join("open.toml");
+        std::fs::write(&open, "version = 1\nextends = \"unrestricted\"\n").unwrap();
+        let s = d
+            .start_session(
+                open.to_str().unwrap(),
+                &format!(
+                    "/bin/cat {k} > got.txt 2>/dev/null; /bin/cat {k}.pub > pub.txt",
+                    k = key.display()
+                ),
+            )
+            .await;
+        wait_session_end(&d, &s.id).await;
+        let secret = std::fs::read_to_string(&key).unwrap();
+        let got = std::fs::read_to_string(d.ws().join("got.txt")).unwrap_or_default();
+        assert!(
+            !got.contains(secret.trim()),
+            "the agent read the daemon's signing key"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.ws().join("pub.txt")).unwrap(),
+            std::fs::read_to_string(&public).unwrap(),
+            "the agent could read files beside it"
+        );
     });
 }

@@ -298,15 +298,18 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     };
     let mut masks = sandbox::masks::plan_masks(&policy, &plan, &noexec_trees(&landlock));
     masks.extend(protected_paths(&vars, &audit_path));
-    // The agent must not read the signing key (it could forge checkpoints).
-    if let Some(key) = opts
-        .audit_key
-        .as_deref()
-        .and_then(|k| std::fs::canonicalize(k).ok())
+    // The agent must not read the signing key (it could forge checkpoints), nor hold the log's
+    // lock (the writer would stall, then fail closed).
+    let key = opts.audit_key.as_deref().or(opts.hide_audit_key.as_deref());
+    let hidden = [key.map(Path::to_path_buf), audit_file.lock_path()];
+    for path in hidden
+        .iter()
+        .flatten()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
     {
-        masks.retain(|m| m.path != key);
+        masks.retain(|m| m.path != path);
         masks.push(sandbox::masks::MaskMount {
-            path: key,
+            path,
             kind: agent_supervisor_policy::MaskKind::Hide,
             is_dir: false,
             rule: None,

@@ -126,6 +126,10 @@ impl ChainFile {
         }
         let file = open_append(path)?;
         let regular = file.metadata()?.is_file();
+        if opts.lock && regular {
+            // Made now, before the sandbox starts, so that it can be hidden from the agent.
+            open_append(&dir_of(path).join(LOCK_FILE))?;
+        }
         Ok(ChainFile {
             file,
             regular,
@@ -140,6 +144,11 @@ impl ChainFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The lock file, when appends take it.
+    pub fn lock_path(&self) -> Option<PathBuf> {
+        (self.opts.lock && self.regular).then(|| dir_of(&self.path).join(LOCK_FILE))
     }
 
     /// Have records been written since the last checkpoint (with a key)?

@@ -221,6 +221,15 @@ impl AuditFile {
         })
     }
 
+    /// The lock file of the log's directory (to hide from the agent: holding it would stall
+    /// the writer, which then fails closed).
+    pub fn lock_path(&self) -> Option<PathBuf> {
+        match &self.sink {
+            Sink::File(f) => f.lock_path(),
+            Sink::Link(_) => None,
+        }
+    }
+
     /// Send records to the daemon over its link instead of a file; `log` is the daemon's log
     /// (for messages only).
     pub fn to_daemon(link: crate::daemon::link::LinkWriter, log: &Path) -> AuditFile {
