@@ -15,7 +15,7 @@
 //! | `jwt` | JSON web tokens (`eyJ….eyJ….…`) |
 //! | `github-token`, `gitlab-token`, `slack-token`, `stripe-key`, `google-api-key`, `npm-token`, `api-key` (`sk-…`, as OpenAI/Anthropic use) | well-known token formats |
 //! | `aws-secret` | 40 characters of base64 with upper case, lower case and digits (an AWS secret access key) |
-//! | `high-entropy` | any other run of 24 or more characters of `[A-Za-z0-9+/=_-]` that mixes at least two of upper case, lower case and digits, has a Shannon entropy of at least 4.2 bits per character, is not only hexadecimal digits and dashes (hashes, UUIDs) and is not a path (absolute with components under 40 characters, or relative with components under 20) |
+//! | `high-entropy` | in any other run of 24 or more characters of `[A-Za-z0-9+/=_-]`, each `/`-separated part of 20 or more that is not only hex digits and dashes (hashes, UUIDs) and looks random ([`looks_random`]) |
 //!
 //! Option names ending in `file`, `path` or `dir` (`--password-file F`) are not secrets.
 //! An option whose value is the next argument (`--token V`) is recognised in argv arrays (see
@@ -162,18 +162,29 @@ fn classes(s: &str) -> usize {
     .count()
 }
 
-/// Does this run of token characters look like a random secret?
+/// Does this run of token characters (no `/`) look like a random secret? At least 20
+/// characters, not only hex digits and dashes, and either upper case, lower case and digits
+/// mixed with a Shannon entropy of at least min(4.6, 0.88 * log2(length)) bits per character
+/// (random strings of that length mostly reach it; camel-case identifiers do not), or two of
+/// those classes, 24 characters or more without `-` or `_` (identifiers made of words have
+/// them), 15 to 85 % digits and an entropy of at least 0.8 * log2(length).
 pub fn looks_random(s: &str) -> bool {
-    if s.len() < 24 || s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+    if s.len() < 20 || s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
         return false;
     }
-    // A path of ordinary components (`/usr/lib/x86_64-linux-gnu`).
-    let parts: Vec<&str> = s.split('/').filter(|p| !p.is_empty()).collect();
-    let absolute = s.starts_with('/') && parts.iter().all(|p| p.len() < 40);
-    if absolute || (parts.len() > 1 && parts.iter().all(|p| p.len() < 20)) {
-        return false;
+    let n = s.len() as f64;
+    let h = entropy(s);
+    match classes(s) {
+        3 => h >= (0.88 * n.log2()).min(4.6),
+        2 => {
+            let digits = s.bytes().filter(u8::is_ascii_digit).count() as f64 / n;
+            s.len() >= 24
+                && !s.contains(['-', '_'])
+                && (0.15..=0.85).contains(&digits)
+                && h >= 0.8 * n.log2()
+        }
+        _ => false,
     }
-    classes(s) >= 2 && entropy(s) >= 4.2
 }
 
 /// Mask every secret in `text`.
@@ -199,13 +210,18 @@ pub fn redact_str(text: &str) -> Cow<'_, str> {
         let v = c.get(1).map_or("", |m| m.as_str());
         (classes(v) == 3).then_some("aws-secret")
     });
+    // Runs of 24+ token characters; with `/` (paths, some base64), each part on its own.
     let mut out = String::with_capacity(s.len());
     let mut last = 0;
     for m in p.candidate.find_iter(&s) {
-        if looks_random(m.as_str()) {
-            out.push_str(&s[last..m.start()]);
-            out.push_str(&tag("high-entropy", m.as_str()));
-            last = m.end();
+        let mut at = m.start();
+        for part in m.as_str().split('/') {
+            if looks_random(part) {
+                out.push_str(&s[last..at]);
+                out.push_str(&tag("high-entropy", part));
+                last = at + part.len();
+            }
+            at += part.len() + 1;
         }
     }
     out.push_str(&s[last..]);
@@ -323,6 +339,18 @@ mod tests {
             let out = r(&format!("echo {secret} done"));
             assert_eq!(out, format!("echo {} done", tag(kind, secret)), "{kind}");
         }
+        // In a path, only the random part goes.
+        let p = "/srv/q8Zr3LmT0pWx7Kc2Nv9Bd4Hs6Yf1Ja5G/data";
+        assert_eq!(
+            r(p),
+            format!(
+                "/srv/{}/data",
+                tag("high-entropy", "q8Zr3LmT0pWx7Kc2Nv9Bd4Hs6Yf1Ja5G")
+            )
+        );
+        // Lower case and digits only, random: still a secret.
+        let t = "k3j9x0q2m8v7b1n4z6c5l0p9w2e7r3t8";
+        assert_eq!(r(t), tag("high-entropy", t));
         let pem = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----";
         assert_eq!(
             r(&format!("x {pem} y")),
@@ -354,6 +382,11 @@ mod tests {
             "--password-file=/run/secrets/db",
             "2026-11-21T12:04:32.123456Z",
             "AgentSupervisorConfiguration",
+            "/tmp/as-test-audit-lock-5529-1795264593843115078/ws/out.txt",
+            "cd as-daemon-audit-5529-1795264593843115078 && make",
+            "agent-supervisor-session-1234567890ab",
+            "TestLogin2FactorAuthentication1",
+            "/home/user/.cache/pip/wheels/libserde_json-4f1c2b8e9a7d3c21.rlib",
             "echo $GITHUB_TOKEN",
             "GITHUB_TOKEN=$GITHUB_TOKEN",
         ] {
