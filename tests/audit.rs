@@ -246,6 +246,18 @@ fn rotation_keeps_the_chain_and_a_removed_middle_file_is_found() {
     let (code, v) = verify(&refs, Some(&public));
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+    // `--rotated FILE` stands for the same files in the same order.
+    let r = cli(&[
+        "audit",
+        "verify",
+        "--json",
+        "--rotated",
+        "--key",
+        public.to_str().unwrap(),
+        ws.audit.to_str().unwrap(),
+    ]);
+    let w: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!((r.code, &w["records"]), (Some(0), &v["records"]), "{r:?}");
     // Each file after the first names the one it continues.
     for w in files.windows(2) {
         let first = serde_json::from_str::<Value>(&lines(&w[1])[0]).unwrap();

@@ -317,7 +317,7 @@ enum AuditCommand {
     /// every checkpoint's signature; report the first edited, deleted, reordered or inserted
     /// record (file, line, record id), and warn about records after the last checkpoint.
     #[command(
-        after_help = "Examples:\n  agent-supervisor audit verify ~/.local/state/agent-supervisor/audit/2026-11-21.jsonl\n  agent-supervisor audit verify --key /var/lib/agent-supervisor/audit.key.pub \\\n      /var/log/agent-supervisor/daemon.1.jsonl /var/log/agent-supervisor/daemon.jsonl\n  agent-supervisor audit verify --json audit.jsonl | jq .error\n\nExit codes: 0 intact (warnings allowed), 1 tampered or damaged, 2 a file or the key\ncould not be read."
+        after_help = "Examples:\n  agent-supervisor audit verify ~/.local/state/agent-supervisor/audit/2026-11-21.jsonl\n  agent-supervisor audit verify --key /var/lib/agent-supervisor/audit.key.pub \\\n      --rotated /var/log/agent-supervisor/daemon.jsonl\n  agent-supervisor audit verify --json audit.jsonl | jq .error\n\nExit codes: 0 intact (warnings allowed), 1 tampered or damaged, 2 a file or the key\ncould not be read."
     )]
     Verify {
         /// The files, oldest first (rotated ones before the active one).
@@ -330,6 +330,10 @@ enum AuditCommand {
         /// One JSON object: ok, records, checkpoints, error, warnings.
         #[arg(long)]
         json: bool,
+        /// Each FILE stands for its rotated files (STEM.1.EXT, STEM.2.EXT, ... in order)
+        /// followed by itself.
+        #[arg(long)]
+        rotated: bool,
     },
     /// Make an Ed25519 key pair for signing audit checkpoints: FILE (secret, 0600) and
     /// FILE.pub (for `audit verify --key`).
@@ -346,9 +350,16 @@ enum AuditCommand {
 }
 
 /// `audit verify`: 0 intact, 1 tampered, 2 a file or key could not be read.
-fn audit_verify(files: &[PathBuf], key: Option<PathBuf>, json: bool) -> Result<i32> {
+fn audit_verify(files: &[PathBuf], key: Option<PathBuf>, json: bool, rotated: bool) -> Result<i32> {
     use agent_supervisor::audit::verify;
-    let report = match verify::verify_paths(files, key.as_deref()) {
+    let mut expanded = Vec::new();
+    for f in files {
+        match rotated.then(|| agent_supervisor::audit::file::segments(f)) {
+            Some(Ok(all)) => expanded.extend(all),
+            _ => expanded.push(f.clone()),
+        }
+    }
+    let report = match verify::verify_paths(&expanded, key.as_deref()) {
         Ok(r) => r,
         Err(e) => {
             if json {
@@ -565,9 +576,12 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 after,
             },
         ),
-        Command::Audit(AuditCommand::Verify { files, key, json }) => {
-            audit_verify(&files, key, json)
-        }
+        Command::Audit(AuditCommand::Verify {
+            files,
+            key,
+            json,
+            rotated,
+        }) => audit_verify(&files, key, json, rotated),
         Command::Audit(AuditCommand::Keygen { file, force }) => {
             let key = agent_supervisor::audit::keys::generate(&file, force)?;
             let public = agent_supervisor::audit::keys::public_path(&file);
