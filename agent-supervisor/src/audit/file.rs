@@ -608,6 +608,35 @@ mod tests {
     }
 
     #[test]
+    fn the_exporter_gets_each_line_as_written() {
+        struct Collect(std::sync::Mutex<Vec<String>>);
+        impl Export for Collect {
+            fn export(&self, line: &str) {
+                self.0.lock().unwrap().push(line.to_string());
+            }
+        }
+        let d = tmp("export");
+        let path = d.join("e.jsonl");
+        let seen = Arc::new(Collect(Default::default()));
+        let opts = Options {
+            key: Some(Arc::new(SigningKey::from_bytes(&[2; 32]))),
+            export: Some(seen.clone()),
+            ..Options::default()
+        };
+        let mut f = ChainFile::open(&path, opts).unwrap();
+        f.append(&["{\"id\":\"a\"}".into(), "{\"id\":\"b\"}".into()], true)
+            .unwrap();
+        let on_disk: Vec<String> = fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(on_disk.len(), 3, "two records and a checkpoint");
+        assert_eq!(*seen.0.lock().unwrap(), on_disk);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn a_torn_last_line_is_ended_and_linked_through() {
         let d = tmp("torn");
         let path = d.join("t.jsonl");
