@@ -238,9 +238,11 @@ fn rotation_keeps_the_chain_and_a_removed_middle_file_is_found() {
         .collect();
     files.push(ws.audit.clone());
     assert!(files.len() >= 3, "rotated into several files: {files:?}");
+    // A file rotates before a batch would take it beyond the limit; a batch (what the writer
+    // found queued at once) is never split, so a file may exceed it by one batch.
     for f in &files {
         let size = std::fs::metadata(f).unwrap().len();
-        assert!(size <= 2048 + 1024, "{} is {size} bytes", f.display());
+        assert!(size <= 2048 + 8192, "{} is {size} bytes", f.display());
     }
     let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let (code, v) = verify(&refs, Some(&public));
