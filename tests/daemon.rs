@@ -2033,3 +2033,118 @@ fn the_daemon_tells_systemd_it_is_ready_once_its_socket_listens() {
         "the socket is removed on a clean stop"
     );
 }
+
+/// The daemon's log is a signed hash chain: its key is made (0600, with `.pub`) on first
+/// start, every session's end is covered by a checkpoint, it rotates by size without breaking
+/// the chain (`audit verify` over the files with the public key), and the audit stream's
+/// cursors run across the rotated files (a replay from 0 is exactly the files' lines).
+#[test]
+fn the_daemons_log_is_chained_signed_rotated_and_verifies() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let mut d = Daemon::start("audit-chain");
+    d.reconfigure("audit_max_size = \"3K\"\n");
+    let policy = d.policy("30s");
+    let key = d.dir.join("state/audit.key");
+    let public = d.dir.join("state/audit.key.pub");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(public.exists());
+    with_limit(async {
+        for n in 0..2 {
+            let s = d
+                .start_session(
+                    &policy,
+                    &format!("for i in 1 2 3 4 5 6 7 8 9 10 11 12; do /bin/true {n} $i --token=tok-{n}; done"),
+                )
+                .await;
+            wait_session_end(&d, &s.id).await;
+        }
+        let mut files: Vec<PathBuf> = (1..)
+            .map(|n| d.dir.join(format!("log/audit.{n}.jsonl")))
+            .take_while(|p| p.exists())
+            .collect();
+        files.push(d.dir.join("log/audit.jsonl"));
+        assert!(files.len() >= 3, "rotated: {files:?}");
+        let text: String = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
+        assert!(
+            !text.contains("tok-0") && !text.contains("tok-1"),
+            "a secret reached the log"
+        );
+        assert!(text.contains("--token=[REDACTED:arg:"));
+        // Verify with the daemon's public key: intact, signed to the end.
+        let mut c = Command::new(bin());
+        c.args(["audit", "verify", "--json", "--key"])
+            .arg(&public)
+            .args(&files)
+            .env_remove("CI");
+        let r = common::run_with_timeout(c, Duration::from_secs(20));
+        let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("JSON report");
+        assert_eq!(r.code, Some(0), "{v}");
+        assert!(v["checkpoints"].as_u64().unwrap() >= 2, "{v}");
+        assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+        // The stream from 0 replays every file, in order, with global cursors.
+        let mut c = AuditClient::new(d.channel().await);
+        let mut rest = c
+            .stream_audit(proto::StreamAuditRequest {
+                no_follow: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut replayed = Vec::new();
+        while let Some(e) = rest.message().await.unwrap() {
+            replayed.push(e);
+        }
+        let json: Vec<&str> = replayed.iter().map(|e| e.json.as_str()).collect();
+        assert_eq!(json, text.lines().collect::<Vec<_>>());
+        assert_eq!(replayed.last().unwrap().cursor as usize, text.len());
+        // Resuming from a cursor in the first file crosses into the next ones.
+        let cut = replayed[1].cursor;
+        let mut again = c
+            .stream_audit(proto::StreamAuditRequest {
+                after_cursor: cut,
+                no_follow: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0;
+        while let Some(e) = again.message().await.unwrap() {
+            assert_eq!(e.json, replayed[2 + n].json);
+            n += 1;
+        }
+        assert_eq!(n, replayed.len() - 2);
+        // A root agent under a policy that lets it read anything still can't read the key
+        // (its public half beside it, it can).
+        let open = d.dir.join("open.toml");
+        std::fs::write(&open, "version = 1\nextends = \"unrestricted\"\n").unwrap();
+        let s = d
+            .start_session(
+                open.to_str().unwrap(),
+                &format!(
+                    "/bin/cat {k} > got.txt 2>/dev/null; /bin/cat {k}.pub > pub.txt",
+                    k = key.display()
+                ),
+            )
+            .await;
+        wait_session_end(&d, &s.id).await;
+        let secret = std::fs::read_to_string(&key).unwrap();
+        let got = std::fs::read_to_string(d.ws().join("got.txt")).unwrap_or_default();
+        assert!(
+            !got.contains(secret.trim()),
+            "the agent read the daemon's signing key"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.ws().join("pub.txt")).unwrap(),
+            std::fs::read_to_string(&public).unwrap(),
+            "the agent could read files beside it"
+        );
+    });
+}

@@ -100,6 +100,13 @@ enum Command {
         audit: Option<PathBuf>,
         #[command(flatten)]
         export: ExportArgs,
+        /// Sign the audit log's checkpoints with this Ed25519 secret key (made by `audit
+        /// keygen`; mode 0600). Without it the log is an unsigned hash chain.
+        #[arg(long, env = "AGENT_SUPERVISOR_AUDIT_KEY", value_name = "FILE")]
+        audit_key: Option<PathBuf>,
+        /// Rotate the audit file before it grows beyond SIZE (bytes, or with K, M, G).
+        #[arg(long, env = "AGENT_SUPERVISOR_AUDIT_MAX_SIZE", value_name = "SIZE", value_parser = agent_supervisor::audit::parse_size)]
+        audit_max_size: Option<u64>,
         /// Let the agent inherit this file descriptor too (repeatable).
         #[arg(long = "keep-fd", value_name = "FD")]
         keep_fds: Vec<i32>,
@@ -153,6 +160,9 @@ enum Command {
         /// Launched by the daemon: its link's inherited fd (internal).
         #[arg(long, hide = true, value_name = "FD")]
         daemon_link: Option<i32>,
+        /// Launched by the daemon: its audit signing key, to hide from the agent (internal).
+        #[arg(long, hide = true, value_name = "FILE")]
+        hide_audit_key: Option<PathBuf>,
         /// Launched by the daemon: the session id it chose (internal).
         #[arg(long, hide = true, value_name = "ID")]
         session_id: Option<String>,
@@ -237,7 +247,7 @@ enum Command {
         #[command(flatten)]
         daemon: DaemonArgs,
     },
-    /// The daemon's audit log.
+    /// The audit log: follow the daemon's, verify files, make a signing key.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Approvals waiting in the daemon.
@@ -343,6 +353,71 @@ enum AuditCommand {
         #[command(flatten)]
         daemon: DaemonArgs,
     },
+    /// Check audit files: the hash chain within and across them (give them oldest first), and
+    /// every checkpoint's signature; report the first edited, deleted, reordered or inserted
+    /// record (file, line, record id), and warn about records after the last checkpoint.
+    #[command(
+        after_help = "Examples:\n  agent-supervisor audit verify ~/.local/state/agent-supervisor/audit/2026-11-21.jsonl\n  agent-supervisor audit verify --key /var/lib/agent-supervisor/audit.key.pub \\\n      --rotated /var/log/agent-supervisor/daemon.jsonl\n  agent-supervisor audit verify --json audit.jsonl | jq .error\n\nExit codes: 0 intact (warnings allowed), 1 tampered or damaged, 2 a file or the key\ncould not be read."
+    )]
+    Verify {
+        /// The files, oldest first (rotated ones before the active one).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The writer's public key (`KEY.pub`): checkpoints must be signed by it. Without it,
+        /// signatures are checked with the key the log names (a warning says so).
+        #[arg(long, value_name = "PUBFILE")]
+        key: Option<PathBuf>,
+        /// One JSON object: ok, records, checkpoints, error, warnings.
+        #[arg(long)]
+        json: bool,
+        /// Each FILE stands for its rotated files (STEM.1.EXT, STEM.2.EXT, ... in order)
+        /// followed by itself.
+        #[arg(long)]
+        rotated: bool,
+    },
+    /// Make an Ed25519 key pair for signing audit checkpoints: FILE (secret, 0600) and
+    /// FILE.pub (for `audit verify --key`).
+    #[command(
+        after_help = "Example:\n  agent-supervisor audit keygen ~/.config/agent-supervisor/audit.key\n  agent-supervisor run --audit-key ~/.config/agent-supervisor/audit.key -- ./agent.sh"
+    )]
+    Keygen {
+        /// Where to write the secret key.
+        file: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `audit verify`: 0 intact, 1 tampered, 2 a file or key could not be read.
+fn audit_verify(files: &[PathBuf], key: Option<PathBuf>, json: bool, rotated: bool) -> Result<i32> {
+    use agent_supervisor::audit::verify;
+    let mut expanded = Vec::new();
+    for f in files {
+        match rotated.then(|| agent_supervisor::audit::file::segments(f)) {
+            Some(Ok(all)) => expanded.extend(all),
+            _ => expanded.push(f.clone()),
+        }
+    }
+    let report = match verify::verify_paths(&expanded, key.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "usage_error": e.to_string() })
+                );
+            }
+            eprintln!("agent-supervisor audit verify: {e}");
+            return Ok(2);
+        }
+    };
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", verify::human(&report));
+    }
+    Ok(if report.ok() { 0 } else { 1 })
 }
 
 #[derive(Subcommand)]
@@ -425,6 +500,8 @@ fn dispatch(cmd: Command) -> Result<i32> {
             report,
             audit,
             export,
+            audit_key,
+            audit_max_size,
             keep_fds,
             workspace,
             quiet,
@@ -436,6 +513,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             standalone,
             socket,
             daemon_link,
+            hide_audit_key,
             session_id,
             limits,
             command,
@@ -451,6 +529,8 @@ fn dispatch(cmd: Command) -> Result<i32> {
             }
             let standalone_only = ci
                 || audit.is_some()
+                || audit_key.is_some()
+                || audit_max_size.is_some()
                 || export.audit_journald
                 || export.audit_otlp.is_some()
                 || !keep_fds.is_empty()
@@ -461,7 +541,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 || limits.any()
                 || daemon_link.is_some();
             if daemon && standalone_only {
-                bail!("--daemon: --audit, --audit-journald, --audit-otlp, --keep-fd, --require, --no-ebpf, --headless, --default-allow and the limit flags are for standalone runs (the daemon's config decides those)");
+                bail!("--daemon: --audit, --audit-key, --audit-max-size, --audit-journald, --audit-otlp, --keep-fd, --require, --no-ebpf, --headless, --default-allow and the limit flags are for standalone runs (the daemon's config decides those)");
             }
             let use_daemon = daemon
                 || (!standalone
@@ -484,6 +564,9 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 default_allow,
                 audit,
                 export: export.into(),
+                audit_key,
+                audit_max_size,
+                hide_audit_key,
                 keep_fds,
                 workspace,
                 quiet,
@@ -560,6 +643,23 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 after,
             },
         ),
+        Command::Audit(AuditCommand::Verify {
+            files,
+            key,
+            json,
+            rotated,
+        }) => audit_verify(&files, key, json, rotated),
+        Command::Audit(AuditCommand::Keygen { file, force }) => {
+            let key = agent_supervisor::audit::keys::generate(&file, force)?;
+            let public = agent_supervisor::audit::keys::public_path(&file);
+            println!(
+                "wrote the secret key {} (keep it from the agents) and the public key {} (key_id {})",
+                file.display(),
+                public.display(),
+                agent_supervisor_audit::checkpoint::key_id(&key.verifying_key())
+            );
+            Ok(0)
+        }
         Command::Version { json } => version(json),
         Command::Doctor { policy, json } => {
             agent_supervisor::doctor::run(&agent_supervisor::doctor::Options { policy, json })

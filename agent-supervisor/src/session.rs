@@ -34,6 +34,12 @@ pub struct RunOptions {
     pub audit: Option<PathBuf>,
     /// Copies of the audit records to journald / an OTLP collector.
     pub export: crate::audit_export::ExportConfig,
+    /// Sign the audit log's checkpoints with this secret key (see docs/audit.md).
+    pub audit_key: Option<PathBuf>,
+    /// Rotate the audit file before it grows beyond this many bytes.
+    pub audit_max_size: Option<u64>,
+    /// Launched by the daemon: its audit signing key, hidden from the agent.
+    pub hide_audit_key: Option<PathBuf>,
     pub keep_fds: Vec<i32>,
     pub workspace: Option<PathBuf>,
     pub quiet: bool,
@@ -340,6 +346,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         write: plan.landlock_write.clone(),
         exec: plan.landlock_exec.clone(),
     };
+    let session = opts.session_id.clone().unwrap_or_else(session_id);
     let audit_path = opts
         .audit
         .clone()
@@ -355,21 +362,57 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         }
         None => None,
     };
-    let mut audit_file = match &link {
-        Some((writer, _)) => crate::audit::AuditFile::to_daemon(writer.clone(), &audit_path),
-        None => crate::audit::AuditFile::open(&audit_path)?,
-    };
     // Bad export settings are refused before the agent exists; the exporters' thread starts
     // after the launch (the supervisor is single-threaded until then).
-    opts.export.check()?;
+    let exporters = crate::audit_export::Exporters::prepare(&opts.export)?;
+    let audit_file = match &link {
+        Some((writer, _)) => crate::audit::AuditFile::to_daemon(writer.clone(), &audit_path),
+        None => {
+            let key = opts
+                .audit_key
+                .as_deref()
+                .map(crate::audit::keys::load_signing_key)
+                .transpose()?;
+            crate::audit::AuditFile::open(
+                &audit_path,
+                crate::audit::Options {
+                    key: key.map(std::sync::Arc::new),
+                    max_size: opts.audit_max_size,
+                    daily_name: opts.audit.is_none(),
+                    lock: true,
+                    writer: session.clone(),
+                    export: exporters
+                        .clone()
+                        .map(|e| e as Arc<dyn crate::audit::Export>),
+                    ..Default::default()
+                },
+            )?
+        }
+    };
     let mut masks = sandbox::masks::plan_masks(&policy, &plan, &noexec_trees(&landlock));
     masks.extend(protected_paths(&vars, &audit_path));
+    // The agent must not read the signing key (it could forge checkpoints), nor hold the log's
+    // lock (the writer would stall, then fail closed).
+    let key = opts.audit_key.as_deref().or(opts.hide_audit_key.as_deref());
+    let hidden = [key.map(Path::to_path_buf), audit_file.lock_path()];
+    for path in hidden
+        .iter()
+        .flatten()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+    {
+        masks.retain(|m| m.path != path);
+        masks.push(sandbox::masks::MaskMount {
+            path,
+            kind: agent_supervisor_policy::MaskKind::Hide,
+            is_dir: false,
+            rule: None,
+        });
+    }
     masks.sort_by_key(|m| m.path.components().count());
     let mode = match link {
         Some((link, reader)) => approval::Mode::Daemon { link, reader },
         None => approval::choose_mode(opts.headless, opts.default_allow),
     };
-    let session = opts.session_id.clone().unwrap_or_else(session_id);
     if !opts.quiet {
         eprintln!(
             "agent-supervisor: session {session}, policy {}, audit {}",
@@ -521,9 +564,8 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     sys::drop_effective_caps_this_thread()
         .context("dropping the supervisor's effective capabilities")?;
 
-    let exporters = crate::audit_export::Exporters::start(&opts.export)?;
     if let Some(e) = &exporters {
-        audit_file.export_to(Arc::clone(e));
+        e.spawn()?;
     }
     let audit = audit_file.start()?.with_observer(opts.observer.0.clone());
     let (approvals, broker) = Approvals::new(mode, policy.approval_timeout);

@@ -98,10 +98,13 @@ impl Counters {
     }
 }
 
-/// The running exporters. [`Exporters::export`] never blocks.
+/// The exporters. [`Exporters::export`] never blocks; lines queue until
+/// [`Exporters::spawn`] starts the thread that sends them.
 pub struct Exporters {
     tx: Mutex<Option<mpsc::SyncSender<String>>>,
     counters: Arc<Counters>,
+    /// Until spawned: the receiving end and the sinks.
+    pending: Mutex<Option<(mpsc::Receiver<String>, Vec<Box<dyn Sink>>)>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -114,8 +117,10 @@ trait Sink: Send {
 }
 
 impl Exporters {
-    /// Check the settings and start the export thread; `None` when nothing is to be exported.
-    pub fn start(config: &ExportConfig) -> Result<Option<Arc<Exporters>>, ExportError> {
+    /// Check the settings and set the exporters up without starting any thread (the
+    /// supervisor is still single-threaded before the launch); `None` when nothing is to be
+    /// exported.
+    pub fn prepare(config: &ExportConfig) -> Result<Option<Arc<Exporters>>, ExportError> {
         if config.is_empty() {
             return Ok(None);
         }
@@ -127,17 +132,40 @@ impl Exporters {
             sinks.push(Box::new(otlp::Otlp::new(endpoint)?));
         }
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let counters = Arc::new(Counters::default());
-        let c = Arc::clone(&counters);
+        Ok(Some(Arc::new(Exporters {
+            tx: Mutex::new(Some(tx)),
+            counters: Arc::new(Counters::default()),
+            pending: Mutex::new(Some((rx, sinks))),
+            thread: Mutex::new(None),
+        })))
+    }
+
+    /// [`Exporters::prepare`], then [`Exporters::spawn`].
+    pub fn start(config: &ExportConfig) -> Result<Option<Arc<Exporters>>, ExportError> {
+        let exporters = Self::prepare(config)?;
+        if let Some(e) = &exporters {
+            e.spawn()?;
+        }
+        Ok(exporters)
+    }
+
+    /// Start the export thread (once; later calls do nothing).
+    pub fn spawn(&self) -> Result<(), ExportError> {
+        let Some((rx, sinks)) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return Ok(());
+        };
+        let c = Arc::clone(&self.counters);
         let thread = std::thread::Builder::new()
             .name("audit-export".into())
             .spawn(move || run(rx, sinks, &c))
             .map_err(ExportError::Thread)?;
-        Ok(Some(Arc::new(Exporters {
-            tx: Mutex::new(Some(tx)),
-            counters,
-            thread: Mutex::new(Some(thread)),
-        })))
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        Ok(())
     }
 
     /// Hand over one written record (its JSON line, without the newline). Never blocks: when
@@ -294,6 +322,12 @@ fn describe_action(action: &serde_json::Value) -> String {
     out
 }
 
+impl crate::audit::Export for Exporters {
+    fn export(&self, line: &str) {
+        Exporters::export(self, line)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,15 +362,15 @@ mod tests {
 
     fn start_with(sink: Counting) -> Exporters {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let counters = Arc::new(Counters::default());
-        let c = Arc::clone(&counters);
         let sinks: Vec<Box<dyn Sink>> = vec![Box::new(sink)];
-        let thread = std::thread::spawn(move || run(rx, sinks, &c));
-        Exporters {
+        let e = Exporters {
             tx: Mutex::new(Some(tx)),
-            counters,
-            thread: Mutex::new(Some(thread)),
-        }
+            counters: Arc::new(Counters::default()),
+            pending: Mutex::new(Some((rx, sinks))),
+            thread: Mutex::new(None),
+        };
+        e.spawn().expect("spawn");
+        e
     }
 
     #[test]

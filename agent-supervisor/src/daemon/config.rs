@@ -23,6 +23,20 @@ pub struct Config {
     pub socket_group: String,
     /// The audit log (JSON lines), owned by the daemon: every session's records.
     pub audit: PathBuf,
+    /// The Ed25519 secret key that signs the audit log's checkpoints (made, 0600, with its
+    /// `.pub` beside it, on first start). Default: `audit.key` in `state_dir`.
+    pub audit_key: Option<PathBuf>,
+    /// Rotate the audit log before it grows beyond this size ("64M"; bytes, or K, M, G).
+    /// None: no size limit.
+    pub audit_max_size: Option<String>,
+    /// Rotate the audit log when the day (UTC) changes.
+    pub audit_rotate_daily: bool,
+    /// A signed checkpoint after this many records (and at every session's end, at shutdown,
+    /// and within seconds of the last record when idle).
+    pub audit_checkpoint_records: u64,
+    /// Copies of every audit record to journald and/or an OTLP collector
+    /// (`[audit_export] journald = true`, `otlp = "http://collector:4317"`).
+    pub audit_export: crate::audit_export::ExportConfig,
     /// Sessions in flight, to be recorded as killed after a crash.
     pub state_dir: PathBuf,
     /// Policy for sessions started without one.
@@ -94,6 +108,11 @@ impl Default for Config {
             socket_mode: "0660".into(),
             socket_group: "agent-supervisor".into(),
             audit: PathBuf::from("/var/log/agent-supervisor/daemon.jsonl"),
+            audit_key: None,
+            audit_max_size: Some("256M".into()),
+            audit_rotate_daily: true,
+            audit_checkpoint_records: 1000,
+            audit_export: Default::default(),
             state_dir: PathBuf::from("/var/lib/agent-supervisor"),
             default_policy: "preset:sandboxed".into(),
             supervisor_binary: None,
@@ -157,12 +176,37 @@ impl Config {
                     .into(),
             ));
         }
+        c.audit_max_size_bytes().map_err(invalid)?;
+        if c.audit_checkpoint_records == 0 {
+            return Err(invalid(
+                "audit_checkpoint_records must be at least 1".into(),
+            ));
+        }
+        if c.audit_key.as_ref().is_some_and(|k| !k.is_absolute()) {
+            return Err(invalid("audit_key must be an absolute path".into()));
+        }
         if !c.audit.is_absolute() || !c.state_dir.is_absolute() || !c.socket.is_absolute() {
             return Err(invalid(
                 "socket, audit and state_dir must be absolute paths".into(),
             ));
         }
         Ok(c)
+    }
+
+    /// `audit_max_size` in bytes.
+    pub fn audit_max_size_bytes(&self) -> Result<Option<u64>, String> {
+        self.audit_max_size
+            .as_deref()
+            .map(crate::audit::parse_size)
+            .transpose()
+            .map_err(|e| format!("audit_max_size: {e}"))
+    }
+
+    /// The checkpoint key's path.
+    pub fn audit_key_path(&self) -> PathBuf {
+        self.audit_key
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit.key"))
     }
 
     pub fn socket_mode_bits(&self) -> Result<u32, String> {

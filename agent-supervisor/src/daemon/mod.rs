@@ -82,10 +82,28 @@ async fn serve(cfg: Config) -> Result<i32> {
     };
     // The log's failure handler kills every session; it needs the state, made after the log.
     let on_broken_state: Arc<std::sync::OnceLock<Arc<state::State>>> = Default::default();
+    let exporters_end;
     let log = {
         let st = Arc::clone(&on_broken_state);
+        let key_path = cfg.audit_key_path();
+        let key = crate::audit::keys::load_or_generate(&key_path)
+            .context("the audit log's signing key (set `audit_key` in the daemon's config)")?;
+        let exporters = crate::audit_export::Exporters::start(&cfg.audit_export)
+            .context("[audit_export] in the daemon's config")?;
+        exporters_end = exporters.clone();
+        let opts = crate::audit::Options {
+            export: exporters.map(|e| e as Arc<dyn crate::audit::Export>),
+            key: Some(Arc::new(key)),
+            max_size: cfg.audit_max_size_bytes().map_err(|e| anyhow::anyhow!(e))?,
+            daily: cfg.audit_rotate_daily,
+            lock: false,
+            checkpoint_records: cfg.audit_checkpoint_records,
+            writer: format!("daemon-{}", std::process::id()),
+            ..Default::default()
+        };
         log::AuditLog::open(
             &cfg.audit,
+            opts,
             Box::new(move |why| {
                 eprintln!(
                     "agent-supervisor daemon: ERROR: the audit log cannot be written ({why}): every session is killed and none starts until the daemon is restarted with a writable log"
@@ -118,6 +136,7 @@ async fn serve(cfg: Config) -> Result<i32> {
         launcher,
         binary,
         state_dir: cfg.state_dir.clone(),
+        audit_key: cfg.audit_key_path(),
         runtime: tokio::runtime::Handle::current(),
         grants: Arc::clone(&grants),
     });
@@ -251,6 +270,15 @@ async fn serve(cfg: Config) -> Result<i32> {
     let _ = std::fs::remove_file(&cfg.socket);
     let _ = std::fs::remove_file(&stdio_path);
     log.flush().context("flushing the audit log")?;
+    if let Some(e) = exporters_end {
+        let stats = e.finish();
+        if stats.dropped > 0 {
+            eprintln!(
+                "agent-supervisor daemon: warning: {} audit records were not exported (journald/OTLP unreachable or too slow); the audit log has them all",
+                stats.dropped
+            );
+        }
+    }
     Ok(0)
 }
 

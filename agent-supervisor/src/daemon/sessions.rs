@@ -106,6 +106,8 @@ pub struct Ctx {
     pub launcher: Launcher,
     pub binary: PathBuf,
     pub state_dir: PathBuf,
+    /// The audit signing key: hidden from the agents.
+    pub audit_key: PathBuf,
     pub runtime: tokio::runtime::Handle,
     pub grants: Arc<super::stdio::Grants>,
 }
@@ -131,6 +133,8 @@ pub async fn start(ctx: &Arc<Ctx>, spec: Spec) -> anyhow::Result<proto::Session>
         .arg(&id)
         .arg("--audit")
         .arg(ctx.state.log.path())
+        .arg("--hide-audit-key")
+        .arg(&ctx.audit_key)
         .arg("--workspace")
         .arg(&spec.workspace)
         .arg("--policy")
@@ -275,11 +279,24 @@ fn follow_link(ctx: &Arc<Ctx>, id: &str, reader: UnixStream) {
     loop {
         match link::read_line(&mut r) {
             Ok(Some(Line::Audit(line))) => {
-                // A session writes records of its own only.
-                let ok = serde_json::from_str::<serde_json::Value>(&line)
-                    .is_ok_and(|v| v.is_object() && v["session"] == id);
-                if ok {
-                    ctx.state.log.append(line);
+                // A session writes records of its own only, without the chain's fields (the
+                // daemon links them), redacted (again: cheap, and the daemon's log must hold
+                // no secret whatever a session sends).
+                let parsed = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .filter(|v| {
+                        v.is_object()
+                            && v["session"] == id
+                            && agent_supervisor_audit::chain::RESERVED
+                                .iter()
+                                .all(|k| v.get(k).is_none())
+                    });
+                if let Some(mut v) = parsed {
+                    let before = v.clone();
+                    agent_supervisor_audit::redact::redact_json(&mut v);
+                    ctx.state
+                        .log
+                        .append(if v == before { line } else { v.to_string() });
                 } else {
                     ctx.state.metrics.dropped("malformed-session-record");
                     tracing::warn!("session {id}: dropped a malformed audit line from its link");

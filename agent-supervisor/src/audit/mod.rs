@@ -5,19 +5,34 @@
 //! further decision is a denial (`decided_by: "audit-unavailable"`), the error is printed
 //! loudly, and records that could not be written go to stderr, so nothing is lost silently.
 //!
+//! Every record goes through [`Audit::record`]: secrets are redacted first
+//! ([`agent_supervisor_audit::redact`]), then the record gets its id, then the observers see
+//! it, then it is queued. The writer links each line into a hash chain, signs checkpoints when
+//! given a key and rotates by size ([`file`]); `audit verify` checks it all ([`verify`]).
+//!
 //! Default location: `~/.local/state/agent-supervisor/audit/YYYY-MM-DD.jsonl`
 //! (`$XDG_STATE_HOME` if set), or `/var/log/agent-supervisor/YYYY-MM-DD.jsonl` for root.
 #![forbid(unsafe_code)]
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+
+pub mod file;
+pub mod keys;
+pub mod verify;
+
+pub use file::Options;
+
+/// Where lines go after they are written (journald, OTLP, ...): called by both writers with
+/// each line once it is on disk. It must not block (queue and return); failures are its own.
+pub trait Export: Send + Sync {
+    fn export(&self, line: &str);
+}
 
 /// Records queued but not yet written beyond which the log counts as unavailable.
 const MAX_BACKLOG: usize = 10_000;
@@ -57,7 +72,7 @@ pub struct Record {
     pub source: Option<String>,
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_micros(SystemTime::now()).to_string()
 }
 
@@ -121,6 +136,17 @@ impl Record {
     pub fn session(session: &str, pid: i32, kind: &str, action: serde_json::Value) -> Record {
         Record::base(session, pid, kind, action)
     }
+
+    /// Mask the secrets in every free-form string (the action, the reason, the rule).
+    pub fn redact(&mut self) {
+        use agent_supervisor_audit::redact::{redact_json, redact_str};
+        redact_json(&mut self.action);
+        for s in [&mut self.reason, &mut self.rule].into_iter().flatten() {
+            if let std::borrow::Cow::Owned(r) = redact_str(s) {
+                *s = r;
+            }
+        }
+    }
 }
 
 /// Sees every record once its id is set, on the recording thread (CI mode's report, see
@@ -144,6 +170,7 @@ struct Shared {
 
 enum Msg {
     Record(Box<Record>),
+    /// Write what is queued, a checkpoint (when signing), and sync.
     Flush(mpsc::Sender<io::Result<()>>),
 }
 
@@ -176,41 +203,36 @@ pub fn default_path(euid: u32) -> PathBuf {
 pub struct AuditFile {
     sink: Sink,
     path: PathBuf,
-    export: Option<Arc<crate::audit_export::Exporters>>,
 }
 
 /// Where records go: a file, or the daemon's link (the daemon owns the log; see
 /// [`crate::daemon::link`]).
 enum Sink {
-    File(File),
+    File(Box<file::ChainFile>),
     Link(crate::daemon::link::LinkWriter),
 }
 
 impl AuditFile {
-    /// Create the directory (0700) and open the file for appending (0600).
-    pub fn open(path: &Path) -> Result<AuditFile, OpenError> {
-        let err = |error| OpenError {
+    /// Create the directory (0700) and open the file for appending (0600); `opts` say how the
+    /// chain is written (key, rotation, lock: standalone runs share files, so lock).
+    pub fn open(path: &Path, opts: Options) -> Result<AuditFile, OpenError> {
+        let file = file::ChainFile::open(path, opts).map_err(|error| OpenError {
             path: path.to_path_buf(),
             error,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(err)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(err)?;
+        })?;
         Ok(AuditFile {
-            sink: Sink::File(file),
+            sink: Sink::File(Box::new(file)),
             path: path.to_path_buf(),
-            export: None,
         })
+    }
+
+    /// The lock file of the log's directory (to hide from the agent: holding it would stall
+    /// the writer, which then fails closed).
+    pub fn lock_path(&self) -> Option<PathBuf> {
+        match &self.sink {
+            Sink::File(f) => f.lock_path(),
+            Sink::Link(_) => None,
+        }
     }
 
     /// Send records to the daemon over its link instead of a file; `log` is the daemon's log
@@ -219,15 +241,6 @@ impl AuditFile {
         AuditFile {
             sink: Sink::Link(link),
             path: log.to_path_buf(),
-            export: None,
-        }
-    }
-
-    /// Hand every record written to these exporters too (file sinks only: the daemon exports
-    /// what it writes itself).
-    pub fn export_to(&mut self, exporters: Arc<crate::audit_export::Exporters>) {
-        if matches!(self.sink, Sink::File(_)) {
-            self.export = Some(exporters);
         }
     }
 
@@ -242,10 +255,9 @@ impl AuditFile {
         let (tx, rx) = mpsc::channel();
         let s = Arc::clone(&shared);
         let sink = self.sink;
-        let export = self.export;
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || writer(sink, rx, s, export))
+            .spawn(move || writer(sink, rx, s))
             .map_err(|error| OpenError {
                 path: self.path.clone(),
                 error,
@@ -269,10 +281,12 @@ impl Audit {
         self
     }
 
-    /// Queue a record. Never blocks.
+    /// Redact, assign the id, show the observer, queue. Never blocks.
     pub fn record(&self, mut r: Record) {
+        r.redact();
         let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
         r.id = format!("{}-{seq}", r.session);
+        // The observer (the CI report) sees the record as written: redacted, with its id.
         if let Some(observe) = &self.observer {
             observe(&r);
         }
@@ -314,53 +328,62 @@ fn mark_broken(shared: &Shared, why: &str) {
     }
 }
 
-fn writer(
-    mut sink: Sink,
-    rx: mpsc::Receiver<Msg>,
-    shared: Arc<Shared>,
-    export: Option<Arc<crate::audit_export::Exporters>>,
-) {
-    let to_daemon = matches!(sink, Sink::Link(_));
+fn writer(mut sink: Sink, rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
     let mut failed = false;
-    while let Ok(msg) = rx.recv() {
-        // Write everything queued in one write(2); on failure the batch goes to stderr.
-        let mut batch = String::new();
+    // Wake up now and then to sign what was written since the last checkpoint.
+    let tick = Duration::from_secs(5);
+    loop {
+        let msg = match rx.recv_timeout(tick) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        // Write everything queued in one go; on failure the batch goes to stderr.
+        let mut records = Vec::new();
         let mut flushes = Vec::new();
-        let mut next = Some(msg);
+        let mut next = msg;
         while let Some(m) = next {
             match m {
                 Msg::Record(r) => {
                     shared.backlog.fetch_sub(1, Ordering::SeqCst);
-                    if to_daemon {
-                        batch.push_str("A ");
-                    }
-                    batch.push_str(&serde_json::to_string(&r).unwrap_or_default());
-                    batch.push('\n');
+                    records.push(serde_json::to_string(&r).unwrap_or_default());
                 }
                 Msg::Flush(reply) => flushes.push(reply),
             }
             next = rx.try_recv().ok();
         }
-        if !batch.is_empty() {
-            if !failed {
-                let written = match &mut sink {
-                    Sink::File(file) => file.write_all(batch.as_bytes()),
-                    Sink::Link(link) => link.write_raw(batch.as_bytes()),
-                };
-                match written {
-                    Err(e) => {
-                        failed = true;
-                        mark_broken(&shared, &e.to_string());
-                    }
-                    Ok(()) => {
-                        if let Some(export) = &export {
-                            batch.lines().for_each(|l| export.export(l));
-                        }
+        if failed {
+            for r in &records {
+                eprintln!("{r}");
+            }
+        } else {
+            let written = match &mut sink {
+                Sink::File(file) => {
+                    let idle_checkpoint = records.is_empty() && file.checkpoint_due();
+                    if records.is_empty() && flushes.is_empty() && !idle_checkpoint {
+                        Ok(())
+                    } else {
+                        file.append(&records, !flushes.is_empty() || idle_checkpoint)
+                            .map(|_| ())
                     }
                 }
-            }
-            if failed {
-                eprint!("{batch}");
+                Sink::Link(link) if !records.is_empty() => {
+                    let mut batch = String::new();
+                    for r in &records {
+                        batch.push_str("A ");
+                        batch.push_str(r);
+                        batch.push('\n');
+                    }
+                    link.write_raw(batch.as_bytes())
+                }
+                Sink::Link(_) => Ok(()),
+            };
+            if let Err(e) = written {
+                failed = true;
+                mark_broken(&shared, &e.to_string());
+                for r in &records {
+                    eprintln!("{r}");
+                }
             }
         }
         for reply in flushes {
@@ -368,7 +391,7 @@ fn writer(
                 Err(io::Error::other("the audit log could not be written"))
             } else {
                 match &sink {
-                    Sink::File(file) => file.sync_data(),
+                    Sink::File(file) => file.sync(),
                     // The daemon syncs its own log.
                     Sink::Link(_) => Ok(()),
                 }
@@ -376,4 +399,29 @@ fn writer(
             let _ = reply.send(r);
         }
     }
+}
+
+/// A size: bytes, or a number with K, M or G (powers of 1024), e.g. `64M`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mult = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => 0,
+            };
+            (&t[..i], mult)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .filter(|_| mult > 0)
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            format!("`{s}` is not a size: expected bytes, or a number with K, M or G (e.g. 64M)")
+        })
 }
