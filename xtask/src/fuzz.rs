@@ -51,7 +51,7 @@ pub fn targets(workspace: &Path) -> Result<Vec<String>> {
 fn seeds(workspace: &Path, target: &str) -> Vec<PathBuf> {
     let dirs: &[&str] = match target {
         "policy_parse" => &["policies", "agent-supervisor-policy/tests/golden"],
-        "audit_verify" => &["agent-supervisor-audit/tests/logs"],
+        "audit_verify" => &["fuzz/seeds/audit_verify"],
         _ => &[],
     };
     dirs.iter()
