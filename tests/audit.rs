@@ -7,18 +7,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{bin, run_with_timeout, Result_, Workspace};
+use common::{run_with_timeout, Result_, Workspace};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn cli(args: &[&str]) -> Result_ {
-    let mut c = Command::new(bin());
-    c.args(args).stdin(Stdio::null()).env_remove("CI");
+    let mut c = common::supervisor_command();
+    c.args(args).stdin(Stdio::null());
     let r = run_with_timeout(c, LIMIT);
     assert!(!r.timed_out, "agent-supervisor {args:?} hit the time limit");
     r
@@ -359,7 +359,7 @@ fn concurrent_runs_appending_to_one_file_keep_one_chain() {
     let start = Instant::now();
     let children: Vec<std::process::Child> = (0..3)
         .map(|i| {
-            let mut c = Command::new(bin());
+            let mut c = common::supervisor_command();
             c.args([
                 "run",
                 "-q",
@@ -379,8 +379,7 @@ fn concurrent_runs_appending_to_one_file_keep_one_chain() {
             .current_dir(&ws.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .env_remove("CI");
+            .stderr(Stdio::null());
             c.spawn().expect("spawn run")
         })
         .collect();

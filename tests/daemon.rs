@@ -2077,11 +2077,10 @@ fn the_daemons_log_is_chained_signed_rotated_and_verifies() {
         );
         assert!(text.contains("--token=[REDACTED:arg:"));
         // Verify with the daemon's public key: intact, signed to the end.
-        let mut c = Command::new(bin());
+        let mut c = common::supervisor_command();
         c.args(["audit", "verify", "--json", "--key"])
             .arg(&public)
-            .args(&files)
-            .env_remove("CI");
+            .args(&files);
         let r = common::run_with_timeout(c, Duration::from_secs(20));
         let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("JSON report");
         assert_eq!(r.code, Some(0), "{v}");
@@ -2147,4 +2146,48 @@ fn the_daemons_log_is_chained_signed_rotated_and_verifies() {
             "the agent could read files beside it"
         );
     });
+}
+
+/// `[audit_export] otlp`: every line of the daemon's audit log, its sessions' records
+/// included, reaches a real OTLP collector, in order, byte for byte.
+#[test]
+fn the_daemon_exports_its_audit_log_to_an_otlp_collector() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let (collector, port, stop) = common::otlp::start_collector();
+    let mut d = Daemon::start("audit-otlp");
+    d.reconfigure(&format!(
+        "[audit_export]\notlp = \"http://127.0.0.1:{port}\"\n"
+    ));
+    let policy = d.policy("30s");
+    with_limit(async {
+        let s = d.start_session(&policy, "/bin/true exported").await;
+        wait_session_end(&d, &s.id).await;
+        // The exporter sends within a fraction of a second; wait for the file's lines.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let written = d.audit_lines();
+            let exported = common::otlp::lines(&collector);
+            if exported.len() >= written.len() && !written.is_empty() {
+                assert_eq!(
+                    exported[..written.len()],
+                    written[..],
+                    "other records exported"
+                );
+                assert!(
+                    written.iter().any(|l| l.contains(&s.id)),
+                    "the session's records are not in the log"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "exported {} of {} records: {}",
+                exported.len(),
+                written.len(),
+                d.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let _ = stop.send(());
 }

@@ -229,24 +229,28 @@ impl Drop for SessionCgroup {
     /// Remove the directory once it is empty. Only this directory, and only if it is still the
     /// one we created (same inode); never the shared parent.
     fn drop(&mut self) {
-        let deadline = Instant::now() + REMOVE_WAIT;
-        loop {
-            match std::fs::metadata(&self.dir) {
-                Ok(md) if md.ino() == self.id => {}
-                _ => return,
+        remove_own_dir(&self.dir, self.id);
+    }
+}
+
+/// Remove the cgroup directory `dir` if it is still the one we created (inode `ino`), waiting
+/// up to [`REMOVE_WAIT`] for its last processes to be gone (the kernel reports a just-emptied
+/// cgroup busy for a moment). Anything else is left alone, with a warning.
+pub fn remove_own_dir(dir: &Path, ino: u64) {
+    let deadline = Instant::now() + REMOVE_WAIT;
+    loop {
+        match std::fs::metadata(dir) {
+            Ok(md) if md.ino() == ino => {}
+            _ => return,
+        }
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
             }
-            match std::fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "could not remove the session cgroup {}: {e}",
-                        self.dir.display()
-                    );
-                    return;
-                }
+            Err(e) => {
+                tracing::warn!("could not remove the cgroup {}: {e}", dir.display());
+                return;
             }
         }
     }

@@ -67,6 +67,8 @@ impl From<ExportArgs> for agent_supervisor::audit_export::ExportConfig {
     }
 }
 
+// Parsed once per process: the size of `Run` costs nothing worth boxing it for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run COMMAND under a policy.

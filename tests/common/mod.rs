@@ -3,6 +3,8 @@
 //! results from outside the sandbox (files, listeners, the audit log).
 #![allow(dead_code)]
 
+pub mod otlp;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

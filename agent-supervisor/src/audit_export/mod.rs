@@ -104,9 +104,12 @@ pub struct Exporters {
     tx: Mutex<Option<mpsc::SyncSender<String>>>,
     counters: Arc<Counters>,
     /// Until spawned: the receiving end and the sinks.
-    pending: Mutex<Option<(mpsc::Receiver<String>, Vec<Box<dyn Sink>>)>>,
+    pending: Mutex<Option<Pending>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
+
+/// The export thread's inputs, kept until it is spawned.
+type Pending = (mpsc::Receiver<String>, Vec<Box<dyn Sink>>);
 
 /// One destination.
 trait Sink: Send {

@@ -161,7 +161,6 @@ fn kv(key: &str, value: &str) -> KeyValue {
         value: Some(AnyValue {
             value: Some(any_value::Value::StringValue(value.into())),
         }),
-        ..Default::default()
     }
 }
 
@@ -201,7 +200,6 @@ fn record(line: &str, observed: u64) -> LogRecord {
         value: Some(AnyValue {
             value: Some(any_value::Value::IntValue(f.pid)),
         }),
-        ..Default::default()
     });
     attributes.push(kv("audit.record", line));
     LogRecord {

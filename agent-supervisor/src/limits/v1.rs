@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::LimitsError;
 
@@ -108,23 +108,7 @@ impl V1Cgroup {
 impl Drop for V1Cgroup {
     /// Remove the directory once its processes are gone; only if it is still ours (inode).
     fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            match std::fs::metadata(&self.dir) {
-                Ok(md) if md.ino() == self.ino => {}
-                _ => return,
-            }
-            match std::fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => {
-                    tracing::warn!("could not remove the cgroup {}: {e}", self.dir.display());
-                    return;
-                }
-            }
-        }
+        crate::cgroup::remove_own_dir(&self.dir, self.ino);
     }
 }
 
