@@ -651,6 +651,7 @@ fn a_flood_of_asks_is_bounded_and_the_rest_denied_at_once() {
     let driver = ws.dir.parent().unwrap().join("pty_driver.py");
     std::fs::write(&driver, PTY_DRIVER).expect("write the driver");
     let mut c = Command::new("/usr/bin/python3");
+    c.no_ci();
     c.arg(&driver).args(["", "40"]).arg(bin());
     c.args(["run", "-q", "--standalone", "--policy"])
         .arg(&policy)
@@ -823,6 +824,7 @@ fn a_pending_ask_is_not_allowed_when_the_supervisor_dies() {
     let driver = ws.dir.parent().unwrap().join("kill_at_prompt.py");
     std::fs::write(&driver, KILL_AT_PROMPT).expect("write the driver");
     let mut c = Command::new("/usr/bin/python3");
+    c.no_ci();
     c.arg(&driver).arg("30").arg(bin());
     c.args(["run", "-q", "--standalone", "--policy"])
         .arg(&policy)
@@ -944,6 +946,7 @@ fn the_timeout_ends_a_session_whose_ask_waits_and_the_action_never_happens() {
     let driver = ws.dir.parent().unwrap().join("pty_driver.py");
     std::fs::write(&driver, PTY_DRIVER).expect("write the driver");
     let mut c = Command::new("/usr/bin/python3");
+    c.no_ci();
     c.arg(&driver).args(["", "40"]).arg(bin());
     c.args(["run", "-q", "--standalone", "--policy"])
         .arg(&policy)
