@@ -65,9 +65,10 @@ pub struct Options {
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     pub accel: AccelChoice,
     /// Hard time limit for one guest, in minutes (QEMU is killed after it). A whole run takes
-    /// 7 to 11 minutes per kernel under TCG here (6.1 is the slowest); three guests that all
-    /// hang still leave `cargo xtask test` inside CI's 90 minutes.
-    #[arg(long, value_name = "MINUTES", default_value_t = 18)]
+    /// 12 to 16 minutes per kernel under TCG here (6.1 is the slowest); three guests that all
+    /// hang still leave `cargo xtask test` (about 10 minutes before the VM layer) inside CI's
+    /// 90 minutes.
+    #[arg(long, value_name = "MINUTES", default_value_t = 24)]
     pub timeout: u64,
     /// Time limit for one test executable inside a guest, in minutes.
     #[arg(long, value_name = "MINUTES", default_value_t = 8)]
@@ -85,7 +86,7 @@ impl Default for Options {
             tests: Vec::new(),
             refresh: false,
             accel: AccelChoice::Auto,
-            timeout: 18,
+            timeout: 24,
             executable_timeout: 8,
             unoptimized: false,
         }
