@@ -628,6 +628,34 @@ int main(void) {
 }
 "#;
 
+/// `python3 DRIVER DRIVER_ARGS... agent-supervisor run -q --standalone --policy POLICY --audit
+/// AUDIT -- AGENT...` in the workspace: the supervisor on a pseudo-terminal that the driver
+/// (Python source, written next to the workspace) controls, without the CI variables.
+fn on_a_pty(
+    ws: &Workspace,
+    driver: &str,
+    driver_args: &[&str],
+    policy: &std::path::Path,
+    agent: &[&str],
+) -> Command {
+    let path = ws.dir.parent().expect("workspace base").join("driver.py");
+    std::fs::write(&path, driver).expect("write the driver");
+    let mut c = Command::new("/usr/bin/python3");
+    c.no_ci()
+        .arg(&path)
+        .args(driver_args)
+        .arg(bin())
+        .args(["run", "-q", "--standalone", "--policy"])
+        .arg(policy)
+        .arg("--audit")
+        .arg(&ws.audit)
+        .arg("--")
+        .args(agent)
+        .current_dir(&ws.dir)
+        .stdin(std::process::Stdio::null());
+    c
+}
+
 /// A hostile agent floods asks from 100 threads while a terminal is there and nobody answers:
 /// 64 (`MAX_PENDING_ASKS`) wait (and are denied at `approval_timeout`), the other 36 are
 /// denied at once with `decided_by: "queue-full"`, all audited; no file was created.
@@ -648,20 +676,8 @@ fn a_flood_of_asks_is_bounded_and_the_rest_denied_at_once() {
         "version = 1\nextends = \"unrestricted\"\napproval_timeout = \"8s\"\n\
          [[rule]]\ndecision = \"ask\"\nfile = \"ask/**\"\n",
     );
-    let driver = ws.dir.parent().unwrap().join("pty_driver.py");
-    std::fs::write(&driver, PTY_DRIVER).expect("write the driver");
-    let mut c = Command::new("/usr/bin/python3");
-    c.no_ci();
-    c.arg(&driver).args(["", "40"]).arg(bin());
-    c.args(["run", "-q", "--standalone", "--policy"])
-        .arg(&policy)
-        .arg("--audit")
-        .arg(&ws.audit)
-        .arg("--")
-        .arg(&flood)
-        .current_dir(&ws.dir)
-        .env_remove("GITHUB_ACTIONS")
-        .stdin(std::process::Stdio::null());
+    let flood = flood.to_str().expect("a UTF-8 path");
+    let c = on_a_pty(&ws, PTY_DRIVER, &["", "40"], &policy, &[flood]);
     let r = run_with_timeout(c, Duration::from_secs(50));
     assert_eq!(r.code, Some(0), "the pty driver failed: {r:?}");
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("driver JSON");
@@ -821,22 +837,14 @@ fn a_pending_ask_is_not_allowed_when_the_supervisor_dies() {
         "version = 1\nextends = \"unrestricted\"\napproval_timeout = \"60s\"\n\
          [[rule]]\ndecision = \"ask\"\nfile = \"ask/**\"\n",
     );
-    let driver = ws.dir.parent().unwrap().join("kill_at_prompt.py");
-    std::fs::write(&driver, KILL_AT_PROMPT).expect("write the driver");
-    let mut c = Command::new("/usr/bin/python3");
-    c.no_ci();
-    c.arg(&driver).arg("30").arg(bin());
-    c.args(["run", "-q", "--standalone", "--policy"])
-        .arg(&policy)
-        .arg("--audit")
-        .arg(&ws.audit)
-        .args(["--", "/bin/sh", "-c"])
-        .arg(format!(
-            "sleep {marker} & echo x > ask/x; echo after > after.txt; wait"
-        ))
-        .current_dir(&ws.dir)
-        .env_remove("GITHUB_ACTIONS")
-        .stdin(std::process::Stdio::null());
+    let script = format!("sleep {marker} & echo x > ask/x; echo after > after.txt; wait");
+    let c = on_a_pty(
+        &ws,
+        KILL_AT_PROMPT,
+        &["30"],
+        &policy,
+        &["/bin/sh", "-c", &script],
+    );
     let r = run_with_timeout(c, Duration::from_secs(40));
     assert_eq!(r.code, Some(0), "the driver failed: {r:?}");
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("driver JSON");
@@ -943,24 +951,13 @@ fn the_timeout_ends_a_session_whose_ask_waits_and_the_action_never_happens() {
         "version = 1\nextends = \"unrestricted\"\napproval_timeout = \"60s\"\n\
          [limits]\ntimeout = \"2s\"\n[[rule]]\ndecision = \"ask\"\nfile = \"ask/**\"\n",
     );
-    let driver = ws.dir.parent().unwrap().join("pty_driver.py");
-    std::fs::write(&driver, PTY_DRIVER).expect("write the driver");
-    let mut c = Command::new("/usr/bin/python3");
-    c.no_ci();
-    c.arg(&driver).args(["", "40"]).arg(bin());
-    c.args(["run", "-q", "--standalone", "--policy"])
-        .arg(&policy)
-        .arg("--audit")
-        .arg(&ws.audit)
-        .args([
-            "--",
-            "/bin/sh",
-            "-c",
-            "echo x > ask/x; echo after > after.txt",
-        ])
-        .current_dir(&ws.dir)
-        .env_remove("GITHUB_ACTIONS")
-        .stdin(std::process::Stdio::null());
+    let c = on_a_pty(
+        &ws,
+        PTY_DRIVER,
+        &["", "40"],
+        &policy,
+        &["/bin/sh", "-c", "echo x > ask/x; echo after > after.txt"],
+    );
     let start = Instant::now();
     let r = run_with_timeout(c, Duration::from_secs(50));
     assert_eq!(r.code, Some(0), "the pty driver failed: {r:?}");
