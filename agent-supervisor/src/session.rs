@@ -698,14 +698,8 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         return Ok(EXIT_SUPERVISOR_ERROR);
     }
     if let Some(e) = &exporters {
-        let stats = e.finish();
-        if stats.dropped > 0 {
-            eprintln!(
-                "agent-supervisor: warning: {} of {} audit records were not exported (journald/OTLP unreachable or too slow); the audit file {} has them all",
-                stats.dropped,
-                stats.dropped + stats.exported,
-                audit.path().display()
-            );
+        if let Some(w) = e.finish().dropped_warning(audit.path()) {
+            eprintln!("agent-supervisor: warning: {w}");
         }
     }
     Ok(exit_code)

@@ -51,17 +51,6 @@ impl ExportConfig {
     pub fn is_empty(&self) -> bool {
         !self.journald && self.otlp.is_none()
     }
-
-    /// Refuse bad settings (a malformed endpoint, no journal) without starting anything.
-    pub fn check(&self) -> Result<(), ExportError> {
-        if self.journald {
-            journald::Journald::open()?;
-        }
-        if let Some(endpoint) = &self.otlp {
-            otlp::check_endpoint(endpoint)?;
-        }
-        Ok(())
-    }
 }
 
 /// Why the exporters could not start: always a bad setting, said before the agent starts.
@@ -87,6 +76,21 @@ pub struct ExportStats {
 struct Counters {
     exported: AtomicU64,
     dropped: AtomicU64,
+}
+
+impl ExportStats {
+    /// The line to print when records could not be exported (None when every one was):
+    /// how many, and that the audit log `log` has them all.
+    pub fn dropped_warning(&self, log: &std::path::Path) -> Option<String> {
+        (self.dropped > 0).then(|| {
+            format!(
+                "{} of {} audit records were not exported (journald/OTLP unreachable or too slow); the audit file {} has them all",
+                self.dropped,
+                self.dropped + self.exported,
+                log.display()
+            )
+        })
+    }
 }
 
 impl Counters {

@@ -271,12 +271,8 @@ async fn serve(cfg: Config) -> Result<i32> {
     let _ = std::fs::remove_file(&stdio_path);
     log.flush().context("flushing the audit log")?;
     if let Some(e) = exporters_end {
-        let stats = e.finish();
-        if stats.dropped > 0 {
-            eprintln!(
-                "agent-supervisor daemon: warning: {} audit records were not exported (journald/OTLP unreachable or too slow); the audit log has them all",
-                stats.dropped
-            );
+        if let Some(w) = e.finish().dropped_warning(&cfg.audit) {
+            eprintln!("agent-supervisor daemon: warning: {w}");
         }
     }
     Ok(0)
