@@ -289,6 +289,24 @@ async fn resolve(
         .map(|r| r.into_inner())
 }
 
+/// Every audit record after `after_cursor` (0: from the start), replayed without following.
+async fn replay(d: &Daemon, after_cursor: u64) -> Vec<proto::AuditEvent> {
+    let mut stream = AuditClient::new(d.channel().await)
+        .stream_audit(proto::StreamAuditRequest {
+            after_cursor,
+            no_follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(e) = stream.message().await.unwrap() {
+        events.push(e);
+    }
+    events
+}
+
 async fn wait_session_end(d: &Daemon, id: &str) -> proto::Session {
     let mut c = SessionsClient::new(d.channel().await);
     loop {
@@ -705,19 +723,7 @@ fn the_audit_stream_replays_from_a_cursor_after_a_reconnect_and_loses_nothing() 
         let s2 = d.start_session(&policy, "echo two > two.txt").await;
         wait_session_end(&d, &s2.id).await;
         // Reconnect after the cursor: exactly the rest of the log, in order, as written.
-        let mut rest = c
-            .stream_audit(proto::StreamAuditRequest {
-                after_cursor: cut,
-                no_follow: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut replayed = Vec::new();
-        while let Some(e) = rest.message().await.unwrap() {
-            replayed.push(e);
-        }
+        let replayed = replay(&d, cut).await;
         let file = std::fs::read_to_string(d.dir.join("log/audit.jsonl")).unwrap();
         let expected: Vec<&str> = file[cut as usize..].lines().collect();
         let json: Vec<&str> = replayed.iter().map(|e| e.json.as_str()).collect();
@@ -2087,39 +2093,17 @@ fn the_daemons_log_is_chained_signed_rotated_and_verifies() {
         assert!(v["checkpoints"].as_u64().unwrap() >= 2, "{v}");
         assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
         // The stream from 0 replays every file, in order, with global cursors.
-        let mut c = AuditClient::new(d.channel().await);
-        let mut rest = c
-            .stream_audit(proto::StreamAuditRequest {
-                no_follow: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut replayed = Vec::new();
-        while let Some(e) = rest.message().await.unwrap() {
-            replayed.push(e);
-        }
+        let replayed = replay(&d, 0).await;
         let json: Vec<&str> = replayed.iter().map(|e| e.json.as_str()).collect();
         assert_eq!(json, text.lines().collect::<Vec<_>>());
         assert_eq!(replayed.last().unwrap().cursor as usize, text.len());
         // Resuming from a cursor in the first file crosses into the next ones.
         let cut = replayed[1].cursor;
-        let mut again = c
-            .stream_audit(proto::StreamAuditRequest {
-                after_cursor: cut,
-                no_follow: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut n = 0;
-        while let Some(e) = again.message().await.unwrap() {
-            assert_eq!(e.json, replayed[2 + n].json);
-            n += 1;
-        }
-        assert_eq!(n, replayed.len() - 2);
+        let again = replay(&d, cut).await;
+        let json = |events: &[proto::AuditEvent]| -> Vec<String> {
+            events.iter().map(|e| e.json.clone()).collect()
+        };
+        assert_eq!(json(&again), json(&replayed[2..]));
         // A root agent under a policy that lets it read anything still can't read the key
         // (its public half beside it, it can).
         let open = d.dir.join("open.toml");
