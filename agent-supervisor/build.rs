@@ -20,7 +20,10 @@ const RUN_SETUP: &str = "run `cargo xtask setup` (it installs everything the bui
 fn main() {
     // Print the error chain ourselves: returning it from main would add a backtrace when
     // RUST_BACKTRACE is set, burying the one line that says what to do.
-    if let Err(error) = build_protos().and_then(|()| build_ebpf()) {
+    if let Err(error) = build_protos()
+        .and_then(|()| build_ebpf())
+        .and_then(|()| hash_ebpf())
+    {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }
@@ -78,6 +81,19 @@ fn build_ebpf() -> anyhow::Result<()> {
              the compiler's output; if a tool is missing, {RUN_SETUP}"
         )
     })
+}
+
+/// The SHA-256 of the eBPF object, next to it in `OUT_DIR` (`agent-supervisor-ebpf.sha256`, 32
+/// bytes): part of the pinned set's id (`src/ebpf/pinned.rs`), computed here so no session
+/// hashes the object at run time.
+fn hash_ebpf() -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let out = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
+    let object = out.join(EBPF_PACKAGE);
+    let bytes = std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
+    let digest = sha2::Sha256::digest(&bytes);
+    let path = out.join(format!("{EBPF_PACKAGE}.sha256"));
+    std::fs::write(&path, digest).with_context(|| format!("writing {}", path.display()))
 }
 
 /// bpf-linker must be on `PATH`: rustc calls it to link the eBPF object.

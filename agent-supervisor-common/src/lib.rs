@@ -21,22 +21,24 @@ pub mod names {
     /// The process programs, each attached to the tracepoint of the same name.
     pub const PROCESS_PROGRAMS: [&str; 3] =
         [SCHED_PROCESS_EXEC, SCHED_PROCESS_FORK, SCHED_PROCESS_EXIT];
-    /// Read-only global (`u64`, set at load time): the cgroup v2 id of the session this copy
-    /// of the object serves. The process programs act only on tasks of this cgroup; the
-    /// network programs key their maps with it (see [`NetAllowKey`](crate::NetAllowKey)).
-    pub const SESSION_CGROUP: &str = "SESSION_CGROUP";
     /// Read-only global ([`KernelOffsets`](crate::KernelOffsets), set at load time): where
-    /// the fields the process programs read sit in this kernel's structs.
+    /// the fields the process programs read sit in this kernel's structs (a host constant:
+    /// part of the pinned set's id).
     pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
-    /// Read-only global (`u32`, set at load time): [`EXEC_ENFORCE`](crate::EXEC_ENFORCE)
-    /// makes `sched_process_exec` kill execs without an approval; anything else only reports.
-    pub const EXEC_MODE: &str = "EXEC_MODE";
+    /// `HashMap<u64, SessionEntry>`: cgroup v2 id → [`SessionEntry`](crate::SessionEntry).
+    /// The process and LSM programs act only on tasks of a cgroup that has an entry.
+    pub const SESSIONS: &str = "SESSIONS";
+    /// `Array<SetIdent>` with one slot: the full id of the pinned set, written last when the
+    /// set is made (see `agent-supervisor/src/ebpf/pinned.rs`).
+    pub const SET_IDENT: &str = "SET_IDENT";
     /// `HashMap<ExecApprovalKey, u8>`: execs the supervisor let continue, consumed by
     /// `sched_process_exec`.
     pub const EXEC_APPROVALS: &str = "EXEC_APPROVALS";
-    /// `RingBuf` of [`ProcEvent`](crate::ProcEvent)s.
+    /// `HashOfMaps<u64, RingBuf>`: cgroup v2 id → the session's own ring buffer of
+    /// [`ProcEvent`](crate::ProcEvent)s (each session creates one, see
+    /// [`PROC_EVENTS_BYTES`](crate::PROC_EVENTS_BYTES)).
     pub const PROC_EVENTS: &str = "PROC_EVENTS";
-    /// `PerCpuArray<u64>` with one slot: events that did not fit in `PROC_EVENTS`.
+    /// `PerCpuHashMap<u64, u64>`: cgroup v2 id → events that did not fit in its ring buffer.
     pub const PROC_EVENTS_LOST: &str = "PROC_EVENTS_LOST";
 
     /// `cgroup/connect4` program (`cgroup_sock_addr`, Linux 4.17+).
@@ -55,7 +57,31 @@ pub mod names {
     pub const NET_ALLOW: &str = "NET_ALLOW";
     /// `LpmTrie<NetRuleKey, u8>`: CIDR rules → [`NET_VERDICT_ALLOW`](crate::NET_VERDICT_ALLOW).
     pub const NET_RULES: &str = "NET_RULES";
+    /// `CgroupStorage<u64>`: per attached cgroup (and attach type), the session's cgroup v2
+    /// id, written by the supervisor after it attaches the network programs (see
+    /// [`NetAllowKey`](crate::NetAllowKey)).
+    pub const NET_SESSION: &str = "NET_SESSION";
 }
+
+/// Capacity of `SESSIONS`, `PROC_EVENTS` and `PROC_EVENTS_LOST` (sessions running at once on the host).
+pub const MAX_SESSIONS: u32 = 1024;
+
+/// Value of `SESSIONS`: what the programs need to know about one session.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionEntry {
+    /// [`EXEC_ENFORCE`]: kill the session's execs without an approval; [`EXEC_REPORT`]:
+    /// only report them.
+    pub exec_mode: u32,
+    /// Explicit padding; always zero.
+    pub _padding: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SessionEntry>() == 8);
+
+/// Value of `SET_IDENT`: the full SHA-256 of what the pinned set was made from (the object,
+/// the kernel offsets, the crate version).
+pub type SetIdent = [u8; 32];
 
 /// Network mode of a session cgroup in `NET_MODE`: destinations are looked up in `NET_ALLOW`
 /// and `NET_RULES`, anything else is refused (`EPERM`). A session cgroup without a mode entry
@@ -87,11 +113,12 @@ pub const NET_RULE_FIXED_BITS: u32 = 96;
 /// entry. `port` is in host byte order, `protocol` is the socket's (`IPPROTO_TCP`,
 /// `IPPROTO_UDP`, ...).
 ///
-/// Why `cgroup_id` comes from `SESSION_CGROUP` and not from the kernel: a `cgroup_sock_addr`
-/// program runs for the *socket's* cgroup, but the only cgroup helper it has,
-/// `bpf_get_current_cgroup_id`, names the *calling task's*, and the supervisor makes the
-/// connects it allowed itself, on a duplicate of the agent's socket. Each loaded copy of the
-/// programs is attached to one session cgroup and told its id at load time.
+/// Why `cgroup_id` comes from `NET_SESSION` and not from `bpf_get_current_cgroup_id`: a
+/// `cgroup_sock_addr` program runs for the *socket's* cgroup, but that helper names the
+/// *calling task's*, and the supervisor makes the connects it allowed itself, on a duplicate
+/// of the agent's socket. The programs are attached to each session cgroup; the cgroup
+/// storage map `NET_SESSION` (`bpf_get_local_storage`, one value per attachment, Linux 5.9+
+/// for storage shared by several programs) holds the id of the cgroup they were attached to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NetAllowKey {
@@ -130,22 +157,21 @@ pub struct NetRuleKey {
 const _: () = assert!(core::mem::size_of::<NetRuleKey>() == 32);
 const _: () = assert!(core::mem::align_of::<NetRuleKey>() == 8);
 
-/// [`names::EXEC_MODE`] value: kill a session exec that has no approval.
+/// [`SessionEntry::exec_mode`] value: kill a session exec that has no approval.
 pub const EXEC_ENFORCE: u32 = 1;
-/// [`names::EXEC_MODE`] value: report execs only (the policy lets every program run, so the
+/// [`SessionEntry::exec_mode`] value: report execs only (the policy lets every program run, so the
 /// supervisor does not trap execs and writes no approvals).
 pub const EXEC_REPORT: u32 = 0;
 
-/// Capacity of `EXEC_APPROVALS` (one session per loaded object). An approval lives from the
+/// Capacity of `EXEC_APPROVALS` (all sessions together). An approval lives from the
 /// supervisor's `CONTINUE` to the exec's tracepoint (or the exec's failure), so only execs in
 /// flight at the same time take entries.
 pub const MAX_EXEC_APPROVALS: u32 = 4096;
 /// Value of an entry in `EXEC_APPROVALS`.
 pub const EXEC_APPROVED: u8 = 1;
-/// Size of the `PROC_EVENTS` ring buffer in bytes (a power of two, a multiple of the page size).
+/// Size of each session's ring buffer in `PROC_EVENTS`, in bytes (a power of two, a
+/// multiple of the page size).
 pub const PROC_EVENTS_BYTES: u32 = 256 * 1024;
-/// The only slot of `PROC_EVENTS_LOST`.
-pub const PROC_EVENTS_LOST_SLOT: u32 = 0;
 
 /// Where the fields the process programs read sit in the running kernel's structs, in bytes,
 /// found in `/sys/kernel/btf/vmlinux` by the supervisor (rustc emits no CO-RE relocations, so
@@ -317,7 +343,7 @@ pub mod lsm_names {
     pub const INODE_DENY: &str = "INODE_DENY";
 }
 
-/// Entries of `INODE_DENY` (one session's files, by inode).
+/// Entries of `INODE_DENY` (every session's files, by inode).
 pub const MAX_INODE_DENY: u32 = 65536;
 /// `INODE_DENY` value bits: opening the file at all is refused.
 pub const INODE_DENY_READ: u32 = 1;
@@ -326,16 +352,18 @@ pub const INODE_DENY_WRITE: u32 = 2;
 /// Executing the file, or mapping it executable, is refused.
 pub const INODE_DENY_EXEC: u32 = 4;
 
-/// Key of `INODE_DENY`: a file as the kernel knows it (`s_dev` in kernel encoding, `i_ino`).
+/// Key of `INODE_DENY`: a file of one session as the kernel knows it (the session's cgroup v2
+/// id, `s_dev` in kernel encoding, `i_ino`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InodeKey {
+    pub cgroup_id: u64,
     pub ino: u64,
     pub dev: u32,
     pub _padding: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
+const _: () = assert!(core::mem::size_of::<InodeKey>() == 24);
 
 pub const PROC_FILENAME_LEN: usize = 256;
 
@@ -396,6 +424,10 @@ unsafe impl aya::Pod for NetRuleKey {}
 // SAFETY: as for `NetAllowKey`.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for InodeKey {}
+
+// SAFETY: as for `NetAllowKey`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SessionEntry {}
 
 #[cfg(test)]
 mod tests {

@@ -1,13 +1,15 @@
 //! The eBPF programs of agent-supervisor, built for `bpfel-unknown-none` by
 //! `agent-supervisor/build.rs` (through `aya_build`) and embedded in the supervisor
-//! (`agent-supervisor/src/ebpf/mod.rs`). Each session loads its own copy, told its cgroup v2
-//! id through the read-only global [`SESSION_CGROUP`].
+//! (`agent-supervisor/src/ebpf/mod.rs`). The supervisor loads them once per host (a set pinned
+//! under bpffs, see `agent-supervisor/src/ebpf/pinned.rs`) and every session joins by writing
+//! map entries keyed by its cgroup v2 id: [`SESSIONS`] says which cgroups are sessions.
 //!
 //! - [`sched_process_exec`], [`sched_process_fork`], [`sched_process_exit`]: `tp_btf` programs
-//!   (Linux 5.5+) on the scheduler's process tracepoints. For tasks of the session cgroup only,
-//!   they write a [`ProcEvent`] into the [`PROC_EVENTS`] ring buffer (Linux 5.8+), counting in
-//!   [`PROC_EVENTS_LOST`] what does not fit. `sched_process_exec` is also the exec backstop:
-//!   when [`EXEC_MODE`] is `EXEC_ENFORCE`, an exec whose (thread, file) is not in
+//!   (Linux 5.5+) on the scheduler's process tracepoints. For tasks of a session cgroup only
+//!   (an entry in [`SESSIONS`]), they write a [`ProcEvent`] into that session's own ring buffer
+//!   (Linux 5.8+), found in the hash of maps [`PROC_EVENTS`] by cgroup id, counting in the
+//!   session's [`PROC_EVENTS_LOST`] slot what does not fit. `sched_process_exec` is also the exec backstop: when
+//!   the session's exec mode is `EXEC_ENFORCE`, an exec whose (thread, file) is not in
 //!   [`EXEC_APPROVALS`] gets `SIGKILL` (`bpf_send_signal`, Linux 5.3+) before the new image
 //!   runs a single instruction; an approval is consumed by the exec it allows. The tracepoint
 //!   fires after the new image is set up (`exec_binprm`), before `PTRACE_EVENT_EXEC` and
@@ -15,20 +17,22 @@
 //!   the offsets in [`KERNEL_OFFSETS`], which the supervisor found in the running kernel's BTF
 //!   (rustc emits no CO-RE relocations).
 //! - [`connect4`], [`connect6`], [`sendmsg4`], [`sendmsg6`]: `cgroup_sock_addr` programs
-//!   (Linux 4.17 for connect, 4.18 for sendmsg) attached to one session's cgroup v2 directory
-//!   only. They see the address the kernel is about to use and return 1 (go on) only when it
-//!   is in the session's `NET_ALLOW` (exact destination) or `NET_RULES` (CIDR rule) map;
+//!   (Linux 4.17 for connect, 4.18 for sendmsg) attached to each session's cgroup v2 directory
+//!   (never to the root). The session is the id in [`NET_SESSION`], the cgroup storage of the
+//!   attachment (Linux 5.9+). They see the address the kernel is about to use and return 1 (go
+//!   on) only when it is in the session's `NET_ALLOW` (exact destination) or `NET_RULES` (CIDR
+//!   rule) map;
 //!   0 makes the call fail with `EPERM`. TCP/UDP port 53 passes only through an exact entry
 //!   (the session's DNS resolver). They only look up: the supervisor writes every entry
 //!   (see `agent-supervisor/src/ebpf/network.rs`).
 //!
 //! - [`file_open`], [`bprm_check_security`], [`mmap_file`]: BPF LSM programs (Linux 5.7+,
-//!   `bpf` in the active LSMs) for the session's tasks. They refuse with `EACCES` what the
-//!   session's [`INODE_DENY`] map (filled by the supervisor from the policy's denied files and
+//!   `bpf` in the active LSMs) for the sessions' tasks. They refuse with `EACCES` what the
+//!   session's entries in [`INODE_DENY`] (filled by the supervisor from the policy's denied files and
 //!   commands) says about the inode really opened, executed or mapped executable, so no path
 //!   trick (hard link, `/proc/self/fd`, rename, `ld.so ./tool`) gets around them; in
 //!   `EXEC_ENFORCE` mode an exec of a file without a name (memfd, `O_TMPFILE`) is refused too.
-//!   Each refusal is reported in [`PROC_EVENTS`].
+//!   Each refusal is reported in the session's ring buffer.
 //!
 //! On the host this file compiles to an empty program (so `cargo clippy --workspace` works):
 //! `no_main`, `no_std` and the panic handler apply only to the BPF target.
@@ -37,25 +41,33 @@
 use core::ffi::c_void;
 
 use agent_supervisor_common::{
-    ExecApprovalKey, InodeKey, KernelOffsets, NetAllowKey, NetRuleKey, ProcEvent, EXEC_ENFORCE,
-    EXEC_REPORT, INODE_DENY_EXEC, INODE_DENY_READ, INODE_DENY_WRITE, MAX_EXEC_APPROVALS,
-    MAX_INODE_DENY, MAX_NET_ALLOW, MAX_NET_RULES, MAX_NET_SESSIONS, NET_ANY_PORT, NET_MODE_ENFORCE,
-    NET_RULE_FIXED_BITS, NET_VERDICT_ALLOW, PROC_EVENTS_BYTES, PROC_EVENTS_LOST_SLOT, PROC_EXEC,
-    PROC_EXIT, PROC_FILENAME_LEN, PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED,
-    PROC_FLAG_UNNAMED, PROC_FLAG_WRITE, PROC_FORK, PROC_LSM_EXEC, PROC_LSM_MMAP, PROC_LSM_OPEN,
+    ExecApprovalKey, InodeKey, KernelOffsets, NetAllowKey, NetRuleKey, ProcEvent, SessionEntry,
+    SetIdent, EXEC_ENFORCE, INODE_DENY_EXEC, INODE_DENY_READ, INODE_DENY_WRITE,
+    MAX_EXEC_APPROVALS, MAX_INODE_DENY, MAX_NET_ALLOW, MAX_NET_RULES, MAX_NET_SESSIONS,
+    MAX_SESSIONS, NET_ANY_PORT, NET_MODE_ENFORCE, NET_RULE_FIXED_BITS, NET_VERDICT_ALLOW,
+    PROC_EVENTS_BYTES, PROC_EXEC, PROC_EXIT, PROC_FILENAME_LEN, PROC_FLAG_APPROVED,
+    PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED, PROC_FLAG_UNNAMED, PROC_FLAG_WRITE, PROC_FORK,
+    PROC_LSM_EXEC, PROC_LSM_MMAP, PROC_LSM_OPEN,
 };
+#[allow(deprecated)]
+use aya_ebpf::btf_maps::CgroupStorage;
+use aya_ebpf::btf_maps::{HashOfMaps, RingBuf};
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str};
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_send_signal};
-use aya_ebpf::macros::{btf_tracepoint, cgroup_sock_addr, lsm, map};
+use aya_ebpf::macros::{btf_map, btf_tracepoint, cgroup_sock_addr, lsm, map};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{HashMap, LpmTrie, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, PerCpuHashMap};
 use aya_ebpf::programs::{BtfTracePointContext, LsmContext, SockAddrContext};
 
-/// The cgroup v2 id of the session this copy of the programs serves, set by the supervisor at
-/// load time (read-only to the programs). See `NetAllowKey` in `agent-supervisor-common` for
-/// why the network programs can't get it from `bpf_get_current_cgroup_id`.
-#[unsafe(no_mangle)]
-static SESSION_CGROUP: u64 = 0;
+/// The sessions: cgroup v2 id → exec mode and lost-event count. Written by each supervisor
+/// for its own session (after its ring buffer is in `PROC_EVENTS`), removed at its end.
+#[map]
+static SESSIONS: HashMap<u64, SessionEntry> = HashMap::with_max_entries(MAX_SESSIONS, 0);
+
+/// The full id of the pinned set (never read by the programs): a set whose slot does not
+/// hold what the supervisor expects is stale or foreign and is never used.
+#[map]
+static SET_IDENT: Array<SetIdent> = Array::with_max_entries(1, 0);
 
 /// Field offsets in this kernel's structs, set at load time from its BTF.
 #[unsafe(no_mangle)]
@@ -82,41 +94,49 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     inode_nlink: 0,
 };
 
-/// `EXEC_ENFORCE`: kill unapproved execs; `EXEC_REPORT`: only report them. Set at load time.
-#[unsafe(no_mangle)]
-static EXEC_MODE: u32 = EXEC_REPORT;
-
 /// Execs the supervisor let continue (thread, file) → `EXEC_APPROVED`; deleted by the exec
 /// they allow.
 #[map]
 static EXEC_APPROVALS: HashMap<ExecApprovalKey, u8> =
     HashMap::with_max_entries(MAX_EXEC_APPROVALS, 0);
 
-/// Process events of the session, read by the supervisor.
-#[map]
-static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(PROC_EVENTS_BYTES, 0);
+/// One ring buffer per session (cgroup v2 id → ring buffer of `ProcEvent`s), created and read
+/// by that session's supervisor: no session sees another's events.
+#[btf_map]
+static PROC_EVENTS: HashOfMaps<
+    u64,
+    RingBuf<ProcEvent, { PROC_EVENTS_BYTES as usize }>,
+    { MAX_SESSIONS as usize },
+> = HashOfMaps::new();
 
-/// Per-CPU count of events that found `PROC_EVENTS` full.
+/// Per session (cgroup v2 id), per CPU: events that found the session's ring buffer full.
+/// The supervisor writes the zero entry with the session's `SESSIONS` entry.
 #[map]
-static PROC_EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static PROC_EVENTS_LOST: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(MAX_SESSIONS, 0);
 
 const SIGKILL: u32 = 9;
 
-/// The current task's cgroup id when it is the session's.
+/// The current task's session: its cgroup id and its `SESSIONS` entry, when it has one.
 #[inline(always)]
-fn session_cgroup() -> Option<u64> {
-    // SAFETY: a read of a global the loader sets before the program is loaded (it lives in
-    // .rodata: volatile so the compiler doesn't fold the placeholder 0).
-    let session = unsafe { core::ptr::read_volatile(&SESSION_CGROUP) };
+fn session_cgroup() -> Option<(u64, *mut SessionEntry)> {
     // SAFETY: a BPF helper without arguments, allowed in tracing programs since 4.18.
     let current = unsafe { bpf_get_current_cgroup_id() };
-    (session != 0 && current == session).then_some(current)
+    SESSIONS.get_ptr_mut(current).map(|entry| (current, entry))
 }
 
 #[inline(always)]
 fn offsets() -> KernelOffsets {
-    // SAFETY: as for SESSION_CGROUP.
+    // SAFETY: a read of a global the loader sets before the program is loaded (it lives in
+    // .rodata: volatile so the compiler doesn't fold the placeholder zeros).
     unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+}
+
+/// The session's exec mode (`EXEC_ENFORCE` or `EXEC_REPORT`).
+#[inline(always)]
+fn exec_mode(session: *mut SessionEntry) -> u32 {
+    // SAFETY: `session` comes from a successful lookup in SESSIONS (a map value the verifier
+    // knows the size of); the supervisor writes it before the session's first task runs.
+    unsafe { (*session).exec_mode }
 }
 
 /// Read a `T` at kernel address `base + offset`; zero when it can't be read (a null pointer
@@ -154,8 +174,8 @@ fn ns_pid(o: &KernelOffsets, task: u64) -> u32 {
     read::<i32>(upid, o.upid_nr) as u32
 }
 
-/// Reserve an event in the ring buffer and fill the fields common to all kinds; None (and
-/// the lost counter incremented) when the buffer is full.
+/// Reserve an event in the session's ring buffer and fill the fields common to all kinds;
+/// None (and the session's lost counter incremented) when the buffer is full or missing.
 // Inlined, like every helper here: Linux 6.1's verifier cannot follow a ring-buffer
 // reservation through a subprogram's return value (the caller's null check of the returned
 // entry is not pruned, so it sees an "unreleased reference" on that path) and does not take
@@ -164,13 +184,20 @@ fn ns_pid(o: &KernelOffsets, task: u64) -> u32 {
 fn start_event(
     o: &KernelOffsets,
     kind: u32,
-    cgroup_id: u64,
+    (cgroup_id, _): (u64, *mut SessionEntry),
     task: u64,
 ) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<ProcEvent>> {
-    let Some(mut entry) = PROC_EVENTS.reserve::<ProcEvent>(0) else {
-        if let Some(lost) = PROC_EVENTS_LOST.get_ptr_mut(PROC_EVENTS_LOST_SLOT) {
-            // SAFETY: the pointer comes from a successful lookup of this CPU's u64 slot; a
-            // per-CPU slot is not written concurrently (the program runs with migration
+    // SAFETY: the inner maps are only ever replaced or removed as a whole by the supervisor;
+    // the program only reserves in the one it looked up (the kernel holds it meanwhile).
+    let ring = unsafe { PROC_EVENTS.get(&cgroup_id) };
+    let reserved = match ring {
+        Some(ring) => ring.reserve(0),
+        None => None,
+    };
+    let Some(mut entry) = reserved else {
+        if let Some(lost) = PROC_EVENTS_LOST.get_ptr_mut(cgroup_id) {
+            // SAFETY: the pointer comes from a successful lookup of this CPU's u64 value; a
+            // per-CPU value is not written concurrently (the program runs with migration
             // disabled).
             unsafe { *lost += 1 };
         }
@@ -200,7 +227,7 @@ fn start_event(
 /// `sched_process_exec(task, old_pid, bprm)`: the exec backstop and the exec event.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
-    let Some(cgroup_id) = session_cgroup() else {
+    let Some(session) = session_cgroup() else {
         return 0;
     };
     let o = offsets();
@@ -218,8 +245,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
         tid: old_pid as u32,
     };
     let mut flags = 0;
-    // SAFETY: as for SESSION_CGROUP.
-    if unsafe { core::ptr::read_volatile(&EXEC_MODE) } == EXEC_ENFORCE {
+    if exec_mode(session.1) == EXEC_ENFORCE {
         if EXEC_APPROVALS.get_ptr(key).is_some() {
             let _ = EXEC_APPROVALS.remove(key);
             flags = PROC_FLAG_APPROVED;
@@ -234,7 +260,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
             };
         }
     }
-    let Some(mut entry) = start_event(&o, PROC_EXEC, cgroup_id, task) else {
+    let Some(mut entry) = start_event(&o, PROC_EXEC, session, task) else {
         return 0;
     };
     let event = entry.as_mut_ptr();
@@ -258,7 +284,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
 /// `sched_process_fork(parent, child)`: a new process (threads are not reported).
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
-    let Some(cgroup_id) = session_cgroup() else {
+    let Some(session) = session_cgroup() else {
         return 0;
     };
     let o = offsets();
@@ -266,7 +292,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
     if read::<i32>(child, o.task_pid) != read::<i32>(child, o.task_tgid) {
         return 0;
     }
-    if let Some(entry) = start_event(&o, PROC_FORK, cgroup_id, child) {
+    if let Some(entry) = start_event(&o, PROC_FORK, session, child) {
         entry.submit(0);
     }
     0
@@ -275,7 +301,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
 /// `sched_process_exit(task, ...)`: a process ended (its thread-group leader exits).
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
-    let Some(cgroup_id) = session_cgroup() else {
+    let Some(session) = session_cgroup() else {
         return 0;
     };
     let o = offsets();
@@ -284,7 +310,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let status: i32 = read(task, o.task_exit_code);
-    if let Some(mut entry) = start_event(&o, PROC_EXIT, cgroup_id, task) {
+    if let Some(mut entry) = start_event(&o, PROC_EXIT, session, task) {
         // SAFETY: as in `start_event`.
         unsafe { (*entry.as_mut_ptr()).exit_status = status as u32 };
         entry.submit(0);
@@ -292,8 +318,8 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// The session's files by inode (`InodeKey`) → `INODE_DENY_*` bits, written by the
-/// supervisor before the agent starts (`agent-supervisor/src/ebpf/lsm.rs`).
+/// The sessions' files by (session, inode) (`InodeKey`) → `INODE_DENY_*` bits, written by
+/// each supervisor before its agent starts (`agent-supervisor/src/ebpf/lsm.rs`).
 #[map]
 static INODE_DENY: HashMap<InodeKey, u32> = HashMap::with_max_entries(MAX_INODE_DENY, 0);
 
@@ -307,10 +333,11 @@ const EACCES: i32 = 13;
 
 /// The file behind `file` as the kernel names it: (`s_dev`, `i_ino`), and its link count.
 #[inline(always)]
-fn inode_of(o: &KernelOffsets, file: u64) -> (InodeKey, u32) {
+fn inode_of(o: &KernelOffsets, cgroup_id: u64, file: u64) -> (InodeKey, u32) {
     let inode: u64 = read(file, o.file_inode);
     let sb: u64 = read(inode, o.inode_sb);
     let key = InodeKey {
+        cgroup_id,
         ino: read(inode, o.inode_ino),
         dev: read(sb, o.sb_dev),
         _padding: 0,
@@ -333,14 +360,14 @@ fn inode_deny(key: &InodeKey) -> u32 {
 fn report_denial(
     o: &KernelOffsets,
     kind: u32,
-    cgroup_id: u64,
+    session: (u64, *mut SessionEntry),
     key: &InodeKey,
     flags: u32,
     name: u64,
 ) {
     // SAFETY: a helper without arguments returning the current task_struct's address.
     let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-    let Some(mut entry) = start_event(o, kind, cgroup_id, task) else {
+    let Some(mut entry) = start_event(o, kind, session, task) else {
         return;
     };
     let event = entry.as_mut_ptr();
@@ -373,12 +400,12 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if earlier != 0 {
         return earlier;
     }
-    let Some(cgroup_id) = session_cgroup() else {
+    let Some(session) = session_cgroup() else {
         return 0;
     };
     let o = offsets();
     let file = ctx.arg::<*const c_void>(0) as u64;
-    let (key, _) = inode_of(&o, file);
+    let (key, _) = inode_of(&o, session.0, file);
     let deny = inode_deny(&key);
     if deny == 0 {
         return 0;
@@ -398,7 +425,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     } else {
         (PROC_LSM_OPEN, 0)
     };
-    report_denial(&o, kind, cgroup_id, &key, flags, dentry_name(&o, file));
+    report_denial(&o, kind, session, &key, flags, dentry_name(&o, file));
     -EACCES
 }
 
@@ -411,22 +438,21 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     if earlier != 0 {
         return earlier;
     }
-    let Some(cgroup_id) = session_cgroup() else {
+    let Some(session) = session_cgroup() else {
         return 0;
     };
     let o = offsets();
     let bprm = ctx.arg::<*const c_void>(0) as u64;
     let file: u64 = read(bprm, o.binprm_file);
-    let (key, nlink) = inode_of(&o, file);
+    let (key, nlink) = inode_of(&o, session.0, file);
     let denied = inode_deny(&key) & INODE_DENY_EXEC != 0;
-    // SAFETY: as for SESSION_CGROUP.
-    let unnamed = nlink == 0 && unsafe { core::ptr::read_volatile(&EXEC_MODE) } == EXEC_ENFORCE;
+    let unnamed = nlink == 0 && exec_mode(session.1) == EXEC_ENFORCE;
     if !denied && !unnamed {
         return 0;
     }
     let name: u64 = read(bprm, o.binprm_filename);
     let flags = if denied { 0 } else { PROC_FLAG_UNNAMED };
-    report_denial(&o, PROC_LSM_EXEC, cgroup_id, &key, flags, name);
+    report_denial(&o, PROC_LSM_EXEC, session, &key, flags, name);
     -EACCES
 }
 
@@ -446,15 +472,15 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
     if file == 0 {
         return 0;
     }
-    let Some(cgroup_id) = session_cgroup() else {
+    let Some(session) = session_cgroup() else {
         return 0;
     };
     let o = offsets();
-    let (key, _) = inode_of(&o, file);
+    let (key, _) = inode_of(&o, session.0, file);
     if inode_deny(&key) & INODE_DENY_EXEC == 0 {
         return 0;
     }
-    report_denial(&o, PROC_LSM_MMAP, cgroup_id, &key, 0, dentry_name(&o, file));
+    report_denial(&o, PROC_LSM_MMAP, session, &key, 0, dentry_name(&o, file));
     -EACCES
 }
 
@@ -472,6 +498,12 @@ static NET_ALLOW: HashMap<NetAllowKey, u8> = HashMap::with_max_entries(MAX_NET_A
 /// "some rule allows".
 #[map]
 static NET_RULES: LpmTrie<NetRuleKey, u8> = LpmTrie::with_max_entries(MAX_NET_RULES, 0);
+
+/// The session a network program's attachment serves: the cgroup v2 id the supervisor wrote
+/// into the storage of each attachment (0, refusing everything, until it has).
+#[btf_map]
+#[allow(deprecated)]
+static NET_SESSION: CgroupStorage<u64> = CgroupStorage::new();
 
 /// `connect()` on an IPv4 socket (TCP, UDP, ICMP ping).
 #[cgroup_sock_addr(connect4)]
@@ -552,9 +584,14 @@ fn is_dns(port: u16, protocol: u32) -> bool {
 }
 
 fn decide(ctx: &SockAddrContext, ip: [u8; 16]) -> i32 {
-    // SAFETY: a read of a global the loader sets before the program is loaded (it lives in
-    // .rodata: volatile so the compiler doesn't fold the placeholder 0).
-    let cgroup_id = unsafe { core::ptr::read_volatile(&SESSION_CGROUP) };
+    #[allow(deprecated)]
+    let storage = NET_SESSION.get_ptr_mut();
+    // SAFETY: bpf_get_local_storage never fails for a program attached to a cgroup: the
+    // pointer is this attachment's u64.
+    let cgroup_id = unsafe { *storage };
+    if cgroup_id == 0 {
+        return REFUSE;
+    }
     match NET_MODE.get_ptr(cgroup_id) {
         // SAFETY: the pointer comes from a successful lookup of a u32 value.
         Some(mode) if unsafe { *mode } == NET_MODE_ENFORCE => {}

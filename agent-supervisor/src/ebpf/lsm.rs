@@ -35,10 +35,9 @@ use agent_supervisor_common::{
 };
 use agent_supervisor_policy::{DecidedBy, Decision, MaskKind, Plan, Policy, Request, Target};
 use aya::maps::HashMap;
-use aya::programs::Lsm;
 
 use super::process::{kernel_file_id, KernelFileId};
-use super::session::{error_chain, map_error, program_error, BackstopError, Session};
+use super::session::{error_chain, map_error, BackstopError, Session};
 use crate::sandbox::masks::MaskMount;
 
 /// Files under one hidden or read-only directory put in the map, at most (a deeper tree is
@@ -212,52 +211,41 @@ fn walk_files(dir: &Path, visit: &mut dyn FnMut(&Path) -> bool) -> bool {
 /// Returns how many files the kernel now guards.
 pub fn attach(session: &mut Session, denied: &[DeniedFile]) -> Result<usize, BackstopError> {
     session.offsets()?;
+    session.ensure_lsm_programs()?;
+    let cgroup_id = session.cgroup().id();
     let mut map: HashMap<_, InodeKey, u32> =
         HashMap::try_from(session.take_map(lsm_names::INODE_DENY)?)
             .map_err(map_error("opening", lsm_names::INODE_DENY))?;
-    let mut written = 0;
+    let mut keys = Vec::new();
     for d in denied.iter().take(MAX_INODE_DENY as usize) {
         let key = InodeKey {
+            cgroup_id,
             ino: d.file.1,
             dev: d.file.0,
             _padding: 0,
         };
-        map.insert(key, d.deny, 0)
-            .map_err(map_error("writing", lsm_names::INODE_DENY))?;
-        written += 1;
+        if let Err(e) = map.insert(key, d.deny, 0) {
+            for key in &keys {
+                let _ = map.remove(key);
+            }
+            return Err(map_error("writing", lsm_names::INODE_DENY)(e));
+        }
+        keys.push(key);
     }
-    // Shared, not copied: the kernel's BTF is several MB of parsed types.
-    let btf = session.btf_or_read()?;
-    load_programs(session.ebpf_mut(), &btf, true)?;
-    tracing::debug!(
-        "BPF LSM programs attached for cgroup {}: {written} denied files",
-        session.cgroup().id()
-    );
+    let written = keys.len();
+    if session.pinned_set().is_some() {
+        session.on_end(move || {
+            for key in &keys {
+                let _ = map.remove(key);
+            }
+        });
+    }
+    tracing::debug!("BPF LSM programs serve cgroup {cgroup_id}: {written} denied files");
     Ok(written)
 }
 
-/// Load the LSM programs of `ebpf` into the kernel, and attach them when `attach`.
-fn load_programs(ebpf: &mut aya::Ebpf, btf: &aya::Btf, attach: bool) -> Result<(), BackstopError> {
-    for (name, hook) in lsm_names::PROGRAMS {
-        let program: &mut Lsm = ebpf
-            .program_mut(name)
-            .ok_or(BackstopError::Missing(name))?
-            .try_into()
-            .map_err(program_error("finding", name))?;
-        program
-            .load(hook, btf)
-            .map_err(program_error("loading", name))?;
-        if attach {
-            program.attach().map_err(program_error("attaching", name))?;
-        }
-    }
-    Ok(())
-}
-
-/// Does this kernel's verifier accept the LSM programs? Loads them in a copy of the object for
-/// no session, attaches nothing (`doctor`).
 pub fn probe() -> Result<(), String> {
-    super::session::probe(|ebpf, btf| load_programs(ebpf, btf, false))
+    super::session::probe(|ebpf, btf| super::session::load_lsm_programs(ebpf, btf, false))
 }
 
 /// The line `run` prints when the LSM programs are off although the policy denies files or

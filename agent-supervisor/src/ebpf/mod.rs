@@ -17,8 +17,9 @@
 //!   LSM) refusing the session's denied files and programs by inode; attached and fed by
 //!   [`lsm`].
 //!
-//! Submodules: [`session`] (one loaded copy of the object per session, shared by the
-//! others), [`network`] (the in-kernel network backstop), [`process`] (exec backstop and
+//! Submodules: [`pinned`] (the host's one loaded copy of the object, pinned under bpffs),
+//! [`session`] (a session's part of it: the programs it uses and the entries it wrote, or a
+//! private copy where the pinned set can't be used), [`network`] (the in-kernel network backstop), [`process`] (exec backstop and
 //! process events), [`rules`] (which policy rules can become kernel map entries without
 //! allowing more) and [`kernel_btf`] (struct offsets from the running kernel's BTF).
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@
 pub mod kernel_btf;
 pub mod lsm;
 pub mod network;
+pub mod pinned;
 pub mod process;
 pub mod rules;
 pub mod session;
@@ -84,11 +86,11 @@ pub fn start_session(
     exec_mode: ExecMode,
     masks: &[crate::sandbox::masks::MaskMount],
 ) -> (Option<Backstops>, Weaker) {
+    let started = std::time::Instant::now();
     let loaded = match cgroup {
         Ok(cgroup) => Session::load(cgroup, exec_mode).map_err(|e| session::error_chain(&e)),
         Err(cause) => Err(cause),
     };
-    tracing::debug!("eBPF object loaded");
     let mut session = match loaded {
         Ok(session) => session,
         Err(cause) => {
@@ -106,7 +108,6 @@ pub fn start_session(
     let network = network::start_session(&mut session, policy)
         .map_err(|line| weaker.backstops.push(line))
         .ok();
-    tracing::debug!("network programs attached");
     let (exec_approvals, events) = match process::start_session(&mut session) {
         Ok((approvals, events)) => (approvals, Some(events)),
         Err(line) => {
@@ -118,7 +119,6 @@ pub fn start_session(
             (None, None)
         }
     };
-    tracing::debug!("process programs attached");
     // The LSM programs report into the process programs' ring buffer: without its reader
     // their refusals would go unrecorded, so they need the process programs.
     let lsm_files = if events.is_some() {
@@ -134,6 +134,11 @@ pub fn start_session(
         }
         None
     };
+    let took = started.elapsed().as_secs_f64() * 1e3;
+    match session.pinned_set() {
+        Some(id) => tracing::debug!("ebpf: attached session to pinned set {id} in {took:.2} ms"),
+        None => tracing::debug!("ebpf: loaded and attached a private copy in {took:.1} ms"),
+    }
     (
         Some(Backstops {
             session,
@@ -170,6 +175,9 @@ mod tests {
             names::EXEC_APPROVALS,
             names::PROC_EVENTS,
             names::PROC_EVENTS_LOST,
+            names::SESSIONS,
+            names::SET_IDENT,
+            names::NET_SESSION,
             names::NET_MODE,
             names::NET_ALLOW,
             names::NET_RULES,

@@ -18,19 +18,22 @@
 //! A `cgroup_sock_addr` program runs for the socket's cgroup (the cgroup of the process that
 //! created it), so the agent's sockets are checked even when the supervisor calls `connect`
 //! on its `pidfd_getfd` duplicate; every other process on the host is unaffected. The maps
-//! are keyed by the session's cgroup id, which each loaded copy of the programs gets as a
-//! read-only global (`SESSION_CGROUP`, see `agent_supervisor_common::NetAllowKey`).
+//! are keyed by the session's cgroup id, which the programs read from the cgroup storage of
+//! their attachment (`NET_SESSION`, written right after the attach; see
+//! `agent_supervisor_common::NetAllowKey`). Every entry a session wrote is removed when it
+//! ends.
 //!
 //! Ownership (STYLE principle 6): [`NetworkMaps`] is the only writer of the maps. It is a
 //! mutex rather than an actor thread because every caller must wait for its write to land
 //! before making the call: a thread hop would add a cross-CPU wake-up to each connect.
 //!
-//! Kernel: Linux 4.18+ (`sendmsg4/6`), cgroup v2, `CAP_BPF` + `CAP_NET_ADMIN` (root), BPF
+//! Kernel: Linux 5.9+ (`sendmsg4/6` 4.18, cgroup storage shared by several programs 5.9), cgroup v2, `CAP_BPF` + `CAP_NET_ADMIN` (root), BPF
 //! links from 5.7 (older kernels get `BPF_PROG_ATTACH`). See
 //! <https://docs.kernel.org/bpf/prog_cgroup_sockaddr.html> (program type) and
 //! <https://docs.kernel.org/bpf/map_lpm_trie.html> (the CIDR map).
 #![forbid(unsafe_code)]
 
+use std::collections::HashSet;
 use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -41,17 +44,16 @@ use agent_supervisor_common::{
 };
 use agent_supervisor_policy::{IpNet, Policy};
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData, MapError};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+#[allow(deprecated)] // BPF_MAP_TYPE_CGROUP_STORAGE: the CGRP_STORAGE successor (6.2) is per cgroup, not per attachment
+use aya::maps::{CgroupStorage, CgroupStorageKey, HashMap, MapData, MapError};
 
 use super::rules::{kernel_address, kernel_allow_rules, kernel_prefixes};
 pub use super::session::BackstopError;
-use super::session::{error_chain, map_error, program_error, ExecMode, Session};
+use super::session::{error_chain, map_error, ExecMode, Session};
 use crate::cgroup::SessionCgroup;
 
-/// The network programs attached to one session's cgroup, in a copy of the object of their
-/// own (the hook-alone tests use it; `run` attaches them to its shared [`Session`] with
-/// [`attach`]). Dropping it detaches the programs, then removes the cgroup (which must be
+/// The network programs attached to one session's cgroup, without the process programs (the
+/// hook-alone tests use it; `run` attaches them to its [`Session`] with [`attach`]). Dropping it detaches the programs, then removes the cgroup (which must be
 /// empty by then: drop it after the session's processes are gone).
 pub struct NetworkBackstop {
     session: Session,
@@ -65,7 +67,7 @@ impl NetworkBackstop {
         Self::attach_to(SessionCgroup::create(session_id)?)
     }
 
-    /// Load a copy of the programs for `cgroup` and [`attach`] them. On error the programs
+    /// Open the programs for `cgroup` (see [`Session::load`]) and [`attach`] them. On error the programs
     /// attached so far are detached and the cgroup removed.
     pub fn attach_to(cgroup: SessionCgroup) -> Result<NetworkBackstop, BackstopError> {
         let mut session = Session::load(cgroup, ExecMode::Report)?;
@@ -90,8 +92,18 @@ impl NetworkBackstop {
     }
 }
 
-/// Put the session cgroup in enforcing mode and attach the four network programs of
-/// `session` to it; returns the writer of the session's map entries (nothing allowed yet).
+/// `bpf_attach_type` of each network program, in [`names::NETWORK_PROGRAMS`] order (the
+/// kernel keys the cgroup storage `NET_SESSION` by cgroup id and attach type).
+const ATTACH_TYPES: [u32; 4] = [
+    10, // BPF_CGROUP_INET4_CONNECT
+    11, // BPF_CGROUP_INET6_CONNECT
+    14, // BPF_CGROUP_UDP4_SENDMSG
+    15, // BPF_CGROUP_UDP6_SENDMSG
+];
+
+/// Put the session cgroup in enforcing mode, attach the four network programs to it and tell
+/// each attachment its session (`NET_SESSION`); returns the writer of the session's map
+/// entries (nothing allowed yet). Every entry is removed when the session ends.
 pub fn attach(session: &mut Session) -> Result<Arc<NetworkMaps>, BackstopError> {
     let cgroup_id = session.cgroup().id();
     let mut mode: HashMap<MapData, u64, u32> =
@@ -101,35 +113,50 @@ pub fn attach(session: &mut Session) -> Result<Arc<NetworkMaps>, BackstopError> 
         .map_err(map_error("opening", names::NET_ALLOW))?;
     let rules = LpmTrie::try_from(session.take_map(names::NET_RULES)?)
         .map_err(map_error("opening", names::NET_RULES))?;
+    #[allow(deprecated)]
+    let mut storage: CgroupStorage<MapData, u64> =
+        CgroupStorage::try_from(session.take_map(names::NET_SESSION)?)
+            .map_err(map_error("opening", names::NET_SESSION))?;
     mode.insert(cgroup_id, NET_MODE_ENFORCE, 0)
         .map_err(map_error(
             "writing the session's mode into",
             names::NET_MODE,
         ))?;
-
-    for name in names::NETWORK_PROGRAMS {
-        let (ebpf, cgroup) = session.parts_mut();
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(BackstopError::Missing(name))?
-            .try_into()
-            .map_err(program_error("finding", name))?;
-        program.load().map_err(program_error("loading", name))?;
-        // Single: no descendant cgroup can override it (a BPF link is always "multi",
-        // where every attached program must agree, so nothing below can loosen it).
-        program
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(program_error("attaching to the session cgroup", name))?;
+    let maps = Arc::new(NetworkMaps {
+        cgroup_id,
+        allow: Mutex::new(allow),
+        rules: Mutex::new(rules),
+        written: Mutex::new(Written::default()),
+    });
+    if session.pinned_set().is_some() {
+        let maps = Arc::clone(&maps);
+        session.on_end(move || {
+            let _ = mode.remove(&cgroup_id);
+            maps.remove_all();
+        });
+    }
+    session.attach_network_programs()?;
+    for attach_type in ATTACH_TYPES {
+        storage
+            .insert(CgroupStorageKey::new(cgroup_id, attach_type), cgroup_id, 0)
+            .map_err(map_error(
+                "writing the session's cgroup id into",
+                names::NET_SESSION,
+            ))?;
     }
     tracing::debug!(
         "network backstop attached to {} (cgroup id {cgroup_id})",
         session.cgroup().path().display()
     );
-    Ok(Arc::new(NetworkMaps {
-        cgroup_id,
-        allow: Mutex::new(allow),
-        rules: Mutex::new(rules),
-    }))
+    Ok(maps)
+}
+
+/// The keys a session wrote into `NET_ALLOW` and `NET_RULES` (and has not taken back).
+#[derive(Default)]
+struct Written {
+    exact: HashSet<NetAllowKey>,
+    /// (LPM prefix length, key data).
+    rules: HashSet<(u32, NetRuleKey)>,
 }
 
 /// The one writer of a session's entries in `NET_ALLOW` and `NET_RULES`.
@@ -137,6 +164,7 @@ pub struct NetworkMaps {
     cgroup_id: u64,
     allow: Mutex<HashMap<MapData, NetAllowKey, u8>>,
     rules: Mutex<LpmTrie<MapData, NetRuleKey, u8>>,
+    written: Mutex<Written>,
 }
 
 impl NetworkMaps {
@@ -173,7 +201,23 @@ impl NetworkMaps {
             .lock()
             .expect("NET_ALLOW lock")
             .insert(key, NET_VERDICT_ALLOW, 0)
-            .map_err(|e| map_io_error(names::NET_ALLOW, e))
+            .map_err(|e| map_io_error(names::NET_ALLOW, e))?;
+        self.written.lock().expect("written lock").exact.insert(key);
+        Ok(())
+    }
+
+    /// Remove every entry this session wrote (at its end; a shared map outlives it).
+    pub fn remove_all(&self) {
+        let written = std::mem::take(&mut *self.written.lock().expect("written lock"));
+        let mut allow = self.allow.lock().expect("NET_ALLOW lock");
+        for key in &written.exact {
+            let _ = allow.remove(key);
+        }
+        drop(allow);
+        let mut rules = self.rules.lock().expect("NET_RULES lock");
+        for (prefix_len, key) in written.rules {
+            let _ = rules.remove(&Key::new(prefix_len, key));
+        }
     }
 
     /// Take back what [`Self::allow_exact`] allowed (a DNS answer expired). Absent: no error.
@@ -185,6 +229,7 @@ impl NetworkMaps {
             protocol,
             _padding: [0; 5],
         };
+        self.written.lock().expect("written lock").exact.remove(&key);
         match self.allow.lock().expect("NET_ALLOW lock").remove(&key) {
             Ok(()) => Ok(()),
             Err(e) => absent_is_fine(names::NET_ALLOW, e),
@@ -211,6 +256,8 @@ impl NetworkMaps {
     pub fn remove_rule(&self, net: IpNet, port: Option<u16>) -> io::Result<()> {
         let mut rules = self.rules.lock().expect("NET_RULES lock");
         for key in self.rule_keys(net, port) {
+            let written = (key.prefix_len(), key.data());
+            self.written.lock().expect("written lock").rules.remove(&written);
             if let Err(e) = rules.remove(&key) {
                 absent_is_fine(names::NET_RULES, e)?;
             }
@@ -227,6 +274,8 @@ impl NetworkMaps {
             rules
                 .insert(&key, NET_VERDICT_ALLOW, 0)
                 .map_err(|e| map_io_error(names::NET_RULES, e))?;
+            let written = (key.prefix_len(), key.data());
+            self.written.lock().expect("written lock").rules.insert(written);
         }
         Ok(())
     }

@@ -4,9 +4,10 @@
 //!  exec decided "allow" (supervise/exec.rs) ──▶ guard: ExecApprovals::approve(tid, dev, ino)
 //!      ──▶ EXEC_APPROVALS ──▶ CONTINUE ──▶ kernel execs ──▶ tp_btf/sched_process_exec
 //!            (tid, bprm->file's dev+ino) approved? consume it : SIGKILL before the new image runs
-//!  sched_process_{exec,fork,exit} of session tasks ──▶ PROC_EVENTS ring buffer
-//!      ──▶ EventReader thread ──▶ audit records {"source": "ebpf", "kind": "proc-exec", ...}
-//!  ring buffer full ──▶ PROC_EVENTS_LOST (per CPU) ──▶ session-end "ebpf_events_lost" + warning
+//!  sched_process_{exec,fork,exit} of session tasks (SESSIONS[cgid]) ──▶ the session's own
+//!      ring buffer (PROC_EVENTS[cgid]) ──▶ EventReader thread ──▶ audit records
+//!      {"source": "ebpf", "kind": "proc-exec", ...}
+//!  ring buffer full ──▶ PROC_EVENTS_LOST[cgid] (per CPU) ──▶ session-end "ebpf_events_lost"
 //! ```
 //!
 //! The userspace exec guard checks the new image through `/proc` at `PTRACE_EVENT_EXEC`; this
@@ -34,14 +35,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use agent_supervisor_common::{
-    names, ExecApprovalKey, ProcEvent, EXEC_APPROVED, PROC_EVENTS_LOST_SLOT, PROC_EXEC, PROC_EXIT,
+    names, ExecApprovalKey, ProcEvent, SessionEntry, EXEC_APPROVED, EXEC_ENFORCE, EXEC_REPORT,
+    PROC_EVENTS_BYTES, PROC_EXEC, PROC_EXIT,
     PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED, PROC_FLAG_UNNAMED,
     PROC_FLAG_WRITE, PROC_FORK, PROC_LSM_EXEC, PROC_LSM_MMAP, PROC_LSM_OPEN,
 };
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::BtfTracePoint;
+use aya::maps::{HashMap, HashOfMaps, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 
-use super::session::{error_chain, map_error, program_error, BackstopError, ExecMode, Session};
+use super::session::{error_chain, map_error, BackstopError, ExecMode, Session};
 use crate::audit::{Audit, Record};
 
 /// A file as the exec tracepoint sees it: (`s_dev` in kernel encoding, `i_ino`).
@@ -126,7 +127,8 @@ impl ExecApprovals {
 /// The session's event ring buffer and lost-event counter, before its reader starts.
 pub struct ProcEvents {
     ring: RingBuf<MapData>,
-    lost: PerCpuArray<MapData, u64>,
+    lost: PerCpuHashMap<MapData, u64, u64>,
+    cgroup_id: u64,
 }
 
 /// Is this process in the initial PID namespace (one level in `NSpid`)?
@@ -139,56 +141,98 @@ fn in_initial_pid_namespace() -> bool {
     })
 }
 
-/// Attach the three process programs of `session` (exec backstop in the session's
-/// [`ExecMode`]) and take their maps. The approvals writer is `None` in report mode.
+/// Join the session to the process programs (exec backstop in the session's [`ExecMode`]):
+/// its own ring buffer goes into `PROC_EVENTS`, a zero lost counter into `PROC_EVENTS_LOST`,
+/// then its `SESSIONS` entry (from which moment the programs act on its cgroup). All three
+/// are removed when the session ends. The approvals writer is `None` in report mode.
 pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvents), BackstopError> {
     let enforce = session.exec_mode() == ExecMode::Enforce;
     if enforce && !in_initial_pid_namespace() {
         return Err(BackstopError::NestedPidNamespace);
     }
     session.offsets()?;
+    session.ensure_process_programs()?;
+    let cgroup_id = session.cgroup().id();
     let approvals = HashMap::try_from(session.take_map(names::EXEC_APPROVALS)?)
         .map_err(map_error("opening", names::EXEC_APPROVALS))?;
-    let ring = RingBuf::try_from(session.take_map(names::PROC_EVENTS)?)
+
+    // The session's own ring buffer, the size of the map's inner definition.
+    let ring = MapData::create(session_ring_buffer(), "proc_events", None)
+    .map_err(map_error("creating the session's ring buffer for", names::PROC_EVENTS))?;
+    let mut outer: HashOfMaps<MapData, u64> =
+        HashOfMaps::try_from(session.take_map(names::PROC_EVENTS)?)
+            .map_err(map_error("opening", names::PROC_EVENTS))?;
+    outer
+        .insert(cgroup_id, &ring, 0)
+        .map_err(map_error("inserting the session's ring buffer into", names::PROC_EVENTS))?;
+    let ring = RingBuf::try_from(Map::RingBuf(ring))
         .map_err(map_error("opening", names::PROC_EVENTS))?;
-    let lost = PerCpuArray::try_from(session.take_map(names::PROC_EVENTS_LOST)?)
-        .map_err(map_error("opening", names::PROC_EVENTS_LOST))?;
-    // Shared, not copied: the kernel's BTF is several MB of parsed types.
-    let btf = session.btf_or_read()?;
-    load_programs(session.ebpf_mut(), &btf, true)?;
+    let mut lost: PerCpuHashMap<MapData, u64, u64> =
+        PerCpuHashMap::try_from(session.take_map(names::PROC_EVENTS_LOST)?)
+            .map_err(map_error("opening", names::PROC_EVENTS_LOST))?;
+    let zeros = PerCpuValues::try_from(vec![0u64; aya::util::nr_cpus().map_err(|(_, e)| {
+        BackstopError::Map {
+            step: "counting CPUs for",
+            map: names::PROC_EVENTS_LOST,
+            source: aya::maps::MapError::IoError(e),
+        }
+    })?])
+    .map_err(|e| BackstopError::Map {
+        step: "making the zero counters of",
+        map: names::PROC_EVENTS_LOST,
+        source: aya::maps::MapError::IoError(e),
+    })?;
+    lost.insert(cgroup_id, zeros, 0)
+        .map_err(map_error("writing the session's counter into", names::PROC_EVENTS_LOST))?;
+    let mut sessions: HashMap<MapData, u64, SessionEntry> =
+        HashMap::try_from(session.take_map(names::SESSIONS)?)
+            .map_err(map_error("opening", names::SESSIONS))?;
+    let entry = SessionEntry {
+        exec_mode: if enforce { EXEC_ENFORCE } else { EXEC_REPORT },
+        _padding: 0,
+    };
+    sessions
+        .insert(cgroup_id, entry, 0)
+        .map_err(map_error("writing the session's entry into", names::SESSIONS))?;
+    if let Some(lost_map) = session.shared_map(names::PROC_EVENTS_LOST)? {
+        session.on_end(move || {
+            // SESSIONS first: from then on the programs ignore the cgroup.
+            let _ = sessions.remove(&cgroup_id);
+            let _ = outer.remove(&cgroup_id);
+            if let Ok(mut lost) = PerCpuHashMap::<MapData, u64, u64>::try_from(lost_map) {
+                let _ = lost.remove(&cgroup_id);
+            }
+        });
+    }
     tracing::debug!(
-        "process programs attached for cgroup {} (exec {:?})",
-        session.cgroup().id(),
+        "process programs serve cgroup {cgroup_id} (exec {:?})",
         session.exec_mode()
     );
     Ok((
         enforce.then_some(ExecApprovals { map: approvals }),
-        ProcEvents { ring, lost },
+        ProcEvents {
+            ring,
+            lost,
+            cgroup_id,
+        },
     ))
 }
 
-/// Load the process programs of `ebpf` into the kernel, and attach them when `attach`.
-fn load_programs(ebpf: &mut aya::Ebpf, btf: &aya::Btf, attach: bool) -> Result<(), BackstopError> {
-    for name in names::PROCESS_PROGRAMS {
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(BackstopError::Missing(name))?
-            .try_into()
-            .map_err(program_error("finding", name))?;
-        program
-            .load(name, btf)
-            .map_err(program_error("loading", name))?;
-        if attach {
-            program.attach().map_err(program_error("attaching", name))?;
-        }
-    }
-    Ok(())
+/// The definition of one session's ring buffer (what `PROC_EVENTS` holds).
+fn session_ring_buffer() -> aya_obj::Map {
+    aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+        0,
+        0,
+        PROC_EVENTS_BYTES,
+        0,
+    )
 }
 
 /// Does this kernel's verifier accept the process programs (the exec backstop among them)?
 /// Loads them in a copy of the object for no session, attaches nothing (`doctor`).
 pub fn probe() -> Result<(), String> {
-    super::session::probe(|ebpf, btf| load_programs(ebpf, btf, false))
+    super::session::probe(|ebpf, btf| super::session::load_process_programs(ebpf, btf, false))
 }
 
 /// The line `run` prints when the exec backstop is off although execs are checked.
@@ -421,7 +465,7 @@ impl ProcEvents {
     /// Events the programs could not write (all CPUs).
     fn lost(&self) -> u64 {
         self.lost
-            .get(&PROC_EVENTS_LOST_SLOT, 0)
+            .get(&self.cgroup_id, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }

@@ -1,27 +1,34 @@
-//! One session's loaded copy of the eBPF object and the cgroup it serves.
+//! One session's part of the eBPF programs: the programs it uses and the map entries it
+//! wrote, keyed by its cgroup v2 id.
 //!
-//! Every supervisor loads its own copy of the object, with the session's cgroup v2 id as the
-//! read-only global `SESSION_CGROUP` (and, when the running kernel's BTF gives them, the struct
-//! offsets the process programs read as `KERNEL_OFFSETS`). The network backstop
-//! ([`super::network`]) and the process programs ([`super::process`]) attach programs of this
-//! one copy and take its maps, so both act on the same session and go away together:
+//! The programs are loaded once per host into a set pinned under bpffs ([`super::pinned`]);
+//! a session opens that set (a few `BPF_OBJ_GET`s), attaches the network programs to its own
+//! cgroup and writes its entries. Where the pinned set can't be used (no bpffs, not root
+//! enough to make it), the session loads a private copy of the object instead, exactly as
+//! every session did before the set existed: the same programs and maps, gone with the
+//! session. The network backstop ([`super::network`]), the process programs
+//! ([`super::process`]) and the LSM programs ([`super::lsm`]) work the same on both:
 //!
 //! ```text
-//!  SessionCgroup ──▶ Session::load ──▶ Ebpf (globals: SESSION_CGROUP, KERNEL_OFFSETS, EXEC_MODE)
-//!                         ├─ network::attach ──▶ connect4/6, sendmsg4/6 + NET_* maps
-//!                         └─ process::attach ──▶ sched_process_{exec,fork,exit}
-//!                                                + EXEC_APPROVALS, PROC_EVENTS, PROC_EVENTS_LOST
+//!  SessionCgroup ──▶ Session::load ──▶ pinned set (or a private copy of the object)
+//!                         ├─ network::attach ──▶ connect4/6, sendmsg4/6 on the cgroup,
+//!                         │                      NET_SESSION, NET_MODE[cgid], NET_ALLOW/NET_RULES
+//!                         ├─ process::attach ──▶ own ring buffer in PROC_EVENTS[cgid],
+//!                         │                      PROC_EVENTS_LOST[cgid], SESSIONS[cgid]
+//!                         └─ lsm::attach ──────▶ INODE_DENY[(cgid, dev, ino)]
 //! ```
 //!
-//! Dropping the session detaches every program (the `Ebpf` goes first), then removes the cgroup.
+//! Dropping the session detaches its network programs, removes every entry it wrote, then
+//! removes the cgroup.
 #![forbid(unsafe_code)]
 
-use agent_supervisor_common::{names, KernelOffsets, EXEC_ENFORCE, EXEC_REPORT};
+use agent_supervisor_common::{lsm_names, names, KernelOffsets};
 use aya::maps::{Map, MapError};
-use aya::programs::ProgramError;
+use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 use super::kernel_btf::{self, OffsetsError};
+use super::pinned::PinnedSet;
 use crate::cgroup::{CgroupError, SessionCgroup};
 
 /// Why a session's eBPF object, or one of its parts, could not be set up.
@@ -51,6 +58,8 @@ pub enum BackstopError {
     Offsets(#[source] OffsetsError),
     #[error("reading the kernel's BTF for tp_btf programs")]
     Btf(#[source] aya::BtfError),
+    #[error("pinned eBPF set: {0}")]
+    Pinned(String),
     #[error(
         "the supervisor is not in the initial PID namespace, so the thread ids it sees are not \
          the ones the kernel's tracepoint reports"
@@ -67,13 +76,30 @@ pub enum ExecMode {
     Report,
 }
 
-/// A session's loaded eBPF object and its cgroup; see the module header.
+/// Where a session's programs and maps come from.
+enum Source {
+    /// The host's pinned set.
+    Pinned(PinnedSet),
+    /// A copy of the object loaded for this session only (the fallback).
+    Private {
+        ebpf: Box<Ebpf>,
+        /// The kernel's BTF as aya reads it, parsed once (the loader and the attach of
+        /// `tp_btf` and LSM programs need it).
+        btf: Option<std::sync::Arc<aya::Btf>>,
+    },
+}
+
+/// Something the session wrote into a shared map, taken back when it ends.
+type Cleanup = Box<dyn FnOnce() + Send>;
+
+/// A session's programs and map entries, and its cgroup; see the module header.
 pub struct Session {
-    // Field order is drop order: programs (and their links) before the cgroup.
-    ebpf: Ebpf,
-    /// The kernel's BTF as aya reads it, parsed once per session (the loader and the
-    /// `tp_btf` attach both need it).
-    btf: Option<std::sync::Arc<aya::Btf>>,
+    /// The network programs attached to the cgroup from the pinned set (their links detach
+    /// when they are dropped; a private copy keeps them in its `Ebpf`).
+    network_programs: Vec<CgroupSockAddr>,
+    /// Run in order when the session is dropped, after the network programs are detached.
+    cleanups: Vec<Cleanup>,
+    source: Source,
     offsets: Result<KernelOffsets, OffsetsError>,
     exec_mode: ExecMode,
     /// Shared with the session (which applies the resource limits to it); removed when the
@@ -81,57 +107,71 @@ pub struct Session {
     cgroup: std::sync::Arc<SessionCgroup>,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.network_programs.clear();
+        for cleanup in self.cleanups.drain(..) {
+            cleanup();
+        }
+    }
+}
+
 impl Session {
-    /// Load a copy of the object for `cgroup`. The running kernel's struct offsets are looked
-    /// up now; if that fails the object still loads (the network programs don't need them)
-    /// and [`super::process::attach`] reports why later.
+    /// Open the host's pinned set (making it on first use) for `cgroup`; where that is not
+    /// possible, load a private copy of the object. The running kernel's struct offsets are
+    /// looked up now (cached per boot); if that fails the network programs still work and
+    /// [`super::process::attach`] reports why later.
     pub fn load(
         cgroup: impl Into<std::sync::Arc<SessionCgroup>>,
         exec_mode: ExecMode,
     ) -> Result<Session, BackstopError> {
         let cgroup = cgroup.into();
-        let cgroup_id = cgroup.id();
         let offsets = kernel_btf::running_kernel_offsets();
-        let zero = KernelOffsets::default();
-        let mode = match exec_mode {
-            ExecMode::Enforce => EXEC_ENFORCE,
-            ExecMode::Report => EXEC_REPORT,
+        let pinned = match &offsets {
+            Ok(o) => PinnedSet::open_or_create(o).map_err(|e| error_chain(&e)),
+            Err(e) => Err(format!("no kernel struct offsets: {}", error_chain(e))),
         };
-        tracing::debug!("kernel offsets read");
-        let btf = aya::Btf::from_sys_fs().ok();
-        tracing::debug!("kernel BTF parsed (aya)");
-        let ebpf = EbpfLoader::new()
-            .btf(btf.as_ref())
-            .override_global(names::SESSION_CGROUP, &cgroup_id, true)
-            .override_global(
-                names::KERNEL_OFFSETS,
-                offsets.as_ref().unwrap_or(&zero),
-                true,
-            )
-            .override_global(names::EXEC_MODE, &mode, true)
-            .load(super::object())
-            .map_err(BackstopError::Load)?;
+        let source = match pinned {
+            Ok(set) => Source::Pinned(set),
+            Err(why) => {
+                tracing::debug!("ebpf: no pinned set ({why}): loading a copy for this session");
+                let started = std::time::Instant::now();
+                let zero = KernelOffsets::default();
+                let btf = aya::Btf::from_sys_fs().ok();
+                let ebpf = EbpfLoader::new()
+                    .btf(btf.as_ref())
+                    .override_global(
+                        names::KERNEL_OFFSETS,
+                        offsets.as_ref().unwrap_or(&zero),
+                        true,
+                    )
+                    .load(super::object())
+                    .map_err(BackstopError::Load)?;
+                tracing::debug!(
+                    "ebpf: loaded a private copy in {:.1} ms",
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+                Source::Private {
+                    ebpf: Box::new(ebpf),
+                    btf: btf.map(std::sync::Arc::new),
+                }
+            }
+        };
         Ok(Session {
-            ebpf,
-            btf: btf.map(std::sync::Arc::new),
+            network_programs: Vec::new(),
+            cleanups: Vec::new(),
+            source,
             offsets,
             exec_mode,
             cgroup,
         })
     }
 
-    /// The kernel's BTF (aya's), if it could be read.
-    pub fn btf(&self) -> Option<std::sync::Arc<aya::Btf>> {
-        self.btf.clone()
-    }
-
-    /// The kernel's BTF, read now if loading could not (the programs' attach needs it).
-    pub fn btf_or_read(&self) -> Result<std::sync::Arc<aya::Btf>, BackstopError> {
-        match self.btf() {
-            Some(btf) => Ok(btf),
-            None => aya::Btf::from_sys_fs()
-                .map(std::sync::Arc::new)
-                .map_err(BackstopError::Btf),
+    /// The pinned set's id, or None for a private copy.
+    pub fn pinned_set(&self) -> Option<&str> {
+        match &self.source {
+            Source::Pinned(set) => Some(set.id()),
+            Source::Private { .. } => None,
         }
     }
 
@@ -140,33 +180,154 @@ impl Session {
         &self.cgroup
     }
 
-    /// What `sched_process_exec` does with an unapproved exec in this copy.
+    /// What `sched_process_exec` does with an unapproved exec of this session.
     pub fn exec_mode(&self) -> ExecMode {
         self.exec_mode
     }
 
-    /// The kernel offsets the object was loaded with, or why there are none.
+    /// The kernel offsets the programs were loaded with, or why there are none.
     pub fn offsets(&self) -> Result<KernelOffsets, BackstopError> {
         self.offsets.clone().map_err(BackstopError::Offsets)
     }
 
-    /// The loaded object (programs are looked up by [`names`]).
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
-    /// The loaded object and the cgroup, together (to attach programs to the cgroup).
-    pub fn parts_mut(&mut self) -> (&mut Ebpf, &SessionCgroup) {
-        (&mut self.ebpf, &*self.cgroup)
-    }
-
-    /// Take map `name` out of the object (each map has one owner).
+    /// A handle on map `name`. From the pinned set: a new handle each call; from a private
+    /// copy: taken out of it (each map has one owner).
     pub fn take_map(&mut self, name: &'static str) -> Result<Map, BackstopError> {
-        self.ebpf.take_map(name).ok_or(BackstopError::Missing(name))
+        match &mut self.source {
+            Source::Pinned(set) => set.map(name),
+            Source::Private { ebpf, .. } => ebpf.take_map(name).ok_or(BackstopError::Missing(name)),
+        }
+    }
+
+    /// A handle on the shared map `name` for taking back what the session wrote, or None
+    /// when the map is the session's own (a private copy: it goes with the session).
+    pub fn shared_map(&self, name: &'static str) -> Result<Option<Map>, BackstopError> {
+        match &self.source {
+            Source::Pinned(set) => set.map(name).map(Some),
+            Source::Private { .. } => Ok(None),
+        }
+    }
+
+    /// Run `cleanup` when the session ends (after its network programs are detached).
+    pub fn on_end(&mut self, cleanup: impl FnOnce() + Send + 'static) {
+        self.cleanups.push(Box::new(cleanup));
+    }
+
+    /// Attach the network programs to the session cgroup, in `Single` mode: no descendant
+    /// cgroup can override them (a BPF link is always "multi", where every attached program
+    /// must agree, so nothing below can loosen them).
+    pub fn attach_network_programs(&mut self) -> Result<(), BackstopError> {
+        use aya::programs::CgroupSockAddrAttachType as T;
+        let attach_types = [T::Connect4, T::Connect6, T::UDPSendMsg4, T::UDPSendMsg6];
+        for (name, attach_type) in names::NETWORK_PROGRAMS.into_iter().zip(attach_types) {
+            match &mut self.source {
+                Source::Pinned(set) => {
+                    let mut program = set.network_program(name, attach_type)?;
+                    program
+                        .attach(&*self.cgroup, CgroupAttachMode::Single)
+                        .map_err(program_error("attaching to the session cgroup", name))?;
+                    self.network_programs.push(program);
+                }
+                Source::Private { ebpf, .. } => {
+                    let program: &mut CgroupSockAddr = ebpf
+                        .program_mut(name)
+                        .ok_or(BackstopError::Missing(name))?
+                        .try_into()
+                        .map_err(program_error("finding", name))?;
+                    program.load().map_err(program_error("loading", name))?;
+                    program
+                        .attach(&*self.cgroup, CgroupAttachMode::Single)
+                        .map_err(program_error("attaching to the session cgroup", name))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Make sure the process programs run: in the pinned set they do already; a private
+    /// copy loads and attaches them now.
+    pub fn ensure_process_programs(&mut self) -> Result<(), BackstopError> {
+        let Source::Private { ebpf, btf } = &mut self.source else {
+            return Ok(());
+        };
+        let btf = read_btf(btf)?;
+        load_process_programs(ebpf, &btf, true)
+    }
+
+    /// Make sure the BPF LSM programs run: the pinned set has them when `bpf` was an active
+    /// LSM when it was made; a private copy loads and attaches them now.
+    pub fn ensure_lsm_programs(&mut self) -> Result<(), BackstopError> {
+        match &mut self.source {
+            Source::Pinned(set) if set.has_lsm() => Ok(()),
+            Source::Pinned(set) => Err(BackstopError::Pinned(format!(
+                "the set {} has no BPF LSM programs (bpf was not an active LSM when it was made)",
+                set.id()
+            ))),
+            Source::Private { ebpf, btf } => {
+                let btf = read_btf(btf)?;
+                load_lsm_programs(ebpf, &btf, true)
+            }
+        }
     }
 }
 
-/// A copy of the object for no session (cgroup id 0: its programs act on nothing), with this
+/// The kernel's BTF, read now if loading could not.
+fn read_btf(
+    btf: &mut Option<std::sync::Arc<aya::Btf>>,
+) -> Result<std::sync::Arc<aya::Btf>, BackstopError> {
+    if let Some(btf) = btf {
+        return Ok(btf.clone());
+    }
+    let read = std::sync::Arc::new(aya::Btf::from_sys_fs().map_err(BackstopError::Btf)?);
+    *btf = Some(read.clone());
+    Ok(read)
+}
+
+/// Load the process programs of `ebpf` into the kernel, and attach them when `attach`.
+pub fn load_process_programs(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    attach: bool,
+) -> Result<(), BackstopError> {
+    for name in names::PROCESS_PROGRAMS {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(BackstopError::Missing(name))?
+            .try_into()
+            .map_err(program_error("finding", name))?;
+        program
+            .load(name, btf)
+            .map_err(program_error("loading", name))?;
+        if attach {
+            program.attach().map_err(program_error("attaching", name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Load the BPF LSM programs of `ebpf` into the kernel, and attach them when `attach`.
+pub fn load_lsm_programs(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    attach: bool,
+) -> Result<(), BackstopError> {
+    for (name, hook) in lsm_names::PROGRAMS {
+        let program: &mut Lsm = ebpf
+            .program_mut(name)
+            .ok_or(BackstopError::Missing(name))?
+            .try_into()
+            .map_err(program_error("finding", name))?;
+        program
+            .load(hook, btf)
+            .map_err(program_error("loading", name))?;
+        if attach {
+            program.attach().map_err(program_error("attaching", name))?;
+        }
+    }
+    Ok(())
+}
+
+/// A copy of the object (its programs act on no session: `SESSIONS` is empty), with this
 /// kernel's offsets, to ask the verifier whether programs load here (`doctor`). Nothing is
 /// attached; everything is closed when the returned value is dropped.
 pub fn load_for_probe() -> Result<(Ebpf, aya::Btf), BackstopError> {
@@ -174,9 +335,7 @@ pub fn load_for_probe() -> Result<(Ebpf, aya::Btf), BackstopError> {
     let btf = aya::Btf::from_sys_fs().map_err(BackstopError::Btf)?;
     let ebpf = EbpfLoader::new()
         .btf(Some(&btf))
-        .override_global(names::SESSION_CGROUP, &0u64, true)
         .override_global(names::KERNEL_OFFSETS, &offsets, true)
-        .override_global(names::EXEC_MODE, &EXEC_ENFORCE, true)
         .load(super::object())
         .map_err(BackstopError::Load)?;
     Ok((ebpf, btf))

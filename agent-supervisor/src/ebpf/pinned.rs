@@ -1,0 +1,598 @@
+//! The host's one loaded copy of the eBPF object, pinned under bpffs and shared by every
+//! session, so a session joins by writing map entries instead of loading programs.
+//!
+//! ```text
+//!  /sys/fs/bpf/agent-supervisor/<id>/        id: first 16 hex of SHA-256(object hash ‖ this
+//!      maps/<MAP>                                kernel's KernelOffsets ‖ crate version)
+//!      progs/connect4, connect6, sendmsg4, sendmsg6   loaded, attached by each session
+//!      links/sched_process_{exec,fork,exit}           attached once, for every cgroup
+//!      links/file_open, bprm_check_security, mmap_file  (only where `bpf` is an active LSM)
+//! ```
+//!
+//! Life cycle:
+//! - **Open** (every session): `BPF_OBJ_GET` of `maps/SET_IDENT`; its slot must hold the full
+//!   SHA-256 this binary expects, and the program and link pins must be there with the right
+//!   program types. Anything else is a stale or foreign set: never used.
+//! - **Create** (when the open fails; once per host, kernel and version): under an exclusive
+//!   `flock` on [`LOCK_FILE`], load the object into a staging directory `<id>-new-<pid>` (bpffs
+//!   refuses names with a dot),
+//!   pin maps and network programs, attach the process (and LSM) programs and pin their
+//!   links, write `SET_IDENT` last, then `rename` the staging directory to `<id>`: no process
+//!   ever sees a half-made set. A broken set with our id is removed first.
+//! - **Sweep** (lazily: while creating, and by the first session that starts more than
+//!   [`SWEEP_EVERY`] after the last sweep): sets with another id are removed once no live
+//!   session uses them (no `SESSIONS` key whose cgroup still exists), and our set's entries
+//!   of sessions whose cgroup is gone (a `SIGKILL`ed supervisor) are deleted. A cgroup is
+//!   alive when a directory under `<cgroup2>/agent-supervisor/` has its id as inode number.
+//!
+//! bpffs is mounted at `/sys/fs/bpf` when it is not (root only). Where none of this works, a
+//! session loads its own copy of the object instead ([`super::session`]), and says so.
+//! Kernel: pinning needs bpffs (Linux 4.4+), link pinning 5.7+, cgroup storage shared by the
+//! four network programs 5.9+.
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agent_supervisor_common::{lsm_names, names, InodeKey, KernelOffsets, NetAllowKey, SetIdent};
+use aya::maps::lpm_trie::LpmTrie;
+use aya::maps::{Array, HashMap, HashOfMaps, Map, MapData, PerCpuHashMap};
+use aya::programs::links::FdLink;
+use aya::programs::{BtfTracePoint, CgroupSockAddr, Lsm, ProgramInfo};
+use aya::{Ebpf, EbpfLoader};
+
+use super::session::{map_error, program_error, BackstopError};
+
+/// Where bpffs is mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// The directory of the supervisor's pinned sets.
+pub const ROOT: &str = "/sys/fs/bpf/agent-supervisor";
+/// Taken (exclusive `flock`) to create, replace or sweep sets.
+pub const LOCK_FILE: &str = "/run/agent-supervisor/bpf.lock";
+/// How often a starting session sweeps entries of dead sessions and stale sets (the lock
+/// file's mtime says when the last sweep was).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The embedded object's SHA-256, computed by build.rs.
+fn object_hash() -> &'static [u8; 32] {
+    static HASH: &[u8; 32] = include_bytes!(concat!(env!("OUT_DIR"), "/agent-supervisor-ebpf.sha256"));
+    HASH
+}
+
+/// The full identity of the set this binary uses on this kernel.
+pub fn ident(offsets: &KernelOffsets) -> SetIdent {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(object_hash());
+    for o in offsets.to_array() {
+        h.update(o.to_le_bytes());
+    }
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.finalize().into()
+}
+
+/// The set's directory name: the first 16 hex digits of [`ident`].
+pub fn id_of(ident: &SetIdent) -> String {
+    ident[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The directory of the set with `id`.
+pub fn dir_of(id: &str) -> PathBuf {
+    Path::new(ROOT).join(id)
+}
+
+/// An open, checked pinned set.
+#[derive(Debug)]
+pub struct PinnedSet {
+    id: String,
+    dir: PathBuf,
+    /// The BPF LSM programs are attached (bpf was an active LSM when the set was made).
+    has_lsm: bool,
+}
+
+impl PinnedSet {
+    /// The set's id (directory name).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The set's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Does the set hold attached BPF LSM programs?
+    pub fn has_lsm(&self) -> bool {
+        self.has_lsm
+    }
+
+    /// A new handle on the set's map `name`.
+    pub fn map(&self, name: &'static str) -> Result<Map, BackstopError> {
+        open_map(&self.dir, name)
+    }
+
+    /// A new handle on the set's network program `name`.
+    pub fn network_program(
+        &self,
+        name: &'static str,
+        attach_type: aya::programs::CgroupSockAddrAttachType,
+    ) -> Result<CgroupSockAddr, BackstopError> {
+        CgroupSockAddr::from_pin(self.dir.join("progs").join(name), attach_type)
+            .map_err(program_error("opening the pinned", name))
+    }
+
+    /// Open the set for this binary on this kernel, making it first when it is missing or
+    /// not ours. Logs (debug) which it did and how long it took.
+    pub fn open_or_create(offsets: &KernelOffsets) -> Result<PinnedSet, PinnedError> {
+        let started = Instant::now();
+        let ident = ident(offsets);
+        let id = id_of(&ident);
+        let dir = dir_of(&id);
+        match check(&dir, &ident) {
+            Ok(set) => {
+                tracing::debug!(
+                    "ebpf: opened the pinned set {id} in {:.2} ms",
+                    ms(started.elapsed())
+                );
+                sweep_when_due();
+                return Ok(set);
+            }
+            Err(why) => tracing::debug!("ebpf: pinned set {id} not usable ({why}): making it"),
+        }
+        ensure_bpffs()?;
+        let lock = lock()?;
+        // Someone else may have made it while we waited for the lock.
+        if let Ok(set) = check(&dir, &ident) {
+            drop(lock);
+            return Ok(set);
+        }
+        if dir.exists() {
+            tracing::warn!(
+                "removing the broken pinned eBPF set {} (it does not hold what this binary \
+                 expects)",
+                dir.display()
+            );
+            remove_set(&dir);
+        }
+        let made = create(&id, &ident, offsets)?;
+        sweep_locked(Some(&id));
+        touch(LOCK_FILE);
+        drop(lock);
+        tracing::debug!(
+            "ebpf: loaded and pinned set {id} in {:.1} ms (first use)",
+            ms(started.elapsed())
+        );
+        Ok(made)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Why the pinned set can't be used (the session then loads its own copy).
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError {
+    #[error("bpffs is not mounted at {BPFFS} and mounting it failed")]
+    Mount(#[source] std::io::Error),
+    #[error("{step} {path}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("making the pinned set")]
+    Create(#[source] BackstopError),
+}
+
+fn io_error(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PinnedError {
+    let path = path.to_path_buf();
+    move |source| PinnedError::Io { step, path, source }
+}
+
+fn open_map(dir: &Path, name: &'static str) -> Result<Map, BackstopError> {
+    let data = MapData::from_pin(dir.join("maps").join(name))
+        .map_err(map_error("opening the pinned", name))?;
+    Map::from_map_data(data).map_err(map_error("opening the pinned", name))
+}
+
+/// Is `dir` a complete set whose `SET_IDENT` holds `ident`?
+fn check(dir: &Path, ident: &SetIdent) -> Result<PinnedSet, String> {
+    let show = |e: BackstopError| super::session::error_chain(&e);
+    let slot: Array<MapData, SetIdent> = Array::try_from(open_map(dir, names::SET_IDENT).map_err(show)?)
+        .map_err(|e| format!("SET_IDENT: {e}"))?;
+    match slot.get(&0, 0) {
+        Ok(v) if &v == ident => {}
+        Ok(_) => return Err("its SET_IDENT holds another id".into()),
+        Err(e) => return Err(format!("reading SET_IDENT: {e}")),
+    }
+    for name in names::NETWORK_PROGRAMS {
+        let info = ProgramInfo::from_pin(dir.join("progs").join(name))
+            .map_err(|e| format!("program {name}: {e}"))?;
+        if info.program_type() != aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR {
+            return Err(format!("program {name} is not a cgroup_sock_addr program"));
+        }
+    }
+    for name in names::PROCESS_PROGRAMS {
+        if !dir.join("links").join(name).exists() {
+            return Err(format!("no pinned link {name}"));
+        }
+    }
+    let lsm_links = lsm_names::PROGRAMS
+        .iter()
+        .filter(|(name, _)| dir.join("links").join(name).exists())
+        .count();
+    let has_lsm = match lsm_links {
+        0 => false,
+        n if n == lsm_names::PROGRAMS.len() => true,
+        _ => return Err("only some of the BPF LSM links are pinned".into()),
+    };
+    Ok(PinnedSet {
+        id: id_of(ident),
+        dir: dir.to_path_buf(),
+        has_lsm,
+    })
+}
+
+/// Mount bpffs at [`BPFFS`] unless it is there.
+fn ensure_bpffs() -> Result<(), PinnedError> {
+    let is_bpffs = |p: &str| {
+        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    };
+    if is_bpffs(BPFFS) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPFFS).map_err(PinnedError::Mount)?;
+    crate::sys::mount(Some(c"bpf"), c"/sys/fs/bpf", Some(c"bpf"), 0).map_err(PinnedError::Mount)?;
+    tracing::info!("mounted bpffs at {BPFFS}");
+    Ok(())
+}
+
+/// The exclusive lock on [`LOCK_FILE`] (made 0700/0600 on first use).
+fn lock() -> Result<nix::fcntl::Flock<std::fs::File>, PinnedError> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let path = Path::new(LOCK_FILE);
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io_error("creating", parent))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error("opening", path))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io_error("locking", path)(e.into()))
+}
+
+fn touch(path: &str) {
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+}
+
+/// Load the object into `<id>-new-<pid>`, pin everything, write the ident, rename to `<id>`.
+fn create(id: &str, ident: &SetIdent, offsets: &KernelOffsets) -> Result<PinnedSet, PinnedError> {
+    std::fs::create_dir_all(ROOT).map_err(io_error("creating", Path::new(ROOT)))?;
+    let staging = Path::new(ROOT).join(format!("{id}-new-{}", std::process::id()));
+    if staging.exists() {
+        remove_set(&staging);
+    }
+    for sub in ["", "maps", "progs", "links"] {
+        let d = staging.join(sub);
+        std::fs::create_dir(&d).map_err(io_error("creating", &d))?;
+    }
+    let made = fill(&staging, ident, offsets);
+    if let Err(e) = made {
+        remove_set(&staging);
+        return Err(PinnedError::Create(e));
+    }
+    let dir = dir_of(id);
+    if let Err(e) = std::fs::rename(&staging, &dir) {
+        remove_set(&staging);
+        return Err(io_error("renaming the staging set to", &dir)(e));
+    }
+    check(&dir, ident).map_err(|why| {
+        PinnedError::Create(BackstopError::Pinned(format!("the new set does not check: {why}")))
+    })
+}
+
+/// Load the object and pin its maps, programs and links into `dir`; `SET_IDENT` last.
+fn fill(dir: &Path, ident: &SetIdent, offsets: &KernelOffsets) -> Result<(), BackstopError> {
+    let btf = aya::Btf::from_sys_fs().map_err(BackstopError::Btf)?;
+    let mut ebpf: Ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global(names::KERNEL_OFFSETS, offsets, true)
+        .load(super::object())
+        .map_err(BackstopError::Load)?;
+    // `.rodata` (the offsets) is not pinned: only the programs use it, and bpffs refuses
+    // names with a dot.
+    for (name, map) in ebpf.maps().filter(|(name, _)| !name.starts_with('.')) {
+        map.pin(dir.join("maps").join(name))
+            .map_err(|e| BackstopError::Pinned(format!("pinning map {name}: {e}")))?;
+    }
+    for name in names::NETWORK_PROGRAMS {
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(BackstopError::Missing(name))?
+            .try_into()
+            .map_err(program_error("finding", name))?;
+        program.load().map_err(program_error("loading", name))?;
+        program
+            .pin(dir.join("progs").join(name))
+            .map_err(|e| BackstopError::Pinned(format!("pinning program {name}: {e}")))?;
+    }
+    for name in names::PROCESS_PROGRAMS {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(BackstopError::Missing(name))?
+            .try_into()
+            .map_err(program_error("finding", name))?;
+        program.load(name, &btf).map_err(program_error("loading", name))?;
+        let link = program.attach().map_err(program_error("attaching", name))?;
+        let link: FdLink = program
+            .take_link(link)
+            .map_err(program_error("taking the link of", name))?
+            .into();
+        link.pin(dir.join("links").join(name))
+            .map_err(|e| BackstopError::Pinned(format!("pinning link {name}: {e}")))?;
+    }
+    if super::lsm::active().is_ok() {
+        for (name, hook) in lsm_names::PROGRAMS {
+            let program: &mut Lsm = ebpf
+                .program_mut(name)
+                .ok_or(BackstopError::Missing(name))?
+                .try_into()
+                .map_err(program_error("finding", name))?;
+            program.load(hook, &btf).map_err(program_error("loading", name))?;
+            let link = program.attach().map_err(program_error("attaching", name))?;
+            let link: FdLink = program
+                .take_link(link)
+                .map_err(program_error("taking the link of", name))?
+                .into();
+            link.pin(dir.join("links").join(name))
+                .map_err(|e| BackstopError::Pinned(format!("pinning link {name}: {e}")))?;
+        }
+    }
+    let mut slot: Array<&mut MapData, SetIdent> = Array::try_from(
+        ebpf.map_mut(names::SET_IDENT)
+            .ok_or(BackstopError::Missing(names::SET_IDENT))?,
+    )
+    .map_err(map_error("opening", names::SET_IDENT))?;
+    slot.set(0, ident, 0)
+        .map_err(map_error("writing", names::SET_IDENT))?;
+    Ok(())
+}
+
+/// Unpin everything of the set in `dir` (links detach when their last pin goes).
+fn remove_set(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!("could not remove the pinned eBPF set {}: {e}", dir.display());
+    }
+}
+
+/// Sweep now if the last sweep is older than [`SWEEP_EVERY`] and nobody else holds the lock.
+fn sweep_when_due() {
+    let due = std::fs::metadata(LOCK_FILE)
+        .and_then(|m| m.modified())
+        .map_or(true, |t| t.elapsed().map_or(true, |age| age > SWEEP_EVERY));
+    if !due {
+        return;
+    }
+    let Ok(file) = std::fs::OpenOptions::new().write(true).open(LOCK_FILE) else {
+        return;
+    };
+    let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    else {
+        return;
+    };
+    let started = Instant::now();
+    sweep_locked(None);
+    let _ = lock.set_modified(std::time::SystemTime::now());
+    drop(lock);
+    tracing::debug!("ebpf: swept pinned sets in {:.2} ms", ms(started.elapsed()));
+}
+
+/// The cgroup ids of the live session cgroups (directories under our cgroup2 parent).
+pub fn live_cgroups() -> HashSet<u64> {
+    let Ok(root) = crate::cgroup::cgroup2_root() else {
+        return HashSet::new();
+    };
+    std::fs::read_dir(root.join(crate::cgroup::PARENT_DIR))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_dir())
+                .map(|m| m.ino())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// With the lock held: remove the sets that are not `ours` and serve no live session, and
+/// delete the entries of dead sessions from every set that stays.
+pub fn sweep_locked(ours: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(ROOT) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some((_, pid)) = name.split_once("-new-") {
+            // A staging directory of a creator that died (ours is renamed before we sweep).
+            let alive = pid
+                .parse::<u32>()
+                .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                remove_set(&dir);
+            }
+            continue;
+        }
+        // Read the map keys before listing the cgroups: a session registered later is not
+        // among the keys, one registered earlier has its cgroup directory already.
+        let sessions = session_keys(&dir);
+        let live = live_cgroups();
+        let used = sessions.as_ref().is_ok_and(|keys| keys.iter().any(|k| live.contains(k)));
+        if Some(name.as_str()) != ours && !used {
+            tracing::info!("removing the stale pinned eBPF set {}", dir.display());
+            remove_set(&dir);
+            continue;
+        }
+        remove_dead_entries(&dir, &live);
+    }
+}
+
+/// The cgroup ids with an entry in the set's `SESSIONS` or `NET_MODE`.
+fn session_keys(dir: &Path) -> Result<Vec<u64>, BackstopError> {
+    let sessions: HashMap<MapData, u64, agent_supervisor_common::SessionEntry> =
+        HashMap::try_from(open_map(dir, names::SESSIONS)?)
+            .map_err(map_error("opening", names::SESSIONS))?;
+    let modes: HashMap<MapData, u64, u32> = HashMap::try_from(open_map(dir, names::NET_MODE)?)
+        .map_err(map_error("opening", names::NET_MODE))?;
+    Ok(sessions.keys().flatten().chain(modes.keys().flatten()).collect())
+}
+
+/// Delete every entry of `dir`'s maps whose session cgroup is not in `live`.
+fn remove_dead_entries(dir: &Path, live: &HashSet<u64>) {
+    let dead = |id: &u64| !live.contains(id);
+    let mut removed = 0usize;
+    if let Ok(map) = open_map(dir, names::SESSIONS) {
+        if let Ok(mut m) = HashMap::<MapData, u64, agent_supervisor_common::SessionEntry>::try_from(map) {
+            for k in m.keys().flatten().filter(dead).collect::<Vec<_>>() {
+                removed += usize::from(m.remove(&k).is_ok());
+            }
+        }
+    }
+    if let Ok(Map::HashOfMaps(data)) = open_map(dir, names::PROC_EVENTS) {
+        if let Ok(mut m) = HashOfMaps::<MapData, u64>::try_from(Map::HashOfMaps(data)) {
+            for k in m.keys().flatten().filter(dead).collect::<Vec<_>>() {
+                removed += usize::from(m.remove(&k).is_ok());
+            }
+        }
+    }
+    if let Ok(map) = open_map(dir, names::PROC_EVENTS_LOST) {
+        if let Ok(mut m) = PerCpuHashMap::<MapData, u64, u64>::try_from(map) {
+            for k in m.keys().flatten().filter(dead).collect::<Vec<_>>() {
+                removed += usize::from(m.remove(&k).is_ok());
+            }
+        }
+    }
+    if let Ok(map) = open_map(dir, names::NET_MODE) {
+        if let Ok(mut m) = HashMap::<MapData, u64, u32>::try_from(map) {
+            for k in m.keys().flatten().filter(dead).collect::<Vec<_>>() {
+                removed += usize::from(m.remove(&k).is_ok());
+            }
+        }
+    }
+    if let Ok(map) = open_map(dir, names::NET_ALLOW) {
+        if let Ok(mut m) = HashMap::<MapData, NetAllowKey, u8>::try_from(map) {
+            for k in m.keys().flatten().filter(|k| dead(&k.cgroup_id)).collect::<Vec<_>>() {
+                removed += usize::from(m.remove(&k).is_ok());
+            }
+        }
+    }
+    if let Ok(map) = open_map(dir, names::NET_RULES) {
+        if let Ok(mut m) = LpmTrie::<MapData, agent_supervisor_common::NetRuleKey, u8>::try_from(map) {
+            for k in m.keys().flatten().filter(|k| dead(&k.data().cgroup_id)).collect::<Vec<_>>() {
+                removed += usize::from(m.remove(&k).is_ok());
+            }
+        }
+    }
+    if let Ok(map) = open_map(dir, lsm_names::INODE_DENY) {
+        if let Ok(mut m) = HashMap::<MapData, InodeKey, u32>::try_from(map) {
+            for k in m.keys().flatten().filter(|k| dead(&k.cgroup_id)).collect::<Vec<_>>() {
+                removed += usize::from(m.remove(&k).is_ok());
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            "removed {removed} entries of ended sessions from the pinned eBPF set {}",
+            dir.display()
+        );
+    }
+}
+
+/// What `doctor` says about the set: which mode `run` uses here and why.
+pub fn doctor_line() -> String {
+    let offsets = match super::kernel_btf::running_kernel_offsets() {
+        Ok(o) => o,
+        Err(e) => {
+            return format!(
+                "per-session load: no kernel struct offsets ({}); each session loads its own \
+                 copy of the programs",
+                super::session::error_chain(&e)
+            )
+        }
+    };
+    let ident = ident(&offsets);
+    let id = id_of(&ident);
+    let dir = dir_of(&id);
+    match check(&dir, &ident) {
+        Ok(set) => format!(
+            "pinned set {} (exists{}; sessions attach by writing map entries)",
+            dir.display(),
+            if set.has_lsm { ", with the BPF LSM programs" } else { "" }
+        ),
+        Err(_) if crate::sys::euid_egid().0 != 0 => format!(
+            "per-session load: not root, so the pinned set {} can't be made or used",
+            dir.display()
+        ),
+        Err(why) => format!(
+            "pinned set {} (not made yet: {why}; the next root session makes it once)",
+            dir.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_16_hex_digits_of_the_ident() {
+        let ident = ident(&KernelOffsets::default());
+        let id = id_of(&ident);
+        assert_eq!(id.len(), 16);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        let other = KernelOffsets {
+            task_pid: 1,
+            ..KernelOffsets::default()
+        };
+        assert_ne!(id_of(&super::ident(&other)), id, "the offsets are part of the id");
+    }
+
+    /// Privileged: the set for this kernel is made (or already there) and checks.
+    #[test]
+    fn the_pinned_set_is_made_once_and_then_opened() {
+        if crate::sys::euid_egid().0 != 0 {
+            eprintln!("skipping: pinning eBPF objects needs root");
+            return;
+        }
+        let offsets = match crate::ebpf::kernel_btf::running_kernel_offsets() {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("skipping: no kernel struct offsets ({e})");
+                return;
+            }
+        };
+        let set = PinnedSet::open_or_create(&offsets)
+            .unwrap_or_else(|e| panic!("{}", crate::ebpf::session::error_chain(&e)));
+        assert_eq!(set.id(), id_of(&ident(&offsets)));
+        let again = PinnedSet::open_or_create(&offsets).expect("reopen");
+        assert_eq!(again.dir(), set.dir());
+    }
+}
