@@ -347,6 +347,44 @@ fn a_full_ring_buffer_counts_what_it_lost() {
     drop(session);
 }
 
+/// Two sessions at once share the pinned programs, but each reader gets only its own
+/// session's events (each has its own ring buffer in `PROC_EVENTS`).
+#[test]
+fn two_sessions_at_once_each_get_only_their_own_process_events() {
+    skip_unless_privileged!();
+    let (a, _, events_a) = hook(ExecMode::Report);
+    let (b, _, events_b) = hook(ExecMode::Report);
+    let (tx_a, rx_a) = mpsc::channel();
+    let (tx_b, rx_b) = mpsc::channel();
+    let reader_a = events_a.spawn_with(move |r| drop(tx_a.send(r))).expect("reader a");
+    let reader_b = events_b.spawn_with(move |r| drop(tx_b.send(r))).expect("reader b");
+    let dir = scratch("two-sessions");
+    let (marker_a, marker_b) = (dir.join("a"), dir.join("b"));
+    let mut child_a = waiting_touch(&marker_a);
+    let mut child_b = waiting_touch(&marker_b);
+    a.cgroup().add_process(child_a.id() as i32).expect("move into a");
+    b.cgroup().add_process(child_b.id() as i32).expect("move into b");
+    go(&mut child_a);
+    go(&mut child_b);
+    assert!(wait(&mut child_a).success() && wait(&mut child_b).success());
+    reader_a.finish();
+    reader_b.finish();
+    let got_a: Vec<ProcRecord> = rx_a.try_iter().collect();
+    let got_b: Vec<ProcRecord> = rx_b.try_iter().collect();
+    for (got, session, pid) in [(&got_a, &a, child_a.id()), (&got_b, &b, child_b.id())] {
+        assert!(
+            got.iter().any(|r| r.kind == "proc-exec" && r.event.pid == pid),
+            "the session's own exec is missing: {got:?}"
+        );
+        assert!(
+            got.iter().all(|r| r.event.cgroup_id == session.cgroup().id()),
+            "another session's event reached this reader: {got:?}"
+        );
+    }
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. End to end: both guards on
 // ---------------------------------------------------------------------------------------------

@@ -230,6 +230,24 @@ fn kernel_refuses_ipv4_tcp_and_udp_destinations_that_were_not_allowed() {
     assert_eq!(datagrams(&udp_denied), 0, "a denied datagram arrived");
 }
 
+/// Two sessions at once share the pinned programs, but each is decided by its own entries:
+/// what one session allowed is refused in the other.
+#[test]
+fn two_sessions_at_once_each_get_only_their_own_network_decisions() {
+    skip_unless_privileged!();
+    let ws = Workspace::new("ebpf-two");
+    let probe = probe(&ws.dir);
+    let (for_a, for_b) = (Listener::new(), Listener::new());
+    let a = backstop("two-a");
+    let b = backstop("two-b");
+    a.maps().allow_exact(LOCALHOST, for_a.port, TCP).expect("allow a");
+    b.maps().allow_exact(LOCALHOST, for_b.port, TCP).expect("allow b");
+    let actions = [("tcp4", "127.0.0.1", for_a.port), ("tcp4", "127.0.0.1", for_b.port)];
+    use Outcome::*;
+    assert_eq!(run_probe(&probe, Some(a.cgroup()), &actions), [Ok, Errno(EPERM)]);
+    assert_eq!(run_probe(&probe, Some(b.cgroup()), &actions), [Errno(EPERM), Ok]);
+}
+
 #[test]
 fn ipv4_mapped_ipv6_destinations_are_checked_as_ipv4() {
     skip_unless_privileged!();

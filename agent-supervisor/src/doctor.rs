@@ -227,6 +227,9 @@ pub struct Report {
     /// What `run`'s in-kernel network backstop needs: `cgroup_sock_addr` programs load and
     /// the session's cgroup can be created under the cgroup v2 hierarchy.
     pub network_backstop: Probe,
+    /// How `run` gets the eBPF programs here: the host's pinned set (its path, and whether it
+    /// exists yet) or a per-session load (and why).
+    pub ebpf_programs: String,
     /// Where `[limits]` memory, processes and cpu would be enforced (cgroup v2 or v1), one line.
     pub resource_limits: ResourceLimits,
     pub policy: PolicyReport,
@@ -414,6 +417,7 @@ pub fn report(policy: &agent_supervisor_policy::Policy) -> Report {
         tracefs,
         cgroups,
         network_backstop,
+        ebpf_programs: crate::ebpf::pinned::doctor_line(),
         resource_limits,
         policy: PolicyReport {
             source: policy.source.clone(),
@@ -536,6 +540,7 @@ pub fn render_text(r: &Report) -> String {
             r.network_backstop.describe()
         },
     );
+    line("eBPF programs", r.ebpf_programs.clone());
 
     let pr = &r.policy;
     let mut text = format!("agent-supervisor doctor\n\nhost\n{out}\n");

@@ -211,6 +211,59 @@ mod tests {
         );
     }
 
+    /// Privileged: everything a session wrote into the pinned set's shared maps is gone once
+    /// the session is dropped.
+    #[test]
+    fn a_sessions_entries_are_gone_from_the_pinned_maps_after_it_ends() {
+        use agent_supervisor_common::{NetAllowKey, SessionEntry};
+        use aya::maps::{HashMap, HashOfMaps, MapData, PerCpuHashMap};
+
+        use crate::cgroup::{cgroup2_root, SessionCgroup};
+        if !is_root() {
+            eprintln!("skipping: pinning eBPF objects needs root");
+            return;
+        }
+        let Ok(root) = cgroup2_root() else {
+            eprintln!("skipping: no cgroup v2 hierarchy mounted");
+            return;
+        };
+        let name = format!("{:012x}", 0xe1_0000_0000u64 | u64::from(std::process::id()));
+        let cgroup = SessionCgroup::create_under(&root, &name).expect("test cgroup");
+        let id = cgroup.id();
+        let mut session = super::Session::load(cgroup, super::ExecMode::Enforce).expect("load");
+        if session.pinned_set().is_none() {
+            eprintln!("skipping: no pinned set here (per-session load)");
+            return;
+        }
+        let (approvals, events) = super::process::attach(&mut session).expect("process");
+        let network = super::network::attach(&mut session).expect("network");
+        network
+            .allow_exact("127.0.0.1".parse().unwrap(), 4242, 6)
+            .expect("allow");
+        let map = |name: &'static str| session.shared_map(name).expect("open").expect("pinned");
+        let sessions: HashMap<MapData, u64, SessionEntry> =
+            HashMap::try_from(map(names::SESSIONS)).unwrap();
+        let modes: HashMap<MapData, u64, u32> = HashMap::try_from(map(names::NET_MODE)).unwrap();
+        let allow: HashMap<MapData, NetAllowKey, u8> =
+            HashMap::try_from(map(names::NET_ALLOW)).unwrap();
+        let rings: HashOfMaps<MapData, u64> = HashOfMaps::try_from(map(names::PROC_EVENTS)).unwrap();
+        let lost: PerCpuHashMap<MapData, u64, u64> =
+            PerCpuHashMap::try_from(map(names::PROC_EVENTS_LOST)).unwrap();
+        let present = || {
+            [
+                sessions.keys().flatten().any(|k| k == id),
+                modes.keys().flatten().any(|k| k == id),
+                allow.keys().flatten().any(|k| k.cgroup_id == id),
+                rings.keys().flatten().any(|k| k == id),
+                lost.keys().flatten().any(|k| k == id),
+            ]
+        };
+        assert_eq!(present(), [true; 5], "the session's entries are written");
+        drop((approvals, events, network));
+        drop(session);
+        assert_eq!(present(), [false; 5], "the session's entries are removed at its end");
+    }
+
     fn is_root() -> bool {
         std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
             status

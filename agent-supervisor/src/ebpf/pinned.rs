@@ -129,10 +129,15 @@ impl PinnedSet {
     /// Open the set for this binary on this kernel, making it first when it is missing or
     /// not ours. Logs (debug) which it did and how long it took.
     pub fn open_or_create(offsets: &KernelOffsets) -> Result<PinnedSet, PinnedError> {
+        Self::open_or_create_in(Path::new(ROOT), offsets)
+    }
+
+    /// [`Self::open_or_create`] with the sets in `root` (tests use their own).
+    pub fn open_or_create_in(root: &Path, offsets: &KernelOffsets) -> Result<PinnedSet, PinnedError> {
         let started = Instant::now();
         let ident = ident(offsets);
         let id = id_of(&ident);
-        let dir = dir_of(&id);
+        let dir = root.join(&id);
         match check(&dir, &ident) {
             Ok(set) => {
                 tracing::debug!(
@@ -145,7 +150,7 @@ impl PinnedSet {
             Err(why) => tracing::debug!("ebpf: pinned set {id} not usable ({why}): making it"),
         }
         ensure_bpffs()?;
-        let lock = lock()?;
+        let lock = lock(&lock_path(root))?;
         // Someone else may have made it while we waited for the lock.
         if let Ok(set) = check(&dir, &ident) {
             drop(lock);
@@ -159,9 +164,9 @@ impl PinnedSet {
             );
             remove_set(&dir);
         }
-        let made = create(&id, &ident, offsets)?;
-        sweep_locked(Some(&id));
-        touch(LOCK_FILE);
+        let made = create(root, &id, &ident, offsets)?;
+        sweep_locked(root, Some(&id));
+        let _ = lock.set_modified(std::time::SystemTime::now());
         drop(lock);
         tracing::debug!(
             "ebpf: loaded and pinned set {id} in {:.1} ms (first use)",
@@ -254,10 +259,18 @@ fn ensure_bpffs() -> Result<(), PinnedError> {
     Ok(())
 }
 
-/// The exclusive lock on [`LOCK_FILE`] (made 0700/0600 on first use).
-fn lock() -> Result<nix::fcntl::Flock<std::fs::File>, PinnedError> {
+/// The lock file of the sets in `root`: [`LOCK_FILE`] for [`ROOT`].
+fn lock_path(root: &Path) -> PathBuf {
+    if root == Path::new(ROOT) {
+        return PathBuf::from(LOCK_FILE);
+    }
+    let name = root.file_name().unwrap_or_default().to_string_lossy();
+    Path::new(LOCK_FILE).with_file_name(format!("bpf-{name}.lock"))
+}
+
+/// The exclusive lock on `path` (its directory made 0700, the file 0600, on first use).
+fn lock(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, PinnedError> {
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-    let path = Path::new(LOCK_FILE);
     if let Some(parent) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -276,17 +289,15 @@ fn lock() -> Result<nix::fcntl::Flock<std::fs::File>, PinnedError> {
         .map_err(|(_, e)| io_error("locking", path)(e.into()))
 }
 
-fn touch(path: &str) {
-    let _ = std::fs::File::options()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-}
-
 /// Load the object into `<id>-new-<pid>`, pin everything, write the ident, rename to `<id>`.
-fn create(id: &str, ident: &SetIdent, offsets: &KernelOffsets) -> Result<PinnedSet, PinnedError> {
-    std::fs::create_dir_all(ROOT).map_err(io_error("creating", Path::new(ROOT)))?;
-    let staging = Path::new(ROOT).join(format!("{id}-new-{}", std::process::id()));
+fn create(
+    root: &Path,
+    id: &str,
+    ident: &SetIdent,
+    offsets: &KernelOffsets,
+) -> Result<PinnedSet, PinnedError> {
+    std::fs::create_dir_all(root).map_err(io_error("creating", root))?;
+    let staging = root.join(format!("{id}-new-{}", std::process::id()));
     if staging.exists() {
         remove_set(&staging);
     }
@@ -299,7 +310,7 @@ fn create(id: &str, ident: &SetIdent, offsets: &KernelOffsets) -> Result<PinnedS
         remove_set(&staging);
         return Err(PinnedError::Create(e));
     }
-    let dir = dir_of(id);
+    let dir = root.join(id);
     if let Err(e) = std::fs::rename(&staging, &dir) {
         remove_set(&staging);
         return Err(io_error("renaming the staging set to", &dir)(e));
@@ -399,7 +410,7 @@ fn sweep_when_due() {
         return;
     };
     let started = Instant::now();
-    sweep_locked(None);
+    sweep_locked(Path::new(ROOT), None);
     let _ = lock.set_modified(std::time::SystemTime::now());
     drop(lock);
     tracing::debug!("ebpf: swept pinned sets in {:.2} ms", ms(started.elapsed()));
@@ -424,8 +435,8 @@ pub fn live_cgroups() -> HashSet<u64> {
 
 /// With the lock held: remove the sets that are not `ours` and serve no live session, and
 /// delete the entries of dead sessions from every set that stays.
-pub fn sweep_locked(ours: Option<&str>) {
-    let Ok(entries) = std::fs::read_dir(ROOT) else {
+pub fn sweep_locked(root: &Path, ours: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
     for entry in entries.flatten() {
@@ -446,13 +457,22 @@ pub fn sweep_locked(ours: Option<&str>) {
         let sessions = session_keys(&dir);
         let live = live_cgroups();
         let used = sessions.as_ref().is_ok_and(|keys| keys.iter().any(|k| live.contains(k)));
-        if Some(name.as_str()) != ours && !used {
+        // Without `ours` (a periodic sweep), the set this binary uses is `ours`.
+        let ours = ours.map_or_else(|| this_binarys_id(), |id| Some(id.to_string()));
+        if Some(name.as_str()) != ours.as_deref() && !used {
             tracing::info!("removing the stale pinned eBPF set {}", dir.display());
             remove_set(&dir);
             continue;
         }
         remove_dead_entries(&dir, &live);
     }
+}
+
+/// The id of the set this binary uses on this kernel, when the offsets are known.
+fn this_binarys_id() -> Option<String> {
+    super::kernel_btf::running_kernel_offsets()
+        .ok()
+        .map(|o| id_of(&ident(&o)))
 }
 
 /// The cgroup ids with an entry in the set's `SESSIONS` or `NET_MODE`.
@@ -594,5 +614,67 @@ mod tests {
         assert_eq!(set.id(), id_of(&ident(&offsets)));
         let again = PinnedSet::open_or_create(&offsets).expect("reopen");
         assert_eq!(again.dir(), set.dir());
+    }
+
+    /// Privileged: in a root of its own (the real set stays untouched for the tests running
+    /// next to this one), a foreign set is removed, and a set with our id but a wrong
+    /// `SET_IDENT` or a missing pin is never used and is replaced.
+    #[test]
+    fn stale_and_foreign_sets_are_not_used_and_get_replaced() {
+        if crate::sys::euid_egid().0 != 0 {
+            eprintln!("skipping: pinning eBPF objects needs root");
+            return;
+        }
+        let offsets = match crate::ebpf::kernel_btf::running_kernel_offsets() {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("skipping: no kernel struct offsets ({e})");
+                return;
+            }
+        };
+        if ensure_bpffs().is_err() {
+            eprintln!("skipping: no bpffs");
+            return;
+        }
+        let root = PathBuf::from(format!("{ROOT}-test-{}", std::process::id()));
+        struct Cleanup(PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+                let _ = std::fs::remove_file(lock_path(&self.0));
+            }
+        }
+        let _cleanup = Cleanup(root.clone());
+        std::fs::create_dir_all(root.join("0123456789abcdef/maps")).expect("foreign set");
+        let ident = ident(&offsets);
+        let first = PinnedSet::open_or_create_in(&root, &offsets).expect("make the set");
+        assert!(
+            !root.join("0123456789abcdef").exists(),
+            "the foreign set with no live session is removed"
+        );
+        let map_id = |set: &PinnedSet| {
+            MapData::from_pin(set.dir().join("maps").join(names::SET_IDENT))
+                .and_then(|m| m.info())
+                .map(|i| i.id())
+                .expect("SET_IDENT info")
+        };
+        let first_id = map_id(&first);
+
+        // Our id, another ident: not used, replaced.
+        let mut slot: Array<MapData, SetIdent> =
+            Array::try_from(open_map(first.dir(), names::SET_IDENT).expect("open")).expect("array");
+        slot.set(0, [0u8; 32], 0).expect("overwrite the ident");
+        assert!(check(first.dir(), &ident).is_err(), "a wrong ident is never used");
+        let second = PinnedSet::open_or_create_in(&root, &offsets).expect("replace the set");
+        let second_id = map_id(&second);
+        assert_ne!(second_id, first_id, "the set was made again");
+        assert!(check(second.dir(), &ident).is_ok());
+
+        // Our id, a pin missing: not used, replaced.
+        std::fs::remove_file(second.dir().join("progs").join(names::CONNECT4)).expect("unpin");
+        assert!(check(second.dir(), &ident).is_err(), "a set missing a pin is never used");
+        let third = PinnedSet::open_or_create_in(&root, &offsets).expect("replace the set");
+        assert_ne!(map_id(&third), second_id, "the set was made again");
+        assert!(third.dir().join("progs").join(names::CONNECT4).exists());
     }
 }
