@@ -356,14 +356,22 @@ fn two_sessions_at_once_each_get_only_their_own_process_events() {
     let (b, _, events_b) = hook(ExecMode::Report);
     let (tx_a, rx_a) = mpsc::channel();
     let (tx_b, rx_b) = mpsc::channel();
-    let reader_a = events_a.spawn_with(move |r| drop(tx_a.send(r))).expect("reader a");
-    let reader_b = events_b.spawn_with(move |r| drop(tx_b.send(r))).expect("reader b");
+    let reader_a = events_a
+        .spawn_with(move |r| drop(tx_a.send(r)))
+        .expect("reader a");
+    let reader_b = events_b
+        .spawn_with(move |r| drop(tx_b.send(r)))
+        .expect("reader b");
     let dir = scratch("two-sessions");
     let (marker_a, marker_b) = (dir.join("a"), dir.join("b"));
     let mut child_a = waiting_touch(&marker_a);
     let mut child_b = waiting_touch(&marker_b);
-    a.cgroup().add_process(child_a.id() as i32).expect("move into a");
-    b.cgroup().add_process(child_b.id() as i32).expect("move into b");
+    a.cgroup()
+        .add_process(child_a.id() as i32)
+        .expect("move into a");
+    b.cgroup()
+        .add_process(child_b.id() as i32)
+        .expect("move into b");
     go(&mut child_a);
     go(&mut child_b);
     assert!(wait(&mut child_a).success() && wait(&mut child_b).success());
@@ -373,11 +381,13 @@ fn two_sessions_at_once_each_get_only_their_own_process_events() {
     let got_b: Vec<ProcRecord> = rx_b.try_iter().collect();
     for (got, session, pid) in [(&got_a, &a, child_a.id()), (&got_b, &b, child_b.id())] {
         assert!(
-            got.iter().any(|r| r.kind == "proc-exec" && r.event.pid == pid),
+            got.iter()
+                .any(|r| r.kind == "proc-exec" && r.event.pid == pid),
             "the session's own exec is missing: {got:?}"
         );
         assert!(
-            got.iter().all(|r| r.event.cgroup_id == session.cgroup().id()),
+            got.iter()
+                .all(|r| r.event.cgroup_id == session.cgroup().id()),
             "another session's event reached this reader: {got:?}"
         );
     }

@@ -240,12 +240,25 @@ fn two_sessions_at_once_each_get_only_their_own_network_decisions() {
     let (for_a, for_b) = (Listener::new(), Listener::new());
     let a = backstop("two-a");
     let b = backstop("two-b");
-    a.maps().allow_exact(LOCALHOST, for_a.port, TCP).expect("allow a");
-    b.maps().allow_exact(LOCALHOST, for_b.port, TCP).expect("allow b");
-    let actions = [("tcp4", "127.0.0.1", for_a.port), ("tcp4", "127.0.0.1", for_b.port)];
+    a.maps()
+        .allow_exact(LOCALHOST, for_a.port, TCP)
+        .expect("allow a");
+    b.maps()
+        .allow_exact(LOCALHOST, for_b.port, TCP)
+        .expect("allow b");
+    let actions = [
+        ("tcp4", "127.0.0.1", for_a.port),
+        ("tcp4", "127.0.0.1", for_b.port),
+    ];
     use Outcome::*;
-    assert_eq!(run_probe(&probe, Some(a.cgroup()), &actions), [Ok, Errno(EPERM)]);
-    assert_eq!(run_probe(&probe, Some(b.cgroup()), &actions), [Errno(EPERM), Ok]);
+    assert_eq!(
+        run_probe(&probe, Some(a.cgroup()), &actions),
+        [Ok, Errno(EPERM)]
+    );
+    assert_eq!(
+        run_probe(&probe, Some(b.cgroup()), &actions),
+        [Errno(EPERM), Ok]
+    );
 }
 
 #[test]

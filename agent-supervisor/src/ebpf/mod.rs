@@ -246,7 +246,8 @@ mod tests {
         let modes: HashMap<MapData, u64, u32> = HashMap::try_from(map(names::NET_MODE)).unwrap();
         let allow: HashMap<MapData, NetAllowKey, u8> =
             HashMap::try_from(map(names::NET_ALLOW)).unwrap();
-        let rings: HashOfMaps<MapData, u64> = HashOfMaps::try_from(map(names::PROC_EVENTS)).unwrap();
+        let rings: HashOfMaps<MapData, u64> =
+            HashOfMaps::try_from(map(names::PROC_EVENTS)).unwrap();
         let lost: PerCpuHashMap<MapData, u64, u64> =
             PerCpuHashMap::try_from(map(names::PROC_EVENTS_LOST)).unwrap();
         let present = || {
@@ -261,7 +262,11 @@ mod tests {
         assert_eq!(present(), [true; 5], "the session's entries are written");
         drop((approvals, events, network));
         drop(session);
-        assert_eq!(present(), [false; 5], "the session's entries are removed at its end");
+        assert_eq!(
+            present(),
+            [false; 5],
+            "the session's entries are removed at its end"
+        );
     }
 
     fn is_root() -> bool {

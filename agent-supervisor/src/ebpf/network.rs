@@ -44,7 +44,8 @@ use agent_supervisor_common::{
 };
 use agent_supervisor_policy::{IpNet, Policy};
 use aya::maps::lpm_trie::{Key, LpmTrie};
-#[allow(deprecated)] // BPF_MAP_TYPE_CGROUP_STORAGE: the CGRP_STORAGE successor (6.2) is per cgroup, not per attachment
+#[allow(deprecated)]
+// BPF_MAP_TYPE_CGROUP_STORAGE: the CGRP_STORAGE successor (6.2) is per cgroup, not per attachment
 use aya::maps::{CgroupStorage, CgroupStorageKey, HashMap, MapData, MapError};
 
 use super::rules::{kernel_address, kernel_allow_rules, kernel_prefixes};
@@ -229,7 +230,11 @@ impl NetworkMaps {
             protocol,
             _padding: [0; 5],
         };
-        self.written.lock().expect("written lock").exact.remove(&key);
+        self.written
+            .lock()
+            .expect("written lock")
+            .exact
+            .remove(&key);
         match self.allow.lock().expect("NET_ALLOW lock").remove(&key) {
             Ok(()) => Ok(()),
             Err(e) => absent_is_fine(names::NET_ALLOW, e),
@@ -257,7 +262,11 @@ impl NetworkMaps {
         let mut rules = self.rules.lock().expect("NET_RULES lock");
         for key in self.rule_keys(net, port) {
             let written = (key.prefix_len(), key.data());
-            self.written.lock().expect("written lock").rules.remove(&written);
+            self.written
+                .lock()
+                .expect("written lock")
+                .rules
+                .remove(&written);
             if let Err(e) = rules.remove(&key) {
                 absent_is_fine(names::NET_RULES, e)?;
             }
@@ -275,7 +284,11 @@ impl NetworkMaps {
                 .insert(&key, NET_VERDICT_ALLOW, 0)
                 .map_err(|e| map_io_error(names::NET_RULES, e))?;
             let written = (key.prefix_len(), key.data());
-            self.written.lock().expect("written lock").rules.insert(written);
+            self.written
+                .lock()
+                .expect("written lock")
+                .rules
+                .insert(written);
         }
         Ok(())
     }

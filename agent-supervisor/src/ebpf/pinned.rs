@@ -60,7 +60,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The embedded object's SHA-256, computed by build.rs.
 fn object_hash() -> &'static [u8; 32] {
-    static HASH: &[u8; 32] = include_bytes!(concat!(env!("OUT_DIR"), "/agent-supervisor-ebpf.sha256"));
+    static HASH: &[u8; 32] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/agent-supervisor-ebpf.sha256"));
     HASH
 }
 
@@ -133,7 +134,10 @@ impl PinnedSet {
     }
 
     /// [`Self::open_or_create`] with the sets in `root` (tests use their own).
-    pub fn open_or_create_in(root: &Path, offsets: &KernelOffsets) -> Result<PinnedSet, PinnedError> {
+    pub fn open_or_create_in(
+        root: &Path,
+        offsets: &KernelOffsets,
+    ) -> Result<PinnedSet, PinnedError> {
         let started = Instant::now();
         let ident = ident(offsets);
         let id = id_of(&ident);
@@ -210,8 +214,9 @@ fn open_map(dir: &Path, name: &'static str) -> Result<Map, BackstopError> {
 /// Is `dir` a complete set whose `SET_IDENT` holds `ident`?
 fn check(dir: &Path, ident: &SetIdent) -> Result<PinnedSet, String> {
     let show = |e: BackstopError| super::session::error_chain(&e);
-    let slot: Array<MapData, SetIdent> = Array::try_from(open_map(dir, names::SET_IDENT).map_err(show)?)
-        .map_err(|e| format!("SET_IDENT: {e}"))?;
+    let slot: Array<MapData, SetIdent> =
+        Array::try_from(open_map(dir, names::SET_IDENT).map_err(show)?)
+            .map_err(|e| format!("SET_IDENT: {e}"))?;
     match slot.get(&0, 0) {
         Ok(v) if &v == ident => {}
         Ok(_) => return Err("its SET_IDENT holds another id".into()),
@@ -220,7 +225,8 @@ fn check(dir: &Path, ident: &SetIdent) -> Result<PinnedSet, String> {
     for name in names::NETWORK_PROGRAMS {
         let info = ProgramInfo::from_pin(dir.join("progs").join(name))
             .map_err(|e| format!("program {name}: {e}"))?;
-        if info.program_type() != aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR {
+        if info.program_type() != aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR
+        {
             return Err(format!("program {name} is not a cgroup_sock_addr program"));
         }
     }
@@ -247,9 +253,8 @@ fn check(dir: &Path, ident: &SetIdent) -> Result<PinnedSet, String> {
 
 /// Mount bpffs at [`BPFFS`] unless it is there.
 fn ensure_bpffs() -> Result<(), PinnedError> {
-    let is_bpffs = |p: &str| {
-        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
-    };
+    let is_bpffs =
+        |p: &str| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
     if is_bpffs(BPFFS) {
         return Ok(());
     }
@@ -316,7 +321,9 @@ fn create(
         return Err(io_error("renaming the staging set to", &dir)(e));
     }
     check(&dir, ident).map_err(|why| {
-        PinnedError::Create(BackstopError::Pinned(format!("the new set does not check: {why}")))
+        PinnedError::Create(BackstopError::Pinned(format!(
+            "the new set does not check: {why}"
+        )))
     })
 }
 
@@ -351,7 +358,9 @@ fn fill(dir: &Path, ident: &SetIdent, offsets: &KernelOffsets) -> Result<(), Bac
             .ok_or(BackstopError::Missing(name))?
             .try_into()
             .map_err(program_error("finding", name))?;
-        program.load(name, &btf).map_err(program_error("loading", name))?;
+        program
+            .load(name, &btf)
+            .map_err(program_error("loading", name))?;
         let link = program.attach().map_err(program_error("attaching", name))?;
         let link: FdLink = program
             .take_link(link)
@@ -367,7 +376,9 @@ fn fill(dir: &Path, ident: &SetIdent, offsets: &KernelOffsets) -> Result<(), Bac
                 .ok_or(BackstopError::Missing(name))?
                 .try_into()
                 .map_err(program_error("finding", name))?;
-            program.load(hook, &btf).map_err(program_error("loading", name))?;
+            program
+                .load(hook, &btf)
+                .map_err(program_error("loading", name))?;
             let link = program.attach().map_err(program_error("attaching", name))?;
             let link: FdLink = program
                 .take_link(link)
@@ -390,7 +401,10 @@ fn fill(dir: &Path, ident: &SetIdent, offsets: &KernelOffsets) -> Result<(), Bac
 /// Unpin everything of the set in `dir` (links detach when their last pin goes).
 fn remove_set(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
-        tracing::warn!("could not remove the pinned eBPF set {}: {e}", dir.display());
+        tracing::warn!(
+            "could not remove the pinned eBPF set {}: {e}",
+            dir.display()
+        );
     }
 }
 
@@ -439,6 +453,8 @@ pub fn sweep_locked(root: &Path, ours: Option<&str>) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
+    // Without `ours` (a periodic sweep), the set this binary uses is `ours`.
+    let ours = ours.map_or_else(this_binarys_id, |id| Some(id.to_string()));
     for entry in entries.flatten() {
         let dir = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -456,9 +472,9 @@ pub fn sweep_locked(root: &Path, ours: Option<&str>) {
         // among the keys, one registered earlier has its cgroup directory already.
         let sessions = session_keys(&dir);
         let live = live_cgroups();
-        let used = sessions.as_ref().is_ok_and(|keys| keys.iter().any(|k| live.contains(k)));
-        // Without `ours` (a periodic sweep), the set this binary uses is `ours`.
-        let ours = ours.map_or_else(|| this_binarys_id(), |id| Some(id.to_string()));
+        let used = sessions
+            .as_ref()
+            .is_ok_and(|keys| keys.iter().any(|k| live.contains(k)));
         if Some(name.as_str()) != ours.as_deref() && !used {
             tracing::info!("removing the stale pinned eBPF set {}", dir.display());
             remove_set(&dir);
@@ -482,7 +498,11 @@ fn session_keys(dir: &Path) -> Result<Vec<u64>, BackstopError> {
             .map_err(map_error("opening", names::SESSIONS))?;
     let modes: HashMap<MapData, u64, u32> = HashMap::try_from(open_map(dir, names::NET_MODE)?)
         .map_err(map_error("opening", names::NET_MODE))?;
-    Ok(sessions.keys().flatten().chain(modes.keys().flatten()).collect())
+    Ok(sessions
+        .keys()
+        .flatten()
+        .chain(modes.keys().flatten())
+        .collect())
 }
 
 /// Delete every entry of `dir`'s maps whose session cgroup is not in `live`.
@@ -490,7 +510,9 @@ fn remove_dead_entries(dir: &Path, live: &HashSet<u64>) {
     let dead = |id: &u64| !live.contains(id);
     let mut removed = 0usize;
     if let Ok(map) = open_map(dir, names::SESSIONS) {
-        if let Ok(mut m) = HashMap::<MapData, u64, agent_supervisor_common::SessionEntry>::try_from(map) {
+        if let Ok(mut m) =
+            HashMap::<MapData, u64, agent_supervisor_common::SessionEntry>::try_from(map)
+        {
             for k in m.keys().flatten().filter(dead).collect::<Vec<_>>() {
                 removed += usize::from(m.remove(&k).is_ok());
             }
@@ -519,21 +541,38 @@ fn remove_dead_entries(dir: &Path, live: &HashSet<u64>) {
     }
     if let Ok(map) = open_map(dir, names::NET_ALLOW) {
         if let Ok(mut m) = HashMap::<MapData, NetAllowKey, u8>::try_from(map) {
-            for k in m.keys().flatten().filter(|k| dead(&k.cgroup_id)).collect::<Vec<_>>() {
+            for k in m
+                .keys()
+                .flatten()
+                .filter(|k| dead(&k.cgroup_id))
+                .collect::<Vec<_>>()
+            {
                 removed += usize::from(m.remove(&k).is_ok());
             }
         }
     }
     if let Ok(map) = open_map(dir, names::NET_RULES) {
-        if let Ok(mut m) = LpmTrie::<MapData, agent_supervisor_common::NetRuleKey, u8>::try_from(map) {
-            for k in m.keys().flatten().filter(|k| dead(&k.data().cgroup_id)).collect::<Vec<_>>() {
+        if let Ok(mut m) =
+            LpmTrie::<MapData, agent_supervisor_common::NetRuleKey, u8>::try_from(map)
+        {
+            for k in m
+                .keys()
+                .flatten()
+                .filter(|k| dead(&k.data().cgroup_id))
+                .collect::<Vec<_>>()
+            {
                 removed += usize::from(m.remove(&k).is_ok());
             }
         }
     }
     if let Ok(map) = open_map(dir, lsm_names::INODE_DENY) {
         if let Ok(mut m) = HashMap::<MapData, InodeKey, u32>::try_from(map) {
-            for k in m.keys().flatten().filter(|k| dead(&k.cgroup_id)).collect::<Vec<_>>() {
+            for k in m
+                .keys()
+                .flatten()
+                .filter(|k| dead(&k.cgroup_id))
+                .collect::<Vec<_>>()
+            {
                 removed += usize::from(m.remove(&k).is_ok());
             }
         }
@@ -565,7 +604,11 @@ pub fn doctor_line() -> String {
         Ok(set) => format!(
             "pinned set {} (exists{}; sessions attach by writing map entries)",
             dir.display(),
-            if set.has_lsm { ", with the BPF LSM programs" } else { "" }
+            if set.has_lsm {
+                ", with the BPF LSM programs"
+            } else {
+                ""
+            }
         ),
         Err(_) if crate::sys::euid_egid().0 != 0 => format!(
             "per-session load: not root, so the pinned set {} can't be made or used",
@@ -592,7 +635,11 @@ mod tests {
             task_pid: 1,
             ..KernelOffsets::default()
         };
-        assert_ne!(id_of(&super::ident(&other)), id, "the offsets are part of the id");
+        assert_ne!(
+            id_of(&super::ident(&other)),
+            id,
+            "the offsets are part of the id"
+        );
     }
 
     /// Privileged: the set for this kernel is made (or already there) and checks.
@@ -664,7 +711,10 @@ mod tests {
         let mut slot: Array<MapData, SetIdent> =
             Array::try_from(open_map(first.dir(), names::SET_IDENT).expect("open")).expect("array");
         slot.set(0, [0u8; 32], 0).expect("overwrite the ident");
-        assert!(check(first.dir(), &ident).is_err(), "a wrong ident is never used");
+        assert!(
+            check(first.dir(), &ident).is_err(),
+            "a wrong ident is never used"
+        );
         let second = PinnedSet::open_or_create_in(&root, &offsets).expect("replace the set");
         let second_id = map_id(&second);
         assert_ne!(second_id, first_id, "the set was made again");
@@ -672,7 +722,10 @@ mod tests {
 
         // Our id, a pin missing: not used, replaced.
         std::fs::remove_file(second.dir().join("progs").join(names::CONNECT4)).expect("unpin");
-        assert!(check(second.dir(), &ident).is_err(), "a set missing a pin is never used");
+        assert!(
+            check(second.dir(), &ident).is_err(),
+            "a set missing a pin is never used"
+        );
         let third = PinnedSet::open_or_create_in(&root, &offsets).expect("replace the set");
         assert_ne!(map_id(&third), second_id, "the set was made again");
         assert!(third.dir().join("progs").join(names::CONNECT4).exists());

@@ -36,9 +36,9 @@ use std::thread::JoinHandle;
 
 use agent_supervisor_common::{
     names, ExecApprovalKey, ProcEvent, SessionEntry, EXEC_APPROVED, EXEC_ENFORCE, EXEC_REPORT,
-    PROC_EVENTS_BYTES, PROC_EXEC, PROC_EXIT,
-    PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED, PROC_FLAG_UNNAMED,
-    PROC_FLAG_WRITE, PROC_FORK, PROC_LSM_EXEC, PROC_LSM_MMAP, PROC_LSM_OPEN,
+    PROC_EVENTS_BYTES, PROC_EXEC, PROC_EXIT, PROC_FLAG_APPROVED, PROC_FLAG_KILLED,
+    PROC_FLAG_KILL_FAILED, PROC_FLAG_UNNAMED, PROC_FLAG_WRITE, PROC_FORK, PROC_LSM_EXEC,
+    PROC_LSM_MMAP, PROC_LSM_OPEN,
 };
 use aya::maps::{HashMap, HashOfMaps, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 
@@ -157,33 +157,41 @@ pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvent
         .map_err(map_error("opening", names::EXEC_APPROVALS))?;
 
     // The session's own ring buffer, the size of the map's inner definition.
-    let ring = MapData::create(session_ring_buffer(), "proc_events", None)
-    .map_err(map_error("creating the session's ring buffer for", names::PROC_EVENTS))?;
+    let ring = MapData::create(session_ring_buffer(), "proc_events", None).map_err(map_error(
+        "creating the session's ring buffer for",
+        names::PROC_EVENTS,
+    ))?;
     let mut outer: HashOfMaps<MapData, u64> =
         HashOfMaps::try_from(session.take_map(names::PROC_EVENTS)?)
             .map_err(map_error("opening", names::PROC_EVENTS))?;
-    outer
-        .insert(cgroup_id, &ring, 0)
-        .map_err(map_error("inserting the session's ring buffer into", names::PROC_EVENTS))?;
-    let ring = RingBuf::try_from(Map::RingBuf(ring))
-        .map_err(map_error("opening", names::PROC_EVENTS))?;
+    outer.insert(cgroup_id, &ring, 0).map_err(map_error(
+        "inserting the session's ring buffer into",
+        names::PROC_EVENTS,
+    ))?;
+    let ring =
+        RingBuf::try_from(Map::RingBuf(ring)).map_err(map_error("opening", names::PROC_EVENTS))?;
     let mut lost: PerCpuHashMap<MapData, u64, u64> =
         PerCpuHashMap::try_from(session.take_map(names::PROC_EVENTS_LOST)?)
             .map_err(map_error("opening", names::PROC_EVENTS_LOST))?;
-    let zeros = PerCpuValues::try_from(vec![0u64; aya::util::nr_cpus().map_err(|(_, e)| {
-        BackstopError::Map {
-            step: "counting CPUs for",
-            map: names::PROC_EVENTS_LOST,
-            source: aya::maps::MapError::IoError(e),
-        }
-    })?])
+    let zeros = PerCpuValues::try_from(vec![
+        0u64;
+        aya::util::nr_cpus().map_err(|(_, e)| {
+            BackstopError::Map {
+                step: "counting CPUs for",
+                map: names::PROC_EVENTS_LOST,
+                source: aya::maps::MapError::IoError(e),
+            }
+        })?
+    ])
     .map_err(|e| BackstopError::Map {
         step: "making the zero counters of",
         map: names::PROC_EVENTS_LOST,
         source: aya::maps::MapError::IoError(e),
     })?;
-    lost.insert(cgroup_id, zeros, 0)
-        .map_err(map_error("writing the session's counter into", names::PROC_EVENTS_LOST))?;
+    lost.insert(cgroup_id, zeros, 0).map_err(map_error(
+        "writing the session's counter into",
+        names::PROC_EVENTS_LOST,
+    ))?;
     let mut sessions: HashMap<MapData, u64, SessionEntry> =
         HashMap::try_from(session.take_map(names::SESSIONS)?)
             .map_err(map_error("opening", names::SESSIONS))?;
@@ -191,9 +199,10 @@ pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvent
         exec_mode: if enforce { EXEC_ENFORCE } else { EXEC_REPORT },
         _padding: 0,
     };
-    sessions
-        .insert(cgroup_id, entry, 0)
-        .map_err(map_error("writing the session's entry into", names::SESSIONS))?;
+    sessions.insert(cgroup_id, entry, 0).map_err(map_error(
+        "writing the session's entry into",
+        names::SESSIONS,
+    ))?;
     if let Some(lost_map) = session.shared_map(names::PROC_EVENTS_LOST)? {
         session.on_end(move || {
             // SESSIONS first: from then on the programs ignore the cgroup.
