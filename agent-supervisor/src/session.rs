@@ -524,7 +524,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         },
         keep_fds: opts.keep_fds.clone(),
         hostname: "agent-sandbox".into(),
-        cgroup_procs: limits.v2_cgroup().ok().map(|c| c.procs_path()),
+        cgroup: limits.v2_cgroup().ok(),
         limit_procs: limits.limit_procs(),
         file_size: policy.limits.file_size.value,
         resolv_conf: dns.as_ref().map(|d| d.resolv_conf().into_bytes()),

@@ -20,7 +20,7 @@ pub mod masks;
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use agent_supervisor_policy::MaskKind;
@@ -39,12 +39,13 @@ pub struct SandboxSpec {
     /// Extra fds (beyond 0, 1, 2) the agent may inherit (`--keep-fd`).
     pub keep_fds: Vec<RawFd>,
     pub hostname: String,
-    /// The session cgroup's `cgroup.procs`: init is written into it before it starts anything,
-    /// so the agent and all its processes (and sockets) live in that cgroup. None: no cgroup.
-    pub cgroup_procs: Option<std::path::PathBuf>,
+    /// The session's cgroup v2 directory: init is born in it (`CLONE_INTO_CGROUP`; on a
+    /// kernel without it, written into its `cgroup.procs`) before it starts anything, so the
+    /// agent and all its processes (and sockets) live in that cgroup. None: no cgroup.
+    pub cgroup: Option<std::sync::Arc<crate::cgroup::SessionCgroup>>,
     /// The `cgroup.procs` of the cgroups that enforce the session's `[limits]` (cgroup v2
-    /// and/or v1): init is written into each before it starts anything. Unlike
-    /// `cgroup_procs`, a failure here is fatal: the agent never runs outside its limits.
+    /// and/or v1): init is in each before it forks the agent. Unlike `cgroup`, a failure
+    /// here is fatal: the agent never runs outside its limits.
     pub limit_procs: Vec<std::path::PathBuf>,
     /// `[limits] file_size`: RLIMIT_FSIZE (soft and hard) of the agent, set before its exec,
     /// with SIGXFSZ ignored so that a write past it fails with EFBIG instead of killing.
@@ -240,8 +241,18 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
 
     // SAFETY: the supervisor has not started any thread yet (see `crate::session`), so the
     // child may allocate and use the standard library like after a plain fork.
-    let forked = unsafe { sys::clone3_fork(NS_FLAGS) }
-        .map_err(parent("clone3 (new user/mount/pid namespaces)"))?;
+    let clone = |cgroup: Option<BorrowedFd<'_>>| unsafe { sys::clone3_fork(NS_FLAGS, cgroup) };
+    let into = spec.cgroup.as_ref().map(|c| c.as_fd());
+    let (forked, born_in_cgroup) = match clone(into) {
+        // CLONE_INTO_CGROUP needs Linux 5.7 (and a cgroup that can take processes): without
+        // it, init is moved into the cgroup below like into the limits' cgroups.
+        Err(e) if into.is_some() => {
+            tracing::debug!("clone3 into the session cgroup failed ({e}); moving init instead");
+            (clone(None), false)
+        }
+        forked => (forked, into.is_some()),
+    };
+    let forked = forked.map_err(parent("clone3 (new user/mount/pid namespaces)"))?;
     let Some((init_pid, init_pidfd)) = forked else {
         drop(to_child_w);
         drop(from_child_r);
@@ -264,11 +275,14 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
             source: e,
         })
     })?;
-    // Into the session cgroup while init still waits for "g": the agent is forked only after
-    // the listener handshake below, so it is born in the cgroup.
+    sys::write_all_fd(to_child_w.as_fd(), b"g").map_err(|e| kill_child(parent("pipe write")(e)))?;
+    // Into the other cgroups while init sets up its namespaces (a move waits for an RCU grace
+    // period; done now, it overlaps with init's work): init forks the agent only after the
+    // listener handshake below, so the agent is born in every cgroup of the session.
     let mut weaker = Vec::new();
-    if let Some(procs) = &spec.cgroup_procs {
-        if let Err(e) = crate::cgroup::move_into(procs, init_pid) {
+    if let (Some(cgroup), false) = (&spec.cgroup, born_in_cgroup) {
+        let procs = cgroup.procs_path();
+        if let Err(e) = crate::cgroup::move_into(&procs, init_pid) {
             weaker.push(format!(
                 "the sandbox could not be moved into its cgroup ({}: {e}): network destinations \
                  are checked by the supervisor only, not by the kernel",
@@ -276,7 +290,11 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
             ));
         }
     }
+    let v2_procs = spec.cgroup.as_ref().map(|c| c.procs_path());
     for procs in &spec.limit_procs {
+        if born_in_cgroup && Some(procs) == v2_procs.as_ref() {
+            continue;
+        }
         crate::cgroup::move_into(procs, init_pid).map_err(|e| {
             kill_child(LaunchError::Parent {
                 call: "moving the sandbox into its resource-limit cgroup",
@@ -284,7 +302,6 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
             })
         })?;
     }
-    sys::write_all_fd(to_child_w.as_fd(), b"g").map_err(|e| kill_child(parent("pipe write")(e)))?;
 
     loop {
         let mut buf = [0u8; 16];
