@@ -266,6 +266,17 @@ pub unsafe fn fork() -> io::Result<libc::pid_t> {
     check_int(unsafe { libc::fork() })
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds (comparable across processes, unlike `Instant`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// `pidfd_open(pid, 0)`.
 pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.

@@ -65,6 +65,8 @@ pub struct Sandbox {
     pub listener: OwnedFd,
     /// Protections that are weaker than asked on this kernel (said once on stderr).
     pub weaker: Vec<String>,
+    /// When each launch phase ended (`CLOCK_MONOTONIC` ns), in order, for [`crate::phases`].
+    pub phases: Vec<(&'static str, u64)>,
 }
 
 /// Setup steps, reported by the child when one fails.
@@ -171,11 +173,19 @@ enum ChildMsg {
     Failed { step: u32, errno: i32, index: i32 },
     /// A protection is weaker than requested (code).
     Weaker { what: u32 },
+    /// Setup phase `phase` (`PHASE_*`) ended at `at` (`CLOCK_MONOTONIC` ns).
+    Phase { phase: u32, at: u64 },
 }
 
 const TAG_READY: u32 = 1;
 const TAG_FAILED: u32 = 2;
 const TAG_WEAKER: u32 = 3;
+const TAG_PHASE: u32 = 4;
+/// The child's phases, in order, with their names for [`crate::phases`].
+const PHASES: [&str; 3] = ["mounts", "landlock", "seccomp"];
+const PHASE_MOUNTS: u32 = 0;
+const PHASE_LANDLOCK: u32 = 1;
+const PHASE_SECCOMP: u32 = 2;
 const WEAK_LANDLOCK_PARTIAL: u32 = 1;
 const WEAK_LANDLOCK_NONE: u32 = 2;
 const WEAK_MEMFD: u32 = 3;
@@ -187,6 +197,7 @@ fn encode(msg: ChildMsg) -> [u8; 16] {
         ChildMsg::Ready { listener_fd } => (TAG_READY, listener_fd, 0, 0),
         ChildMsg::Failed { step, errno, index } => (TAG_FAILED, step as i32, errno, index),
         ChildMsg::Weaker { what } => (TAG_WEAKER, what as i32, 0, 0),
+        ChildMsg::Phase { phase, at } => (TAG_PHASE, phase as i32, at as i32, (at >> 32) as i32),
     };
     let mut out = [0u8; 16];
     out[0..4].copy_from_slice(&t.to_ne_bytes());
@@ -206,6 +217,10 @@ fn decode(b: &[u8; 16]) -> Option<ChildMsg> {
             index: w(12),
         }),
         TAG_WEAKER => Some(ChildMsg::Weaker { what: w(4) as u32 }),
+        TAG_PHASE => Some(ChildMsg::Phase {
+            phase: w(4) as u32,
+            at: u64::from(w(8) as u32) | (u64::from(w(12) as u32) << 32),
+        }),
         _ => None,
     }
 }
@@ -276,6 +291,7 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
         })
     })?;
     sys::write_all_fd(to_child_w.as_fd(), b"g").map_err(|e| kill_child(parent("pipe write")(e)))?;
+    let mut phases = vec![("namespaces", sys::monotonic_ns())];
     // Into the other cgroups while init sets up its namespaces (a move waits for an RCU grace
     // period; done now, it overlaps with init's work): init forks the agent only after the
     // listener handshake below, so the agent is born in every cgroup of the session.
@@ -312,6 +328,9 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
         }
         match decode(&buf) {
             Some(ChildMsg::Weaker { what }) => weaker.push(weakness_text(what).to_string()),
+            Some(ChildMsg::Phase { phase, at }) => {
+                phases.extend(PHASES.get(phase as usize).map(|name| (*name, at)));
+            }
             Some(ChildMsg::Failed { step, errno, index }) => {
                 let step = Step::from_u32(step).unwrap_or(Step::Sync);
                 let detail = (step == Step::Mask)
@@ -346,11 +365,13 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
                 }
                 sys::write_all_fd(to_child_w.as_fd(), b"a")
                     .map_err(|e| kill_child(parent("pipe write")(e)))?;
+                phases.push(("handshake", sys::monotonic_ns()));
                 return Ok(Sandbox {
                     init_pid,
                     init_pidfd,
                     listener,
                     weaker,
+                    phases,
                 });
             }
             None => return Err(kill_child(LaunchError::ChildVanished)),
@@ -457,6 +478,13 @@ fn child_main(
         report(ChildMsg::Weaker { what: WEAK_MEMFD });
     }
     let _ = nix_sethostname(&spec.hostname);
+    let phase = |phase: u32| {
+        report(ChildMsg::Phase {
+            phase,
+            at: sys::monotonic_ns(),
+        })
+    };
+    phase(PHASE_MOUNTS);
     // 3. File descriptors: only 0, 1, 2 (and --keep-fd) reach the agent.
     if let Err(e) = sys::cloexec_from(3) {
         fail(Step::Fds, e, -1);
@@ -485,6 +513,7 @@ fn child_main(
     if let Err(e) = drop_all_capabilities() {
         fail(Step::Capabilities, e, -1);
     }
+    phase(PHASE_LANDLOCK);
     // 7. seccomp, last: the notifying filter with its listener, then the fixed denials (which
     //    forbid creating another listener, so they must come second).
     let listener = match sys::seccomp_set_filter(
@@ -516,6 +545,7 @@ fn child_main(
     if let Err(e) = sys::seccomp_set_filter(deny, 0) {
         fail(Step::SeccompDeny, e, -1);
     }
+    phase(PHASE_SECCOMP);
     // 8. Hand the listener over (the supervisor takes it with pidfd_getfd) and wait for the ack.
     report(ChildMsg::Ready {
         listener_fd: listener.as_raw_fd(),
@@ -793,6 +823,20 @@ mod tests {
                 }) => assert_eq!(Step::from_u32(s), Some(step)),
                 other => panic!("{step:?} decoded as {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn phase_times_round_trip_through_the_child_message() {
+        let at = 0x1234_5678_9abc_def0u64;
+        match decode(&encode(ChildMsg::Phase {
+            phase: PHASE_SECCOMP,
+            at,
+        })) {
+            Some(ChildMsg::Phase { phase, at: got }) => {
+                assert_eq!((phase, got), (PHASE_SECCOMP, at));
+            }
+            other => panic!("decoded as {other:?}"),
         }
     }
 }
