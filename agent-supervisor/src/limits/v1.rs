@@ -59,7 +59,9 @@ impl V1Cgroup {
                 })
             }
         }
-        sweep_abandoned(&parent);
+        if crate::cgroup::sweep_due(&parent) {
+            sweep_abandoned(&parent);
+        }
         let dir = parent.join(session_id);
         std::fs::create_dir(&dir).map_err(|source| LimitsError::Create {
             path: dir.clone(),
