@@ -266,6 +266,14 @@ pub unsafe fn fork() -> io::Result<libc::pid_t> {
     check_int(unsafe { libc::fork() })
 }
 
+/// `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`: start writing the file's dirty pages
+/// to disk now, without waiting for it.
+pub fn start_writeback(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd with integer arguments.
+    check_int(unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) })
+        .map(|_| ())
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds (comparable across processes, unlike `Instant`).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -306,7 +306,8 @@ impl Audit {
         mark_broken(&self.shared, why);
     }
 
-    /// Wait until everything queued is written and flushed.
+    /// Wait until everything queued is written (and its writeback to disk started, see
+    /// [`file::ChainFile::sync`]).
     pub fn flush(&self) -> io::Result<()> {
         let (tx, rx) = mpsc::channel();
         self.tx
