@@ -1158,6 +1158,76 @@ fn health_and_reflection_answer_for_grpcurl() {
     });
 }
 
+/// One health check in raw HTTP/2 over the API socket with `authority` as `:authority` (as
+/// grpcio, grpc-java and others send it over a unix socket): the health response's bytes, or
+/// the RST_STREAM error code.
+fn raw_health_check(socket: &Path, authority: &str) -> Result<Vec<u8>, u32> {
+    use std::io::{Read, Write};
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut hpack = loona_hpack::Encoder::new();
+    let block = hpack.encode([
+        (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
+        (b":path", b"/grpc.health.v1.Health/Check"),
+        (b":authority", authority.as_bytes()),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    out.extend(frame(0x1, 0x4, 1, &block)); // HEADERS, END_HEADERS
+    out.extend(frame(0x0, 0x1, 1, &[0; 5])); // DATA, END_STREAM: an empty HealthCheckRequest
+    conn.write_all(&out).unwrap();
+    loop {
+        let mut h = [0u8; 9];
+        conn.read_exact(&mut h).expect("the daemon answers");
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        let mut payload = vec![0; len];
+        conn.read_exact(&mut payload).unwrap();
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
+        match (h[3], stream) {
+            (0x4, 0) if h[4] & 1 == 0 => conn.write_all(&frame(0x4, 1, 0, &[])).unwrap(),
+            (0x0, 1) => return Ok(payload),
+            (0x3, 1) => return Err(u32::from_be_bytes(payload[..4].try_into().unwrap())),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn clients_sending_the_socket_path_as_authority_are_answered() {
+    skip_unless!(is_root(), "the daemon tests run as root");
+    let d = Daemon::start("authority");
+    let path = d.socket().display().to_string();
+    let encoded = path.trim_start_matches('/').replace('/', "%2F");
+    // grpcio since 1.57 (percent-encoded, as captured from grpcio 1.85.1), grpc-java (the
+    // path), `unix:` URIs, nothing, and the usual `localhost`.
+    for authority in [
+        encoded.as_str(),
+        &format!("%2F{encoded}"),
+        &path,
+        &format!("unix:{path}"),
+        "",
+        "localhost",
+    ] {
+        // SERVING: a gRPC message of 2 bytes, field 1 = 1.
+        assert_eq!(
+            raw_health_check(&d.socket(), authority),
+            Ok(vec![0, 0, 0, 0, 2, 0x08, 0x01]),
+            "authority {authority:?}"
+        );
+    }
+}
+
 #[test]
 fn run_through_the_daemon_keeps_the_callers_stdio_and_exit_code() {
     skip_unless!(is_root(), "the daemon tests run as root");

@@ -36,51 +36,147 @@ pub fn tag(kind: &str, secret: &str) -> String {
     format!("[REDACTED:{kind}:{}]", &h[..8])
 }
 
-struct Patterns {
-    private_key: Regex,
-    flag: Regex,
-    flag_alone: Regex,
-    assign: Regex,
-    url_password: Regex,
-    bearer: Regex,
-    formats: Vec<(&'static str, Regex)>,
-    aws_secret: Regex,
-    candidate: Regex,
+/// One pattern, compiled the first time a text passes its gate: a cheap test every text the
+/// pattern can match passes (a literal it needs, a run of characters long enough). Most
+/// records hold no secret and pass no gate, so a session never pays for compiling patterns it
+/// does not need (all of them at once cost ~2 ms, at every session's start).
+struct Lazy {
+    source: fn() -> String,
+    compiled: OnceLock<Regex>,
 }
 
-fn patterns() -> &'static Patterns {
-    static P: OnceLock<Patterns> = OnceLock::new();
-    P.get_or_init(|| {
-        let re = |s: &str| Regex::new(s).expect("valid redaction pattern");
-        let value = r#"("[^"]*"|'[^']*'|[^\s"'&;|]+)"#;
-        Patterns {
-            private_key: re(
-                r"(?s)-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----|\z)",
-            ),
-            flag: re(&format!(
-                r"(?i)(?:^|[\s'\x22(])(--?[a-z0-9_-]*{SECRET_WORDS}[a-z0-9_-]*)(=|\s+){value}"
-            )),
-            flag_alone: re(&format!(r"(?i)^--?[a-z0-9_-]*{SECRET_WORDS}[a-z0-9_-]*$")),
-            assign: re(&format!(
-                r"(?i)(?:^|[^A-Za-z0-9_-])([a-z0-9_]*{SECRET_WORDS}[a-z0-9_]*|[A-Z0-9_]*_KEY)={value}"
-            )),
-            url_password: re(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@"),
-            bearer: re(r"(?i)\b(?:bearer|basic)\s+([A-Za-z0-9._~+/=-]{8,})"),
-            formats: vec![
-                ("aws-key-id", re(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA|ABIA|ACCA)[A-Z0-9]{16}\b")),
-                ("jwt", re(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")),
-                ("github-token", re(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,})\b")),
-                ("gitlab-token", re(r"\bglpat-[A-Za-z0-9_-]{20,}")),
-                ("slack-token", re(r"\bxox[abposre]-[A-Za-z0-9-]{10,}|https://hooks\.slack\.com/services/[A-Za-z0-9/]+")),
-                ("stripe-key", re(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}")),
-                ("google-api-key", re(r"\bAIza[0-9A-Za-z_-]{35}")),
-                ("npm-token", re(r"\bnpm_[A-Za-z0-9]{36}")),
-                ("api-key", re(r"\bsk-[A-Za-z0-9_-]{20,}")),
-            ],
-            aws_secret: re(r"(?:^|[^A-Za-z0-9+/=])([A-Za-z0-9+/]{40})(?:$|[^A-Za-z0-9+/=])"),
-            candidate: re(r"[A-Za-z0-9+/=_-]{24,}"),
+impl Lazy {
+    const fn new(source: fn() -> String) -> Lazy {
+        Lazy {
+            source,
+            compiled: OnceLock::new(),
         }
-    })
+    }
+
+    fn get(&self) -> &Regex {
+        self.compiled
+            .get_or_init(|| Regex::new(&(self.source)()).expect("valid redaction pattern"))
+    }
+}
+
+/// An option or assignment value: quoted, or up to the next blank or shell operator.
+const VALUE: &str = r#"("[^"]*"|'[^']*'|[^\s"'&;|]+)"#;
+
+static PRIVATE_KEY: Lazy = Lazy::new(|| {
+    r"(?s)-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----|\z)".into()
+});
+static FLAG: Lazy = Lazy::new(|| {
+    format!(r"(?i)(?:^|[\s'\x22(])(--?[a-z0-9_-]*{SECRET_WORDS}[a-z0-9_-]*)(=|\s+){VALUE}")
+});
+static FLAG_ALONE: Lazy = Lazy::new(|| format!(r"(?i)^--?[a-z0-9_-]*{SECRET_WORDS}[a-z0-9_-]*$"));
+static ASSIGN: Lazy = Lazy::new(|| {
+    format!(r"(?i)(?:^|[^A-Za-z0-9_-])([a-z0-9_]*{SECRET_WORDS}[a-z0-9_]*|[A-Z0-9_]*_KEY)={VALUE}")
+});
+static URL_PASSWORD: Lazy = Lazy::new(|| r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@".into());
+static BEARER: Lazy = Lazy::new(|| r"(?i)\b(?:bearer|basic)\s+([A-Za-z0-9._~+/=-]{8,})".into());
+static AWS_SECRET: Lazy =
+    Lazy::new(|| r"(?:^|[^A-Za-z0-9+/=])([A-Za-z0-9+/]{40})(?:$|[^A-Za-z0-9+/=])".into());
+static CANDIDATE: Lazy = Lazy::new(|| r"[A-Za-z0-9+/=_-]{24,}".into());
+
+/// The well-known token formats: kind, the literals one of which every match holds, pattern.
+static FORMATS: [(&str, &[&str], Lazy); 9] = [
+    (
+        "aws-key-id",
+        &[
+            "AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA", "ANVA", "AIPA", "ABIA", "ACCA",
+        ],
+        Lazy::new(|| {
+            r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA|ABIA|ACCA)[A-Z0-9]{16}\b".into()
+        }),
+    ),
+    (
+        "jwt",
+        &["eyJ"],
+        Lazy::new(|| r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*".into()),
+    ),
+    (
+        "github-token",
+        &["gh", "github_pat_"],
+        Lazy::new(|| r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,})\b".into()),
+    ),
+    (
+        "gitlab-token",
+        &["glpat-"],
+        Lazy::new(|| r"\bglpat-[A-Za-z0-9_-]{20,}".into()),
+    ),
+    (
+        "slack-token",
+        &["xox", "https://hooks.slack.com/services/"],
+        Lazy::new(|| {
+            r"\bxox[abposre]-[A-Za-z0-9-]{10,}|https://hooks\.slack\.com/services/[A-Za-z0-9/]+"
+                .into()
+        }),
+    ),
+    (
+        "stripe-key",
+        &["k_live_", "k_test_"],
+        Lazy::new(|| r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}".into()),
+    ),
+    (
+        "google-api-key",
+        &["AIza"],
+        Lazy::new(|| r"\bAIza[0-9A-Za-z_-]{35}".into()),
+    ),
+    (
+        "npm-token",
+        &["npm_"],
+        Lazy::new(|| r"\bnpm_[A-Za-z0-9]{36}".into()),
+    ),
+    (
+        "api-key",
+        &["sk-"],
+        Lazy::new(|| r"\bsk-[A-Za-z0-9_-]{20,}".into()),
+    ),
+];
+
+/// Lower-case stems one of which every match of the `(?i)` option and assignment patterns
+/// holds (`SECRET_WORDS`, and `_KEY` for assignments).
+const SECRET_STEMS: [&str; 9] = [
+    "token",
+    "pass",
+    "secret",
+    "api",
+    "access",
+    "private",
+    "credential",
+    "auth",
+    "_key",
+];
+
+/// The gates of the case-insensitive patterns: does `text` hold one of `stems` in any case?
+/// Unicode case folding maps two non-ASCII letters to ASCII ones (KELVIN SIGN to `k`, LONG S
+/// to `s`); a text holding either passes every gate, as the patterns would match it.
+fn has_stem_any_case(text: &str, stems: &[&str]) -> bool {
+    if text.contains(['\u{212A}', '\u{17F}']) {
+        return true;
+    }
+    let lower = text.to_ascii_lowercase();
+    stems.iter().any(|s| lower.contains(s))
+}
+
+/// Does `text` hold a run of at least `len` bytes each `in_run`?
+fn has_run(text: &str, len: usize, in_run: impl Fn(u8) -> bool) -> bool {
+    let mut run = 0;
+    for b in text.bytes() {
+        run = if in_run(b) { run + 1 } else { 0 };
+        if run >= len {
+            return true;
+        }
+    }
+    false
+}
+
+fn base64ish(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
+}
+
+fn token_char(b: u8) -> bool {
+    base64ish(b) || matches!(b, b'=' | b'_' | b'-')
 }
 
 fn is_tag(s: &str) -> bool {
@@ -189,31 +285,51 @@ pub fn looks_random(s: &str) -> bool {
 
 /// Mask every secret in `text`.
 pub fn redact_str(text: &str) -> Cow<'_, str> {
-    let p = patterns();
     let mut s = text.to_string();
-    s = mask_group(&s, &p.private_key, 0, None, |_| Some("private-key"));
-    s = mask_group(&s, &p.flag, 3, Some(1), |_| Some("arg"));
-    s = mask_group(&s, &p.assign, 2, Some(1), |c| {
-        let name = c.get(1).map_or("", |m| m.as_str());
-        Some(if name.bytes().any(|b| b.is_ascii_lowercase()) {
-            "arg"
-        } else {
-            "env"
-        })
-    });
-    s = mask_group(&s, &p.url_password, 1, None, |_| Some("url-password"));
-    s = mask_group(&s, &p.bearer, 1, None, |_| Some("bearer"));
-    for (kind, re) in &p.formats {
-        s = mask_group(&s, re, 0, None, |_| Some(*kind));
+    if s.contains("-----BEGIN ") {
+        s = mask_group(&s, PRIVATE_KEY.get(), 0, None, |_| Some("private-key"));
     }
-    s = mask_group(&s, &p.aws_secret, 1, None, |c| {
-        let v = c.get(1).map_or("", |m| m.as_str());
-        (classes(v) == 3).then_some("aws-secret")
-    });
+    if has_stem_any_case(&s, &SECRET_STEMS[..8]) {
+        s = mask_group(&s, FLAG.get(), 3, Some(1), |_| Some("arg"));
+    }
+    if s.contains('=') && has_stem_any_case(&s, &SECRET_STEMS) {
+        s = mask_group(&s, ASSIGN.get(), 2, Some(1), |c| {
+            let name = c.get(1).map_or("", |m| m.as_str());
+            Some(if name.bytes().any(|b| b.is_ascii_lowercase()) {
+                "arg"
+            } else {
+                "env"
+            })
+        });
+    }
+    if s.contains("://") && s.contains('@') {
+        s = mask_group(&s, URL_PASSWORD.get(), 1, None, |_| Some("url-password"));
+    }
+    if has_stem_any_case(&s, &["bearer", "basic"]) {
+        s = mask_group(&s, BEARER.get(), 1, None, |_| Some("bearer"));
+    }
+    for (kind, literals, re) in &FORMATS {
+        if literals.iter().any(|l| s.contains(l)) {
+            s = mask_group(&s, re.get(), 0, None, |_| Some(*kind));
+        }
+    }
+    if has_run(&s, 40, base64ish) {
+        s = mask_group(&s, AWS_SECRET.get(), 1, None, |c| {
+            let v = c.get(1).map_or("", |m| m.as_str());
+            (classes(v) == 3).then_some("aws-secret")
+        });
+    }
+    if !has_run(&s, 24, token_char) {
+        return if s == text {
+            Cow::Borrowed(text)
+        } else {
+            Cow::Owned(s)
+        };
+    }
     // Runs of 24+ token characters; with `/` (paths, some base64), each part on its own.
     let mut out = String::with_capacity(s.len());
     let mut last = 0;
-    for m in p.candidate.find_iter(&s) {
+    for m in CANDIDATE.get().find_iter(&s) {
         let mut at = m.start();
         for part in m.as_str().split('/') {
             if looks_random(part) {
@@ -251,7 +367,10 @@ pub fn redact_json(v: &mut serde_json::Value) {
                         secret_next = false;
                         continue;
                     }
-                    secret_next = patterns().flag_alone.is_match(s) && !not_secret_name(s.as_str());
+                    secret_next = s.starts_with('-')
+                        && has_stem_any_case(s, &SECRET_STEMS[..8])
+                        && FLAG_ALONE.get().is_match(s)
+                        && !not_secret_name(s.as_str());
                 } else {
                     secret_next = false;
                 }

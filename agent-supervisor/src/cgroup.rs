@@ -146,7 +146,9 @@ impl SessionCgroup {
                 })
             }
         }
-        Self::sweep_abandoned(&parent, Self::STALE_AFTER);
+        if sweep_due(&parent) {
+            Self::sweep_abandoned(&parent, Self::STALE_AFTER);
+        }
         let dir = parent.join(session_id);
         std::fs::create_dir(&dir).map_err(|source| CgroupError::Create {
             path: dir.clone(),
@@ -212,6 +214,37 @@ impl SessionCgroup {
             .filter_map(|l| l.trim().parse().ok())
             .collect())
     }
+}
+
+/// Where the time of the last sweep of abandoned session cgroups is kept (the file's mtime).
+const SWEEP_STAMP_DIR: &str = "/run/agent-supervisor";
+
+/// Is a sweep of the abandoned session cgroups under `parent` due? At most one session per
+/// [`SessionCgroup::STALE_AFTER`] sweeps a parent (a directory can't be abandoned for longer
+/// than that before it is swept), so starting a session costs one `stat`, not a read of every
+/// session directory. The stamp is a file in `/run/agent-supervisor/` named after the parent;
+/// when it can't be kept (no `/run`), every session sweeps, as before.
+pub(crate) fn sweep_due(parent: &Path) -> bool {
+    let name: String = parent
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let stamp = Path::new(SWEEP_STAMP_DIR).join(format!("swept{name}"));
+    let recent = std::fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| {
+            t.elapsed()
+                .is_ok_and(|age| age < SessionCgroup::STALE_AFTER)
+        });
+    if recent {
+        return false;
+    }
+    let _ = std::fs::create_dir_all(SWEEP_STAMP_DIR);
+    if let Ok(f) = std::fs::File::create(&stamp) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+    true
 }
 
 /// Write `pid` into a `cgroup.procs` file.

@@ -12,6 +12,7 @@
 //! - [`limits`]: the session's resource limits (cgroup v2 or v1), timeout and how it ended.
 //! - [`ebpf`]: the embedded eBPF object and the in-kernel network backstop.
 //! - [`session`]: `agent-supervisor run` from policy to exit code.
+//! - [`phases`]: how long each phase of a session's start-up and tear-down took (`-vv`).
 //! - [`sys`]: every raw system call (the only `unsafe` code).
 //!
 //! Policies are parsed and decided by the pure `agent-supervisor-policy` crate.
@@ -27,6 +28,7 @@ pub mod doctor;
 pub mod ebpf;
 pub mod explain;
 pub mod limits;
+pub mod phases;
 pub mod sandbox;
 pub mod session;
 pub mod supervise;

@@ -336,11 +336,13 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         !opts.command.is_empty(),
         "no command given: agent-supervisor run -- COMMAND [ARGS...]"
     );
+    let mut phases = crate::phases::Phases::new();
     let vars = vars(opts.workspace.as_deref())?;
     let mut policy = load_policy(opts.policy.as_deref(), &vars)?;
     opts.limits.apply(&mut policy.limits);
     tracing::debug!("policy loaded: {}", policy.source);
     let plan = policy.plan();
+    phases.mark("policy");
     let landlock = LandlockSpec {
         read: plan.landlock_read.clone(),
         write: plan.landlock_write.clone(),
@@ -389,6 +391,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             )?
         }
     };
+    phases.mark("audit");
     let mut masks = sandbox::masks::plan_masks(&policy, &plan, &noexec_trees(&landlock));
     masks.extend(protected_paths(&vars, &audit_path));
     // The agent must not read the signing key (it could forge checkpoints), nor hold the log's
@@ -423,7 +426,9 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     // The session's cgroups with its resource limits (v2, or v1 on hybrid hosts). A limit the
     // policy or a flag set that cannot be enforced refuses the session; a default one is a
     // warning.
+    phases.mark("masks");
     let limits = crate::limits::SessionLimits::setup(&session, &policy.limits);
+    phases.mark("limits");
     let mut limits_weaker = Vec::new();
     for u in &limits.unenforced {
         match &u.origin {
@@ -493,6 +498,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             ));
         }
     }
+    phases.mark("ebpf");
     // The agent (host uid 0 when we are root) must not move itself out of its cgroups.
     masks.extend(limits.masks());
     masks.sort_by_key(|m| m.path.components().count());
@@ -524,7 +530,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         },
         keep_fds: opts.keep_fds.clone(),
         hostname: "agent-sandbox".into(),
-        cgroup_procs: limits.v2_cgroup().ok().map(|c| c.procs_path()),
+        cgroup: limits.v2_cgroup().ok(),
         limit_procs: limits.limit_procs(),
         file_size: policy.limits.file_size.value,
         resolv_conf: dns.as_ref().map(|d| d.resolv_conf().into_bytes()),
@@ -540,8 +546,12 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         libc::SIGUSR2,
     ];
     sys::block_signals(&forwarded).context("blocking signals")?;
+    phases.mark("dns");
     tracing::debug!("launching the sandbox");
     let mut sandbox = sandbox::launch(&spec)?;
+    for (name, at) in &sandbox.phases {
+        phases.mark_at(name, *at);
+    }
     // Landlock's enforcement is known only once the child applied it; the agent has not run
     // yet (its first exec waits for a notification loop that has not started).
     if opts.require.contains(&Requirement::Landlock) {
@@ -645,9 +655,11 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         }
     })?;
 
+    phases.mark("threads");
     tracing::debug!("supervising");
     let status = sys::waitid_pidfd(init_pidfd.as_fd()).context("waiting for the agent")?;
     tracing::debug!("agent exited: {status:?}");
+    phases.mark("agent");
     // What ended it: the watch thread (timeout, a limit), or a limit the kernel enforced by
     // itself (memory.oom.group killed init) that the watch thread had no time to see.
     let ended_by = watch
@@ -702,6 +714,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             eprintln!("agent-supervisor: warning: {w}");
         }
     }
+    phases.mark("tear-down");
     Ok(exit_code)
 }
 

@@ -23,6 +23,9 @@ use crate::process::find_in_path;
 const STARTUP_RUNS: usize = 100;
 const OPEN_RUNS: usize = 40;
 const BUILD_RUNS: usize = 7;
+const FIND_RUNS: usize = 10;
+/// Supervised `/bin/true` runs with `-vv` for the start-up breakdown (per runner).
+const PHASE_RUNS: usize = 30;
 const C_FILES: usize = 40;
 
 /// How to wrap a command.
@@ -185,6 +188,40 @@ fn bench_all(supervisor: &Path, dir: &Path, ws: &Path) -> Result<()> {
         });
     }
 
+    // The start-up breakdown: each phase's median (`run -vv` logs them), and how far the
+    // supervisor is from bwrap.
+    let supervised: Vec<&Runner> = runners
+        .iter()
+        .filter(|r| r.prefix.first().is_some_and(|p| Path::new(p) == supervisor))
+        .collect();
+    let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
+    for r in &supervised {
+        for (name, ms) in phase_medians(r, ws)? {
+            match phases.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(ms),
+                None => phases.push((name, vec![ms])),
+            }
+        }
+    }
+    print_phases(&supervised, &phases);
+    let startup_of = |name: &str| {
+        rows.iter()
+            .find(|row| row.runner == name && row.workload.contains("start-up"))
+            .map(|row| row.value)
+    };
+    if let Some(bwrap) = startup_of("bwrap") {
+        for r in &supervised {
+            if let Some(t) = startup_of(r.name) {
+                println!(
+                    "start-up: {} {:.2} ms = bwrap {bwrap:.2} ms {:+.2} ms",
+                    r.name,
+                    t,
+                    t - bwrap
+                );
+            }
+        }
+    }
+
     // 2. 10,000 opens in the workspace: the loop's own time, and the whole run's
     let opener = compile_opener(ws)?;
     std::fs::write(ws.join("data.txt"), "x")?;
@@ -224,7 +261,23 @@ fn bench_all(supervisor: &Path, dir: &Path, ws: &Path) -> Result<()> {
         });
     }
 
-    // 3. make -j2 of a small C project, from clean
+    // 3. `find /usr | wc -l`: a walk of many directories (opens, getdents, stats).
+    let finds = rounds(&no_firejail, FIND_RUNS, 2, |r| {
+        Ok(timed(r, &["/bin/sh", "-c", "find /usr | wc -l"], ws)?
+            .0
+            .as_secs_f64()
+            * 1e3)
+    })?;
+    for (r, t) in no_firejail.iter().zip(finds) {
+        rows.push(Row {
+            workload: "`find /usr \\| wc -l`".into(),
+            runner: r.name,
+            value: median(t),
+            unit: "ms",
+        });
+    }
+
+    // 4. make -j2 of a small C project, from clean
     let project = make_c_project(ws)?;
     let bare = Runner {
         name: "bare",
@@ -258,6 +311,66 @@ fn bench_dns(supervisor: &Path, dir: &Path, mut rows: Vec<Row>) -> Result<()> {
     }
     print_table(&rows);
     Ok(())
+}
+
+/// Run `/bin/true` under the supervised runner `r` with `-vv` [`PHASE_RUNS`] times and return
+/// the median of each `phase NAME: X ms` line, in the order the phases come.
+fn phase_medians(r: &Runner, ws: &Path) -> Result<Vec<(String, f64)>> {
+    let mut verbose = r.clone();
+    // `run` is the first argument after the binary: `run -vv ...`.
+    verbose.prefix.insert(2, "-vv".into());
+    let mut seen: Vec<(String, Vec<f64>)> = Vec::new();
+    for _ in 0..PHASE_RUNS {
+        let out = verbose
+            .command(&["/bin/true"], ws)
+            .output()
+            .with_context(|| format!("running /bin/true under {} -vv", r.name))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for (name, ms) in stderr.lines().filter_map(phase_line) {
+            match seen.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(ms),
+                None => seen.push((name, vec![ms])),
+            }
+        }
+    }
+    if seen.is_empty() {
+        bail!("{} -vv printed no `phase` lines", r.name);
+    }
+    Ok(seen.into_iter().map(|(n, v)| (n, median(v))).collect())
+}
+
+/// `phase NAME: X ms` in a log line (colours and all), as (NAME, X).
+fn phase_line(line: &str) -> Option<(String, f64)> {
+    let rest = line.split("phase ").nth(1)?;
+    let (name, value) = rest.split_once(": ")?;
+    let ms = value
+        .trim_start()
+        .split_whitespace()
+        .next()?
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .ok()?;
+    Some((name.trim().to_string(), ms))
+}
+
+fn print_phases(runners: &[&Runner], phases: &[(String, Vec<f64>)]) {
+    println!();
+    println!("Start-up breakdown of `/bin/true` (medians of {PHASE_RUNS} runs with -vv, ms):");
+    println!();
+    let names: Vec<&str> = runners.iter().map(|r| r.name).collect();
+    println!("| phase | {} |", names.join(" | "));
+    println!("| --- |{}", " ---: |".repeat(names.len()));
+    for (name, values) in phases {
+        let cells: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+    let totals: Vec<String> = (0..names.len())
+        .map(|i| {
+            let sum: f64 = phases.iter().filter_map(|(_, v)| v.get(i)).sum();
+            format!("{sum:.2}")
+        })
+        .collect();
+    println!("| sum | {} |", totals.join(" | "));
 }
 
 /// `n` measured rounds (after `warmup` unmeasured ones), each running every runner once, in
@@ -373,4 +486,24 @@ fn make_c_project(ws: &Path) -> Result<PathBuf> {
         ),
     )?;
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::phase_line;
+
+    #[test]
+    fn phase_lines_are_read_with_or_without_colours() {
+        assert_eq!(
+            phase_line("2026-12-06T20:38:01.159912Z DEBUG phase policy: 0.855 ms"),
+            Some(("policy".to_string(), 0.855))
+        );
+        assert_eq!(
+            phase_line(
+                "\x1b[2m2026-12-06T20:38:01Z\x1b[0m \x1b[34mDEBUG\x1b[0m phase tear-down: 12.5 ms"
+            ),
+            Some(("tear-down".to_string(), 12.5))
+        );
+        assert_eq!(phase_line("DEBUG policy loaded: preset:sandboxed"), None);
+    }
 }

@@ -46,8 +46,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Install what building and testing need: Debian packages (apt-get, root or sudo), the
-    /// nightly `rust-src` component, and bpf-linker 0.13.0 built against the nightly
-    /// toolchain's own libLLVM.
+    /// nightly `rust-src` component, bpf-linker 0.13.0 built against the nightly
+    /// toolchain's own libLLVM, cargo-fuzz, and the test clients of tests/grpc_clients.rs (the
+    /// Python example's pinned packages in a venv, buf from npm, under ~/.cache/agent-supervisor).
     Setup,
     /// Set up, then run the whole test suite (`cargo test --workspace --color=never`).
     /// Exits non-zero when anything fails. This is what CI runs (`.ci/run`).

@@ -10,6 +10,12 @@
 //!    `cargo +nightly build -Z build-std=core --target bpfel-unknown-none`).
 //! 3. bpf-linker [`BPF_LINKER_VERSION`], built against the nightly toolchain's own libLLVM,
 //!    so no system LLVM is needed (Debian's is too old to read nightly's bitcode).
+//! 4. cargo-fuzz [`CARGO_FUZZ_VERSION`].
+//! 5. A Python virtual environment with the pinned packages of the example approval client
+//!    (`examples/python-approver/requirements.txt`, from PyPI) in [`python_approver_venv`],
+//!    which `tests/grpc_clients.rs` runs the example with.
+//! 6. The buf CLI [`BUF_VERSION`] from npm (`@bufbuild/buf`) in [`buf_prefix`]: `buf curl` is
+//!    the second, non-Rust gRPC client of tests/grpc_clients.rs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -44,6 +50,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("python3", "test agents and the demo agent's TCP connect"),
     (
+        "python3-venv",
+        "the example Python approval client's virtual environment (tests/grpc_clients.rs)",
+    ),
+    (
         "qemu-system-x86",
         "vm-test: boots the test kernels (TCG, or KVM where it works)",
     ),
@@ -71,6 +81,8 @@ pub fn run() -> Result<()> {
     step("nightly rust-src", nightly_rust_src)?;
     step(&format!("bpf-linker {BPF_LINKER_VERSION}"), bpf_linker)?;
     step(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}"), cargo_fuzz)?;
+    step("python approver venv", python_approver)?;
+    step(&format!("buf {BUF_VERSION} (npm)"), buf)?;
     Ok(())
 }
 
@@ -238,6 +250,121 @@ fn cargo_fuzz() -> Result<Outcome> {
     Ok(Outcome::Installed(format!(
         "cargo-fuzz {CARGO_FUZZ_VERSION}"
     )))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The example Python approval client's packages
+
+/// The example approval client's pinned requirements, relative to the workspace.
+pub const PYTHON_APPROVER_REQUIREMENTS: &str = "examples/python-approver/requirements.txt";
+
+/// The virtual environment with [`PYTHON_APPROVER_REQUIREMENTS`] installed:
+/// `$XDG_CACHE_HOME/agent-supervisor/python-approver-venv` (`~/.cache/...`). It holds a copy of
+/// the requirements it was made from (`requirements.installed.txt`); tests/grpc_clients.rs
+/// finds it the same way and skips, saying so, when it is missing or stale.
+pub fn python_approver_venv() -> Result<PathBuf> {
+    Ok(cache_dir()?.join("python-approver-venv"))
+}
+
+/// `$XDG_CACHE_HOME/agent-supervisor` (`~/.cache/agent-supervisor`): the test clients'
+/// packages.
+fn cache_dir() -> Result<PathBuf> {
+    let cache = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => home()?.join(".cache"),
+    };
+    Ok(cache.join("agent-supervisor"))
+}
+
+fn python_approver() -> Result<Outcome> {
+    let requirements_path = crate::workspace_root().join(PYTHON_APPROVER_REQUIREMENTS);
+    let requirements = fs::read_to_string(&requirements_path)
+        .with_context(|| format!("reading {}", requirements_path.display()))?;
+    let venv = python_approver_venv()?;
+    let stamp = venv.join("requirements.installed.txt");
+    let python = venv.join("bin/python");
+    let imports = "import grpc, grpc_tools, grpc_health.v1, grpc_reflection.v1alpha";
+    if fs::read_to_string(&stamp).is_ok_and(|installed| installed == requirements)
+        && probe(Command::new(&python).args(["-c", imports])).is_some()
+    {
+        return Ok(Outcome::Ok);
+    }
+    // Made afresh: an environment of other pins (or a broken one) is not patched up.
+    if venv.exists() {
+        fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+    }
+    process::run(
+        Command::new("python3").arg("-m").arg("venv").arg(&venv),
+        "python3 -m venv failed: is python3-venv installed (the Debian packages step)?",
+    )?;
+    println!(
+        "setup: installing {PYTHON_APPROVER_REQUIREMENTS} from PyPI into {}",
+        venv.display()
+    );
+    process::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements_path),
+        "pip could not install the example approval client's requirements (it needs PyPI)",
+    )?;
+    process::run(
+        Command::new(&python).args(["-c", imports]),
+        "the packages installed but do not import",
+    )?;
+    fs::write(&stamp, &requirements).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(Outcome::Installed(format!(
+        "{PYTHON_APPROVER_REQUIREMENTS} in {}",
+        venv.display()
+    )))
+}
+
+// ---------------------------------------------------------------------------------------------
+// buf: a second, non-Rust gRPC client (Go) for the reflection test
+
+/// The release of the buf CLI (npm package `@bufbuild/buf`, which ships the binary) whose
+/// `buf curl` lists the daemon's services by reflection in tests/grpc_clients.rs.
+pub const BUF_VERSION: &str = "1.75.0";
+
+/// Where `npm install --prefix` puts buf: `$XDG_CACHE_HOME/agent-supervisor/npm`; the binary
+/// is `node_modules/.bin/buf` under it.
+pub fn buf_prefix() -> Result<PathBuf> {
+    Ok(cache_dir()?.join("npm"))
+}
+
+fn buf() -> Result<Outcome> {
+    let prefix = buf_prefix()?;
+    let bin = prefix.join("node_modules/.bin/buf");
+    if probe(Command::new(&bin).arg("--version")).is_some_and(|v| v.trim() == BUF_VERSION) {
+        return Ok(Outcome::Ok);
+    }
+    if find_in_path("npm").is_none() {
+        bail!("npm is missing: install Node.js with npm, then run `cargo xtask setup` again");
+    }
+    fs::create_dir_all(&prefix).with_context(|| format!("creating {}", prefix.display()))?;
+    process::run(
+        Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                "--prefix",
+            ])
+            .arg(&prefix)
+            .arg(format!("@bufbuild/buf@{BUF_VERSION}")),
+        "npm could not install @bufbuild/buf (it needs the npm registry)",
+    )?;
+    let version = process::output(
+        Command::new(&bin).arg("--version"),
+        "the buf that npm installed does not run",
+    )?;
+    if version.trim() != BUF_VERSION {
+        bail!(
+            "{} reports {version:?}, expected {BUF_VERSION}",
+            bin.display()
+        );
+    }
+    Ok(Outcome::Installed(bin.display().to_string()))
 }
 
 // ---------------------------------------------------------------------------------------------

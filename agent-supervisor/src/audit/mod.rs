@@ -158,7 +158,6 @@ pub type Observer = Arc<dyn Fn(&Record) + Send + Sync>;
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
     shared: Arc<Shared>,
-    observer: Option<Observer>,
 }
 
 struct Shared {
@@ -166,6 +165,8 @@ struct Shared {
     backlog: AtomicUsize,
     seq: AtomicU64,
     path: PathBuf,
+    /// Sees every record, redacted, in the writer thread (set once, before any record).
+    observer: std::sync::OnceLock<Observer>,
 }
 
 enum Msg {
@@ -251,6 +252,7 @@ impl AuditFile {
             backlog: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
             path: self.path.clone(),
+            observer: std::sync::OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel();
         let s = Arc::clone(&shared);
@@ -262,11 +264,7 @@ impl AuditFile {
                 path: self.path.clone(),
                 error,
             })?;
-        Ok(Audit {
-            tx,
-            shared,
-            observer: None,
-        })
+        Ok(Audit { tx, shared })
     }
 }
 
@@ -275,26 +273,26 @@ impl Audit {
         &self.shared.path
     }
 
-    /// Show every record to `observer` too (set before the handle is cloned).
-    pub fn with_observer(mut self, observer: Option<Observer>) -> Audit {
-        self.observer = observer;
+    /// Show every record to `observer` too (set before the first record).
+    pub fn with_observer(self, observer: Option<Observer>) -> Audit {
+        if let Some(observer) = observer {
+            let _ = self.shared.observer.set(observer);
+        }
         self
     }
 
-    /// Redact, assign the id, show the observer, queue. Never blocks.
+    /// Assign the id and queue; the writer thread redacts the record, shows it to the
+    /// observer, then writes it (so that compiling the redaction patterns, ~2 ms, is never
+    /// on a session's start-up path). Never blocks.
     pub fn record(&self, mut r: Record) {
-        r.redact();
         let seq = self.shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
         r.id = format!("{}-{seq}", r.session);
-        // The observer (the CI report) sees the record as written: redacted, with its id.
-        if let Some(observe) = &self.observer {
-            observe(&r);
-        }
         if self.shared.backlog.fetch_add(1, Ordering::SeqCst) + 1 > MAX_BACKLOG {
             self.mark_broken("the audit writer is more than 10000 records behind");
         }
-        if let Err(mpsc::SendError(Msg::Record(r))) = self.tx.send(Msg::Record(Box::new(r))) {
+        if let Err(mpsc::SendError(Msg::Record(mut r))) = self.tx.send(Msg::Record(Box::new(r))) {
             self.mark_broken("the audit writer stopped");
+            r.redact();
             eprintln!("{}", serde_json::to_string(&r).unwrap_or_default());
         }
     }
@@ -308,7 +306,8 @@ impl Audit {
         mark_broken(&self.shared, why);
     }
 
-    /// Wait until everything queued is written and flushed.
+    /// Wait until everything queued is written (and its writeback to disk started, see
+    /// [`file::ChainFile::sync`]).
     pub fn flush(&self) -> io::Result<()> {
         let (tx, rx) = mpsc::channel();
         self.tx
@@ -344,8 +343,14 @@ fn writer(mut sink: Sink, rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
         let mut next = msg;
         while let Some(m) = next {
             match m {
-                Msg::Record(r) => {
+                Msg::Record(mut r) => {
                     shared.backlog.fetch_sub(1, Ordering::SeqCst);
+                    r.redact();
+                    // The observer (the CI report) sees the record as written: redacted,
+                    // with its id.
+                    if let Some(observe) = shared.observer.get() {
+                        observe(&r);
+                    }
                     records.push(serde_json::to_string(&r).unwrap_or_default());
                 }
                 Msg::Flush(reply) => flushes.push(reply),

@@ -12,6 +12,7 @@
 //! the daemon by `PR_SET_PDEATHSIG` and a private socketpair.
 
 pub mod auth;
+pub mod authority;
 pub mod client;
 pub mod config;
 pub mod link;
@@ -219,7 +220,12 @@ async fn serve(cfg: Config) -> Result<i32> {
     let listener = bind(&cfg, &cfg.socket)?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    // Each connection's `:authority` is fixed up before h2 reads it (see authority.rs):
+    // grpcio sends the socket path, which h2 would reset.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        |conn| conn.map(authority::AuthorityFix::new),
+    );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!("listening on {}", cfg.socket.display());
     eprintln!(

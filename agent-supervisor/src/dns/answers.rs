@@ -49,6 +49,8 @@ struct Entry {
 #[derive(Default)]
 pub struct Answers {
     by_ip: Mutex<HashMap<IpAddr, Vec<Entry>>>,
+    /// Notified when an answer is recorded (it may expire before the ones waited for).
+    recorded: std::sync::Condvar,
 }
 
 impl Answers {
@@ -105,6 +107,24 @@ impl Answers {
                 expires,
                 kernel,
             }),
+        }
+        drop(table);
+        self.recorded.notify_all();
+    }
+
+    /// Sleep until the earliest answer expires, or until an answer is recorded (which may
+    /// expire sooner); then the caller sweeps. No answers: sleep until one is recorded.
+    pub fn wait_for_expiry(&self) {
+        let table = self.by_ip.lock().expect("answers lock");
+        let next = table.values().flatten().map(|e| e.expires).min();
+        match next {
+            None => drop(self.recorded.wait(table)),
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    drop(self.recorded.wait_timeout(table, left));
+                }
+            }
         }
     }
 

@@ -51,8 +51,6 @@ use crate::supervise::{self, Ctx, Effect, Kind, Pending};
 const MAX_IN_FLIGHT: usize = 128;
 /// How long a TCP client may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// How often expired answers are taken out.
-const SWEEP_EVERY: Duration = Duration::from_millis(200);
 
 /// How the resolver is set up (`run --dns-upstream`, `--dns-grace`).
 #[derive(Debug, Clone)]
@@ -167,7 +165,7 @@ impl Resolver {
         thread("dns-tcp", move || r.serve_tcp(&c))?;
         let (r, c) = (Arc::clone(self), Arc::clone(ctx));
         thread("dns-sweep", move || loop {
-            std::thread::sleep(SWEEP_EVERY);
+            r.answers.wait_for_expiry();
             r.answers.sweep(c.network.as_deref(), Instant::now());
         })
     }

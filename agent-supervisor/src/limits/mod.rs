@@ -29,7 +29,6 @@ pub mod v1;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,9 +47,6 @@ pub const EXIT_TIMEOUT: i32 = 124;
 pub const EXIT_MEMORY_LIMIT: i32 = 122;
 /// Exit code of a session killed because it hit `[limits] processes`.
 pub const EXIT_PROCESS_LIMIT: i32 = 123;
-
-/// How often the watch thread looks at the clock and the cgroups' event counters.
-const WATCH_EVERY: Duration = Duration::from_millis(50);
 
 /// Why the limits could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -467,10 +463,86 @@ fn origin_text(o: &agent_supervisor_policy::Origin) -> String {
 }
 
 /// The thread that ends the session on timeout or when a limit is hit.
+///
+/// It sleeps in `poll(2)` until something happens, never on a clock of its own:
+/// - the kernel's notification that a limit was hit: an inotify `IN_MODIFY` on the v2
+///   `memory.events` / `pids.events` (the kernel notifies every change of those files), and the
+///   v1 memory controller's OOM eventfd (`cgroup.event_control` on `memory.oom_control`);
+/// - the session's deadline, as the poll's timeout;
+/// - [`Watch::finish`]'s eventfd, so a session that ends costs no wait.
+///
+/// One exception, measured on 6.18: the v1 pids controller's `pids.events` sends no
+/// notification, and the v1 OOM eventfd fires before the kill is counted, so on a host whose
+/// limits sit in cgroup v1 the counters are also read every [`V1_RECHECK`]. Pure cgroup v2
+/// hosts never wake up for nothing.
 pub struct Watch {
-    stop: Arc<AtomicBool>,
+    stop: Arc<nix::sys::eventfd::EventFd>,
     reason: Arc<Mutex<Option<EndReason>>>,
     handle: std::thread::JoinHandle<()>,
+}
+
+/// How often the v1 counters are read (see [`Watch`]): only on hosts with v1 limits.
+const V1_RECHECK: Duration = Duration::from_millis(250);
+
+/// What wakes the watch thread, besides its stop eventfd and the deadline.
+struct Wakers {
+    /// IN_MODIFY on the v2 event files.
+    inotify: Option<nix::sys::inotify::Inotify>,
+    /// The v1 memory OOM eventfd, with the `memory.oom_control` fd it is registered on.
+    oom: Option<(nix::sys::eventfd::EventFd, std::fs::File)>,
+    /// Re-read the counters this often (v1 limits: see [`Watch`]).
+    recheck: Option<Duration>,
+}
+
+impl Wakers {
+    /// Set up the notifications of `limits`' cgroups (before the agent can hit a limit: the
+    /// watch is spawned before the agent's first exec is allowed).
+    fn new(limits: &SessionLimits) -> io::Result<Wakers> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let mut files = Vec::new();
+        if let (Ok(c), true) = (&limits.v2, limits.v2_limits) {
+            for f in ["memory.events", "pids.events"] {
+                let path = c.path().join(f);
+                if path.exists() {
+                    files.push(path);
+                }
+            }
+        }
+        let inotify = if files.is_empty() {
+            None
+        } else {
+            let ino = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
+            for f in &files {
+                ino.add_watch(f.as_path(), AddWatchFlags::IN_MODIFY)?;
+            }
+            Some(ino)
+        };
+        let mut oom = None;
+        for c in limits.v1.iter().filter(|c| c.controller == "memory") {
+            // Without it the v1 recheck still sees the OOM kill, later.
+            match c.oom_eventfd() {
+                Ok(e) => oom = Some(e),
+                Err(e) => tracing::debug!(
+                    "no v1 OOM notification ({e}): counters read every {V1_RECHECK:?}"
+                ),
+            }
+        }
+        Ok(Wakers {
+            inotify,
+            oom,
+            recheck: (!limits.v1.is_empty()).then_some(V1_RECHECK),
+        })
+    }
+
+    /// Read what woke us (the fds are non-blocking).
+    fn drain(&self) {
+        if let Some(ino) = &self.inotify {
+            while ino.read_events().is_ok_and(|e| !e.is_empty()) {}
+        }
+        if let Some((efd, _)) = &self.oom {
+            let _ = efd.read();
+        }
+    }
 }
 
 impl Watch {
@@ -480,11 +552,15 @@ impl Watch {
         init: Arc<OwnedFd>,
         timeout: Option<Duration>,
     ) -> io::Result<Watch> {
-        let stop = Arc::new(AtomicBool::new(false));
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let stop = Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        )?);
+        let wakers = Wakers::new(&limits)?;
         let reason = Arc::new(Mutex::new(None));
         let handle = std::thread::Builder::new().name("limits".into()).spawn({
             let (stop, reason) = (Arc::clone(&stop), Arc::clone(&reason));
-            move || watch(&limits, &init, timeout, &stop, &reason)
+            move || watch(&limits, &init, timeout, &wakers, &stop, &reason)
         })?;
         Ok(Watch {
             stop,
@@ -495,10 +571,41 @@ impl Watch {
 
     /// Stop the thread (the agent is gone) and say what ended the session, if it was us.
     pub fn finish(self) -> Option<EndReason> {
-        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.stop.write(1);
         let _ = self.handle.join();
         let reason = *self.reason.lock().unwrap_or_else(|e| e.into_inner());
         reason
+    }
+}
+
+/// Wait until one of `fds` is readable or `until` passes (None: no deadline). True when an fd
+/// is readable, false on the deadline.
+fn wait_readable(fds: &[std::os::fd::BorrowedFd<'_>], until: Option<Instant>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let timeout = match until {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                // Rounded up: waking a little early would spin until the deadline.
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut pfds: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
+        match poll(&mut pfds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            // Can't wait: treat as woken, the caller re-reads the counters and the clock.
+            Err(_) => return true,
+        }
     }
 }
 
@@ -506,37 +613,52 @@ fn watch(
     limits: &SessionLimits,
     init: &OwnedFd,
     timeout: Option<Duration>,
-    stop: &AtomicBool,
+    wakers: &Wakers,
+    stop: &nix::sys::eventfd::EventFd,
     reason: &Mutex<Option<EndReason>>,
 ) {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.map(|t| (Instant::now() + t, t));
     let set = |r: EndReason| *reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
     let kill = || {
         let _ = sys::pidfd_send_signal(init.as_fd(), libc::SIGKILL);
         limits.kill_all();
     };
-    while !stop.load(Ordering::SeqCst) {
+    let mut fds = vec![stop.as_fd()];
+    fds.extend(wakers.inotify.as_ref().map(|i| i.as_fd()));
+    fds.extend(wakers.oom.as_ref().map(|(e, _)| e.as_fd()));
+    let stopped = || stop.read().is_ok();
+    loop {
         if let Some(r) = limits.breach() {
             tracing::info!("{}", r.message().unwrap_or_default());
             set(r);
             kill();
             return;
         }
-        if let (Some(deadline), Some(t)) = (deadline, timeout) {
-            if Instant::now() >= deadline {
+        let recheck = wakers.recheck.map(|d| Instant::now() + d);
+        let until = match (deadline.map(|(d, _)| d), recheck) {
+            (Some(d), Some(r)) => Some(d.min(r)),
+            (d, r) => d.or(r),
+        };
+        let woken = wait_readable(&fds, until);
+        if woken {
+            if stopped() {
+                return;
+            }
+            wakers.drain();
+            continue;
+        }
+        if let Some((at, t)) = deadline {
+            if Instant::now() >= at {
                 set(EndReason::Timeout(t));
                 // init forwards SIGTERM to the agent; when the agent exits, init does, and the
                 // PID namespace with it.
                 let _ = sys::pidfd_send_signal(init.as_fd(), libc::SIGTERM);
                 let grace_end = Instant::now() + TIMEOUT_GRACE;
-                while Instant::now() < grace_end && !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(WATCH_EVERY);
-                }
+                wait_readable(&[stop.as_fd()], Some(grace_end));
                 kill();
                 return;
             }
         }
-        std::thread::sleep(WATCH_EVERY);
     }
 }
 

@@ -14,6 +14,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,7 +59,9 @@ impl V1Cgroup {
                 })
             }
         }
-        sweep_abandoned(&parent);
+        if crate::cgroup::sweep_due(&parent) {
+            sweep_abandoned(&parent);
+        }
         let dir = parent.join(session_id);
         std::fs::create_dir(&dir).map_err(|source| LimitsError::Create {
             path: dir.clone(),
@@ -95,6 +98,21 @@ impl V1Cgroup {
 
     /// The counter `key` of the events file of this controller: `oom_kill` in
     /// `memory.oom_control` (Linux 4.13+), `max` in `pids.events`.
+    /// An eventfd the kernel signals when the session hits its memory limit (the v1 memory
+    /// controller's OOM notification: `cgroup.event_control` on `memory.oom_control`), with
+    /// the control file it is registered on (kept open for as long as the eventfd is used).
+    pub fn oom_eventfd(&self) -> io::Result<(nix::sys::eventfd::EventFd, File)> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        use std::os::fd::AsRawFd;
+        let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let control = File::open(self.dir.join("memory.oom_control"))?;
+        std::fs::write(
+            self.dir.join("cgroup.event_control"),
+            format!("{} {}", efd.as_fd().as_raw_fd(), control.as_raw_fd()),
+        )?;
+        Ok((efd, control))
+    }
+
     pub fn event_count(&self) -> u64 {
         let (file, key) = match self.controller {
             "memory" => ("memory.oom_control", "oom_kill"),

@@ -20,7 +20,7 @@ pub mod masks;
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use agent_supervisor_policy::MaskKind;
@@ -39,12 +39,13 @@ pub struct SandboxSpec {
     /// Extra fds (beyond 0, 1, 2) the agent may inherit (`--keep-fd`).
     pub keep_fds: Vec<RawFd>,
     pub hostname: String,
-    /// The session cgroup's `cgroup.procs`: init is written into it before it starts anything,
-    /// so the agent and all its processes (and sockets) live in that cgroup. None: no cgroup.
-    pub cgroup_procs: Option<std::path::PathBuf>,
+    /// The session's cgroup v2 directory: init is born in it (`CLONE_INTO_CGROUP`; on a
+    /// kernel without it, written into its `cgroup.procs`) before it starts anything, so the
+    /// agent and all its processes (and sockets) live in that cgroup. None: no cgroup.
+    pub cgroup: Option<std::sync::Arc<crate::cgroup::SessionCgroup>>,
     /// The `cgroup.procs` of the cgroups that enforce the session's `[limits]` (cgroup v2
-    /// and/or v1): init is written into each before it starts anything. Unlike
-    /// `cgroup_procs`, a failure here is fatal: the agent never runs outside its limits.
+    /// and/or v1): init is in each before it forks the agent. Unlike `cgroup`, a failure
+    /// here is fatal: the agent never runs outside its limits.
     pub limit_procs: Vec<std::path::PathBuf>,
     /// `[limits] file_size`: RLIMIT_FSIZE (soft and hard) of the agent, set before its exec,
     /// with SIGXFSZ ignored so that a write past it fails with EFBIG instead of killing.
@@ -64,6 +65,8 @@ pub struct Sandbox {
     pub listener: OwnedFd,
     /// Protections that are weaker than asked on this kernel (said once on stderr).
     pub weaker: Vec<String>,
+    /// When each launch phase ended (`CLOCK_MONOTONIC` ns), in order, for [`crate::phases`].
+    pub phases: Vec<(&'static str, u64)>,
 }
 
 /// Setup steps, reported by the child when one fails.
@@ -170,11 +173,19 @@ enum ChildMsg {
     Failed { step: u32, errno: i32, index: i32 },
     /// A protection is weaker than requested (code).
     Weaker { what: u32 },
+    /// Setup phase `phase` (`PHASE_*`) ended at `at` (`CLOCK_MONOTONIC` ns).
+    Phase { phase: u32, at: u64 },
 }
 
 const TAG_READY: u32 = 1;
 const TAG_FAILED: u32 = 2;
 const TAG_WEAKER: u32 = 3;
+const TAG_PHASE: u32 = 4;
+/// The child's phases, in order, with their names for [`crate::phases`].
+const PHASES: [&str; 3] = ["mounts", "landlock", "seccomp"];
+const PHASE_MOUNTS: u32 = 0;
+const PHASE_LANDLOCK: u32 = 1;
+const PHASE_SECCOMP: u32 = 2;
 const WEAK_LANDLOCK_PARTIAL: u32 = 1;
 const WEAK_LANDLOCK_NONE: u32 = 2;
 const WEAK_MEMFD: u32 = 3;
@@ -186,6 +197,7 @@ fn encode(msg: ChildMsg) -> [u8; 16] {
         ChildMsg::Ready { listener_fd } => (TAG_READY, listener_fd, 0, 0),
         ChildMsg::Failed { step, errno, index } => (TAG_FAILED, step as i32, errno, index),
         ChildMsg::Weaker { what } => (TAG_WEAKER, what as i32, 0, 0),
+        ChildMsg::Phase { phase, at } => (TAG_PHASE, phase as i32, at as i32, (at >> 32) as i32),
     };
     let mut out = [0u8; 16];
     out[0..4].copy_from_slice(&t.to_ne_bytes());
@@ -205,6 +217,10 @@ fn decode(b: &[u8; 16]) -> Option<ChildMsg> {
             index: w(12),
         }),
         TAG_WEAKER => Some(ChildMsg::Weaker { what: w(4) as u32 }),
+        TAG_PHASE => Some(ChildMsg::Phase {
+            phase: w(4) as u32,
+            at: u64::from(w(8) as u32) | (u64::from(w(12) as u32) << 32),
+        }),
         _ => None,
     }
 }
@@ -240,8 +256,18 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
 
     // SAFETY: the supervisor has not started any thread yet (see `crate::session`), so the
     // child may allocate and use the standard library like after a plain fork.
-    let forked = unsafe { sys::clone3_fork(NS_FLAGS) }
-        .map_err(parent("clone3 (new user/mount/pid namespaces)"))?;
+    let clone = |cgroup: Option<BorrowedFd<'_>>| unsafe { sys::clone3_fork(NS_FLAGS, cgroup) };
+    let into = spec.cgroup.as_ref().map(|c| c.as_fd());
+    let (forked, born_in_cgroup) = match clone(into) {
+        // CLONE_INTO_CGROUP needs Linux 5.7 (and a cgroup that can take processes): without
+        // it, init is moved into the cgroup below like into the limits' cgroups.
+        Err(e) if into.is_some() => {
+            tracing::debug!("clone3 into the session cgroup failed ({e}); moving init instead");
+            (clone(None), false)
+        }
+        forked => (forked, into.is_some()),
+    };
+    let forked = forked.map_err(parent("clone3 (new user/mount/pid namespaces)"))?;
     let Some((init_pid, init_pidfd)) = forked else {
         drop(to_child_w);
         drop(from_child_r);
@@ -264,11 +290,15 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
             source: e,
         })
     })?;
-    // Into the session cgroup while init still waits for "g": the agent is forked only after
-    // the listener handshake below, so it is born in the cgroup.
+    sys::write_all_fd(to_child_w.as_fd(), b"g").map_err(|e| kill_child(parent("pipe write")(e)))?;
+    let mut phases = vec![("namespaces", sys::monotonic_ns())];
+    // Into the other cgroups while init sets up its namespaces (a move waits for an RCU grace
+    // period; done now, it overlaps with init's work): init forks the agent only after the
+    // listener handshake below, so the agent is born in every cgroup of the session.
     let mut weaker = Vec::new();
-    if let Some(procs) = &spec.cgroup_procs {
-        if let Err(e) = crate::cgroup::move_into(procs, init_pid) {
+    if let (Some(cgroup), false) = (&spec.cgroup, born_in_cgroup) {
+        let procs = cgroup.procs_path();
+        if let Err(e) = crate::cgroup::move_into(&procs, init_pid) {
             weaker.push(format!(
                 "the sandbox could not be moved into its cgroup ({}: {e}): network destinations \
                  are checked by the supervisor only, not by the kernel",
@@ -276,7 +306,11 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
             ));
         }
     }
+    let v2_procs = spec.cgroup.as_ref().map(|c| c.procs_path());
     for procs in &spec.limit_procs {
+        if born_in_cgroup && Some(procs) == v2_procs.as_ref() {
+            continue;
+        }
         crate::cgroup::move_into(procs, init_pid).map_err(|e| {
             kill_child(LaunchError::Parent {
                 call: "moving the sandbox into its resource-limit cgroup",
@@ -284,7 +318,6 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
             })
         })?;
     }
-    sys::write_all_fd(to_child_w.as_fd(), b"g").map_err(|e| kill_child(parent("pipe write")(e)))?;
 
     loop {
         let mut buf = [0u8; 16];
@@ -295,6 +328,9 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
         }
         match decode(&buf) {
             Some(ChildMsg::Weaker { what }) => weaker.push(weakness_text(what).to_string()),
+            Some(ChildMsg::Phase { phase, at }) => {
+                phases.extend(PHASES.get(phase as usize).map(|name| (*name, at)));
+            }
             Some(ChildMsg::Failed { step, errno, index }) => {
                 let step = Step::from_u32(step).unwrap_or(Step::Sync);
                 let detail = (step == Step::Mask)
@@ -329,11 +365,13 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
                 }
                 sys::write_all_fd(to_child_w.as_fd(), b"a")
                     .map_err(|e| kill_child(parent("pipe write")(e)))?;
+                phases.push(("handshake", sys::monotonic_ns()));
                 return Ok(Sandbox {
                     init_pid,
                     init_pidfd,
                     listener,
                     weaker,
+                    phases,
                 });
             }
             None => return Err(kill_child(LaunchError::ChildVanished)),
@@ -440,6 +478,13 @@ fn child_main(
         report(ChildMsg::Weaker { what: WEAK_MEMFD });
     }
     let _ = nix_sethostname(&spec.hostname);
+    let phase = |phase: u32| {
+        report(ChildMsg::Phase {
+            phase,
+            at: sys::monotonic_ns(),
+        })
+    };
+    phase(PHASE_MOUNTS);
     // 3. File descriptors: only 0, 1, 2 (and --keep-fd) reach the agent.
     if let Err(e) = sys::cloexec_from(3) {
         fail(Step::Fds, e, -1);
@@ -468,6 +513,7 @@ fn child_main(
     if let Err(e) = drop_all_capabilities() {
         fail(Step::Capabilities, e, -1);
     }
+    phase(PHASE_LANDLOCK);
     // 7. seccomp, last: the notifying filter with its listener, then the fixed denials (which
     //    forbid creating another listener, so they must come second).
     let listener = match sys::seccomp_set_filter(
@@ -499,6 +545,7 @@ fn child_main(
     if let Err(e) = sys::seccomp_set_filter(deny, 0) {
         fail(Step::SeccompDeny, e, -1);
     }
+    phase(PHASE_SECCOMP);
     // 8. Hand the listener over (the supervisor takes it with pidfd_getfd) and wait for the ack.
     report(ChildMsg::Ready {
         listener_fd: listener.as_raw_fd(),
@@ -776,6 +823,20 @@ mod tests {
                 }) => assert_eq!(Step::from_u32(s), Some(step)),
                 other => panic!("{step:?} decoded as {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn phase_times_round_trip_through_the_child_message() {
+        let at = 0x1234_5678_9abc_def0u64;
+        match decode(&encode(ChildMsg::Phase {
+            phase: PHASE_SECCOMP,
+            at,
+        })) {
+            Some(ChildMsg::Phase { phase, at: got }) => {
+                assert_eq!((phase, got), (PHASE_SECCOMP, at));
+            }
+            other => panic!("decoded as {other:?}"),
         }
     }
 }

@@ -1,0 +1,43 @@
+//! How long each phase of a session's start-up and tear-down took.
+//!
+//! `run -vv` logs one line per phase, `phase NAME: X.XXX ms`, and `cargo xtask bench` reads
+//! those lines for its start-up breakdown. Times are `CLOCK_MONOTONIC`, which the sandbox's
+//! init reads too: its own steps (mounts, Landlock, seccomp) are reported with the time each
+//! ended and logged here in order.
+#![forbid(unsafe_code)]
+
+use crate::sys;
+
+/// The phases of one session, timed from the previous mark.
+#[derive(Debug)]
+pub struct Phases {
+    last: u64,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Phases {
+    /// Start timing now.
+    pub fn new() -> Phases {
+        Phases {
+            last: sys::monotonic_ns(),
+        }
+    }
+
+    /// Phase `name` ended now.
+    pub fn mark(&mut self, name: &str) {
+        self.mark_at(name, sys::monotonic_ns());
+    }
+
+    /// Phase `name` ended at `at` (`CLOCK_MONOTONIC` nanoseconds, maybe read by another
+    /// process).
+    pub fn mark_at(&mut self, name: &str, at: u64) {
+        let took = at.saturating_sub(self.last);
+        tracing::debug!("phase {name}: {:.3} ms", took as f64 / 1e6);
+        self.last = self.last.max(at);
+    }
+}
