@@ -34,10 +34,16 @@ pub mod names {
     /// `HashMap<ExecApprovalKey, u8>`: execs the supervisor let continue, consumed by
     /// `sched_process_exec`.
     pub const EXEC_APPROVALS: &str = "EXEC_APPROVALS";
-    /// `HashOfMaps<u64, RingBuf>`: cgroup v2 id → the session's own ring buffer of
-    /// [`ProcEvent`](crate::ProcEvent)s (each session creates one, see
-    /// [`PROC_EVENTS_BYTES`](crate::PROC_EVENTS_BYTES)).
+    /// `ArrayOfMaps<RingBuf>`: a fixed pool of [`RING_SLOTS`](crate::RING_SLOTS) ring
+    /// buffers of [`ProcEvent`](crate::ProcEvent)s (each
+    /// [`PROC_EVENTS_BYTES`](crate::PROC_EVENTS_BYTES)), filled once when the set is made; a
+    /// session writes into the slot its [`SessionEntry`](crate::SessionEntry) names.
     pub const PROC_EVENTS: &str = "PROC_EVENTS";
+    /// `HashMap<u32, u64>`: ring slot → the cgroup v2 id of the session that owns it
+    /// (claimed with `BPF_NOEXIST`; never read by the programs).
+    pub const SLOT_OWNERS: &str = "SLOT_OWNERS";
+    /// The bpffs name of ring slot `i` in a pinned set's `maps/` is this prefix and `i`.
+    pub const RING_PIN_PREFIX: &str = "ring-";
     /// `PerCpuHashMap<u64, u64>`: cgroup v2 id → events that did not fit in its ring buffer.
     pub const PROC_EVENTS_LOST: &str = "PROC_EVENTS_LOST";
 
@@ -63,8 +69,15 @@ pub mod names {
     pub const NET_SESSION: &str = "NET_SESSION";
 }
 
-/// Capacity of `SESSIONS`, `PROC_EVENTS` and `PROC_EVENTS_LOST` (sessions running at once on the host).
+/// Capacity of `SESSIONS` and `PROC_EVENTS_LOST` (sessions running at once on the host).
 pub const MAX_SESSIONS: u32 = 1024;
+
+/// Ring buffers in the pinned set's pool (`PROC_EVENTS`, `SLOT_OWNERS`): sessions at once
+/// that join the process programs without a map-of-maps write; a session finding all of
+/// them taken by live sessions loads a private copy of the object. 32 × 256 KiB = 8 MiB of
+/// kernel memory for the host, made once per boot (each slot's write waits for an RCU grace
+/// period, ~20 ms).
+pub const RING_SLOTS: u32 = 32;
 
 /// Value of `SESSIONS`: what the programs need to know about one session.
 #[repr(C)]
@@ -73,8 +86,8 @@ pub struct SessionEntry {
     /// [`EXEC_ENFORCE`]: kill the session's execs without an approval; [`EXEC_REPORT`]:
     /// only report them.
     pub exec_mode: u32,
-    /// Explicit padding; always zero.
-    pub _padding: u32,
+    /// The session's ring buffer: its index in `PROC_EVENTS`.
+    pub slot: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<SessionEntry>() == 8);

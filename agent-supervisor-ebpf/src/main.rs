@@ -6,9 +6,9 @@
 //!
 //! - [`sched_process_exec`], [`sched_process_fork`], [`sched_process_exit`]: `tp_btf` programs
 //!   (Linux 5.5+) on the scheduler's process tracepoints. For tasks of a session cgroup only
-//!   (an entry in [`SESSIONS`]), they write a [`ProcEvent`] into that session's own ring buffer
-//!   (Linux 5.8+), found in the hash of maps [`PROC_EVENTS`] by cgroup id, counting in the
-//!   session's [`PROC_EVENTS_LOST`] slot what does not fit. `sched_process_exec` is also the exec backstop: when
+//!   (an entry in [`SESSIONS`]), they write a [`ProcEvent`] into that session's ring buffer
+//!   (Linux 5.8+): the slot of the array of maps [`PROC_EVENTS`] its entry names, counting in
+//!   the session's [`PROC_EVENTS_LOST`] entry what does not fit. `sched_process_exec` is also the exec backstop: when
 //!   the session's exec mode is `EXEC_ENFORCE`, an exec whose (thread, file) is not in
 //!   [`EXEC_APPROVALS`] gets `SIGKILL` (`bpf_send_signal`, Linux 5.3+) before the new image
 //!   runs a single instruction; an approval is consumed by the exec it allows. The tracepoint
@@ -47,10 +47,11 @@ use agent_supervisor_common::{
     NET_MODE_ENFORCE, NET_RULE_FIXED_BITS, NET_VERDICT_ALLOW, PROC_EVENTS_BYTES, PROC_EXEC,
     PROC_EXIT, PROC_FILENAME_LEN, PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED,
     PROC_FLAG_UNNAMED, PROC_FLAG_WRITE, PROC_FORK, PROC_LSM_EXEC, PROC_LSM_MMAP, PROC_LSM_OPEN,
+    RING_SLOTS,
 };
 #[allow(deprecated)]
 use aya_ebpf::btf_maps::CgroupStorage;
-use aya_ebpf::btf_maps::{HashOfMaps, RingBuf};
+use aya_ebpf::btf_maps::{ArrayOfMaps, RingBuf};
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str};
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_send_signal};
 use aya_ebpf::macros::{btf_map, btf_tracepoint, cgroup_sock_addr, lsm, map};
@@ -58,8 +59,8 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, PerCpuHashMap};
 use aya_ebpf::programs::{BtfTracePointContext, LsmContext, SockAddrContext};
 
-/// The sessions: cgroup v2 id → exec mode and lost-event count. Written by each supervisor
-/// for its own session (after its ring buffer is in `PROC_EVENTS`), removed at its end.
+/// The sessions: cgroup v2 id → exec mode and ring slot. Written by each supervisor for its
+/// own session (after it claimed its slot in `SLOT_OWNERS`), removed at its end.
 #[map]
 static SESSIONS: HashMap<u64, SessionEntry> = HashMap::with_max_entries(MAX_SESSIONS, 0);
 
@@ -99,14 +100,19 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
 static EXEC_APPROVALS: HashMap<ExecApprovalKey, u8> =
     HashMap::with_max_entries(MAX_EXEC_APPROVALS, 0);
 
-/// One ring buffer per session (cgroup v2 id → ring buffer of `ProcEvent`s), created and read
-/// by that session's supervisor: no session sees another's events.
+/// The pool of ring buffers, one per slot, filled once when the set is made (a private copy
+/// fills slot 0). A session's `SESSIONS` entry names its slot; records carry the cgroup id,
+/// so a reader drops whatever another session (a previous owner of the slot) left there.
 #[btf_map]
-static PROC_EVENTS: HashOfMaps<
-    u64,
+static PROC_EVENTS: ArrayOfMaps<
     RingBuf<ProcEvent, { PROC_EVENTS_BYTES as usize }>,
-    { MAX_SESSIONS as usize },
-> = HashOfMaps::new();
+    { RING_SLOTS as usize },
+> = ArrayOfMaps::new();
+
+/// Ring slot → the cgroup v2 id of the session owning it. Only the supervisors use it (they
+/// claim a slot with `BPF_NOEXIST`); it lives here so it is pinned with the set.
+#[map]
+static SLOT_OWNERS: HashMap<u32, u64> = HashMap::with_max_entries(RING_SLOTS, 0);
 
 /// Per session (cgroup v2 id), per CPU: events that found the session's ring buffer full.
 /// The supervisor writes the zero entry with the session's `SESSIONS` entry.
@@ -183,12 +189,12 @@ fn ns_pid(o: &KernelOffsets, task: u64) -> u32 {
 fn start_event(
     o: &KernelOffsets,
     kind: u32,
-    (cgroup_id, _): (u64, *mut SessionEntry),
+    (cgroup_id, session): (u64, *mut SessionEntry),
     task: u64,
 ) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<ProcEvent>> {
-    // SAFETY: the inner maps are only ever replaced or removed as a whole by the supervisor;
-    // the program only reserves in the one it looked up (the kernel holds it meanwhile).
-    let ring = unsafe { PROC_EVENTS.get(&cgroup_id) };
+    // SAFETY: `session` comes from a successful lookup in SESSIONS (see `exec_mode`).
+    let slot = unsafe { (*session).slot };
+    let ring = PROC_EVENTS.get(slot);
     let reserved = match ring {
         Some(ring) => ring.reserve(0),
         None => None,

@@ -175,6 +175,7 @@ mod tests {
             names::EXEC_APPROVALS,
             names::PROC_EVENTS,
             names::PROC_EVENTS_LOST,
+            names::SLOT_OWNERS,
             names::SESSIONS,
             names::SET_IDENT,
             names::NET_SESSION,
@@ -212,11 +213,12 @@ mod tests {
     }
 
     /// Privileged: everything a session wrote into the pinned set's shared maps is gone once
-    /// the session is dropped.
+    /// the session is dropped, its ring slot included (its `SESSIONS` entry names the slot it
+    /// owns in `SLOT_OWNERS`).
     #[test]
     fn a_sessions_entries_are_gone_from_the_pinned_maps_after_it_ends() {
         use agent_supervisor_common::{NetAllowKey, SessionEntry};
-        use aya::maps::{HashMap, HashOfMaps, MapData, PerCpuHashMap};
+        use aya::maps::{HashMap, MapData, PerCpuHashMap};
 
         use crate::cgroup::{cgroup2_root, SessionCgroup};
         if !is_root() {
@@ -246,8 +248,14 @@ mod tests {
         let modes: HashMap<MapData, u64, u32> = HashMap::try_from(map(names::NET_MODE)).unwrap();
         let allow: HashMap<MapData, NetAllowKey, u8> =
             HashMap::try_from(map(names::NET_ALLOW)).unwrap();
-        let rings: HashOfMaps<MapData, u64> =
-            HashOfMaps::try_from(map(names::PROC_EVENTS)).unwrap();
+        let owners: HashMap<MapData, u32, u64> =
+            HashMap::try_from(map(names::SLOT_OWNERS)).unwrap();
+        let slot = sessions.get(&id, 0).expect("the session's entry").slot;
+        assert_eq!(
+            owners.get(&slot, 0).ok(),
+            Some(id),
+            "the session owns the slot its entry names"
+        );
         let lost: PerCpuHashMap<MapData, u64, u64> =
             PerCpuHashMap::try_from(map(names::PROC_EVENTS_LOST)).unwrap();
         let present = || {
@@ -255,7 +263,7 @@ mod tests {
                 sessions.keys().flatten().any(|k| k == id),
                 modes.keys().flatten().any(|k| k == id),
                 allow.keys().flatten().any(|k| k.cgroup_id == id),
-                rings.keys().flatten().any(|k| k == id),
+                owners.iter().flatten().any(|(_, owner)| owner == id),
                 lost.keys().flatten().any(|k| k == id),
             ]
         };

@@ -36,9 +36,11 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent_supervisor_common::{lsm_names, names, InodeKey, KernelOffsets, NetAllowKey, SetIdent};
+use agent_supervisor_common::{
+    lsm_names, names, InodeKey, KernelOffsets, NetAllowKey, SetIdent, PROC_EVENTS_BYTES, RING_SLOTS,
+};
 use aya::maps::lpm_trie::LpmTrie;
-use aya::maps::{Array, HashMap, HashOfMaps, Map, MapData, PerCpuHashMap};
+use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuHashMap};
 use aya::programs::links::FdLink;
 use aya::programs::{BtfTracePoint, CgroupSockAddr, Lsm, ProgramInfo};
 use aya::{Ebpf, EbpfLoader};
@@ -94,6 +96,8 @@ pub struct PinnedSet {
     dir: PathBuf,
     /// The BPF LSM programs are attached (bpf was an active LSM when the set was made).
     has_lsm: bool,
+    /// The lock file of the set's root (taken to reclaim slots of dead sessions).
+    lock: PathBuf,
 }
 
 impl PinnedSet {
@@ -127,6 +131,52 @@ impl PinnedSet {
             .map_err(program_error("opening the pinned", name))
     }
 
+    /// Claim a free ring slot for the session of `cgroup_id` (one `BPF_NOEXIST` insert into
+    /// `SLOT_OWNERS` per slot tried: the first writer wins, no lock). When every slot is
+    /// taken, the slots of sessions whose cgroup is gone (a `SIGKILL`ed supervisor) are
+    /// reclaimed under the set's lock, then the claim is tried once more. None: all slots
+    /// belong to live sessions.
+    pub fn claim_slot(&self, cgroup_id: u64) -> Result<Option<u32>, BackstopError> {
+        let mut owners: HashMap<MapData, u32, u64> =
+            HashMap::try_from(self.map(names::SLOT_OWNERS)?)
+                .map_err(map_error("opening", names::SLOT_OWNERS))?;
+        if let Some(slot) = try_claim(&mut owners, cgroup_id) {
+            return Ok(Some(slot));
+        }
+        let Ok(lock) = lock(&self.lock) else {
+            return Ok(None);
+        };
+        // Under the lock no one else reclaims, and a dead owner never frees its slot: an
+        // entry read as a dead session's is still that when it is deleted.
+        remove_dead_entries(&self.dir, &live_cgroups());
+        let slot = try_claim(&mut owners, cgroup_id);
+        drop(lock);
+        tracing::debug!(
+            "ebpf: all ring slots were taken; after reclaiming those of dead sessions: {slot:?}"
+        );
+        Ok(slot)
+    }
+
+    /// Free `slot` if `cgroup_id` still owns it (after the session's `SESSIONS` entry is gone
+    /// and its reader has stopped).
+    pub fn release_slot(&self, slot: u32, cgroup_id: u64) {
+        let Ok(Ok(mut owners)) = self
+            .map(names::SLOT_OWNERS)
+            .map(HashMap::<MapData, u32, u64>::try_from)
+        else {
+            return;
+        };
+        if owners.get(&slot, 0).is_ok_and(|owner| owner == cgroup_id) {
+            let _ = owners.remove(&slot);
+        }
+    }
+
+    /// The ring buffer of `slot` (one `BPF_OBJ_GET` of its pin).
+    pub fn ring(&self, slot: u32) -> Result<MapData, BackstopError> {
+        MapData::from_pin(ring_pin(&self.dir, slot))
+            .map_err(map_error("opening the pinned ring of", names::PROC_EVENTS))
+    }
+
     /// Open the set for this binary on this kernel, making it first when it is missing or
     /// not ours. Logs (debug) which it did and how long it took.
     pub fn open_or_create(offsets: &KernelOffsets) -> Result<PinnedSet, PinnedError> {
@@ -137,6 +187,16 @@ impl PinnedSet {
     pub fn open_or_create_in(
         root: &Path,
         offsets: &KernelOffsets,
+    ) -> Result<PinnedSet, PinnedError> {
+        Self::open_or_create_with_slots(root, offsets, RING_SLOTS)
+    }
+
+    /// [`Self::open_or_create_in`] making, when it makes the set, only `slots` ring slots
+    /// (tests of slot exhaustion, in a root of their own).
+    pub fn open_or_create_with_slots(
+        root: &Path,
+        offsets: &KernelOffsets,
+        slots: u32,
     ) -> Result<PinnedSet, PinnedError> {
         let started = Instant::now();
         let ident = ident(offsets);
@@ -168,7 +228,7 @@ impl PinnedSet {
             );
             remove_set(&dir);
         }
-        let made = create(root, &id, &ident, offsets)?;
+        let made = create(root, &id, &ident, offsets, slots.clamp(1, RING_SLOTS))?;
         sweep_locked(root, Some(&id));
         let _ = lock.set_modified(std::time::SystemTime::now());
         drop(lock);
@@ -235,6 +295,9 @@ fn check(dir: &Path, ident: &SetIdent) -> Result<PinnedSet, String> {
             return Err(format!("no pinned link {name}"));
         }
     }
+    if !ring_pin(dir, 0).exists() {
+        return Err("no pinned ring buffers".into());
+    }
     let lsm_links = lsm_names::PROGRAMS
         .iter()
         .filter(|(name, _)| dir.join("links").join(name).exists())
@@ -248,7 +311,40 @@ fn check(dir: &Path, ident: &SetIdent) -> Result<PinnedSet, String> {
         id: id_of(ident),
         dir: dir.to_path_buf(),
         has_lsm,
+        lock: lock_path(dir.parent().unwrap_or(Path::new(ROOT))),
     })
+}
+
+/// The pin of ring slot `slot` in the set in `dir`.
+fn ring_pin(dir: &Path, slot: u32) -> PathBuf {
+    dir.join("maps")
+        .join(format!("{}{slot}", names::RING_PIN_PREFIX))
+}
+
+/// One pass of `BPF_NOEXIST` inserts of `cgroup_id` over the slots: the first free one, or
+/// None (every key taken, or the map full: a set made with fewer slots).
+fn try_claim(owners: &mut HashMap<MapData, u32, u64>, cgroup_id: u64) -> Option<u32> {
+    const BPF_NOEXIST: u64 = 1;
+    for slot in 0..RING_SLOTS {
+        match owners.insert(slot, cgroup_id, BPF_NOEXIST) {
+            Ok(()) => return Some(slot),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// A ring buffer as `PROC_EVENTS` holds them.
+pub fn ring_buffer_definition() -> aya_obj::Map {
+    aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+        0,
+        0,
+        PROC_EVENTS_BYTES,
+        0,
+    )
 }
 
 /// Mount bpffs at [`BPFFS`] unless it is there.
@@ -300,6 +396,7 @@ fn create(
     id: &str,
     ident: &SetIdent,
     offsets: &KernelOffsets,
+    slots: u32,
 ) -> Result<PinnedSet, PinnedError> {
     std::fs::create_dir_all(root).map_err(io_error("creating", root))?;
     let staging = root.join(format!("{id}-new-{}", std::process::id()));
@@ -310,7 +407,7 @@ fn create(
         let d = staging.join(sub);
         std::fs::create_dir(&d).map_err(io_error("creating", &d))?;
     }
-    let made = fill(&staging, ident, offsets);
+    let made = fill(&staging, ident, offsets, slots);
     if let Err(e) = made {
         remove_set(&staging);
         return Err(PinnedError::Create(e));
@@ -328,13 +425,38 @@ fn create(
 }
 
 /// Load the object and pin its maps, programs and links into `dir`; `SET_IDENT` last.
-fn fill(dir: &Path, ident: &SetIdent, offsets: &KernelOffsets) -> Result<(), BackstopError> {
+fn fill(
+    dir: &Path,
+    ident: &SetIdent,
+    offsets: &KernelOffsets,
+    slots: u32,
+) -> Result<(), BackstopError> {
     let btf = aya::Btf::from_sys_fs().map_err(BackstopError::Btf)?;
-    let mut ebpf: Ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&btf))
-        .override_global(names::KERNEL_OFFSETS, offsets, true)
-        .load(super::object())
-        .map_err(BackstopError::Load)?;
+        .override_global(names::KERNEL_OFFSETS, offsets, true);
+    if slots != RING_SLOTS {
+        loader
+            .map_max_entries(names::PROC_EVENTS, slots)
+            .map_max_entries(names::SLOT_OWNERS, slots);
+    }
+    let mut ebpf: Ebpf = loader.load(super::object()).map_err(BackstopError::Load)?;
+    // The ring pool: each slot's write waits for an RCU grace period (~20 ms), paid here once
+    // so that sessions never write into a map of maps.
+    let mut pool: ArrayOfMaps<&mut MapData> = ArrayOfMaps::try_from(
+        ebpf.map_mut(names::PROC_EVENTS)
+            .ok_or(BackstopError::Missing(names::PROC_EVENTS))?,
+    )
+    .map_err(map_error("opening", names::PROC_EVENTS))?;
+    for slot in 0..slots {
+        let ring = MapData::create(ring_buffer_definition(), "proc_events", None)
+            .map_err(map_error("creating a ring buffer for", names::PROC_EVENTS))?;
+        pool.set(slot, &ring, 0)
+            .map_err(map_error("filling the ring pool", names::PROC_EVENTS))?;
+        ring.pin(ring_pin(dir, slot))
+            .map_err(|e| BackstopError::Pinned(format!("pinning ring {slot}: {e}")))?;
+    }
     // `.rodata` (the offsets) is not pinned: only the programs use it, and bpffs refuses
     // names with a dot.
     for (name, map) in ebpf.maps().filter(|(name, _)| !name.starts_with('.')) {
@@ -518,10 +640,15 @@ fn remove_dead_entries(dir: &Path, live: &HashSet<u64>) {
             }
         }
     }
-    if let Ok(Map::HashOfMaps(data)) = open_map(dir, names::PROC_EVENTS) {
-        if let Ok(mut m) = HashOfMaps::<MapData, u64>::try_from(Map::HashOfMaps(data)) {
-            for k in m.keys().flatten().filter(dead).collect::<Vec<_>>() {
-                removed += usize::from(m.remove(&k).is_ok());
+    if let Ok(map) = open_map(dir, names::SLOT_OWNERS) {
+        if let Ok(mut m) = HashMap::<MapData, u32, u64>::try_from(map) {
+            for (slot, _) in m
+                .iter()
+                .flatten()
+                .filter(|(_, owner)| dead(owner))
+                .collect::<Vec<_>>()
+            {
+                removed += usize::from(m.remove(&slot).is_ok());
             }
         }
     }

@@ -36,11 +36,10 @@ use std::thread::JoinHandle;
 
 use agent_supervisor_common::{
     names, ExecApprovalKey, ProcEvent, SessionEntry, EXEC_APPROVED, EXEC_ENFORCE, EXEC_REPORT,
-    PROC_EVENTS_BYTES, PROC_EXEC, PROC_EXIT, PROC_FLAG_APPROVED, PROC_FLAG_KILLED,
-    PROC_FLAG_KILL_FAILED, PROC_FLAG_UNNAMED, PROC_FLAG_WRITE, PROC_FORK, PROC_LSM_EXEC,
-    PROC_LSM_MMAP, PROC_LSM_OPEN,
+    PROC_EXEC, PROC_EXIT, PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED,
+    PROC_FLAG_UNNAMED, PROC_FLAG_WRITE, PROC_FORK, PROC_LSM_EXEC, PROC_LSM_MMAP, PROC_LSM_OPEN,
 };
-use aya::maps::{HashMap, HashOfMaps, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::maps::{HashMap, Map, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 
 use super::session::{error_chain, map_error, BackstopError, ExecMode, Session};
 use crate::audit::{Audit, Record};
@@ -156,20 +155,19 @@ pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvent
     let approvals = HashMap::try_from(session.take_map(names::EXEC_APPROVALS)?)
         .map_err(map_error("opening", names::EXEC_APPROVALS))?;
 
-    // The session's own ring buffer, the size of the map's inner definition.
-    let ring = MapData::create(session_ring_buffer(), "proc_events", None).map_err(map_error(
-        "creating the session's ring buffer for",
-        names::PROC_EVENTS,
-    ))?;
-    let mut outer: HashOfMaps<MapData, u64> =
-        HashOfMaps::try_from(session.take_map(names::PROC_EVENTS)?)
-            .map_err(map_error("opening", names::PROC_EVENTS))?;
-    outer.insert(cgroup_id, &ring, 0).map_err(map_error(
-        "inserting the session's ring buffer into",
-        names::PROC_EVENTS,
-    ))?;
-    let ring =
+    // The session's ring: its slot in the pinned pool (emptied of what a previous owner of
+    // the slot left: the reader would drop it anyway, as it drops any record of another
+    // cgroup), or a private copy's own.
+    let (slot, ring) = session.ring()?;
+    let mut ring =
         RingBuf::try_from(Map::RingBuf(ring)).map_err(map_error("opening", names::PROC_EVENTS))?;
+    let mut stale = 0usize;
+    while ring.next().is_some() {
+        stale += 1;
+    }
+    if stale > 0 {
+        tracing::debug!("ebpf: dropped {stale} records a previous owner left in ring slot {slot}");
+    }
     let mut lost: PerCpuHashMap<MapData, u64, u64> =
         PerCpuHashMap::try_from(session.take_map(names::PROC_EVENTS_LOST)?)
             .map_err(map_error("opening", names::PROC_EVENTS_LOST))?;
@@ -197,7 +195,7 @@ pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvent
             .map_err(map_error("opening", names::SESSIONS))?;
     let entry = SessionEntry {
         exec_mode: if enforce { EXEC_ENFORCE } else { EXEC_REPORT },
-        _padding: 0,
+        slot,
     };
     sessions.insert(cgroup_id, entry, 0).map_err(map_error(
         "writing the session's entry into",
@@ -207,7 +205,6 @@ pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvent
         session.on_end(move || {
             // SESSIONS first: from then on the programs ignore the cgroup.
             let _ = sessions.remove(&cgroup_id);
-            let _ = outer.remove(&cgroup_id);
             if let Ok(mut lost) = PerCpuHashMap::<MapData, u64, u64>::try_from(lost_map) {
                 let _ = lost.remove(&cgroup_id);
             }
@@ -225,17 +222,6 @@ pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvent
             cgroup_id,
         },
     ))
-}
-
-/// The definition of one session's ring buffer (what `PROC_EVENTS` holds).
-fn session_ring_buffer() -> aya_obj::Map {
-    aya_obj::Map::new_from_params(
-        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
-        0,
-        0,
-        PROC_EVENTS_BYTES,
-        0,
-    )
 }
 
 /// Does this kernel's verifier accept the process programs (the exec backstop among them)?
@@ -455,6 +441,8 @@ impl ProcEvents {
                 let last = stopping.load(Ordering::SeqCst);
                 while let Some(item) = self.ring.next() {
                     match ProcRecord::decode(&item) {
+                        // A record of another cgroup: left by a previous owner of the slot.
+                        Some(record) if record.event.cgroup_id != self.cgroup_id => {}
                         Some(record) => sink(record),
                         None => tracing::warn!("undecodable eBPF event ({} bytes)", item.len()),
                     }

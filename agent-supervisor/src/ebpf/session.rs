@@ -78,8 +78,8 @@ pub enum ExecMode {
 
 /// Where a session's programs and maps come from.
 enum Source {
-    /// The host's pinned set.
-    Pinned(PinnedSet),
+    /// The host's pinned set, and the ring slot the session claimed in it.
+    Pinned(PinnedSet, u32),
     /// A copy of the object loaded for this session only (the fallback).
     Private {
         ebpf: Box<Ebpf>,
@@ -113,6 +113,11 @@ impl Drop for Session {
         for cleanup in self.cleanups.drain(..) {
             cleanup();
         }
+        // Last: the SESSIONS entry is gone (the programs no longer write into the slot) and
+        // the session's reader has stopped before the session is dropped.
+        if let Source::Pinned(set, slot) = &self.source {
+            set.release_slot(*slot, self.cgroup.id());
+        }
     }
 }
 
@@ -131,8 +136,46 @@ impl Session {
             Ok(o) => PinnedSet::open_or_create(o).map_err(|e| error_chain(&e)),
             Err(e) => Err(format!("no kernel struct offsets: {}", error_chain(e))),
         };
+        Self::load_from(cgroup, exec_mode, offsets, pinned)
+    }
+
+    /// [`Self::load`] with the pinned set in `root`, made with `slots` ring slots when it is
+    /// made (tests: slot exhaustion on a set of their own).
+    pub fn load_in(
+        cgroup: impl Into<std::sync::Arc<SessionCgroup>>,
+        exec_mode: ExecMode,
+        root: &std::path::Path,
+        slots: u32,
+    ) -> Result<Session, BackstopError> {
+        let offsets = kernel_btf::running_kernel_offsets();
+        let pinned = match &offsets {
+            Ok(o) => {
+                PinnedSet::open_or_create_with_slots(root, o, slots).map_err(|e| error_chain(&e))
+            }
+            Err(e) => Err(format!("no kernel struct offsets: {}", error_chain(e))),
+        };
+        Self::load_from(cgroup.into(), exec_mode, offsets, pinned)
+    }
+
+    fn load_from(
+        cgroup: std::sync::Arc<SessionCgroup>,
+        exec_mode: ExecMode,
+        offsets: Result<KernelOffsets, OffsetsError>,
+        pinned: Result<PinnedSet, String>,
+    ) -> Result<Session, BackstopError> {
+        let pinned = pinned.and_then(|set| match set.claim_slot(cgroup.id()) {
+            Ok(Some(slot)) => Ok((set, slot)),
+            Ok(None) => Err(format!(
+                "all {} ring slots of the pinned set are used by running sessions",
+                agent_supervisor_common::RING_SLOTS
+            )),
+            Err(e) => Err(format!("claiming a ring slot: {}", error_chain(&e))),
+        });
         let source = match pinned {
-            Ok(set) => Source::Pinned(set),
+            Ok((set, slot)) => {
+                tracing::debug!("ebpf: ring slot {slot} of the pinned set {}", set.id());
+                Source::Pinned(set, slot)
+            }
             Err(why) => {
                 tracing::debug!("ebpf: no pinned set ({why}): loading a copy for this session");
                 let started = std::time::Instant::now();
@@ -170,7 +213,7 @@ impl Session {
     /// The pinned set's id, or None for a private copy.
     pub fn pinned_set(&self) -> Option<&str> {
         match &self.source {
-            Source::Pinned(set) => Some(set.id()),
+            Source::Pinned(set, _) => Some(set.id()),
             Source::Private { .. } => None,
         }
     }
@@ -194,7 +237,7 @@ impl Session {
     /// copy: taken out of it (each map has one owner).
     pub fn take_map(&mut self, name: &'static str) -> Result<Map, BackstopError> {
         match &mut self.source {
-            Source::Pinned(set) => set.map(name),
+            Source::Pinned(set, _) => set.map(name),
             Source::Private { ebpf, .. } => ebpf.take_map(name).ok_or(BackstopError::Missing(name)),
         }
     }
@@ -203,8 +246,39 @@ impl Session {
     /// when the map is the session's own (a private copy: it goes with the session).
     pub fn shared_map(&self, name: &'static str) -> Result<Option<Map>, BackstopError> {
         match &self.source {
-            Source::Pinned(set) => set.map(name).map(Some),
+            Source::Pinned(set, _) => set.map(name).map(Some),
             Source::Private { .. } => Ok(None),
+        }
+    }
+
+    /// The session's ring slot and its ring buffer: the pinned set's ring of the slot the
+    /// session claimed (one `BPF_OBJ_GET`), or for a private copy a new ring put into slot 0
+    /// of its own `PROC_EVENTS` (a map-of-maps write: it waits for an RCU grace period).
+    pub fn ring(&mut self) -> Result<(u32, aya::maps::MapData), BackstopError> {
+        match &mut self.source {
+            Source::Pinned(set, slot) => Ok((*slot, set.ring(*slot)?)),
+            Source::Private { ebpf, .. } => {
+                let ring = aya::maps::MapData::create(
+                    super::pinned::ring_buffer_definition(),
+                    "proc_events",
+                    None,
+                )
+                .map_err(map_error(
+                    "creating the session's ring buffer for",
+                    names::PROC_EVENTS,
+                ))?;
+                let mut pool: aya::maps::ArrayOfMaps<&mut aya::maps::MapData> =
+                    aya::maps::ArrayOfMaps::try_from(
+                        ebpf.map_mut(names::PROC_EVENTS)
+                            .ok_or(BackstopError::Missing(names::PROC_EVENTS))?,
+                    )
+                    .map_err(map_error("opening", names::PROC_EVENTS))?;
+                pool.set(0, &ring, 0).map_err(map_error(
+                    "inserting the session's ring buffer into",
+                    names::PROC_EVENTS,
+                ))?;
+                Ok((0, ring))
+            }
         }
     }
 
@@ -221,7 +295,7 @@ impl Session {
         let attach_types = [T::Connect4, T::Connect6, T::UDPSendMsg4, T::UDPSendMsg6];
         for (name, attach_type) in names::NETWORK_PROGRAMS.into_iter().zip(attach_types) {
             match &mut self.source {
-                Source::Pinned(set) => {
+                Source::Pinned(set, _) => {
                     let mut program = set.network_program(name, attach_type)?;
                     program
                         .attach(&*self.cgroup, CgroupAttachMode::Single)
@@ -258,8 +332,8 @@ impl Session {
     /// LSM when it was made; a private copy loads and attaches them now.
     pub fn ensure_lsm_programs(&mut self) -> Result<(), BackstopError> {
         match &mut self.source {
-            Source::Pinned(set) if set.has_lsm() => Ok(()),
-            Source::Pinned(set) => Err(BackstopError::Pinned(format!(
+            Source::Pinned(set, _) if set.has_lsm() => Ok(()),
+            Source::Pinned(set, _) => Err(BackstopError::Pinned(format!(
                 "the set {} has no BPF LSM programs (bpf was not an active LSM when it was made)",
                 set.id()
             ))),
