@@ -277,6 +277,194 @@ mod tests {
         );
     }
 
+    /// A pinned set of its own for a test (the host's set stays untouched for the tests
+    /// running next to it), made with `slots` ring slots, removed with its lock file on drop.
+    struct TestRoot(std::path::PathBuf);
+
+    impl TestRoot {
+        fn new(tag: &str) -> TestRoot {
+            TestRoot(std::path::PathBuf::from(format!(
+                "{}-test-{tag}-{}",
+                super::pinned::ROOT,
+                std::process::id()
+            )))
+        }
+    }
+
+    impl Drop for TestRoot {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+            let name = self.0.file_name().unwrap_or_default().to_string_lossy();
+            let _ = std::fs::remove_file(
+                std::path::Path::new(super::pinned::LOCK_FILE)
+                    .with_file_name(format!("bpf-{name}.lock")),
+            );
+        }
+    }
+
+    /// Run `sh`, which moves itself into `cgroup` and execs /bin/true there; its pid and
+    /// whether a signal ended it.
+    fn run_in(cgroup: &crate::cgroup::SessionCgroup) -> (u32, Option<i32>) {
+        use std::os::unix::process::ExitStatusExt as _;
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec /bin/true",
+                cgroup.procs_path().display()
+            ))
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        let status = child.wait().expect("wait");
+        (pid, status.signal())
+    }
+
+    /// A session cgroup for a test, named after `tag` and this process.
+    fn test_cgroup(tag: u64) -> Option<crate::cgroup::SessionCgroup> {
+        let root = crate::cgroup::cgroup2_root().ok()?;
+        let name = format!("{:012x}", (tag << 32) | u64::from(std::process::id()));
+        crate::cgroup::SessionCgroup::create_under(&root, &name).ok()
+    }
+
+    fn skip_unless_pinning() -> bool {
+        if !is_root() {
+            eprintln!("skipping: pinning eBPF objects needs root");
+            return true;
+        }
+        if crate::ebpf::kernel_btf::running_kernel_offsets().is_err() {
+            eprintln!("skipping: no kernel struct offsets");
+            return true;
+        }
+        false
+    }
+
+    /// Privileged: a session reusing the ring slot of a session that was killed (its
+    /// supervisor gone without cleaning up, its records left in the ring) sees only its own
+    /// events, and so does a session running next to it in another slot. Set with two slots.
+    #[test]
+    fn sessions_see_only_their_own_events_also_in_a_slot_reused_after_a_kill() {
+        use std::sync::{Arc, Mutex};
+        if skip_unless_pinning() {
+            return;
+        }
+        let root = TestRoot::new("reuse");
+        let load = |tag| {
+            let cgroup = test_cgroup(tag).expect("test cgroup");
+            super::Session::load_in(cgroup, super::ExecMode::Report, &root.0, 2).expect("load")
+        };
+        // A: attached, runs a process (its records stay in slot 0's ring), then "killed": its
+        // supervisor never cleans up; only its (empty) cgroup is removed, as the cgroup sweep
+        // does for a killed supervisor's.
+        let mut a = load(0xa1);
+        assert!(a.pinned_set().is_some(), "A joins the pinned set");
+        let (_, a_events) = super::process::attach(&mut a).expect("attach A");
+        let (a_pid, _) = run_in(a.cgroup());
+        let a_dir = a.cgroup().path().to_path_buf();
+        std::mem::forget(a_events);
+        std::mem::forget(a);
+        crate::cgroup::remove_own_dir(
+            &a_dir,
+            std::fs::metadata(&a_dir)
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt as _;
+                    m.ino()
+                })
+                .unwrap_or(0),
+        );
+        assert!(!a_dir.exists(), "A's cgroup is gone");
+
+        // B takes slot 1, C finds every slot taken and reclaims A's.
+        let mut b = load(0xb1);
+        let mut c = load(0xc1);
+        assert!(
+            b.pinned_set().is_some() && c.pinned_set().is_some(),
+            "both join"
+        );
+        let set_dir = root.0.join(b.pinned_set().unwrap());
+        let owners: aya::maps::HashMap<aya::maps::MapData, u32, u64> =
+            aya::maps::HashMap::try_from(
+                aya::maps::Map::from_map_data(
+                    aya::maps::MapData::from_pin(set_dir.join("maps").join(names::SLOT_OWNERS))
+                        .expect("SLOT_OWNERS"),
+                )
+                .expect("map"),
+            )
+            .expect("hash");
+        assert_eq!(
+            owners.get(&0, 0).ok(),
+            Some(c.cgroup().id()),
+            "C reuses the killed session's slot"
+        );
+        let collect = |session: &mut super::Session| {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let sink = Arc::clone(&seen);
+            let (_, events) = super::process::attach(session).expect("attach");
+            let reader = events
+                .spawn_with(move |r| sink.lock().unwrap().push((r.event.cgroup_id, r.event.pid)))
+                .expect("reader");
+            (seen, reader)
+        };
+        let (b_seen, b_reader) = collect(&mut b);
+        let (c_seen, c_reader) = collect(&mut c);
+        let (b_pid, _) = run_in(b.cgroup());
+        let (c_pid, _) = run_in(c.cgroup());
+        b_reader.finish();
+        c_reader.finish();
+        for (name, session, seen, own, others) in [
+            ("B", &b, &b_seen, b_pid, [a_pid, c_pid]),
+            ("C", &c, &c_seen, c_pid, [a_pid, b_pid]),
+        ] {
+            let seen = seen.lock().unwrap();
+            let id = session.cgroup().id();
+            assert!(
+                seen.iter().any(|&(_, pid)| pid == own),
+                "{name} sees its own process's events: {seen:?}"
+            );
+            assert!(
+                seen.iter()
+                    .all(|&(cg, pid)| cg == id && !others.contains(&pid)),
+                "{name} sees only its own events: {seen:?} (others {others:?})"
+            );
+        }
+        drop((b, c));
+        assert_eq!(
+            owners.keys().flatten().count(),
+            0,
+            "every slot is free once the sessions ended"
+        );
+    }
+
+    /// Privileged: with every ring slot taken by a live session, a session loads a private
+    /// copy of the object and its exec backstop still kills an unapproved exec. Set with one
+    /// slot.
+    #[test]
+    fn a_session_finding_every_slot_taken_loads_its_own_copy_and_still_enforces() {
+        if skip_unless_pinning() {
+            return;
+        }
+        let root = TestRoot::new("full");
+        let holder = test_cgroup(0xd1).expect("test cgroup");
+        let holder =
+            super::Session::load_in(holder, super::ExecMode::Report, &root.0, 1).expect("load");
+        assert!(
+            holder.pinned_set().is_some(),
+            "the first session takes the slot"
+        );
+        let cgroup = test_cgroup(0xd2).expect("test cgroup");
+        let mut session =
+            super::Session::load_in(cgroup, super::ExecMode::Enforce, &root.0, 1).expect("load");
+        assert!(
+            session.pinned_set().is_none(),
+            "no free slot: the session loads its own copy"
+        );
+        let (approvals, _events) = super::process::attach(&mut session).expect("attach");
+        assert!(approvals.is_some());
+        let (_, signal) = run_in(session.cgroup());
+        assert_eq!(signal, Some(9), "the unapproved exec is killed");
+        drop(session);
+        drop(holder);
+    }
+
     fn is_root() -> bool {
         std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
             status
