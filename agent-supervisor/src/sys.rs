@@ -46,6 +46,53 @@ fn owned(fd: libc::c_long) -> OwnedFd {
 }
 
 // ---------------------------------------------------------------------------------------
+// bpf
+
+/// `BPF_OBJ_GET` (Linux 4.4): a new descriptor of the object pinned at `path` in bpffs.
+pub fn bpf_obj_get(path: &CStr) -> io::Result<OwnedFd> {
+    // union bpf_attr, the BPF_OBJ_GET member: pathname (u64), bpf_fd, file_flags, path_fd;
+    // the rest zero.
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: `attr` is a zeroed buffer the size of the union the kernel reads (it checks
+    // that every byte past the member it uses is zero); `path` outlives the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET as libc::c_long,
+            attr.as_mut_ptr(),
+            size_of::<[u64; 16]>(),
+        )
+    })
+    .map(owned)
+}
+
+/// `BPF_LINK_CREATE` (Linux 5.7 for cgroup programs): attach `prog` to `target` (a cgroup
+/// directory) as `attach_type`; the program is detached when the returned link is closed.
+pub fn bpf_link_create(
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    // union bpf_attr, the BPF_LINK_CREATE member: prog_fd, target_fd, attach_type, flags
+    // (all u32), the rest zero.
+    let mut attr = [0u32; 32];
+    attr[0] = prog.as_raw_fd() as u32;
+    attr[1] = target.as_raw_fd() as u32;
+    attr[2] = attach_type;
+    // SAFETY: as in `bpf_obj_get`; both descriptors are borrowed for the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_LINK_CREATE as libc::c_long,
+            attr.as_mut_ptr(),
+            size_of::<[u32; 32]>(),
+        )
+    })
+    .map(owned)
+}
+
+// ---------------------------------------------------------------------------------------
 // seccomp
 
 /// A classic BPF instruction (`struct sock_filter`).

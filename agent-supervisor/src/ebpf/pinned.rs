@@ -131,6 +131,24 @@ impl PinnedSet {
             .map_err(program_error("opening the pinned", name))
     }
 
+    /// Attach the set's network program `name` to `cgroup` with one `BPF_OBJ_GET` and one
+    /// `BPF_LINK_CREATE` (Linux 5.7+; the caller falls back to aya's attach on an error).
+    pub fn link_network_program(
+        &self,
+        name: &'static str,
+        attach_type: aya::programs::CgroupSockAddrAttachType,
+        cgroup: &crate::cgroup::SessionCgroup,
+    ) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd as _;
+        use std::os::unix::ffi::OsStrExt as _;
+        let kernel_type = aya_obj::generated::bpf_attach_type::from(attach_type) as u32;
+        let path = self.dir.join("progs").join(name);
+        let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let prog = crate::sys::bpf_obj_get(&path)?;
+        crate::sys::bpf_link_create(prog.as_fd(), cgroup.as_fd(), kernel_type)
+    }
+
     /// Claim a free ring slot for the session of `cgroup_id` (one `BPF_NOEXIST` insert into
     /// `SLOT_OWNERS` per slot tried: the first writer wins, no lock). When every slot is
     /// taken, the slots of sessions whose cgroup is gone (a `SIGKILL`ed supervisor) are

@@ -97,6 +97,9 @@ pub struct Session {
     /// The network programs attached to the cgroup from the pinned set (their links detach
     /// when they are dropped; a private copy keeps them in its `Ebpf`).
     network_programs: Vec<CgroupSockAddr>,
+    /// The links of the pinned set's network programs to the cgroup, made with a plain
+    /// `BPF_LINK_CREATE` (closing one detaches its program at once: no wait).
+    network_links: Vec<std::os::fd::OwnedFd>,
     /// Run in order when the session is dropped, after the network programs are detached.
     cleanups: Vec<Cleanup>,
     source: Source,
@@ -109,6 +112,7 @@ pub struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.network_links.clear();
         self.network_programs.clear();
         for cleanup in self.cleanups.drain(..) {
             cleanup();
@@ -202,6 +206,7 @@ impl Session {
         };
         Ok(Session {
             network_programs: Vec::new(),
+            network_links: Vec::new(),
             cleanups: Vec::new(),
             source,
             offsets,
@@ -296,6 +301,17 @@ impl Session {
         for (name, attach_type) in names::NETWORK_PROGRAMS.into_iter().zip(attach_types) {
             match &mut self.source {
                 Source::Pinned(set, _) => {
+                    // A link straight from the pin: aya's `from_pin` would detect the
+                    // kernel's BPF features first (~20 probe loads, a third of the attach).
+                    match set.link_network_program(name, attach_type, &*self.cgroup) {
+                        Ok(link) => {
+                            self.network_links.push(link);
+                            continue;
+                        }
+                        Err(e) => tracing::debug!(
+                            "ebpf: BPF_LINK_CREATE of {name}: {e}; attaching through aya"
+                        ),
+                    }
                     let mut program = set.network_program(name, attach_type)?;
                     program
                         .attach(&*self.cgroup, CgroupAttachMode::Single)
