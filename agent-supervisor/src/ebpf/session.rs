@@ -303,7 +303,7 @@ impl Session {
                 Source::Pinned(set, _) => {
                     // A link straight from the pin: aya's `from_pin` would detect the
                     // kernel's BPF features first (~20 probe loads, a third of the attach).
-                    match set.link_network_program(name, attach_type, &*self.cgroup) {
+                    match set.link_network_program(name, attach_type, &self.cgroup) {
                         Ok(link) => {
                             self.network_links.push(link);
                             continue;
