@@ -348,7 +348,8 @@ fn a_full_ring_buffer_counts_what_it_lost() {
 }
 
 /// Two sessions at once share the pinned programs, but each reader gets only its own
-/// session's events (each has its own ring buffer in `PROC_EVENTS`).
+/// session's events (each has its own ring slot in `PROC_EVENTS`, and a reader drops
+/// records of other cgroups).
 #[test]
 fn two_sessions_at_once_each_get_only_their_own_process_events() {
     skip_unless_privileged!();

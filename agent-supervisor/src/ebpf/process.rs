@@ -4,8 +4,9 @@
 //!  exec decided "allow" (supervise/exec.rs) ──▶ guard: ExecApprovals::approve(tid, dev, ino)
 //!      ──▶ EXEC_APPROVALS ──▶ CONTINUE ──▶ kernel execs ──▶ tp_btf/sched_process_exec
 //!            (tid, bprm->file's dev+ino) approved? consume it : SIGKILL before the new image runs
-//!  sched_process_{exec,fork,exit} of session tasks (SESSIONS[cgid]) ──▶ the session's own
-//!      ring buffer (PROC_EVENTS[cgid]) ──▶ EventReader thread ──▶ audit records
+//!  sched_process_{exec,fork,exit} of session tasks (SESSIONS[cgid]) ──▶ the ring buffer of
+//!      the session's slot (PROC_EVENTS[slot]) ──▶ EventReader thread (drops other cgroups'
+//!      records) ──▶ audit records
 //!      {"source": "ebpf", "kind": "proc-exec", ...}
 //!  ring buffer full ──▶ PROC_EVENTS_LOST[cgid] (per CPU) ──▶ session-end "ebpf_events_lost"
 //! ```
@@ -141,9 +142,10 @@ fn in_initial_pid_namespace() -> bool {
 }
 
 /// Join the session to the process programs (exec backstop in the session's [`ExecMode`]):
-/// its own ring buffer goes into `PROC_EVENTS`, a zero lost counter into `PROC_EVENTS_LOST`,
-/// then its `SESSIONS` entry (from which moment the programs act on its cgroup). All three
-/// are removed when the session ends. The approvals writer is `None` in report mode.
+/// the ring buffer of its slot is opened and emptied, a zero lost counter goes into
+/// `PROC_EVENTS_LOST`, then its `SESSIONS` entry with the slot (from which moment the
+/// programs act on its cgroup). The entries are removed when the session ends (the slot is
+/// freed after them, see [`Session`]). The approvals writer is `None` in report mode.
 pub fn attach(session: &mut Session) -> Result<(Option<ExecApprovals>, ProcEvents), BackstopError> {
     let enforce = session.exec_mode() == ExecMode::Enforce;
     if enforce && !in_initial_pid_namespace() {

@@ -10,10 +10,11 @@
 //! ([`super::process`]) and the LSM programs ([`super::lsm`]) work the same on both:
 //!
 //! ```text
-//!  SessionCgroup ──▶ Session::load ──▶ pinned set (or a private copy of the object)
+//!  SessionCgroup ──▶ Session::load ──▶ pinned set + a ring slot claimed in SLOT_OWNERS
+//!                         │            (or a private copy of the object: no set, no free slot)
 //!                         ├─ network::attach ──▶ connect4/6, sendmsg4/6 on the cgroup,
 //!                         │                      NET_SESSION, NET_MODE[cgid], NET_ALLOW/NET_RULES
-//!                         ├─ process::attach ──▶ own ring buffer in PROC_EVENTS[cgid],
+//!                         ├─ process::attach ──▶ ring of the slot (PROC_EVENTS[slot]),
 //!                         │                      PROC_EVENTS_LOST[cgid], SESSIONS[cgid]
 //!                         └─ lsm::attach ──────▶ INODE_DENY[(cgid, dev, ino)]
 //! ```
