@@ -631,17 +631,24 @@ fn this_binarys_id() -> Option<String> {
         .map(|o| id_of(&ident(&o)))
 }
 
-/// The cgroup ids with an entry in the set's `SESSIONS` or `NET_MODE`.
+/// The cgroup ids with an entry in the set's `SESSIONS` or `NET_MODE`, or owning a ring slot
+/// (a session claims its slot first, right after opening the set).
 fn session_keys(dir: &Path) -> Result<Vec<u64>, BackstopError> {
     let sessions: HashMap<MapData, u64, agent_supervisor_common::SessionEntry> =
         HashMap::try_from(open_map(dir, names::SESSIONS)?)
             .map_err(map_error("opening", names::SESSIONS))?;
     let modes: HashMap<MapData, u64, u32> = HashMap::try_from(open_map(dir, names::NET_MODE)?)
         .map_err(map_error("opening", names::NET_MODE))?;
+    let owners: Vec<u64> = open_map(dir, names::SLOT_OWNERS)
+        .ok()
+        .and_then(|m| HashMap::<MapData, u32, u64>::try_from(m).ok())
+        .map(|m| m.iter().flatten().map(|(_, owner)| owner).collect())
+        .unwrap_or_default();
     Ok(sessions
         .keys()
         .flatten()
         .chain(modes.keys().flatten())
+        .chain(owners)
         .collect())
 }
 
