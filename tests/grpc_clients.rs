@@ -67,6 +67,17 @@ impl Daemon {
     }
 }
 
+/// The services the daemon offers, as a client lists them by reflection.
+fn expected_services() -> [&'static str; 5] {
+    [
+        "agent_supervisor.v1.Approvals",
+        "agent_supervisor.v1.Audit",
+        "agent_supervisor.v1.Policy",
+        "agent_supervisor.v1.Sessions",
+        "grpc.health.v1.Health",
+    ]
+}
+
 /// A child killed (SIGKILL) on drop unless it was waited for.
 struct Killed(Option<Child>);
 
@@ -165,13 +176,7 @@ fn the_python_example_with_a_default_grpcio_channel_checks_health_lists_services
     assert_eq!(r.code, Some(0), "approver.py: {context}");
     let out = r.stdout.lines().collect::<Vec<_>>();
     assert_eq!(out.first(), Some(&"health: SERVING"), "{context}");
-    for service in [
-        "agent_supervisor.v1.Approvals",
-        "agent_supervisor.v1.Audit",
-        "agent_supervisor.v1.Policy",
-        "agent_supervisor.v1.Sessions",
-        "grpc.health.v1.Health",
-    ] {
+    for service in expected_services() {
         assert!(
             out.contains(&format!("service: {service}").as_str()),
             "{service}: {context}"
@@ -241,13 +246,7 @@ fn buf_curl_lists_the_services_by_reflection_and_checks_health() {
         r.stdout
     };
     let services = curl(&["--list-services", "http://localhost"]);
-    for service in [
-        "agent_supervisor.v1.Approvals",
-        "agent_supervisor.v1.Audit",
-        "agent_supervisor.v1.Policy",
-        "agent_supervisor.v1.Sessions",
-        "grpc.health.v1.Health",
-    ] {
+    for service in expected_services() {
         assert!(services.lines().any(|l| l == service), "{services}");
     }
     let methods = curl(&["--list-methods", "http://localhost"]);
