@@ -408,7 +408,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             rule: None,
         });
     }
-    masks.sort_by_key(|m| m.path.components().count());
+    let masks = sandbox::masks::compose(masks);
     let mode = match link {
         Some((link, reader)) => approval::Mode::Daemon { link, reader },
         None => approval::choose_mode(opts.headless, opts.default_allow),
@@ -494,8 +494,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         }
     }
     // The agent (host uid 0 when we are root) must not move itself out of its cgroups.
-    masks.extend(limits.masks());
-    masks.sort_by_key(|m| m.path.components().count());
+    let masks = sandbox::masks::compose(masks.into_iter().chain(limits.masks()).collect());
 
     // The session's DNS resolver binds port 53 of its own loopback address now (root, before
     // any thread); the agent's resolv.conf names it. Without it (not root) DNS is refused

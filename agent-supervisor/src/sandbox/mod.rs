@@ -722,28 +722,46 @@ fn apply_masks(masks: &[MaskMount], paths: &[CString]) -> Result<(), (i32, io::E
         | libc::MS_NOSUID
         | libc::MS_NODEV
         | libc::MS_NOEXEC;
+    // Directories already hidden: a mask below one has nothing left to cover (the planner
+    // drops those, see `masks::compose`; this keeps the mount step from depending on it).
+    let mut hidden_dirs: Vec<&std::path::Path> = Vec::new();
     let result = masks
         .iter()
         .zip(paths)
         .enumerate()
         .try_for_each(|(i, (m, path))| {
             let idx = i as i32;
-            match m.kind {
+            if hidden_dirs.iter().any(|h| m.path.starts_with(h)) {
+                return Ok(());
+            }
+            let mounted = match m.kind {
                 MaskKind::Hide => {
                     let src = if m.is_dir { SRC_DIR } else { SRC_FILE };
-                    sys::mount(Some(src), path, None, libc::MS_BIND).map_err(|e| (idx, e))?;
-                    sys::mount(None, path, None, hidden).map_err(|e| (idx, e))
+                    sys::mount(Some(src), path, None, libc::MS_BIND)
+                        .and_then(|()| sys::mount(None, path, None, hidden))
                 }
                 MaskKind::ReadOnly | MaskKind::NoExec => {
-                    let t = sys::open_tree_clone(libc::AT_FDCWD, path).map_err(|e| (idx, e))?;
                     let attr = if m.kind == MaskKind::ReadOnly {
                         sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV
                     } else {
                         sys::MOUNT_ATTR_NOEXEC | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV
                     };
-                    sys::mount_setattr(t.as_fd(), attr).map_err(|e| (idx, e))?;
-                    sys::move_mount_to(t.as_fd(), path).map_err(|e| (idx, e))
+                    sys::open_tree_clone(libc::AT_FDCWD, path).and_then(|t| {
+                        sys::mount_setattr(t.as_fd(), attr)?;
+                        sys::move_mount_to(t.as_fd(), path)
+                    })
                 }
+            };
+            match mounted {
+                Ok(()) => {
+                    if m.kind == MaskKind::Hide && m.is_dir {
+                        hidden_dirs.push(&m.path);
+                    }
+                    Ok(())
+                }
+                // Gone since the plan was made (the host removed it): nothing left to deny.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+                Err(e) => Err((idx, e)),
             }
         });
     let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(SRC_FILE.to_bytes()));
