@@ -2,9 +2,15 @@
 //!
 //! 1. Deny rules compose: overlapping rules (a directory glob and a file inside it, two nested
 //!    directory globs, a preset's deny and the user's) start in every order and all deny.
+//! 2. No metadata writes outside the write trees: chmod (also through `/proc/self/fd` of an
+//!    `O_PATH` fd), utimensat, chown, setxattr, removexattr, rename and link of a file in a
+//!    read-only tree, or in no tree at all, fail (the view is read-only there: `EROFS`), and
+//!    the file is unchanged, checked from outside; the same calls in the workspace work; the
+//!    agent cannot remount its view read-write.
 mod common;
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,6 +18,7 @@ use common::{Result_, Workspace};
 
 /// Time limit of one supervised run.
 const LIMIT: Duration = Duration::from_secs(30);
+const PYTHON: &str = "/usr/bin/python3";
 
 fn unique() -> String {
     let n = std::time::SystemTime::now()
@@ -44,6 +51,23 @@ fn run_policy(ws: &Workspace, policy: &str, extra: &[&str], cmd: &[&str]) -> Res
     let r = ws.run(&args, cmd, LIMIT);
     assert!(!r.timed_out, "the run hit the time limit: {}", show(&r));
     r
+}
+
+/// A directory removed (with what is in it) on drop, for test files outside the workspace.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(parent: &str, name: &str) -> TempDir {
+        let dir = Path::new(parent).join(format!("as-fsview-{name}-{}", unique()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -245,4 +269,296 @@ fn a_hidden_file_under_a_read_only_directory_is_hidden_and_the_rest_read_only() 
         assert!(got.contains("plain"), "{}", show(&r));
         assert_eq!(fs::read_to_string(&plain).unwrap(), "plain", "{}", show(&r));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Metadata writes outside the write trees
+// ---------------------------------------------------------------------------------------------
+
+/// Tries every metadata change on the file `argv[1]` (in directory `argv[2]`) and prints one
+/// line `<call> ok` or `<call> <errno name>` for each.
+const METADATA_PY: &str = r#"
+import ctypes, errno, os, sys
+f, d = sys.argv[1], sys.argv[2]
+def attempt(name, fn):
+    try:
+        fn()
+        print(name, "ok")
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, e.errno))
+attempt("chmod", lambda: os.chmod(f, 0o777))
+attempt("chmod-dir", lambda: os.chmod(d, 0o777))
+def via_o_path():
+    fd = os.open(f, os.O_PATH)
+    try:
+        os.chmod("/proc/self/fd/%d" % fd, 0o777)
+    finally:
+        os.close(fd)
+attempt("fchmodat-o-path", via_o_path)
+def fchmod_of_read_fd():
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.fchmod(fd, 0o777)
+    finally:
+        os.close(fd)
+attempt("fchmod", fchmod_of_read_fd)
+attempt("utimensat", lambda: os.utime(f, (1, 1)))
+attempt("utimensat-now", lambda: os.utime(f, None))
+attempt("chown", lambda: os.chown(f, -1, os.getgid()))
+attempt("chown-dir", lambda: os.chown(d, -1, os.getgid()))
+attempt("setxattr", lambda: os.setxattr(f, "user.agent", b"pwned"))
+attempt("removexattr", lambda: os.removexattr(f, "user.host"))
+attempt("rename", lambda: os.rename(f, f + ".moved"))
+attempt("link", lambda: os.link(f, f + ".link"))
+attempt("unlink", lambda: os.unlink(f))
+"#;
+
+/// What the host sees of a file's metadata.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+fn seen(p: &Path) -> Seen {
+    let md = fs::symlink_metadata(p).expect("metadata");
+    Seen {
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: (md.mtime(), md.mtime_nsec()),
+        ctime: (md.ctime(), md.ctime_nsec()),
+        xattrs: xattrs(p),
+    }
+}
+
+/// The `user.*` extended attributes of `p`, by name (read with getfattr-free libc calls).
+fn xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let out = std::process::Command::new(PYTHON)
+        .args([
+            "-c",
+            "import os,sys\nfor n in sorted(os.listxattr(sys.argv[1])):\n print(n, os.getxattr(sys.argv[1], n).hex())",
+        ])
+        .arg(p)
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Can the host set `user.*` xattrs in `dir`'s filesystem?
+fn user_xattrs_work(file: &Path) -> bool {
+    std::process::Command::new(PYTHON)
+        .args([
+            "-c",
+            "import os,sys\nos.setxattr(sys.argv[1], 'user.host', b'original')",
+        ])
+        .arg(file)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs [`METADATA_PY`] on a victim file in a fresh directory under `parent`, under a policy
+/// whose `[filesystem]` is `filesystem`, and checks from outside that nothing changed.
+fn metadata_writes_are_refused(parent: &str, name: &str, filesystem: &str) {
+    skip_unless!(Path::new(PYTHON).exists(), "needs /usr/bin/python3");
+    let ws = Workspace::new(&format!("fsview-{name}"));
+    let dir = TempDir::new(parent, name);
+    let victim = dir.0.join("victim.txt");
+    fs::write(&victim, "original").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o755)).unwrap();
+    let xattrs_here = user_xattrs_work(&victim);
+    let before = (seen(&victim), seen(&dir.0));
+    let policy = format!("version = 1\nextends = \"sandboxed\"\n{filesystem}");
+    let script = ws.write("meta.py", METADATA_PY);
+    let r = run_policy(
+        &ws,
+        &policy,
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "{PYTHON} '{}' '{}' '{}' > result.txt 2>&1; echo ok > done.txt",
+                script.display(),
+                victim.display(),
+                dir.0.display()
+            ),
+        ],
+    );
+    assert_eq!(ws.read("done.txt").as_deref(), Some("ok\n"), "{}", show(&r));
+    let result = ws.read("result.txt").unwrap_or_default();
+    assert!(
+        result.lines().count() >= 13,
+        "the script did not run to its end:\n{result}\n{}",
+        show(&r)
+    );
+    for line in result.lines() {
+        assert!(
+            !line.ends_with(" ok"),
+            "{line}: allowed outside the write trees\n{result}"
+        );
+    }
+    assert_eq!(
+        (seen(&victim), seen(&dir.0)),
+        before,
+        "changed from inside the sandbox:\n{result}"
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "original");
+    for gone in ["victim.txt.moved", "victim.txt.link"] {
+        assert!(!dir.0.join(gone).exists(), "{gone} was made:\n{result}");
+    }
+    if !xattrs_here {
+        common::record_skip(
+            module_path!(),
+            line!(),
+            &format!("{parent}: the host cannot set user.* xattrs there (setxattr/removexattr checked only for not succeeding)"),
+        );
+    }
+}
+
+/// Read and write trees that leave `/var/tmp` readable but not writable.
+const VAR_READ_ONLY: &str =
+    "[filesystem]\nwrite = [\"{workspace}\", \"/dev/null\", \"/dev/tty\"]\n";
+
+/// Read trees without `/var` at all.
+const VAR_IN_NO_TREE: &str = "[filesystem]\n\
+    read = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", \"/etc\", \"/proc\", \"/dev\", \"{workspace}\"]\n\
+    write = [\"{workspace}\", \"/dev/null\", \"/dev/tty\"]\n";
+
+#[test]
+fn metadata_writes_in_a_read_only_tree_are_refused() {
+    metadata_writes_are_refused("/var/tmp", "readtree", VAR_READ_ONLY);
+}
+
+#[test]
+fn metadata_writes_in_no_tree_at_all_are_refused() {
+    metadata_writes_are_refused("/var/tmp", "notree", VAR_IN_NO_TREE);
+}
+
+#[test]
+fn metadata_writes_in_the_workspace_tmp_and_dev_null_still_work() {
+    skip_unless!(Path::new(PYTHON).exists(), "needs /usr/bin/python3");
+    let ws = Workspace::new("fsview-inside");
+    let victim = ws.write("sub/victim.txt", "original");
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o640)).unwrap();
+    let xattrs_here = user_xattrs_work(&victim);
+    let tmp = TempDir::new("/tmp", "tmpwrite");
+    let script = ws.write("meta.py", METADATA_PY);
+    // Everything but unlink (last): the victim must still be there to look at.
+    let r = run_policy(
+        &ws,
+        "version = 1\nextends = \"sandboxed\"\n",
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "{PYTHON} '{}' sub/victim.txt sub > result.txt 2>&1; \
+                 echo hi > '{t}/made.txt' && chmod 600 '{t}/made.txt'; echo x > /dev/null && \
+                 echo ok > done.txt",
+                script.display(),
+                t = tmp.0.display()
+            ),
+        ],
+    );
+    assert_eq!(ws.read("done.txt").as_deref(), Some("ok\n"), "{}", show(&r));
+    let result = ws.read("result.txt").unwrap_or_default();
+    for call in [
+        "chmod",
+        "chmod-dir",
+        "fchmodat-o-path",
+        "fchmod",
+        "utimensat",
+        "utimensat-now",
+        "chown",
+        "chown-dir",
+        "rename",
+    ] {
+        assert!(
+            result.lines().any(|l| l == format!("{call} ok")),
+            "{call} failed in the workspace:\n{result}\n{}",
+            show(&r)
+        );
+    }
+    if xattrs_here {
+        assert!(result.contains("setxattr ok"), "{result}");
+        assert!(result.contains("removexattr ok"), "{result}");
+    }
+    assert_eq!(
+        fs::metadata(tmp.0.join("made.txt"))
+            .map(|m| m.mode() & 0o777)
+            .ok(),
+        Some(0o600),
+        "{}",
+        show(&r)
+    );
+}
+
+/// Undoing the read-only view: remount, mount_setattr, umount, a new mount. Each is refused,
+/// and chmod outside the write trees still fails after them.
+#[test]
+fn the_agent_cannot_remount_its_view_read_write() {
+    skip_unless!(Path::new(PYTHON).exists(), "needs /usr/bin/python3");
+    let ws = Workspace::new("fsview-remount");
+    let dir = TempDir::new("/var/tmp", "remount");
+    let victim = dir.0.join("victim.txt");
+    fs::write(&victim, "original").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o640)).unwrap();
+    let before = seen(&victim);
+    let attack = r#"
+import ctypes, errno, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+f, d = sys.argv[1].encode(), sys.argv[2].encode()
+MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
+def say(name, rc):
+    print(name, "ok" if rc == 0 else errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()))
+say("remount-rw", libc.mount(None, b"/", None, MS_REMOUNT | MS_BIND, None))
+say("remount-dir-rw", libc.mount(None, d, None, MS_REMOUNT | MS_BIND, None))
+say("bind-over", libc.mount(d, d, None, MS_BIND | MS_REC, None))
+say("umount", libc.umount2(d, 2))
+say("umount-root", libc.umount2(b"/", 2))
+attr = (ctypes.c_uint64 * 4)(0, 1, 0, 0)  # attr_clr = MOUNT_ATTR_RDONLY
+say("mount_setattr", libc.syscall(442, -100, b"/", 0x8000, attr, 32))
+say("open_tree", 0 if libc.syscall(428, -100, d, 1) >= 0 else -1)
+try:
+    os.chmod(f, 0o777)
+    print("chmod ok")
+except OSError as e:
+    print("chmod", errno.errorcode.get(e.errno))
+"#;
+    let script = ws.write("attack.py", attack);
+    let r = run_policy(
+        &ws,
+        &format!("version = 1\nextends = \"sandboxed\"\n{VAR_READ_ONLY}"),
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "{PYTHON} '{}' '{}' '{}' > result.txt 2>&1; echo ok > done.txt",
+                script.display(),
+                victim.display(),
+                dir.0.display()
+            ),
+        ],
+    );
+    assert_eq!(ws.read("done.txt").as_deref(), Some("ok\n"), "{}", show(&r));
+    let result = ws.read("result.txt").unwrap_or_default();
+    assert_eq!(result.lines().count(), 8, "{result}\n{}", show(&r));
+    for line in result.lines() {
+        assert!(
+            !line.ends_with(" ok"),
+            "{line}: the attack worked\n{result}"
+        );
+    }
+    assert_eq!(seen(&victim), before, "{result}");
 }

@@ -514,6 +514,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         ),
     };
 
+    let read_only_view = plan.writable_view.is_none().then(|| landlock.write.clone());
     let spec = SandboxSpec {
         argv: sandbox::to_cstrings(&opts.command),
         landlock,
@@ -527,6 +528,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         limit_procs: limits.limit_procs(),
         file_size: policy.limits.file_size.value,
         resolv_conf: dns.as_ref().map(|d| d.resolv_conf().into_bytes()),
+        read_only_view,
     };
     // Signals we forward are blocked before any thread exists, so every thread inherits the
     // mask and only the forwarder receives them.
@@ -554,6 +556,14 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     sandbox.weaker.extend(bpf_weaker.into_lines());
     sandbox.weaker.extend(dns_weaker);
     sandbox.weaker.extend(limits_weaker);
+    if let Some(why) = &plan.writable_view {
+        if !plan.landlock_write.iter().any(|w| w == Path::new("/")) {
+            sandbox.weaker.push(format!(
+                "the view is not read-only outside the write trees ({why}): chmod, chown, \
+                 utimes and xattr changes there are refused by file permissions only"
+            ));
+        }
+    }
     tracing::debug!("sandbox ready (init pid {})", sandbox.init_pid);
     for w in &sandbox.weaker {
         eprintln!("agent-supervisor: warning: {w}");

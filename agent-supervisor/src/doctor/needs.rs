@@ -247,6 +247,22 @@ pub fn protections(policy: &Policy, plan: &Plan) -> Vec<Protection> {
             vec![Need::Landlock, Need::LandlockAbi6],
         ),
         p(
+            "metadata changes outside the write trees (chmod, chown, utimes, xattrs)".into(),
+            None,
+            match &plan.writable_view {
+                None => format!(
+                    "{}: every mount of the sandbox's namespace read-only, each write tree bound \
+                     back writable on top; remounting is refused by seccomp (the mount family)",
+                    agent_supervisor_policy::READ_ONLY_VIEW
+                ),
+                Some(why) => format!(
+                    "file permissions only: the view stays writable ({why}); Landlock has no \
+                     right for these calls"
+                ),
+            },
+            vec![Need::UserNamespaces],
+        ),
+        p(
             "memfd exec".into(),
             None,
             "vm.memfd_noexec = 2 in the sandbox's PID namespace, backed by Landlock".into(),

@@ -52,6 +52,10 @@ pub struct SandboxSpec {
     /// The content of the agent's `/etc/resolv.conf` (naming the session's DNS resolver),
     /// bound read-only over the host's in the agent's mount namespace. None: left alone.
     pub resolv_conf: Option<Vec<u8>>,
+    /// The write trees (canonical) when the agent's mount view is read-only outside them
+    /// (`Plan::writable_view` is None): every mount is made read-only, then each tree is bound
+    /// back as it was. None: the view stays as the host's.
+    pub read_only_view: Option<Vec<std::path::PathBuf>>,
 }
 
 /// A running sandbox.
@@ -86,11 +90,12 @@ pub enum Step {
     Hostname,
     DeathSignal,
     Dev,
+    ReadOnlyView,
 }
 
 impl Step {
     /// Every step, in order.
-    const ALL: [Step; 16] = [
+    const ALL: [Step; 17] = [
         Step::Sync,
         Step::MountPrivate,
         Step::MountProc,
@@ -107,6 +112,7 @@ impl Step {
         Step::Hostname,
         Step::DeathSignal,
         Step::Dev,
+        Step::ReadOnlyView,
     ];
 
     fn from_u32(v: u32) -> Option<Step> {
@@ -131,6 +137,7 @@ impl Step {
             Step::Hostname => "setting the sandbox host name",
             Step::DeathSignal => "arming the parent-death signal",
             Step::Dev => "building the sandbox's private /dev",
+            Step::ReadOnlyView => "making the view read-only outside the write trees",
         }
     }
 }
@@ -180,6 +187,7 @@ const WEAK_LANDLOCK_NONE: u32 = 2;
 const WEAK_MEMFD: u32 = 3;
 const WEAK_KILLABLE: u32 = 4;
 const WEAK_RESOLV_CONF: u32 = 5;
+const WEAK_READ_ONLY_VIEW: u32 = 6;
 
 fn encode(msg: ChildMsg) -> [u8; 16] {
     let (t, a, b, c) = match msg {
@@ -234,6 +242,8 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
         .iter()
         .map(|m| cstring(m.path.as_os_str()))
         .collect();
+    let view_trees: Option<Vec<CString>> =
+        spec.read_only_view.as_ref().map(|trees| view_trees(trees));
     let (to_child_r, to_child_w) = sys::pipe().map_err(parent("pipe"))?;
     let (from_child_r, from_child_w) = sys::pipe().map_err(parent("pipe"))?;
     let (uid, gid) = sys::euid_egid();
@@ -245,7 +255,11 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
     let Some((init_pid, init_pidfd)) = forked else {
         drop(to_child_w);
         drop(from_child_r);
-        child_main(spec, &deny, &notify, &mask_paths, to_child_r, from_child_w);
+        let paths = ChildPaths {
+            masks: &mask_paths,
+            view: view_trees.as_deref(),
+        };
+        child_main(spec, &deny, &notify, paths, to_child_r, from_child_w);
     };
     drop(to_child_r);
     drop(from_child_w);
@@ -297,13 +311,15 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
             Some(ChildMsg::Weaker { what }) => weaker.push(weakness_text(what).to_string()),
             Some(ChildMsg::Failed { step, errno, index }) => {
                 let step = Step::from_u32(step).unwrap_or(Step::Sync);
-                let detail = (step == Step::Mask)
-                    .then(|| {
-                        spec.masks
-                            .get(index as usize)
-                            .map(|m| m.path.display().to_string())
-                    })
-                    .flatten();
+                let detail = match step {
+                    Step::Mask => spec.masks.get(index as usize).map(|m| &m.path),
+                    Step::ReadOnlyView => spec
+                        .read_only_view
+                        .as_ref()
+                        .and_then(|t| view_tree_paths(t).nth(index as usize)),
+                    _ => None,
+                }
+                .map(|p| p.display().to_string());
                 let source = io::Error::from_raw_os_error(errno);
                 let _ = sys::waitid_pidfd(init_pidfd.as_fd());
                 if step == Step::Exec {
@@ -347,6 +363,7 @@ fn weakness_text(code: u32) -> &'static str {
         WEAK_LANDLOCK_NONE => "Landlock is not available: the [filesystem] trees are NOT enforced by the kernel",
         WEAK_MEMFD => "vm.memfd_noexec could not be set in the sandbox (not root, or Linux < 6.3 has none): memfd exec is still refused by Landlock",
         WEAK_RESOLV_CONF => "the session's resolv.conf could not be bound over /etc/resolv.conf (missing or a dangling symlink): name lookups fail, since DNS to any server but the session's resolver is refused",
+        WEAK_READ_ONLY_VIEW => "mount_setattr is unavailable (kernel < 5.12): the view is not read-only outside the write trees, so chmod, chown, utimes and xattr changes there are not refused",
         WEAK_KILLABLE => "seccomp WAIT_KILLABLE_RECV is unavailable (kernel < 5.19): a signal during a pending decision restarts the call",
         _ => "unknown weakness",
     }
@@ -364,12 +381,33 @@ fn cstring(s: &OsStr) -> CString {
         .unwrap_or_else(|_| CString::new("/nonexistent-path-with-nul").expect("static"))
 }
 
+/// The write trees bound back writable over the read-only view: those on a mount the sandbox
+/// makes afresh (its own `/proc` and `/dev`) are left out.
+fn view_tree_paths(trees: &[std::path::PathBuf]) -> impl Iterator<Item = &std::path::PathBuf> {
+    trees
+        .iter()
+        .filter(|t| !["/proc", "/dev"].iter().any(|p| t.starts_with(p)))
+}
+
+fn view_trees(trees: &[std::path::PathBuf]) -> Vec<CString> {
+    view_tree_paths(trees)
+        .map(|t| cstring(t.as_os_str()))
+        .collect()
+}
+
+/// Paths the child mounts on, as C strings made before `clone3`.
+struct ChildPaths<'a> {
+    masks: &'a [CString],
+    /// The write trees of a read-only view.
+    view: Option<&'a [CString]>,
+}
+
 /// The sandbox's PID 1. Every step in order; never returns.
 fn child_main(
     spec: &SandboxSpec,
     deny: &[sys::SockFilter],
     notify: &[sys::SockFilter],
-    mask_paths: &[CString],
+    paths: ChildPaths<'_>,
     from_parent: OwnedFd,
     to_parent: OwnedFd,
 ) -> ! {
@@ -396,9 +434,18 @@ fn child_main(
         Ok(true) => {}
         _ => sys::exit_now(127),
     }
-    // 2. Mounts: private propagation, our own /proc, masks.
+    // 2. Mounts: private propagation, the read-only view, our own /proc and /dev, masks.
     if let Err(e) = sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE) {
         fail(Step::MountPrivate, e, -1);
+    }
+    if let Some(trees) = paths.view {
+        match read_only_view(trees) {
+            Ok(()) => {}
+            Err((-1, e)) if e.raw_os_error() == Some(libc::ENOSYS) => report(ChildMsg::Weaker {
+                what: WEAK_READ_ONLY_VIEW,
+            }),
+            Err((idx, e)) => fail(Step::ReadOnlyView, e, idx),
+        }
     }
     if let Err(e) = sys::mount(
         Some(c"proc"),
@@ -416,7 +463,7 @@ fn child_main(
         });
         sys::exit_now(127);
     }
-    if let Err(e) = apply_masks(&spec.masks, mask_paths) {
+    if let Err(e) = apply_masks(&spec.masks, paths.masks) {
         let (idx, e) = e;
         fail(
             if idx < 0 {
@@ -434,6 +481,11 @@ fn child_main(
                 what: WEAK_RESOLV_CONF,
             });
         }
+    }
+    // The working directory was looked up before the mounts above: look it up again, so that
+    // it is the write tree's writable bind (or the mask) now there, not what is beneath.
+    if let Ok(cwd) = std::env::current_dir() {
+        let _ = std::env::set_current_dir(cwd);
     }
     // memfd_create() without MFD_EXEC gets a non-executable memfd; MFD_EXEC is refused.
     if std::fs::write("/proc/sys/vm/memfd_noexec", "2").is_err() {
@@ -699,6 +751,30 @@ fn place_resolv_conf(content: &[u8]) -> io::Result<()> {
     })();
     let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(SRC.to_bytes()));
     result
+}
+
+/// Make every mount of the namespace read-only, except the write `trees`, which are cloned
+/// first (with their submounts, as they are) and bound back on top. chmod, chown, utimes and
+/// xattr changes, which Landlock has no rights for, then fail with `EROFS` outside them; the
+/// agent can't undo it (the mount family is refused by seccomp). Device nodes stay usable: a
+/// read-only mount refuses changes to an inode, not writes to a device. Returns (tree index or
+/// -1 for the remount itself, error).
+fn read_only_view(trees: &[CString]) -> Result<(), (i32, io::Error)> {
+    let mut clones = Vec::with_capacity(trees.len());
+    for (i, tree) in trees.iter().enumerate() {
+        match sys::open_tree_clone_recursive(libc::AT_FDCWD, tree) {
+            Ok(fd) => clones.push((i, fd)),
+            // A write tree that doesn't exist: nothing to bind (Landlock skips it too).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err((i as i32, e)),
+        }
+    }
+    let root = std::fs::File::open("/").map_err(|e| (-1, e))?;
+    sys::mount_setattr(root.as_fd(), sys::MOUNT_ATTR_RDONLY).map_err(|e| (-1, e))?;
+    for (i, fd) in clones {
+        sys::move_mount_to(fd.as_fd(), &trees[i]).map_err(|e| (i as i32, e))?;
+    }
+    Ok(())
 }
 
 /// Mount every mask. Returns (mask index or -1 for the tmpfs itself, error) on failure.
