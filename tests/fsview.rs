@@ -7,6 +7,9 @@
 //!    read-only tree, or in no tree at all, fail (the view is read-only there: `EROFS`), and
 //!    the file is unchanged, checked from outside; the same calls in the workspace work; the
 //!    agent cannot remount its view read-write.
+//! 3. A file the host renames into a denied directory after the start: refused by the BPF LSM
+//!    `file_open` tree check where BPF LSM is active (the VM guests of `cargo xtask vm-test`),
+//!    and said in the run's warning where it is not.
 mod common;
 
 use std::fs;
@@ -14,7 +17,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Result_, Workspace};
+use common::{is_root, Result_, Workspace};
 
 /// Time limit of one supervised run.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -561,4 +564,99 @@ except OSError as e:
         );
     }
     assert_eq!(seen(&victim), before, "{result}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Files put into a denied directory after the start
+// ---------------------------------------------------------------------------------------------
+
+/// A bind mount on the host, unmounted (lazily) on drop.
+struct HostBind(PathBuf);
+
+impl HostBind {
+    fn new(source: &Path, target: &Path) -> Option<HostBind> {
+        fs::create_dir_all(target).ok()?;
+        let ok = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(source)
+            .arg(target)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| HostBind(target.to_path_buf()))
+    }
+}
+
+impl Drop for HostBind {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The mask over `{workspace}/secret` covers that path only: the same directory reached by
+/// another mount (here a host bind of it), with a file the host renamed into it after the
+/// start (so not in the session's inode map), is refused only by the LSM tree check.
+#[test]
+fn a_file_renamed_by_the_host_into_a_denied_directory_after_the_start() {
+    skip_unless!(is_root(), "needs root (a bind mount on the host)");
+    let ws = Workspace::new("fsview-renamed");
+    let u = unique();
+    fs::create_dir_all(ws.path("secret")).unwrap();
+    ws.write("secret/old.txt", "old");
+    let alias = base(&ws).join("alias");
+    let Some(_bind) = HostBind::new(&ws.path("secret"), &alias) else {
+        common::record_skip(module_path!(), line!(), "mount --bind failed");
+        return;
+    };
+    let incoming = base(&ws).join("incoming.txt");
+    fs::write(&incoming, format!("LATE-SECRET-{u}")).unwrap();
+    let policy = sandboxed_with(&[deny_rule("{workspace}/secret/**")]);
+    let p = ws.policy(&policy);
+    let script = format!(
+        "echo up > started.txt; i=0; while [ ! -e go ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; \
+         cat '{a}/new.txt' > got.txt 2>err.txt; echo ok > done.txt",
+        a = alias.display()
+    );
+    let mut c = common::supervisor_command();
+    c.args(["run", "--headless", "--audit"])
+        .arg(&ws.audit)
+        .arg("--policy")
+        .arg(&p)
+        .args(["--", "/bin/sh", "-c", &script])
+        .current_dir(&ws.dir)
+        .stdin(std::process::Stdio::null());
+    let runner = std::thread::spawn(move || common::run_with_timeout(c, LIMIT));
+    let started = std::time::Instant::now();
+    while !ws.path("started.txt").exists() && started.elapsed() < LIMIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::rename(&incoming, ws.path("secret/new.txt")).expect("rename into the denied directory");
+    fs::write(ws.path("go"), "").unwrap();
+    let r = runner.join().expect("runner");
+    assert_eq!(ws.read("done.txt").as_deref(), Some("ok\n"), "{}", show(&r));
+    let got = ws.read("got.txt").unwrap_or_default();
+    // The run itself says whether its LSM programs are on (securityfs may list `bpf` on a
+    // kernel whose BPF trampolines are blocked, as on the machines this is built on).
+    if let Some(line) = r.stderr.lines().find(|l| l.contains("BPF LSM is off")) {
+        assert!(
+            line.contains("renamed into a denied directory"),
+            "the run does not say that files put into a denied directory later are not \
+             refused by the kernel:\n{}",
+            show(&r)
+        );
+        common::record_skip(
+            module_path!(),
+            line!(),
+            &format!("BPF LSM is off here ({line}): the warning was checked, not the refusal"),
+        );
+    } else {
+        assert!(
+            !got.contains("LATE-SECRET"),
+            "read through another mount after the start: {}",
+            show(&r)
+        );
+        assert!(ws.path("secret/new.txt").exists());
+    }
 }

@@ -340,7 +340,7 @@ pub fn protections(policy: &Policy, plan: &Plan) -> Vec<Protection> {
         out.push(p(
             "denied files and programs, by inode, in the kernel".into(),
             None,
-            "BPF LSM lsm/file_open, lsm/bprm_check_security, lsm/mmap_file for the session's cgroup: the inodes of denied files and commands, whatever path reaches them".into(),
+            "BPF LSM lsm/file_open, lsm/bprm_check_security, lsm/mmap_file for the session's cgroup: the inodes of denied files and commands, whatever path reaches them, and (lsm/file_open, up to 16 levels of d_parent) any file below a denied directory, even one created or renamed there after the start".into(),
             vec![Need::BpfLsm],
         ));
     }
