@@ -338,7 +338,7 @@ pub fn protections(policy: &Policy, plan: &Plan) -> Vec<Protection> {
     }
     if crate::ebpf::lsm::relevant(policy, plan) {
         out.push(p(
-            "denied files and programs, by inode, in the kernel".into(),
+            "denied files and programs by inode, and files put into a denied directory after the start, in the kernel".into(),
             None,
             "BPF LSM lsm/file_open, lsm/bprm_check_security, lsm/mmap_file for the session's cgroup: the inodes of denied files and commands, whatever path reaches them, and (lsm/file_open, up to 16 levels of d_parent) any file below a denied directory, even one created or renamed there after the start".into(),
             vec![Need::BpfLsm],
