@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_supervisor::daemon::proto::{
@@ -17,6 +17,7 @@ use agent_supervisor::daemon::proto::{
     sessions_client::SessionsClient,
 };
 use agent_supervisor::daemon::{client, proto::Resolution};
+use common::daemon::Daemon;
 use common::{bin, is_root};
 use tonic::Code;
 
@@ -27,145 +28,22 @@ const APPROVER: u32 = 65534;
 const NOT_APPROVER: u32 = 65533;
 const TOKEN: &str = "s3cret-token-for-tests";
 
-/// A daemon on a temporary socket, killed (SIGKILL) and its directory removed on drop.
-struct Daemon {
-    dir: PathBuf,
-    config: PathBuf,
-    child: Option<Child>,
-}
-
+/// The daemon for these tests: uid APPROVER and the token TOKEN may answer approvals.
 impl Daemon {
     fn start(name: &str) -> Daemon {
-        let dir = std::env::temp_dir().join(format!(
-            "as-daemon-{name}-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos()
-                ^ (std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos())
-        ));
-        std::fs::create_dir_all(dir.join("ws")).unwrap();
-        // The approver uids must reach the socket.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let token_sha = sha256_hex(TOKEN);
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "socket = \"{d}/api.sock\"\nsocket_mode = \"0666\"\naudit = \"{d}/log/audit.jsonl\"\n\
-                 state_dir = \"{d}/state\"\n\
-                 [access.approve]\nuids = [{APPROVER}]\ntokens = [\"ci\"]\n\
-                 [[token]]\nname = \"ci\"\nsha256 = \"{token_sha}\"\n",
-                d = dir.display()
+        Daemon::start_with(
+            "as-daemon",
+            name,
+            &format!(
+                "[access.approve]\nuids = [{APPROVER}]\ntokens = [\"ci\"]\n\
+                 [[token]]\nname = \"ci\"\nsha256 = \"{token_sha}\"\n"
             ),
         )
-        .unwrap();
-        let mut d = Daemon {
-            dir,
-            config,
-            child: None,
-        };
-        d.restart();
-        d
-    }
-
-    /// Start (again) on the same configuration; waits until the socket answers.
-    fn restart(&mut self) {
-        let err = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("daemon.err"))
-            .unwrap();
-        let child = common::supervisor_command()
-            .arg("daemon")
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn the daemon");
-        self.child = Some(child);
-        let start = Instant::now();
-        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "the daemon did not listen in 20 s: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Add to the configuration (top-level keys first, tables last) and restart on it.
-    fn reconfigure(&mut self, extra: &str) {
-        let cfg = std::fs::read_to_string(&self.config).unwrap();
-        let cfg = if extra.starts_with('[') {
-            format!("{cfg}{extra}")
-        } else {
-            format!("{extra}{cfg}")
-        };
-        std::fs::write(&self.config, cfg).unwrap();
-        self.sigkill();
-        self.restart();
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("api.sock")
-    }
-
-    fn ws(&self) -> PathBuf {
-        self.dir.join("ws")
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.err")).unwrap_or_default()
-    }
-
-    fn audit_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("log/audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn audit(&self) -> Vec<serde_json::Value> {
-        self.audit_lines()
-            .iter()
-            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-            .collect()
-    }
-
-    fn sigkill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 
     async fn channel(&self) -> tonic::transport::Channel {
         client::connect(&self.socket()).await.expect("connect")
-    }
-
-    /// A policy file (outside the workspace): the sandboxed preset, running workspace scripts
-    /// is asked.
-    fn policy(&self, timeout: &str) -> String {
-        let p = self.dir.join("policy.toml");
-        std::fs::write(
-            &p,
-            format!("version = 1\nextends = \"sandboxed\"\napproval_timeout = \"{timeout}\"\n"),
-        )
-        .unwrap();
-        p.display().to_string()
-    }
-
-    /// An executable script in the workspace that appends a line to the file named by $1.
-    fn counter_script(&self) {
-        let p = self.ws().join("s.sh");
-        std::fs::write(&p, "#!/bin/sh\necho \"ran $*\" >> \"$1\"\n").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
     async fn start_session(&self, policy: &str, script: &str) -> proto::Session {
@@ -194,13 +72,6 @@ impl Daemon {
             .gid(uid)
             .stdin(Stdio::null());
         common::run_with_timeout(c, Duration::from_secs(20))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.sigkill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -337,7 +208,7 @@ fn an_approval_answered_by_another_user_allows_once_and_a_denial_denies() {
         "the daemon tests run as root (they setuid the clients)"
     );
     let d = Daemon::start("allow");
-    d.counter_script();
+    d.counter_script("s.sh");
     let policy = d.policy("30s");
     with_limit(async {
         let mut w = watch(&d).await;
@@ -420,7 +291,7 @@ fn an_unanswered_approval_is_denied_at_its_deadline_and_cannot_be_answered_after
         "the daemon tests run as root (they setuid the clients)"
     );
     let d = Daemon::start("expire");
-    d.counter_script();
+    d.counter_script("s.sh");
     let policy = d.policy("2s");
     with_limit(async {
         let mut w = watch(&d).await;
@@ -463,7 +334,7 @@ fn answers_are_bound_to_the_approval_and_its_action_and_the_first_one_wins() {
         "the daemon tests run as root (they setuid the clients)"
     );
     let d = Daemon::start("bound");
-    d.counter_script();
+    d.counter_script("s.sh");
     let policy = d.policy("30s");
     with_limit(async {
         let mut w = watch(&d).await;
@@ -560,7 +431,7 @@ fn a_wrong_digest_is_refused_and_a_bad_token_is_unauthenticated() {
         "the daemon tests run as root (they setuid the clients)"
     );
     let d = Daemon::start("digest");
-    d.counter_script();
+    d.counter_script("s.sh");
     let policy = d.policy("30s");
     with_limit(async {
         let mut w = watch(&d).await;
@@ -632,7 +503,7 @@ fn a_token_in_the_sessions_environment_never_approves_that_session() {
         "the daemon tests run as root (they setuid the clients)"
     );
     let d = Daemon::start("taint");
-    d.counter_script();
+    d.counter_script("s.sh");
     let policy = d.policy("30s");
     with_limit(async {
         let mut w = watch(&d).await;
@@ -840,7 +711,7 @@ fn a_daemon_killed_while_an_approval_waits_takes_the_agent_with_it_and_nothing_i
         "the daemon tests run as root (they setuid the clients)"
     );
     let mut d = Daemon::start("crash");
-    d.counter_script();
+    d.counter_script("s.sh");
     let policy = d.policy("30s");
     let marker = format!("as-daemon-crash-marker-{}", std::process::id());
     let (session, approval) = {
@@ -1232,7 +1103,7 @@ fn clients_sending_the_socket_path_as_authority_are_answered() {
 fn run_through_the_daemon_keeps_the_callers_stdio_and_exit_code() {
     skip_unless!(is_root(), "the daemon tests run as root");
     let d = Daemon::start("run");
-    d.counter_script();
+    d.counter_script("s.sh");
     let policy = d.policy("30s");
     // stdin, stdout, stderr are the caller's; the agent's exit code is ours; an ask is answered
     // by an approver meanwhile.
@@ -1348,7 +1219,7 @@ fn a_session_runs_as_its_caller_and_another_uid_answers_its_approvals() {
     let mut d = Daemon::start("asuser");
     // Uid APPROVER may start sessions too.
     d.reconfigure(&format!("[access.start]\nuids = [{APPROVER}]\n"));
-    d.counter_script();
+    d.counter_script("s.sh");
     std::os::unix::fs::chown(d.ws(), Some(APPROVER), Some(APPROVER)).unwrap();
     let policy = d.policy("30s");
     let mut c = common::supervisor_command();
@@ -1696,7 +1567,7 @@ fn over_tcp_only_tls_with_a_token_gets_in_and_a_token_can_approve() {
         "[tcp]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{0}/server.pem\"\nkey = \"{0}/server.key\"\n",
         d.dir.display()
     ));
-    d.counter_script();
+    d.counter_script("s.sh");
     let policy = d.policy("30s");
     with_limit(async {
         // Plain text to the TLS port: no answer.
@@ -1841,7 +1712,7 @@ fn metrics_are_served_only_when_configured_and_count_sessions_decisions_and_appr
     let mut d = Daemon::start("metrics");
     let port = free_port();
     d.reconfigure(&format!("metrics_listen = \"127.0.0.1:{port}\"\n"));
-    d.counter_script();
+    d.counter_script("s.sh");
     let policy = d.policy("30s");
     let scrape = || {
         use std::io::{Read, Write};
@@ -1925,7 +1796,7 @@ fn the_approvals_tui_shows_a_waiting_action_and_y_allows_it() {
     );
     let mut d = Daemon::start("tui");
     d.reconfigure(&format!("[access.start]\nuids = [{APPROVER}]\n"));
-    d.counter_script();
+    d.counter_script("s.sh");
     std::os::unix::fs::chown(d.ws(), Some(APPROVER), Some(APPROVER)).unwrap();
     let policy = d.policy("30s");
     // The session, as another uid (root answers it from the UI).

@@ -9,12 +9,12 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::daemon::Daemon;
 use common::is_root;
 
 /// Time limit of each client run, and of the session.
@@ -56,86 +56,26 @@ fn approver_python() -> Result<PathBuf, String> {
     }
 }
 
-/// A daemon on a temporary socket where uid AGENT_UID may start sessions; killed (SIGKILL,
-/// its sessions with it) and its directory removed on drop.
-struct Daemon {
-    dir: PathBuf,
-    child: Child,
-}
-
+/// The daemon for these tests: uid AGENT_UID may start sessions.
 impl Daemon {
     fn start(name: &str) -> Daemon {
-        let dir = std::env::temp_dir().join(format!(
-            "as-clients-{name}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(dir.join("ws")).unwrap();
-        // The agent's uid must reach the sockets and its policy.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "socket = \"{d}/api.sock\"\nsocket_mode = \"0666\"\naudit = \"{d}/log/audit.jsonl\"\n\
-                 state_dir = \"{d}/state\"\n[access.start]\nuids = [{AGENT_UID}]\n",
-                d = dir.display()
-            ),
+        Daemon::start_with(
+            "as-clients",
+            name,
+            &format!("[access.start]\nuids = [{AGENT_UID}]\n"),
         )
-        .unwrap();
-        let err = std::fs::File::create(dir.join("daemon.err")).unwrap();
-        let child = common::supervisor_command()
-            .arg("daemon")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn the daemon");
-        let d = Daemon { dir, child };
-        let start = Instant::now();
-        while std::os::unix::net::UnixStream::connect(d.socket()).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "the daemon did not listen in 20 s: {}",
-                d.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("api.sock")
-    }
-
-    fn ws(&self) -> PathBuf {
-        self.dir.join("ws")
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.err")).unwrap_or_default()
-    }
-
-    fn audit(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.join("log/audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-            .collect()
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The services the daemon offers, as a client lists them by reflection.
+fn expected_services() -> [&'static str; 5] {
+    [
+        "agent_supervisor.v1.Approvals",
+        "agent_supervisor.v1.Audit",
+        "agent_supervisor.v1.Policy",
+        "agent_supervisor.v1.Sessions",
+        "grpc.health.v1.Health",
+    ]
 }
 
 /// A child killed (SIGKILL) on drop unless it was waited for.
@@ -190,18 +130,10 @@ fn the_python_example_with_a_default_grpcio_channel_checks_health_lists_services
 
     // A session as AGENT_UID that runs two workspace scripts (each asked by the sandboxed
     // preset): the approver allows s.sh and denies the other; the agent goes on either way.
-    for name in ["s.sh", "t.sh"] {
-        let p = d.ws().join(name);
-        std::fs::write(&p, "#!/bin/sh\necho \"ran $*\" >> \"$1\"\n").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    d.counter_script("s.sh");
+    d.counter_script("t.sh");
     std::os::unix::fs::chown(d.ws(), Some(AGENT_UID), Some(AGENT_UID)).unwrap();
-    let policy = d.dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        "version = 1\nextends = \"sandboxed\"\napproval_timeout = \"60s\"\n",
-    )
-    .unwrap();
+    let policy = d.policy("60s");
     let mut run = common::supervisor_command();
     run.args(["run", "--daemon", "--policy"])
         .arg(&policy)
@@ -244,13 +176,7 @@ fn the_python_example_with_a_default_grpcio_channel_checks_health_lists_services
     assert_eq!(r.code, Some(0), "approver.py: {context}");
     let out = r.stdout.lines().collect::<Vec<_>>();
     assert_eq!(out.first(), Some(&"health: SERVING"), "{context}");
-    for service in [
-        "agent_supervisor.v1.Approvals",
-        "agent_supervisor.v1.Audit",
-        "agent_supervisor.v1.Policy",
-        "agent_supervisor.v1.Sessions",
-        "grpc.health.v1.Health",
-    ] {
+    for service in expected_services() {
         assert!(
             out.contains(&format!("service: {service}").as_str()),
             "{service}: {context}"
@@ -320,13 +246,7 @@ fn buf_curl_lists_the_services_by_reflection_and_checks_health() {
         r.stdout
     };
     let services = curl(&["--list-services", "http://localhost"]);
-    for service in [
-        "agent_supervisor.v1.Approvals",
-        "agent_supervisor.v1.Audit",
-        "agent_supervisor.v1.Policy",
-        "agent_supervisor.v1.Sessions",
-        "grpc.health.v1.Health",
-    ] {
+    for service in expected_services() {
         assert!(services.lines().any(|l| l == service), "{services}");
     }
     let methods = curl(&["--list-methods", "http://localhost"]);

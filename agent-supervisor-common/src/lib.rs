@@ -354,7 +354,47 @@ pub mod lsm_names {
         (MMAP_FILE, "mmap_file"),
     ];
     pub const INODE_DENY: &str = "INODE_DENY";
+    /// Map: directories whose whole tree a session may not open ([`TreeKey`](crate::TreeKey)).
+    pub const DENIED_TREES: &str = "DENIED_TREES";
+    /// Map: one [`TreeOffsets`](crate::TreeOffsets), the `dentry` fields the tree walk reads.
+    pub const TREE_OFFSETS: &str = "TREE_OFFSETS";
 }
+
+/// Entries of `DENIED_TREES` (directories, over every session sharing the programs).
+pub const MAX_DENIED_TREES: u32 = 16384;
+/// How many ancestors of an opened file `lsm/file_open` looks up in `DENIED_TREES` (a bounded
+/// loop the verifier accepts): a file deeper than this below a denied directory is refused by
+/// its mount mask (and its inode, when it existed at start) only.
+pub const MAX_TREE_DEPTH: u32 = 16;
+
+/// Key of `DENIED_TREES`: directory `(dev, ino)` denied to the session whose cgroup v2 id is
+/// `cgroup_id` (as `bpf_get_current_cgroup_id` returns it), so that one copy of the programs
+/// can serve several sessions. Value: `INODE_DENY_*` bits for every file below it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TreeKey {
+    pub cgroup_id: u64,
+    /// `inode::i_ino` of the directory.
+    pub ino: u64,
+    /// `super_block::s_dev` of its filesystem, kernel encoding.
+    pub dev: u32,
+    pub _padding: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TreeKey>() == 24);
+
+/// Where `lsm/file_open`'s tree walk finds a dentry's parent and inode in the running kernel
+/// (from its BTF, like [`KernelOffsets`]). All zero: no tree walk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeOffsets {
+    /// `struct dentry`: `d_parent`.
+    pub dentry_parent: u32,
+    /// `struct dentry`: `d_inode`.
+    pub dentry_inode: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TreeOffsets>() == 8);
 
 /// Entries of `INODE_DENY` (every session's files, by inode).
 pub const MAX_INODE_DENY: u32 = 65536;
@@ -442,6 +482,14 @@ unsafe impl aya::Pod for InodeKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SessionEntry {}
 
+// SAFETY: as for `NetAllowKey`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TreeKey {}
+
+// SAFETY: as for `NetAllowKey`.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TreeOffsets {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,6 +503,14 @@ mod tests {
         assert_eq!(core::mem::offset_of!(ProcEvent, comm), 48);
         assert_eq!(core::mem::offset_of!(ProcEvent, filename), 64);
         assert_eq!(core::mem::offset_of!(KernelOffsets, upid_size), 60);
+    }
+
+    #[test]
+    fn tree_keys_have_no_hidden_padding() {
+        assert_eq!(core::mem::offset_of!(TreeKey, ino), 8);
+        assert_eq!(core::mem::offset_of!(TreeKey, dev), 16);
+        assert_eq!(core::mem::offset_of!(TreeKey, _padding), 20);
+        assert_eq!(core::mem::offset_of!(TreeOffsets, dentry_inode), 4);
     }
 
     #[test]

@@ -32,6 +32,9 @@
 //!   commands) says about the inode really opened, executed or mapped executable, so no path
 //!   trick (hard link, `/proc/self/fd`, rename, `ld.so ./tool`) gets around them; in
 //!   `EXEC_ENFORCE` mode an exec of a file without a name (memfd, `O_TMPFILE`) is refused too.
+//!   `file_open` also walks up to `MAX_TREE_DEPTH` ancestors (`d_parent`, offsets in
+//!   [`TREE_OFFSETS`]) and refuses a file below a directory of [`DENIED_TREES`], so a file
+//!   created in or renamed into a denied directory after the start is refused too.
 //!   Each refusal is reported in the session's ring buffer.
 //!
 //! On the host this file compiles to an empty program (so `cargo clippy --workspace` works):
@@ -42,10 +45,11 @@ use core::ffi::c_void;
 
 use agent_supervisor_common::{
     ExecApprovalKey, InodeKey, KernelOffsets, NetAllowKey, NetRuleKey, ProcEvent, SessionEntry,
-    SetIdent, EXEC_ENFORCE, INODE_DENY_EXEC, INODE_DENY_READ, INODE_DENY_WRITE, MAX_EXEC_APPROVALS,
-    MAX_INODE_DENY, MAX_NET_ALLOW, MAX_NET_RULES, MAX_NET_SESSIONS, MAX_SESSIONS, NET_ANY_PORT,
-    NET_MODE_ENFORCE, NET_RULE_FIXED_BITS, NET_VERDICT_ALLOW, PROC_EVENTS_BYTES, PROC_EXEC,
-    PROC_EXIT, PROC_FILENAME_LEN, PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED,
+    SetIdent, TreeKey, TreeOffsets, EXEC_ENFORCE, INODE_DENY_EXEC, INODE_DENY_READ,
+    INODE_DENY_WRITE, MAX_DENIED_TREES, MAX_EXEC_APPROVALS, MAX_INODE_DENY, MAX_NET_ALLOW,
+    MAX_NET_RULES, MAX_NET_SESSIONS, MAX_SESSIONS, MAX_TREE_DEPTH, NET_ANY_PORT, NET_MODE_ENFORCE,
+    NET_RULE_FIXED_BITS, NET_VERDICT_ALLOW, PROC_EVENTS_BYTES, PROC_EXEC, PROC_EXIT,
+    PROC_FILENAME_LEN, PROC_FLAG_APPROVED, PROC_FLAG_KILLED, PROC_FLAG_KILL_FAILED,
     PROC_FLAG_UNNAMED, PROC_FLAG_WRITE, PROC_FORK, PROC_LSM_EXEC, PROC_LSM_MMAP, PROC_LSM_OPEN,
     RING_SLOTS,
 };
@@ -328,6 +332,23 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
 #[map]
 static INODE_DENY: HashMap<InodeKey, u32> = HashMap::with_max_entries(MAX_INODE_DENY, 0);
 
+/// Directories whose whole tree a session may not open (`TreeKey`: session cgroup, dev, ino)
+/// → `INODE_DENY_*` bits, written by the supervisor before the agent starts. Unlike
+/// `INODE_DENY` this covers files created in, or renamed into, such a directory later.
+/// Not preallocated: most sessions write a handful of entries, and every load would otherwise
+/// allocate all of them.
+#[map]
+static DENIED_TREES: HashMap<TreeKey, u32> =
+    HashMap::with_max_entries(MAX_DENIED_TREES, BPF_F_NO_PREALLOC);
+
+/// `BPF_F_NO_PREALLOC` (include/uapi/linux/bpf.h).
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// The `dentry` offsets of the tree walk (slot 0), from the running kernel's BTF; zero until
+/// the supervisor writes them, and then no walk happens.
+#[map]
+static TREE_OFFSETS: Array<TreeOffsets> = Array::with_max_entries(1, 0);
+
 /// `fmode_t` bits (include/linux/fs.h).
 const FMODE_WRITE: u32 = 0x2;
 const FMODE_EXEC: u32 = 0x20;
@@ -389,6 +410,42 @@ fn report_denial(
     entry.submit(0);
 }
 
+/// The `INODE_DENY_*` bits of the nearest ancestor directory of `file` (up to
+/// `MAX_TREE_DEPTH` levels of `d_parent`, within its mount's filesystem) that is in
+/// `DENIED_TREES` for session `cgroup_id`; 0 when none is.
+#[inline(always)]
+fn tree_deny(o: &KernelOffsets, cgroup_id: u64, file: u64) -> u32 {
+    let Some(t) = TREE_OFFSETS.get(0) else {
+        return 0;
+    };
+    let (parent_at, inode_at) = (t.dentry_parent, t.dentry_inode);
+    if parent_at == 0 || inode_at == 0 {
+        return 0;
+    }
+    let mut dentry: u64 = read(file, o.file_dentry);
+    for _ in 0..MAX_TREE_DEPTH {
+        let parent: u64 = read(dentry, parent_at);
+        // The root of a filesystem is its own parent.
+        if parent == 0 || parent == dentry {
+            return 0;
+        }
+        let inode: u64 = read(parent, inode_at);
+        let sb: u64 = read(inode, o.inode_sb);
+        let key = TreeKey {
+            cgroup_id,
+            ino: read(inode, o.inode_ino),
+            dev: read(sb, o.sb_dev),
+            _padding: 0,
+        };
+        if let Some(bits) = DENIED_TREES.get_ptr(&key) {
+            // SAFETY: the pointer comes from a successful lookup of a u32 value.
+            return unsafe { *bits };
+        }
+        dentry = parent;
+    }
+    0
+}
+
 /// The last component of `file`'s path (its dentry's name).
 #[inline(always)]
 fn dentry_name(o: &KernelOffsets, file: u64) -> u64 {
@@ -411,7 +468,11 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let o = offsets();
     let file = ctx.arg::<*const c_void>(0) as u64;
     let (key, _) = inode_of(&o, session.0, file);
-    let deny = inode_deny(&key);
+    let mut deny = inode_deny(&key);
+    if deny & INODE_DENY_READ == 0 {
+        // Below a denied directory, even if it got there after the start.
+        deny |= tree_deny(&o, session.0, file);
+    }
     if deny == 0 {
         return 0;
     }

@@ -540,7 +540,16 @@ pub struct Plan {
     pub notify_exec: bool,
     /// Per rule (same index as `rules`): a one-line description of the enforcing mechanism.
     pub mechanisms: Vec<String>,
+    /// Why the agent's mount view stays writable outside `landlock_write`; None: it is
+    /// read-only there (every mount bound read-only, the write trees bound writable on top),
+    /// so chmod, chown, utimes and xattr changes, which Landlock has no rights for, fail with
+    /// `EROFS` outside the write trees.
+    pub writable_view: Option<String>,
 }
+
+/// How [`Plan::writable_view`] is said: the read-only view and what it stops.
+pub const READ_ONLY_VIEW: &str = "read-only mount view outside the write trees (chmod, chown, \
+    utimes, xattrs, rename, link: EROFS in the kernel, no per-call cost)";
 
 /// Every way a policy can be refused. Display is `file:line:column: message` where known.
 #[derive(Debug, thiserror::Error)]

@@ -146,7 +146,41 @@ pub(crate) fn plan(policy: &Policy) -> Plan {
     plan.landlock_read = minimal_cover(read);
     plan.landlock_write = minimal_cover(write);
     plan.landlock_exec = minimal_cover(exec);
+    plan.writable_view = writable_view(policy, &plan);
     plan
+}
+
+/// Why the agent's mount view can't be read-only outside the Landlock write grants (see
+/// [`Plan::writable_view`]); None when it can.
+fn writable_view(policy: &Policy, plan: &Plan) -> Option<String> {
+    if plan.landlock_write.iter().any(|w| w == Path::new("/")) {
+        return Some("a write grant covers / (nothing is outside the write trees)".to_string());
+    }
+    if !plan.notify_open {
+        return None;
+    }
+    // The supervisor opens trapped files itself in the agent's root, so a write it approves
+    // outside the grants would meet the read-only view.
+    let anywhere = policy.rules.iter().position(|rule| match &rule.target {
+        Target::File { pattern, access } => {
+            access.write
+                && rule.decision != Decision::Deny
+                && grant_root(pattern, rule.catch_all).is_none()
+        }
+        _ => false,
+    });
+    match (anywhere, policy.default) {
+        (Some(i), _) => Some(format!(
+            "{} may grant a write anywhere, and the supervisor opens trapped files in the \
+             agent's view",
+            policy.describe_rule(i)
+        )),
+        (None, Decision::Deny) => None,
+        (None, default) => Some(format!(
+            "opens are trapped and the default ({default}) may grant a write outside the write \
+             trees, and the supervisor opens trapped files in the agent's view"
+        )),
+    }
 }
 
 fn grant(

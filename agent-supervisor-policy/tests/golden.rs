@@ -144,6 +144,10 @@ fn plan_text(policy: &Policy, plan: &Plan) -> String {
     writeln!(out, "notify open: {}", plan.notify_open).unwrap();
     writeln!(out, "notify exec: {}", plan.notify_exec).unwrap();
     writeln!(out, "notify network: {}", plan.notify_network).unwrap();
+    match &plan.writable_view {
+        None => writeln!(out, "view: read-only outside the write trees").unwrap(),
+        Some(why) => writeln!(out, "view: writable ({why})").unwrap(),
+    }
     for (i, m) in plan.mechanisms.iter().enumerate() {
         writeln!(out, "{}\n    {m}", policy.describe_rule(i)).unwrap();
     }

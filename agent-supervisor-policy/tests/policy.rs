@@ -332,6 +332,45 @@ fn plan_masks_grants_and_notifications() {
 }
 
 #[test]
+fn the_view_is_read_only_unless_the_supervisor_may_grant_writes_outside_the_write_trees() {
+    let plan = |extra: &str| {
+        parse(&format!(
+            "version = 1\nextends = \"none\"\ndefault = \"deny\"\n[filesystem]\nread = [\"/\"]\nwrite = [\"/w\"]\n{extra}"
+        ))
+        .unwrap()
+        .plan()
+    };
+    assert_eq!(plan("").writable_view, None);
+    // Deny rules, Landlock grants and anchored ask rules keep it read-only.
+    assert_eq!(
+        plan("[[rule]]\ndecision = \"ask\"\nfile = \"/o/x\"\naccess = [\"write\"]\n").writable_view,
+        None,
+        "the ask rule's grant (/o/x) is bound writable"
+    );
+    let anywhere =
+        plan("[[rule]]\ndecision = \"allow\"\nfile = \"**/out.log\"\naccess = [\"write\"]\n");
+    assert!(
+        anywhere
+            .writable_view
+            .as_deref()
+            .is_some_and(|w| w.contains("may grant a write anywhere")),
+        "{:?}",
+        anywhere.writable_view
+    );
+    let ask_default = parse(
+        "version = 1\nextends = \"none\"\ndefault = \"ask\"\n[filesystem]\nwrite = [\"/w\"]\n\
+         [[rule]]\ndecision = \"ask\"\nfile = \"/w/x\"\n",
+    )
+    .unwrap()
+    .plan();
+    assert!(ask_default.writable_view.is_some());
+    let everything = parse("version = 1\nextends = \"none\"\n[filesystem]\nwrite = [\"/\"]\n")
+        .unwrap()
+        .plan();
+    assert!(everything.writable_view.is_some());
+}
+
+#[test]
 fn exec_needs_landlock_rights_even_when_a_rule_allows() {
     let p = parse(
         "version = 1\nextends = \"none\"\n[filesystem]\nexec = [\"/usr/bin\"]\n\

@@ -196,6 +196,21 @@ pub fn explain(policy: &Policy, action: &[String], paths: Paths) -> Result<Expla
             },
         ),
     };
+    // What else stops a write outside the write trees: the view (chmod, chown, utimes and
+    // xattrs have no Landlock right).
+    let mechanism = match (verb.as_str(), rest.iter().any(|f| f.starts_with("--write"))) {
+        ("open", true) => match &plan.writable_view {
+            None => format!(
+                "{mechanism}; outside the write trees: {}",
+                agent_supervisor_policy::READ_ONLY_VIEW
+            ),
+            Some(why) => format!(
+                "{mechanism}; outside the write trees the view stays writable ({why}): \
+                 metadata changes there are refused by file permissions only"
+            ),
+        },
+        _ => mechanism,
+    };
     Ok(Explanation {
         action: what,
         decision: verdict.decision.to_string(),

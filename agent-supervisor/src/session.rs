@@ -411,7 +411,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             rule: None,
         });
     }
-    masks.sort_by_key(|m| m.path.components().count());
+    let masks = sandbox::masks::compose(masks);
     let mode = match link {
         Some((link, reader)) => approval::Mode::Daemon { link, reader },
         None => approval::choose_mode(opts.headless, opts.default_allow),
@@ -500,8 +500,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     }
     phases.mark("ebpf");
     // The agent (host uid 0 when we are root) must not move itself out of its cgroups.
-    masks.extend(limits.masks());
-    masks.sort_by_key(|m| m.path.components().count());
+    let masks = sandbox::masks::compose(masks.into_iter().chain(limits.masks()).collect());
 
     // The session's DNS resolver binds port 53 of its own loopback address now (root, before
     // any thread); the agent's resolv.conf names it. Without it (not root) DNS is refused
@@ -521,6 +520,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         ),
     };
 
+    let read_only_view = plan.writable_view.is_none().then(|| landlock.write.clone());
     let spec = SandboxSpec {
         argv: sandbox::to_cstrings(&opts.command),
         landlock,
@@ -534,6 +534,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         limit_procs: limits.limit_procs(),
         file_size: policy.limits.file_size.value,
         resolv_conf: dns.as_ref().map(|d| d.resolv_conf().into_bytes()),
+        read_only_view,
     };
     // Signals we forward are blocked before any thread exists, so every thread inherits the
     // mask and only the forwarder receives them.
@@ -565,6 +566,14 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     sandbox.weaker.extend(bpf_weaker.into_lines());
     sandbox.weaker.extend(dns_weaker);
     sandbox.weaker.extend(limits_weaker);
+    if let Some(why) = &plan.writable_view {
+        if !plan.landlock_write.iter().any(|w| w == Path::new("/")) {
+            sandbox.weaker.push(format!(
+                "the view is not read-only outside the write trees ({why}): chmod, chown, \
+                 utimes and xattr changes there are refused by file permissions only"
+            ));
+        }
+    }
     tracing::debug!("sandbox ready (init pid {})", sandbox.init_pid);
     for w in &sandbox.weaker {
         eprintln!("agent-supervisor: warning: {w}");

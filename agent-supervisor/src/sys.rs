@@ -755,6 +755,21 @@ pub fn open_tree_clone(dirfd: RawFd, path: &CStr) -> io::Result<OwnedFd> {
     .map(owned)
 }
 
+/// `open_tree(dirfd, path, OPEN_TREE_CLONE|AT_RECURSIVE)`: a detached copy of the mount tree
+/// at `path` (its submounts included), each mount with its flags as they are now.
+pub fn open_tree_clone_recursive(dirfd: RawFd, path: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is a valid C string.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            dirfd,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE,
+        )
+    })
+    .map(owned)
+}
+
 /// `mount_setattr(fd, "", AT_EMPTY_PATH|AT_RECURSIVE, attr_set)`.
 pub fn mount_setattr(fd: BorrowedFd<'_>, attr_set: u64) -> io::Result<()> {
     let attr = MountAttr {

@@ -3,6 +3,7 @@
 //! results from outside the sandbox (files, listeners, the audit log).
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod otlp;
 
 use std::io::Read;

@@ -344,7 +344,6 @@ fn phase_line(line: &str) -> Option<(String, f64)> {
     let rest = line.split("phase ").nth(1)?;
     let (name, value) = rest.split_once(": ")?;
     let ms = value
-        .trim_start()
         .split_whitespace()
         .next()?
         .trim_end_matches(|c: char| !c.is_ascii_digit())

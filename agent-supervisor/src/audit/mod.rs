@@ -327,6 +327,9 @@ fn mark_broken(shared: &Shared, why: &str) {
     }
 }
 
+/// The writer stops taking queued records into a batch once it holds this many bytes.
+const MAX_BATCH_BYTES: usize = 4096;
+
 fn writer(mut sink: Sink, rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
     let mut failed = false;
     // Wake up now and then to sign what was written since the last checkpoint.
@@ -340,6 +343,7 @@ fn writer(mut sink: Sink, rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
         // Write everything queued in one go; on failure the batch goes to stderr.
         let mut records = Vec::new();
         let mut flushes = Vec::new();
+        let mut batch_bytes = 0;
         let mut next = msg;
         while let Some(m) = next {
             match m {
@@ -352,10 +356,17 @@ fn writer(mut sink: Sink, rx: mpsc::Receiver<Msg>, shared: Arc<Shared>) {
                         observe(&r);
                     }
                     records.push(serde_json::to_string(&r).unwrap_or_default());
+                    batch_bytes += records.last().map_or(0, String::len);
                 }
                 Msg::Flush(reply) => flushes.push(reply),
             }
-            next = rx.try_recv().ok();
+            // A batch is written whole (never split across rotated files): keep it small,
+            // the rest stays queued for the next round.
+            next = if batch_bytes < MAX_BATCH_BYTES {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
         }
         if failed {
             for r in &records {

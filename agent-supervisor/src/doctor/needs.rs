@@ -247,6 +247,22 @@ pub fn protections(policy: &Policy, plan: &Plan) -> Vec<Protection> {
             vec![Need::Landlock, Need::LandlockAbi6],
         ),
         p(
+            "metadata changes outside the write trees (chmod, chown, utimes, xattrs)".into(),
+            None,
+            match &plan.writable_view {
+                None => format!(
+                    "{}: every mount of the sandbox's namespace read-only, each write tree bound \
+                     back writable on top; remounting is refused by seccomp (the mount family)",
+                    agent_supervisor_policy::READ_ONLY_VIEW
+                ),
+                Some(why) => format!(
+                    "file permissions only: the view stays writable ({why}); Landlock has no \
+                     right for these calls"
+                ),
+            },
+            vec![Need::UserNamespaces],
+        ),
+        p(
             "memfd exec".into(),
             None,
             "vm.memfd_noexec = 2 in the sandbox's PID namespace, backed by Landlock".into(),
@@ -322,9 +338,9 @@ pub fn protections(policy: &Policy, plan: &Plan) -> Vec<Protection> {
     }
     if crate::ebpf::lsm::relevant(policy, plan) {
         out.push(p(
-            "denied files and programs, by inode, in the kernel".into(),
+            "denied files and programs by inode, and files put into a denied directory after the start, in the kernel".into(),
             None,
-            "BPF LSM lsm/file_open, lsm/bprm_check_security, lsm/mmap_file for the session's cgroup: the inodes of denied files and commands, whatever path reaches them".into(),
+            "BPF LSM lsm/file_open, lsm/bprm_check_security, lsm/mmap_file for the session's cgroup: the inodes of denied files and commands, whatever path reaches them, and (lsm/file_open, up to 16 levels of d_parent) any file below a denied directory, even one created or renamed there after the start".into(),
             vec![Need::BpfLsm],
         ));
     }

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use agent_supervisor_common::KernelOffsets;
+use agent_supervisor_common::{KernelOffsets, TreeOffsets};
 
 const MAGIC: u16 = 0xeb9f;
 const HEADER_LEN: usize = 24;
@@ -361,6 +361,16 @@ impl KernelBtf {
     }
 }
 
+impl KernelBtf {
+    /// The `dentry` fields `lsm/file_open`'s tree walk reads.
+    pub fn tree_offsets(&self) -> Result<TreeOffsets, OffsetsError> {
+        Ok(TreeOffsets {
+            dentry_parent: self.offset("dentry", "d_parent", Some(8))?,
+            dentry_inode: self.offset("dentry", "d_inode", Some(8))?,
+        })
+    }
+}
+
 /// The offsets for the running kernel, its tracepoints checked. Reading them from the
 /// kernel's BTF (several MB) is most of a session's eBPF start-up, so they are kept for the
 /// rest of the boot in the state directory ([`OffsetsCache`]).
@@ -580,5 +590,8 @@ mod tests {
             "{o:?}"
         );
         assert_eq!(o.dentry_name % 8, 0);
+        let t = btf.tree_offsets().expect("dentry offsets");
+        assert!(t.dentry_parent > 0 && t.dentry_inode > 0, "{t:?}");
+        assert_ne!(t.dentry_parent, t.dentry_inode);
     }
 }

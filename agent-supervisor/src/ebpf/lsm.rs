@@ -19,7 +19,11 @@
 //! `O_TMPFILE`, a deleted file): nothing the supervisor approved can be one.
 //!
 //! The map is written before the agent starts and never changes: files created later are not
-//! in it (the masks and Landlock still cover their paths). Kernel: Linux 5.7+ with
+//! in it. So `lsm/file_open` also walks up the opened file's ancestors (`d_parent`, at most
+//! `MAX_TREE_DEPTH` levels, offsets from the kernel's BTF in `TREE_OFFSETS`) and refuses a
+//! file below a denied directory of `DENIED_TREES` (keyed by the session's cgroup id and the
+//! directory's inode): a file the host creates in, or renames into, a denied directory after
+//! the start is refused too, through whatever mount reaches it. Kernel: Linux 5.7+ with
 //! `lsm=...,bpf` (see shared/KERNEL-FACTS.md: a BPF LSM program attaches even when `bpf` is
 //! not active, and then never runs, so activity is checked first).
 #![forbid(unsafe_code)]
@@ -31,10 +35,11 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use agent_supervisor_common::{
-    lsm_names, InodeKey, INODE_DENY_EXEC, INODE_DENY_READ, INODE_DENY_WRITE, MAX_INODE_DENY,
+    lsm_names, InodeKey, TreeKey, TreeOffsets, INODE_DENY_EXEC, INODE_DENY_READ, INODE_DENY_WRITE,
+    MAX_DENIED_TREES, MAX_INODE_DENY,
 };
 use agent_supervisor_policy::{DecidedBy, Decision, MaskKind, Plan, Policy, Request, Target};
-use aya::maps::HashMap;
+use aya::maps::{Array, HashMap};
 
 use super::process::{kernel_file_id, KernelFileId};
 use super::session::{error_chain, map_error, BackstopError, Session};
@@ -65,6 +70,98 @@ pub struct DeniedFile {
     pub file: KernelFileId,
     /// `INODE_DENY_*` bits.
     pub deny: u32,
+}
+
+/// A directory every file below which the session may not open (or write, for a read-only
+/// mask), whenever it got there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeniedTree {
+    pub path: PathBuf,
+    pub dir: KernelFileId,
+    /// `INODE_DENY_*` bits.
+    pub deny: u32,
+}
+
+/// The directories of the session's `masks` (hidden or read-only ones; `noexec` binds of
+/// whole writable trees are left to the mount), by inode.
+pub fn denied_trees(masks: &[MaskMount]) -> Vec<DeniedTree> {
+    let mut out: BTreeMap<KernelFileId, DeniedTree> = BTreeMap::new();
+    for mask in masks.iter().filter(|m| m.is_dir) {
+        if mask.rule.is_none() && mask.kind == MaskKind::NoExec {
+            continue;
+        }
+        let Some(dir) = file_id(&mask.path) else {
+            continue;
+        };
+        let deny = deny_bits(mask.kind);
+        out.entry(dir)
+            .and_modify(|d| d.deny |= deny)
+            .or_insert_with(|| DeniedTree {
+                path: mask.path.clone(),
+                dir,
+                deny,
+            });
+    }
+    out.into_values().collect()
+}
+
+/// Write `trees` into `DENIED_TREES` for the session's cgroup. Returns how many directories
+/// are guarded. The walk's offsets (`TREE_OFFSETS`) are a host constant: the pinned set got
+/// them when it was made ([`super::pinned`]); a private copy of the programs gets them here,
+/// from the kernel's BTF. In the pinned set the session's entries are removed at its end.
+pub fn attach_trees(session: &mut Session, trees: &[DeniedTree]) -> Result<usize, BackstopError> {
+    if trees.is_empty() {
+        return Ok(0);
+    }
+    let private_offsets = if session.pinned_set().is_none() {
+        Some(tree_offsets()?)
+    } else {
+        None
+    };
+    let cgroup_id = session.cgroup().id();
+    let mut map: HashMap<_, TreeKey, u32> =
+        HashMap::try_from(session.take_map(lsm_names::DENIED_TREES)?)
+            .map_err(map_error("opening", lsm_names::DENIED_TREES))?;
+    let mut keys = Vec::new();
+    for t in trees.iter().take(MAX_DENIED_TREES as usize) {
+        let key = TreeKey {
+            cgroup_id,
+            ino: t.dir.1,
+            dev: t.dir.0,
+            _padding: 0,
+        };
+        if let Err(e) = map.insert(key, t.deny, 0) {
+            for key in &keys {
+                let _ = map.remove(key);
+            }
+            return Err(map_error("writing", lsm_names::DENIED_TREES)(e));
+        }
+        keys.push(key);
+    }
+    let written = keys.len();
+    match private_offsets {
+        Some(offsets) => {
+            // Last: the walk starts only once every directory is in.
+            let mut slot: Array<_, TreeOffsets> =
+                Array::try_from(session.take_map(lsm_names::TREE_OFFSETS)?)
+                    .map_err(map_error("opening", lsm_names::TREE_OFFSETS))?;
+            slot.set(0, offsets, 0)
+                .map_err(map_error("writing", lsm_names::TREE_OFFSETS))?;
+        }
+        None => session.on_end(move || {
+            for key in &keys {
+                let _ = map.remove(key);
+            }
+        }),
+    }
+    Ok(written)
+}
+
+/// The `dentry` offsets of `lsm/file_open`'s tree walk, from the running kernel's BTF.
+pub fn tree_offsets() -> Result<TreeOffsets, BackstopError> {
+    super::kernel_btf::KernelBtf::from_sys_fs()
+        .and_then(|btf| btf.tree_offsets())
+        .map_err(BackstopError::Offsets)
 }
 
 /// The `INODE_DENY` bits a mask of `kind` stands for.
@@ -253,7 +350,9 @@ pub fn probe() -> Result<(), String> {
 pub fn weaker_line(cause: &str) -> String {
     format!(
         "BPF LSM is off ({cause}): denied files and commands are refused by path (mount masks, \
-         Landlock, the supervisor), not by inode: a hard link made before the session reaches them"
+         Landlock, the supervisor), not by inode: a hard link made before the session reaches \
+         them, and so does another mount of a denied directory, with files created or renamed \
+         into a denied directory after the start"
     )
 }
 
@@ -277,9 +376,17 @@ pub fn start_session(
     }
     active().map_err(|why| weaker_line(&why))?;
     let denied = denied_files(masks, policy, std::env::var_os("PATH").as_deref());
-    attach(session, &denied)
-        .map(Some)
-        .map_err(|e| weaker_line(&error_chain(&e)))
+    let files = attach(session, &denied).map_err(|e| weaker_line(&error_chain(&e)))?;
+    // The programs are attached: without the tree walk only files present at start are
+    // refused by inode, which the line says.
+    attach_trees(session, &denied_trees(masks)).map_err(|e| {
+        format!(
+            "BPF LSM refuses denied files by inode, but not files created in or renamed into \
+             a denied directory after the start ({})",
+            error_chain(&e)
+        )
+    })?;
+    Ok(Some(files))
 }
 
 #[cfg(test)]
@@ -370,6 +477,44 @@ args = "777 *"
             file_id(&dir.join("link")),
             file_id(&secret_dir.join("deep/key"))
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn hidden_and_read_only_directories_become_denied_trees() {
+        let dir = tempdir("lsm-trees");
+        for d in ["hidden", "ro", "noexec", "file-parent"] {
+            std::fs::create_dir(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("file-parent/f"), "f").unwrap();
+        let mask = |p: &str, kind, is_dir, rule| MaskMount {
+            path: dir.join(p),
+            kind,
+            is_dir,
+            rule,
+        };
+        let trees = denied_trees(&[
+            mask("hidden", MaskKind::Hide, true, Some(0)),
+            mask("ro", MaskKind::ReadOnly, true, None),
+            mask("noexec", MaskKind::NoExec, true, None),
+            mask("file-parent/f", MaskKind::Hide, false, Some(1)),
+            mask("missing", MaskKind::Hide, true, Some(2)),
+        ]);
+        let deny_of = |p: &str| {
+            trees
+                .iter()
+                .find(|t| t.path == dir.join(p))
+                .map(|t| (t.deny, t.dir))
+        };
+        assert_eq!(
+            deny_of("hidden"),
+            Some((
+                INODE_DENY_READ | INODE_DENY_WRITE | INODE_DENY_EXEC,
+                file_id(&dir.join("hidden")).unwrap()
+            ))
+        );
+        assert_eq!(deny_of("ro").map(|d| d.0), Some(INODE_DENY_WRITE));
+        assert_eq!(trees.len(), 2, "{trees:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

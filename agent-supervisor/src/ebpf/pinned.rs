@@ -37,7 +37,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agent_supervisor_common::{
-    lsm_names, names, InodeKey, KernelOffsets, NetAllowKey, SetIdent, PROC_EVENTS_BYTES, RING_SLOTS,
+    lsm_names, names, InodeKey, KernelOffsets, NetAllowKey, SetIdent, TreeKey, TreeOffsets,
+    PROC_EVENTS_BYTES, RING_SLOTS,
 };
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuHashMap};
@@ -510,6 +511,16 @@ fn fill(
             .map_err(|e| BackstopError::Pinned(format!("pinning link {name}: {e}")))?;
     }
     if super::lsm::active().is_ok() {
+        // The tree walk's `dentry` offsets: a constant of the kernel (the set lives no longer
+        // than the boot), written once here so that sessions never read the BTF for them.
+        let offsets = super::lsm::tree_offsets()?;
+        let mut tree: Array<&mut MapData, TreeOffsets> = Array::try_from(
+            ebpf.map_mut(lsm_names::TREE_OFFSETS)
+                .ok_or(BackstopError::Missing(lsm_names::TREE_OFFSETS))?,
+        )
+        .map_err(map_error("opening", lsm_names::TREE_OFFSETS))?;
+        tree.set(0, offsets, 0)
+            .map_err(map_error("writing", lsm_names::TREE_OFFSETS))?;
         for (name, hook) in lsm_names::PROGRAMS {
             let program: &mut Lsm = ebpf
                 .program_mut(name)
@@ -719,6 +730,18 @@ fn remove_dead_entries(dir: &Path, live: &HashSet<u64>) {
     }
     if let Ok(map) = open_map(dir, lsm_names::INODE_DENY) {
         if let Ok(mut m) = HashMap::<MapData, InodeKey, u32>::try_from(map) {
+            for k in m
+                .keys()
+                .flatten()
+                .filter(|k| dead(&k.cgroup_id))
+                .collect::<Vec<_>>()
+            {
+                removed += usize::from(m.remove(&k).is_ok());
+            }
+        }
+    }
+    if let Ok(map) = open_map(dir, lsm_names::DENIED_TREES) {
+        if let Ok(mut m) = HashMap::<MapData, TreeKey, u32>::try_from(map) {
             for k in m
                 .keys()
                 .flatten()

@@ -91,8 +91,41 @@ pub fn plan_masks(policy: &Policy, plan: &Plan, noexec_trees: &[PathBuf]) -> Vec
             });
         }
     }
-    // Parents before children, so a child mask lands on top of its parent's mount.
-    let mut v: Vec<MaskMount> = out.into_values().collect();
+    compose(out.into_values().collect())
+}
+
+/// Put masks from several sources (the policy's rules, protected paths, the session's own
+/// files) into an order that mounts whatever order the rules were written in:
+///
+/// - masks on one path become one mask of the combined kind ([`combine`]);
+/// - a mask under a hidden directory is dropped: the empty directory bound over its
+///   ancestor already denies everything below, and the path no longer exists once that
+///   ancestor is mounted (mounting it would fail with `ENOENT`);
+/// - a mask under a read-only or `noexec` directory is kept (it denies more) and mounted
+///   after it: parents before children, so a child lands on top of its parent's mount.
+pub fn compose(masks: Vec<MaskMount>) -> Vec<MaskMount> {
+    let mut by_path: BTreeMap<PathBuf, MaskMount> = BTreeMap::new();
+    for m in masks {
+        match by_path.get_mut(&m.path) {
+            Some(old) => {
+                old.kind = combine(old.kind, m.kind);
+                old.rule = old.rule.or(m.rule);
+            }
+            None => {
+                by_path.insert(m.path.clone(), m);
+            }
+        }
+    }
+    let hidden: Vec<PathBuf> = by_path
+        .values()
+        .filter(|m| m.kind == MaskKind::Hide && m.is_dir)
+        .map(|m| m.path.clone())
+        .collect();
+    let mut v: Vec<MaskMount> = by_path
+        .into_values()
+        .filter(|m| !hidden.iter().any(|h| m.path != *h && m.path.starts_with(h)))
+        .collect();
+    // Stable: paths of one depth stay in path order.
     v.sort_by_key(|m| m.path.components().count());
     v
 }
@@ -125,5 +158,93 @@ fn walk(dir: &Path, visit: &mut dyn FnMut(&Path, bool) -> bool) {
         if visit(&p, is_dir) && is_dir {
             walk(&p, visit);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask(path: &str, kind: MaskKind, is_dir: bool) -> MaskMount {
+        MaskMount {
+            path: PathBuf::from(path),
+            kind,
+            is_dir,
+            rule: Some(0),
+        }
+    }
+
+    fn paths(v: &[MaskMount]) -> Vec<(&str, MaskKind)> {
+        v.iter()
+            .map(|m| (m.path.to_str().unwrap(), m.kind))
+            .collect()
+    }
+
+    #[test]
+    fn a_mask_under_a_hidden_directory_is_dropped_whatever_the_order() {
+        let dir = mask("/srv/x/secret", MaskKind::Hide, true);
+        let file = mask("/srv/x/secret/token.txt", MaskKind::Hide, false);
+        let nested = mask("/srv/x/secret/inner", MaskKind::Hide, true);
+        let ro = mask("/srv/x/secret/inner/ro", MaskKind::ReadOnly, false);
+        let sibling = mask("/srv/x/secretive", MaskKind::Hide, false);
+        let all = [dir, file, nested, ro, sibling];
+        // Every rotation and its reverse: the result is the same.
+        for start in 0..all.len() {
+            let mut order: Vec<MaskMount> =
+                all[start..].iter().chain(&all[..start]).cloned().collect();
+            for _ in 0..2 {
+                assert_eq!(
+                    paths(&compose(order.clone())),
+                    vec![
+                        ("/srv/x/secret", MaskKind::Hide),
+                        ("/srv/x/secretive", MaskKind::Hide)
+                    ],
+                    "{order:?}"
+                );
+                order.reverse();
+            }
+        }
+    }
+
+    #[test]
+    fn a_stricter_mask_under_a_read_only_or_noexec_directory_is_kept_and_mounted_after_it() {
+        let got = compose(vec![
+            mask("/w/tmp/x/key", MaskKind::Hide, false),
+            mask("/w/conf/secret", MaskKind::Hide, true),
+            mask("/w/conf", MaskKind::ReadOnly, true),
+            mask("/w/tmp", MaskKind::NoExec, true),
+        ]);
+        assert_eq!(
+            paths(&got),
+            vec![
+                ("/w/conf", MaskKind::ReadOnly),
+                ("/w/tmp", MaskKind::NoExec),
+                ("/w/conf/secret", MaskKind::Hide),
+                ("/w/tmp/x/key", MaskKind::Hide),
+            ]
+        );
+    }
+
+    #[test]
+    fn masks_on_one_path_merge_into_the_stricter_kind() {
+        let mut protected = mask("/p", MaskKind::ReadOnly, true);
+        protected.rule = None;
+        let got = compose(vec![
+            protected,
+            mask("/p", MaskKind::Hide, true),
+            mask("/q", MaskKind::ReadOnly, false),
+            mask("/q", MaskKind::ReadOnly, false),
+            mask("/r", MaskKind::ReadOnly, true),
+            mask("/r", MaskKind::NoExec, true),
+        ]);
+        assert_eq!(
+            paths(&got),
+            vec![
+                ("/p", MaskKind::Hide),
+                ("/q", MaskKind::ReadOnly),
+                ("/r", MaskKind::Hide)
+            ]
+        );
+        assert_eq!(got[0].rule, Some(0), "the rule behind the mask is kept");
     }
 }

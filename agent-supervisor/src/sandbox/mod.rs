@@ -53,6 +53,10 @@ pub struct SandboxSpec {
     /// The content of the agent's `/etc/resolv.conf` (naming the session's DNS resolver),
     /// bound read-only over the host's in the agent's mount namespace. None: left alone.
     pub resolv_conf: Option<Vec<u8>>,
+    /// The write trees (canonical) when the agent's mount view is read-only outside them
+    /// (`Plan::writable_view` is None): every mount is made read-only, then each tree is bound
+    /// back as it was. None: the view stays as the host's.
+    pub read_only_view: Option<Vec<std::path::PathBuf>>,
 }
 
 /// A running sandbox.
@@ -89,11 +93,12 @@ pub enum Step {
     Hostname,
     DeathSignal,
     Dev,
+    ReadOnlyView,
 }
 
 impl Step {
     /// Every step, in order.
-    const ALL: [Step; 16] = [
+    const ALL: [Step; 17] = [
         Step::Sync,
         Step::MountPrivate,
         Step::MountProc,
@@ -110,6 +115,7 @@ impl Step {
         Step::Hostname,
         Step::DeathSignal,
         Step::Dev,
+        Step::ReadOnlyView,
     ];
 
     fn from_u32(v: u32) -> Option<Step> {
@@ -134,6 +140,7 @@ impl Step {
             Step::Hostname => "setting the sandbox host name",
             Step::DeathSignal => "arming the parent-death signal",
             Step::Dev => "building the sandbox's private /dev",
+            Step::ReadOnlyView => "making the view read-only outside the write trees",
         }
     }
 }
@@ -191,6 +198,7 @@ const WEAK_LANDLOCK_NONE: u32 = 2;
 const WEAK_MEMFD: u32 = 3;
 const WEAK_KILLABLE: u32 = 4;
 const WEAK_RESOLV_CONF: u32 = 5;
+const WEAK_READ_ONLY_VIEW: u32 = 6;
 
 fn encode(msg: ChildMsg) -> [u8; 16] {
     let (t, a, b, c) = match msg {
@@ -250,6 +258,8 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
         .iter()
         .map(|m| cstring(m.path.as_os_str()))
         .collect();
+    let view_trees: Option<Vec<CString>> =
+        spec.read_only_view.as_ref().map(|trees| view_trees(trees));
     let (to_child_r, to_child_w) = sys::pipe().map_err(parent("pipe"))?;
     let (from_child_r, from_child_w) = sys::pipe().map_err(parent("pipe"))?;
     let (uid, gid) = sys::euid_egid();
@@ -271,7 +281,11 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
     let Some((init_pid, init_pidfd)) = forked else {
         drop(to_child_w);
         drop(from_child_r);
-        child_main(spec, &deny, &notify, &mask_paths, to_child_r, from_child_w);
+        let paths = ChildPaths {
+            masks: &mask_paths,
+            view: view_trees.as_deref(),
+        };
+        child_main(spec, &deny, &notify, paths, to_child_r, from_child_w);
     };
     drop(to_child_r);
     drop(from_child_w);
@@ -333,13 +347,15 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
             }
             Some(ChildMsg::Failed { step, errno, index }) => {
                 let step = Step::from_u32(step).unwrap_or(Step::Sync);
-                let detail = (step == Step::Mask)
-                    .then(|| {
-                        spec.masks
-                            .get(index as usize)
-                            .map(|m| m.path.display().to_string())
-                    })
-                    .flatten();
+                let detail = match step {
+                    Step::Mask => spec.masks.get(index as usize).map(|m| &m.path),
+                    Step::ReadOnlyView => spec
+                        .read_only_view
+                        .as_ref()
+                        .and_then(|t| view_tree_paths(t).nth(index as usize)),
+                    _ => None,
+                }
+                .map(|p| p.display().to_string());
                 let source = io::Error::from_raw_os_error(errno);
                 let _ = sys::waitid_pidfd(init_pidfd.as_fd());
                 if step == Step::Exec {
@@ -385,6 +401,7 @@ fn weakness_text(code: u32) -> &'static str {
         WEAK_LANDLOCK_NONE => "Landlock is not available: the [filesystem] trees are NOT enforced by the kernel",
         WEAK_MEMFD => "vm.memfd_noexec could not be set in the sandbox (not root, or Linux < 6.3 has none): memfd exec is still refused by Landlock",
         WEAK_RESOLV_CONF => "the session's resolv.conf could not be bound over /etc/resolv.conf (missing or a dangling symlink): name lookups fail, since DNS to any server but the session's resolver is refused",
+        WEAK_READ_ONLY_VIEW => "mount_setattr is unavailable (kernel < 5.12): the view is not read-only outside the write trees, so chmod, chown, utimes and xattr changes there are not refused",
         WEAK_KILLABLE => "seccomp WAIT_KILLABLE_RECV is unavailable (kernel < 5.19): a signal during a pending decision restarts the call",
         _ => "unknown weakness",
     }
@@ -402,12 +419,33 @@ fn cstring(s: &OsStr) -> CString {
         .unwrap_or_else(|_| CString::new("/nonexistent-path-with-nul").expect("static"))
 }
 
+/// The write trees bound back writable over the read-only view: those on a mount the sandbox
+/// makes afresh (its own `/proc` and `/dev`) are left out.
+fn view_tree_paths(trees: &[std::path::PathBuf]) -> impl Iterator<Item = &std::path::PathBuf> {
+    trees
+        .iter()
+        .filter(|t| !["/proc", "/dev"].iter().any(|p| t.starts_with(p)))
+}
+
+fn view_trees(trees: &[std::path::PathBuf]) -> Vec<CString> {
+    view_tree_paths(trees)
+        .map(|t| cstring(t.as_os_str()))
+        .collect()
+}
+
+/// Paths the child mounts on, as C strings made before `clone3`.
+struct ChildPaths<'a> {
+    masks: &'a [CString],
+    /// The write trees of a read-only view.
+    view: Option<&'a [CString]>,
+}
+
 /// The sandbox's PID 1. Every step in order; never returns.
 fn child_main(
     spec: &SandboxSpec,
     deny: &[sys::SockFilter],
     notify: &[sys::SockFilter],
-    mask_paths: &[CString],
+    paths: ChildPaths<'_>,
     from_parent: OwnedFd,
     to_parent: OwnedFd,
 ) -> ! {
@@ -434,9 +472,18 @@ fn child_main(
         Ok(true) => {}
         _ => sys::exit_now(127),
     }
-    // 2. Mounts: private propagation, our own /proc, masks.
+    // 2. Mounts: private propagation, the read-only view, our own /proc and /dev, masks.
     if let Err(e) = sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE) {
         fail(Step::MountPrivate, e, -1);
+    }
+    if let Some(trees) = paths.view {
+        match read_only_view(trees) {
+            Ok(()) => {}
+            Err((-1, e)) if e.raw_os_error() == Some(libc::ENOSYS) => report(ChildMsg::Weaker {
+                what: WEAK_READ_ONLY_VIEW,
+            }),
+            Err((idx, e)) => fail(Step::ReadOnlyView, e, idx),
+        }
     }
     if let Err(e) = sys::mount(
         Some(c"proc"),
@@ -454,7 +501,7 @@ fn child_main(
         });
         sys::exit_now(127);
     }
-    if let Err(e) = apply_masks(&spec.masks, mask_paths) {
+    if let Err(e) = apply_masks(&spec.masks, paths.masks) {
         let (idx, e) = e;
         fail(
             if idx < 0 {
@@ -472,6 +519,11 @@ fn child_main(
                 what: WEAK_RESOLV_CONF,
             });
         }
+    }
+    // The working directory was looked up before the mounts above: look it up again, so that
+    // it is the write tree's writable bind (or the mask) now there, not what is beneath.
+    if let Ok(cwd) = std::env::current_dir() {
+        let _ = std::env::set_current_dir(cwd);
     }
     // memfd_create() without MFD_EXEC gets a non-executable memfd; MFD_EXEC is refused.
     if std::fs::write("/proc/sys/vm/memfd_noexec", "2").is_err() {
@@ -748,6 +800,30 @@ fn place_resolv_conf(content: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Make every mount of the namespace read-only, except the write `trees`, which are cloned
+/// first (with their submounts, as they are) and bound back on top. chmod, chown, utimes and
+/// xattr changes, which Landlock has no rights for, then fail with `EROFS` outside them; the
+/// agent can't undo it (the mount family is refused by seccomp). Device nodes stay usable: a
+/// read-only mount refuses changes to an inode, not writes to a device. Returns (tree index or
+/// -1 for the remount itself, error).
+fn read_only_view(trees: &[CString]) -> Result<(), (i32, io::Error)> {
+    let mut clones = Vec::with_capacity(trees.len());
+    for (i, tree) in trees.iter().enumerate() {
+        match sys::open_tree_clone_recursive(libc::AT_FDCWD, tree) {
+            Ok(fd) => clones.push((i, fd)),
+            // A write tree that doesn't exist: nothing to bind (Landlock skips it too).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err((i as i32, e)),
+        }
+    }
+    let root = std::fs::File::open("/").map_err(|e| (-1, e))?;
+    sys::mount_setattr(root.as_fd(), sys::MOUNT_ATTR_RDONLY).map_err(|e| (-1, e))?;
+    for (i, fd) in clones {
+        sys::move_mount_to(fd.as_fd(), &trees[i]).map_err(|e| (i as i32, e))?;
+    }
+    Ok(())
+}
+
 /// Mount every mask. Returns (mask index or -1 for the tmpfs itself, error) on failure.
 fn apply_masks(masks: &[MaskMount], paths: &[CString]) -> Result<(), (i32, io::Error)> {
     if masks.is_empty() {
@@ -769,28 +845,46 @@ fn apply_masks(masks: &[MaskMount], paths: &[CString]) -> Result<(), (i32, io::E
         | libc::MS_NOSUID
         | libc::MS_NODEV
         | libc::MS_NOEXEC;
+    // Directories already hidden: a mask below one has nothing left to cover (the planner
+    // drops those, see `masks::compose`; this keeps the mount step from depending on it).
+    let mut hidden_dirs: Vec<&std::path::Path> = Vec::new();
     let result = masks
         .iter()
         .zip(paths)
         .enumerate()
         .try_for_each(|(i, (m, path))| {
             let idx = i as i32;
-            match m.kind {
+            if hidden_dirs.iter().any(|h| m.path.starts_with(h)) {
+                return Ok(());
+            }
+            let mounted = match m.kind {
                 MaskKind::Hide => {
                     let src = if m.is_dir { SRC_DIR } else { SRC_FILE };
-                    sys::mount(Some(src), path, None, libc::MS_BIND).map_err(|e| (idx, e))?;
-                    sys::mount(None, path, None, hidden).map_err(|e| (idx, e))
+                    sys::mount(Some(src), path, None, libc::MS_BIND)
+                        .and_then(|()| sys::mount(None, path, None, hidden))
                 }
                 MaskKind::ReadOnly | MaskKind::NoExec => {
-                    let t = sys::open_tree_clone(libc::AT_FDCWD, path).map_err(|e| (idx, e))?;
                     let attr = if m.kind == MaskKind::ReadOnly {
                         sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV
                     } else {
                         sys::MOUNT_ATTR_NOEXEC | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV
                     };
-                    sys::mount_setattr(t.as_fd(), attr).map_err(|e| (idx, e))?;
-                    sys::move_mount_to(t.as_fd(), path).map_err(|e| (idx, e))
+                    sys::open_tree_clone(libc::AT_FDCWD, path).and_then(|t| {
+                        sys::mount_setattr(t.as_fd(), attr)?;
+                        sys::move_mount_to(t.as_fd(), path)
+                    })
                 }
+            };
+            match mounted {
+                Ok(()) => {
+                    if m.kind == MaskKind::Hide && m.is_dir {
+                        hidden_dirs.push(&m.path);
+                    }
+                    Ok(())
+                }
+                // Gone since the plan was made (the host removed it): nothing left to deny.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+                Err(e) => Err((idx, e)),
             }
         });
     let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(SRC_FILE.to_bytes()));
