@@ -217,7 +217,7 @@ mod tests {
     /// owns in `SLOT_OWNERS`).
     #[test]
     fn a_sessions_entries_are_gone_from_the_pinned_maps_after_it_ends() {
-        use agent_supervisor_common::{NetAllowKey, SessionEntry};
+        use agent_supervisor_common::{lsm_names, NetAllowKey, SessionEntry, TreeKey};
         use aya::maps::{HashMap, MapData, PerCpuHashMap};
 
         use crate::cgroup::{cgroup2_root, SessionCgroup};
@@ -242,6 +242,16 @@ mod tests {
         network
             .allow_exact("127.0.0.1".parse().unwrap(), 4242, 6)
             .expect("allow");
+        // DENIED_TREES is written without the LSM programs: the map is in every set.
+        let tree = super::lsm::DeniedTree {
+            path: "/".into(),
+            dir: (1, 0xe1e1),
+            deny: agent_supervisor_common::INODE_DENY_READ,
+        };
+        assert_eq!(
+            super::lsm::attach_trees(&mut session, &[tree]).expect("trees"),
+            1
+        );
         let map = |name: &'static str| session.shared_map(name).expect("open").expect("pinned");
         let sessions: HashMap<MapData, u64, SessionEntry> =
             HashMap::try_from(map(names::SESSIONS)).unwrap();
@@ -258,6 +268,8 @@ mod tests {
         );
         let lost: PerCpuHashMap<MapData, u64, u64> =
             PerCpuHashMap::try_from(map(names::PROC_EVENTS_LOST)).unwrap();
+        let trees: HashMap<MapData, TreeKey, u32> =
+            HashMap::try_from(map(lsm_names::DENIED_TREES)).unwrap();
         let present = || {
             [
                 sessions.keys().flatten().any(|k| k == id),
@@ -265,16 +277,76 @@ mod tests {
                 allow.keys().flatten().any(|k| k.cgroup_id == id),
                 owners.iter().flatten().any(|(_, owner)| owner == id),
                 lost.keys().flatten().any(|k| k == id),
+                trees
+                    .keys()
+                    .flatten()
+                    .any(|k| k.cgroup_id == id && k.ino == 0xe1e1),
             ]
         };
-        assert_eq!(present(), [true; 5], "the session's entries are written");
+        assert_eq!(present(), [true; 6], "the session's entries are written");
         drop((approvals, events, network));
         drop(session);
         assert_eq!(
             present(),
-            [false; 5],
+            [false; 6],
             "the session's entries are removed at its end"
         );
+    }
+
+    /// Privileged: the sweep deletes the `DENIED_TREES` entries of a session whose cgroup is
+    /// gone (a killed supervisor), and keeps those of live sessions; the set's `TREE_OFFSETS`
+    /// were written when it was made, where BPF LSM is active.
+    #[test]
+    fn the_sweep_removes_denied_trees_of_dead_sessions() {
+        use agent_supervisor_common::{lsm_names, TreeKey, TreeOffsets};
+        use aya::maps::{Array, HashMap, Map, MapData};
+        if skip_unless_pinning() {
+            return;
+        }
+        let root = TestRoot::new("trees");
+        let live = test_cgroup(0xd1).expect("test cgroup");
+        let live_id = live.id();
+        let session =
+            super::Session::load_in(live, super::ExecMode::Report, &root.0, 2).expect("load");
+        let Some(set_id) = session.pinned_set().map(str::to_string) else {
+            eprintln!("skipping: no pinned set here (per-session load)");
+            return;
+        };
+        let set_dir = root.0.join(&set_id);
+        let open = |name: &str| {
+            Map::from_map_data(MapData::from_pin(set_dir.join("maps").join(name)).expect(name))
+                .expect("map")
+        };
+        let mut trees: HashMap<MapData, TreeKey, u32> =
+            HashMap::try_from(open(lsm_names::DENIED_TREES)).expect("hash");
+        // No cgroup has inode number 1 under our parent: a dead session's entry.
+        let dead = TreeKey {
+            cgroup_id: 1,
+            ino: 0xd1d1,
+            dev: 1,
+            _padding: 0,
+        };
+        let kept = TreeKey {
+            cgroup_id: live_id,
+            ..dead
+        };
+        trees.insert(dead, 1, 0).expect("insert");
+        trees.insert(kept, 1, 0).expect("insert");
+        // The test's own root: nobody else creates or sweeps here, no lock needed.
+        super::pinned::sweep_locked(&root.0, Some(&set_id));
+        let keys: Vec<TreeKey> = trees.keys().flatten().collect();
+        assert!(!keys.contains(&dead), "{keys:?}");
+        assert!(keys.contains(&kept), "{keys:?}");
+        trees.remove(&kept).expect("remove");
+        let offsets: Array<MapData, TreeOffsets> =
+            Array::try_from(open(lsm_names::TREE_OFFSETS)).expect("array");
+        let written = offsets.get(&0, 0).expect("slot 0");
+        assert_eq!(
+            written != TreeOffsets::default(),
+            crate::ebpf::lsm::active().is_ok(),
+            "{written:?}"
+        );
+        drop(session);
     }
 
     /// A pinned set of its own for a test (the host's set stays untouched for the tests
