@@ -16,8 +16,9 @@
 //! - **Create** (when the open fails; once per host, kernel and version): under an exclusive
 //!   `flock` on [`LOCK_FILE`], load the object into a staging directory `<id>-new-<pid>` (bpffs
 //!   refuses names with a dot),
-//!   pin maps and network programs, attach the process (and LSM) programs and pin their
-//!   links, write `SET_IDENT` last, then `rename` the staging directory to `<id>`: no process
+//!   pin maps and network programs, attach the process (and LSM, after writing the tree
+//!   walk's `TREE_OFFSETS` from the kernel's BTF) programs and pin their links, write
+//!   `SET_IDENT` last, then `rename` the staging directory to `<id>`: no process
 //!   ever sees a half-made set. A broken set with our id is removed first.
 //! - **Sweep** (lazily: while creating, and by the first session that starts more than
 //!   [`SWEEP_EVERY`] after the last sweep): sets with another id are removed once no live
