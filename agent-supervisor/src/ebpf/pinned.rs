@@ -666,23 +666,22 @@ fn session_keys(dir: &Path) -> Result<Vec<u64>, BackstopError> {
 
 /// Delete every entry of `dir`'s maps whose session cgroup is not in `live`.
 fn remove_dead_entries(dir: &Path, live: &HashSet<u64>) {
-    let dead = |id: &u64| !live.contains(id);
+    let dead = |id: u64| !live.contains(&id);
     let mut removed = 0usize;
-    if let Ok(map) = open_map(dir, names::SESSIONS) {
-        if let Ok(mut m) =
-            HashMap::<MapData, u64, agent_supervisor_common::SessionEntry>::try_from(map)
-        {
-            for k in m.keys().flatten().filter(dead).collect::<Vec<_>>() {
-                removed += usize::from(m.remove(&k).is_ok());
-            }
-        }
-    }
+    removed +=
+        remove_keys::<u64, agent_supervisor_common::SessionEntry>(dir, names::SESSIONS, |k| {
+            dead(*k)
+        });
+    removed += remove_keys::<u64, u32>(dir, names::NET_MODE, |k| dead(*k));
+    removed += remove_keys::<NetAllowKey, u8>(dir, names::NET_ALLOW, |k| dead(k.cgroup_id));
+    removed += remove_keys::<InodeKey, u32>(dir, lsm_names::INODE_DENY, |k| dead(k.cgroup_id));
+    removed += remove_keys::<TreeKey, u32>(dir, lsm_names::DENIED_TREES, |k| dead(k.cgroup_id));
     if let Ok(map) = open_map(dir, names::SLOT_OWNERS) {
         if let Ok(mut m) = HashMap::<MapData, u32, u64>::try_from(map) {
             for (slot, _) in m
                 .iter()
                 .flatten()
-                .filter(|(_, owner)| dead(owner))
+                .filter(|(_, owner)| dead(*owner))
                 .collect::<Vec<_>>()
             {
                 removed += usize::from(m.remove(&slot).is_ok());
@@ -691,26 +690,7 @@ fn remove_dead_entries(dir: &Path, live: &HashSet<u64>) {
     }
     if let Ok(map) = open_map(dir, names::PROC_EVENTS_LOST) {
         if let Ok(mut m) = PerCpuHashMap::<MapData, u64, u64>::try_from(map) {
-            for k in m.keys().flatten().filter(dead).collect::<Vec<_>>() {
-                removed += usize::from(m.remove(&k).is_ok());
-            }
-        }
-    }
-    if let Ok(map) = open_map(dir, names::NET_MODE) {
-        if let Ok(mut m) = HashMap::<MapData, u64, u32>::try_from(map) {
-            for k in m.keys().flatten().filter(dead).collect::<Vec<_>>() {
-                removed += usize::from(m.remove(&k).is_ok());
-            }
-        }
-    }
-    if let Ok(map) = open_map(dir, names::NET_ALLOW) {
-        if let Ok(mut m) = HashMap::<MapData, NetAllowKey, u8>::try_from(map) {
-            for k in m
-                .keys()
-                .flatten()
-                .filter(|k| dead(&k.cgroup_id))
-                .collect::<Vec<_>>()
-            {
+            for k in m.keys().flatten().filter(|k| dead(*k)).collect::<Vec<_>>() {
                 removed += usize::from(m.remove(&k).is_ok());
             }
         }
@@ -722,31 +702,7 @@ fn remove_dead_entries(dir: &Path, live: &HashSet<u64>) {
             for k in m
                 .keys()
                 .flatten()
-                .filter(|k| dead(&k.data().cgroup_id))
-                .collect::<Vec<_>>()
-            {
-                removed += usize::from(m.remove(&k).is_ok());
-            }
-        }
-    }
-    if let Ok(map) = open_map(dir, lsm_names::INODE_DENY) {
-        if let Ok(mut m) = HashMap::<MapData, InodeKey, u32>::try_from(map) {
-            for k in m
-                .keys()
-                .flatten()
-                .filter(|k| dead(&k.cgroup_id))
-                .collect::<Vec<_>>()
-            {
-                removed += usize::from(m.remove(&k).is_ok());
-            }
-        }
-    }
-    if let Ok(map) = open_map(dir, lsm_names::DENIED_TREES) {
-        if let Ok(mut m) = HashMap::<MapData, TreeKey, u32>::try_from(map) {
-            for k in m
-                .keys()
-                .flatten()
-                .filter(|k| dead(&k.cgroup_id))
+                .filter(|k| dead(k.data().cgroup_id))
                 .collect::<Vec<_>>()
             {
                 removed += usize::from(m.remove(&k).is_ok());
@@ -759,6 +715,22 @@ fn remove_dead_entries(dir: &Path, live: &HashSet<u64>) {
             dir.display()
         );
     }
+}
+
+/// Delete the keys `gone` selects from the hash map `name` of the set in `dir`; how many went.
+fn remove_keys<K: aya::Pod, V: aya::Pod>(
+    dir: &Path,
+    name: &'static str,
+    gone: impl Fn(&K) -> bool,
+) -> usize {
+    let Ok(map) = open_map(dir, name) else {
+        return 0;
+    };
+    let Ok(mut m) = HashMap::<MapData, K, V>::try_from(map) else {
+        return 0;
+    };
+    let keys: Vec<K> = m.keys().flatten().filter(|k| gone(k)).collect();
+    keys.iter().map(|k| usize::from(m.remove(k).is_ok())).sum()
 }
 
 /// What `doctor` says about the set: which mode `run` uses here and why.
