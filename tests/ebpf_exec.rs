@@ -30,7 +30,7 @@ use std::time::Duration;
 use agent_supervisor::cgroup::{cgroup2_root, SessionCgroup};
 use agent_supervisor::ebpf::process::{self, ExecApprovals, KernelFileId, ProcEvents, ProcRecord};
 use agent_supervisor::ebpf::{ExecMode, Session};
-use common::{compile_c, is_root, Result_, Workspace};
+use common::{compile_c, is_root, show, Workspace};
 use serde_json::Value;
 
 /// Time limit for one child process and for one supervised session.
@@ -53,16 +53,6 @@ macro_rules! skip_unless_privileged {
             "no kernel BTF (/sys/kernel/btf/vmlinux): tp_btf programs can't load"
         );
     };
-}
-
-fn show(r: &Result_) -> String {
-    format!(
-        "exit {:?}{}\n--- stdout\n{}\n--- stderr\n{}",
-        r.code,
-        if r.timed_out { " (TIMED OUT)" } else { "" },
-        r.stdout,
-        r.stderr
-    )
 }
 
 /// A fresh cgroup for one hook test (named like a session: 12 hex digits), with the process

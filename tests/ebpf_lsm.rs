@@ -28,7 +28,7 @@ use agent_supervisor::cgroup::{cgroup2_root, SessionCgroup};
 use agent_supervisor::ebpf::lsm::{self, DeniedFile};
 use agent_supervisor::ebpf::{process, ExecMode, Session};
 use agent_supervisor_common::{INODE_DENY_EXEC, INODE_DENY_READ, INODE_DENY_WRITE};
-use common::{is_root, run_with_timeout, Result_, Workspace};
+use common::{is_root, run_with_timeout, show, Result_, Workspace};
 use serde_json::Value;
 
 /// Time limit for one child process and for one supervised session.
@@ -47,16 +47,6 @@ macro_rules! skip_unless_lsm {
             skip_unless!(false, format!("BPF LSM is not active here: {why}"));
         }
     };
-}
-
-fn show(r: &Result_) -> String {
-    format!(
-        "exit {:?}{}\n--- stdout\n{}\n--- stderr\n{}",
-        r.code,
-        if r.timed_out { " (TIMED OUT)" } else { "" },
-        r.stdout,
-        r.stderr
-    )
 }
 
 // ---------------------------------------------------------------------------------------------

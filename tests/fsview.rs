@@ -17,7 +17,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{is_root, Result_, Workspace};
+use common::{is_root, show, Result_, Workspace};
 
 /// Time limit of one supervised run.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -34,16 +34,6 @@ fn unique() -> String {
 /// The directory holding the workspace, the audit log and the policy (removed with them).
 fn base(ws: &Workspace) -> PathBuf {
     ws.dir.parent().expect("base").to_path_buf()
-}
-
-fn show(r: &Result_) -> String {
-    format!(
-        "exit {:?}{}\n--- stdout\n{}\n--- stderr\n{}",
-        r.code,
-        if r.timed_out { " (TIMED OUT)" } else { "" },
-        r.stdout,
-        r.stderr
-    )
 }
 
 /// `run --headless --policy <text> [extra] -- cmd`, in the workspace.

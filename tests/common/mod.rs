@@ -222,6 +222,17 @@ pub fn run_with_timeout(mut c: Command, timeout: Duration) -> Result_ {
     }
 }
 
+/// A run's exit code, whether it hit its time limit, and its output, for failure messages.
+pub fn show(r: &Result_) -> String {
+    format!(
+        "exit {:?}{}\n--- stdout\n{}\n--- stderr\n{}",
+        r.code,
+        if r.timed_out { " (TIMED OUT)" } else { "" },
+        r.stdout,
+        r.stderr
+    )
+}
+
 /// Compile a C program with the system compiler into `dir/name`; None if no compiler.
 pub fn compile_c(dir: &Path, name: &str, src: &str, extra: &[&str]) -> Option<PathBuf> {
     let c = dir.join(format!("{name}.c"));
