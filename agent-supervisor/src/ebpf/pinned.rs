@@ -484,13 +484,7 @@ fn fill(
             .map_err(|e| BackstopError::Pinned(format!("pinning map {name}: {e}")))?;
     }
     for name in names::NETWORK_PROGRAMS {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(BackstopError::Missing(name))?
-            .try_into()
-            .map_err(program_error("finding", name))?;
-        program.load().map_err(program_error("loading", name))?;
-        program
+        super::session::load_network_program(&mut ebpf, name)?
             .pin(dir.join("progs").join(name))
             .map_err(|e| BackstopError::Pinned(format!("pinning program {name}: {e}")))?;
     }

@@ -320,13 +320,7 @@ impl Session {
                     self.network_programs.push(program);
                 }
                 Source::Private { ebpf, .. } => {
-                    let program: &mut CgroupSockAddr = ebpf
-                        .program_mut(name)
-                        .ok_or(BackstopError::Missing(name))?
-                        .try_into()
-                        .map_err(program_error("finding", name))?;
-                    program.load().map_err(program_error("loading", name))?;
-                    program
+                    load_network_program(ebpf, name)?
                         .attach(&*self.cgroup, CgroupAttachMode::Single)
                         .map_err(program_error("attaching to the session cgroup", name))?;
                 }
@@ -456,6 +450,20 @@ pub fn program_error(
         program,
         source,
     }
+}
+
+/// Load the network program `name` of `ebpf` into the kernel (not attached).
+pub(crate) fn load_network_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, BackstopError> {
+    let program: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or(BackstopError::Missing(name))?
+        .try_into()
+        .map_err(program_error("finding", name))?;
+    program.load().map_err(program_error("loading", name))?;
+    Ok(program)
 }
 
 /// An error and its causes on one line.
