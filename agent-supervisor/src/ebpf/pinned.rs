@@ -489,21 +489,15 @@ fn fill(
             .map_err(|e| BackstopError::Pinned(format!("pinning program {name}: {e}")))?;
     }
     for name in names::PROCESS_PROGRAMS {
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(BackstopError::Missing(name))?
-            .try_into()
-            .map_err(program_error("finding", name))?;
+        let program: &mut BtfTracePoint = super::session::find_program(&mut ebpf, name)?;
         program
             .load(name, &btf)
             .map_err(program_error("loading", name))?;
         let link = program.attach().map_err(program_error("attaching", name))?;
-        let link: FdLink = program
+        let link = program
             .take_link(link)
-            .map_err(program_error("taking the link of", name))?
-            .into();
-        link.pin(dir.join("links").join(name))
-            .map_err(|e| BackstopError::Pinned(format!("pinning link {name}: {e}")))?;
+            .map_err(program_error("taking the link of", name))?;
+        pin_link(dir, name, link.into())?;
     }
     if super::lsm::active().is_ok() {
         // The tree walk's `dentry` offsets: a constant of the kernel (the set lives no longer
@@ -517,21 +511,15 @@ fn fill(
         tree.set(0, offsets, 0)
             .map_err(map_error("writing", lsm_names::TREE_OFFSETS))?;
         for (name, hook) in lsm_names::PROGRAMS {
-            let program: &mut Lsm = ebpf
-                .program_mut(name)
-                .ok_or(BackstopError::Missing(name))?
-                .try_into()
-                .map_err(program_error("finding", name))?;
+            let program: &mut Lsm = super::session::find_program(&mut ebpf, name)?;
             program
                 .load(hook, &btf)
                 .map_err(program_error("loading", name))?;
             let link = program.attach().map_err(program_error("attaching", name))?;
-            let link: FdLink = program
+            let link = program
                 .take_link(link)
-                .map_err(program_error("taking the link of", name))?
-                .into();
-            link.pin(dir.join("links").join(name))
-                .map_err(|e| BackstopError::Pinned(format!("pinning link {name}: {e}")))?;
+                .map_err(program_error("taking the link of", name))?;
+            pin_link(dir, name, link.into())?;
         }
     }
     let mut slot: Array<&mut MapData, SetIdent> = Array::try_from(
@@ -656,6 +644,14 @@ fn session_keys(dir: &Path) -> Result<Vec<u64>, BackstopError> {
         .chain(modes.keys().flatten())
         .chain(owners)
         .collect())
+}
+
+/// Pin the link of the global program `name` in the set being made in `dir` (the program
+/// stays attached for as long as the pin exists).
+fn pin_link(dir: &Path, name: &str, link: FdLink) -> Result<(), BackstopError> {
+    link.pin(dir.join("links").join(name))
+        .map(drop)
+        .map_err(|e| BackstopError::Pinned(format!("pinning link {name}: {e}")))
 }
 
 /// Delete every entry of `dir`'s maps whose session cgroup is not in `live`.

@@ -375,11 +375,7 @@ pub fn load_process_programs(
     attach: bool,
 ) -> Result<(), BackstopError> {
     for name in names::PROCESS_PROGRAMS {
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(BackstopError::Missing(name))?
-            .try_into()
-            .map_err(program_error("finding", name))?;
+        let program: &mut BtfTracePoint = find_program(ebpf, name)?;
         program
             .load(name, btf)
             .map_err(program_error("loading", name))?;
@@ -397,11 +393,7 @@ pub fn load_lsm_programs(
     attach: bool,
 ) -> Result<(), BackstopError> {
     for (name, hook) in lsm_names::PROGRAMS {
-        let program: &mut Lsm = ebpf
-            .program_mut(name)
-            .ok_or(BackstopError::Missing(name))?
-            .try_into()
-            .map_err(program_error("finding", name))?;
+        let program: &mut Lsm = find_program(ebpf, name)?;
         program
             .load(hook, btf)
             .map_err(program_error("loading", name))?;
@@ -452,16 +444,26 @@ pub fn program_error(
     }
 }
 
+/// The program `name` of `ebpf`, as its type `T`.
+pub(crate) fn find_program<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut T, BackstopError>
+where
+    &'a mut aya::programs::Program: TryInto<&'a mut T, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(BackstopError::Missing(name))?
+        .try_into()
+        .map_err(program_error("finding", name))
+}
+
 /// Load the network program `name` of `ebpf` into the kernel (not attached).
 pub(crate) fn load_network_program<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut CgroupSockAddr, BackstopError> {
-    let program: &mut CgroupSockAddr = ebpf
-        .program_mut(name)
-        .ok_or(BackstopError::Missing(name))?
-        .try_into()
-        .map_err(program_error("finding", name))?;
+    let program: &mut CgroupSockAddr = find_program(ebpf, name)?;
     program.load().map_err(program_error("loading", name))?;
     Ok(program)
 }
