@@ -144,12 +144,12 @@ fn check_one(ctx: &Arc<Ctx>, job: Job) {
                         "exec guard: pid {pid} runs `{}` as decided",
                         job.expect.summary
                     );
-                    let _ = sys::ptrace_detach(pid, 0);
+                    release(pid, 0);
                     return;
                 }
                 Err(why) => {
                     let _ = sys::kill(pid, libc::SIGKILL);
-                    let _ = sys::ptrace_detach(pid, 0);
+                    release(pid, 0);
                     tracing::warn!("exec guard killed pid {pid}: {why}");
                     eprintln!("agent-supervisor: killed the agent process {pid}: {why}");
                     ctx.audit.record(Record::guard_kill(
@@ -158,8 +158,6 @@ fn check_one(ctx: &Arc<Ctx>, job: Job) {
                         &job.expect.summary,
                         &why,
                     ));
-                    // Reap the tracee's exit notification for this thread.
-                    let _ = sys::waitpid(pid, libc::__WALL | libc::__WNOTHREAD);
                     return;
                 }
             }
@@ -175,8 +173,31 @@ fn check_one(ctx: &Arc<Ctx>, job: Job) {
         } else {
             sig
         };
-        let _ = sys::ptrace_detach(pid, sig);
+        release(pid, sig);
         return;
+    }
+}
+
+/// Let go of a stopped tracee, delivering `sig` (0 for none). A tracee that was killed while
+/// stopped (a limit or the session's end kills every process, and SIGKILL takes a tracee out
+/// of its stop) can no longer be detached: it exits as our tracee, and stays a zombie until this
+/// thread, its tracer, reaps it. Left unreaped, it would keep its PID namespace's init from
+/// ever finishing its exit, and the session from ending.
+fn release(pid: i32, sig: i32) {
+    if sys::ptrace_detach(pid, sig).is_err() {
+        loop {
+            match sys::waitpid(pid, libc::__WALL | libc::__WNOTHREAD) {
+                Ok((_, status)) if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) => break,
+                // Stopped again after all: detach now.
+                Ok(_) => {
+                    if sys::ptrace_detach(pid, sig).is_ok() {
+                        break;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(_) => break, // not ours any more: reaped or detached
+            }
+        }
     }
 }
 
@@ -229,4 +250,50 @@ fn verify(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tracee killed in its stop (as every process is when a limit ends the session) cannot
+    /// be detached; `release` must reap it, or the sandbox's init could never exit.
+    #[test]
+    fn a_tracee_killed_in_its_stop_is_reaped_not_left_a_zombie() {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        sys::ptrace_seize(pid).expect("seize");
+        sys::ptrace_interrupt(pid).expect("interrupt");
+        let (_, status) = sys::waitpid(pid, libc::__WALL).expect("wait for the stop");
+        assert!(libc::WIFSTOPPED(status), "status {status:#x}");
+        sys::kill(pid, libc::SIGKILL).expect("kill");
+        release(pid, 0);
+        let gone = sys::waitpid(pid, libc::__WALL | libc::WNOHANG);
+        assert_eq!(
+            gone.map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ECHILD)),
+            "the killed tracee is still there to be reaped"
+        );
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    /// A tracee that is still stopped is let go and runs on.
+    #[test]
+    fn a_stopped_tracee_is_detached_and_runs_on() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.2; exit 7"])
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id() as i32;
+        sys::ptrace_seize(pid).expect("seize");
+        sys::ptrace_interrupt(pid).expect("interrupt");
+        let (_, status) = sys::waitpid(pid, libc::__WALL).expect("wait for the stop");
+        assert!(libc::WIFSTOPPED(status), "status {status:#x}");
+        release(pid, 0);
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(7));
+    }
 }
