@@ -602,6 +602,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         remembered: Mutex::new(Default::default()),
         initial_argv: Mutex::new(Some(initial)),
         stopping: AtomicBool::new(false),
+        first_exec: AtomicBool::new(true),
         network: bpf.as_ref().and_then(|b| b.network.clone()),
         dns: dns.clone(),
     });

@@ -47,6 +47,10 @@ pub struct Expectation {
 struct Job {
     notif: Notif,
     expect: Expectation,
+    /// The session's first exec: made by the sandbox's own code (init's child, before the
+    /// agent's first instruction), so nothing can swap its file or arguments; it is let
+    /// through without the ptrace check.
+    first: bool,
 }
 
 /// Handle to the guard thread.
@@ -69,11 +73,16 @@ impl Guard {
         (Guard { tx }, GuardJobs { rx, approvals })
     }
 
-    /// Hand an allowed exec to the guard.
-    pub fn submit(&self, notif: Notif, expect: Expectation) {
+    /// Hand an allowed exec to the guard. `first`: the session's first exec, made by the
+    /// sandbox's own code (see [`super::Ctx::first_exec`]).
+    pub fn submit(&self, notif: Notif, expect: Expectation, first: bool) {
         // If the guard is gone the job is dropped: the trapped thread then fails with ENOSYS
         // when the listener closes (never runs unchecked).
-        let _ = self.tx.send(Job { notif, expect });
+        let _ = self.tx.send(Job {
+            notif,
+            expect,
+            first,
+        });
     }
 }
 
@@ -95,6 +104,20 @@ pub fn run(ctx: Arc<Ctx>, mut jobs: GuardJobs) {
                 super::respond(&ctx, job.notif.id, Err(libc::EACCES));
                 continue;
             }
+        }
+        if job.first {
+            // No agent code has run yet: nothing can rewrite the path or arguments, and the
+            // kernel's approval (if any) is consumed by the exec itself.
+            tracing::debug!(
+                "exec guard: the session's first exec `{}`",
+                job.expect.summary
+            );
+            if let Err(e) = sys::notif_continue(ctx.listener.as_fd(), job.notif.id) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::warn!("continuing the session's first exec failed: {e}");
+                }
+            }
+            continue;
         }
         check_one(&ctx, job);
         // Consumed by the exec if it happened; an exec that failed or never ran leaves it.

@@ -129,6 +129,12 @@ pub struct Ctx {
     /// The command line the user typed: its first exec is approved by the user already.
     pub initial_argv: Mutex<Option<Vec<Vec<u8>>>>,
     pub stopping: AtomicBool,
+    /// No exec has been let through yet. Until the first one is, the only process in the
+    /// sandbox that can exec is init's child running the supervisor's own code (`execvp` of
+    /// the command line; init never execs): the first exec let through is that one, and it
+    /// needs no check against a swapped file or rewritten arguments. Every later exec is
+    /// checked by the guard.
+    pub first_exec: AtomicBool,
     /// The in-kernel network backstop's map writer (None when it is off): every inet
     /// destination is written there right before the supervisor connects or sends to it.
     pub network: Option<Arc<crate::ebpf::network::NetworkMaps>>,
@@ -314,7 +320,12 @@ pub fn apply(ctx: &Arc<Ctx>, n: Notif, effect: Effect) {
                 }
             }
         }
-        Effect::ExecContinue(expect) => ctx.guard.submit(n, expect),
+        Effect::ExecContinue(expect) => {
+            let first = ctx
+                .first_exec
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
+            ctx.guard.submit(n, expect, first)
+        }
         Effect::Continue => {
             if let Err(e) = sys::notif_continue(ctx.listener.as_fd(), n.id) {
                 if e.raw_os_error() != Some(libc::ENOENT) {
