@@ -283,6 +283,8 @@ mod tests {
     /// be detached; `release` must reap it, or the sandbox's init could never exit.
     #[test]
     fn a_tracee_killed_in_its_stop_is_reaped_not_left_a_zombie() {
+        // Reaped by `release` (through its pid), not by `Child::wait`.
+        #[allow(clippy::zombie_processes)]
         let child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
