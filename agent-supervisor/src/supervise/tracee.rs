@@ -99,29 +99,7 @@ impl Tracee {
 
     /// Copy a NUL-terminated string of at most `max` bytes (without the NUL).
     pub fn read_cstr(&self, addr: u64, max: usize) -> io::Result<Vec<u8>> {
-        if addr == 0 {
-            return Err(io::Error::from_raw_os_error(libc::EFAULT));
-        }
-        let mut out = Vec::new();
-        let mut cur = addr;
-        while out.len() < max {
-            // Read up to the end of the current page, so we never fault on an unmapped page
-            // after the terminator.
-            let page_left = 4096 - (cur as usize % 4096);
-            let want = page_left.min(max + 1 - out.len());
-            let mut chunk = vec![0u8; want];
-            let n = sys::read_process_memory(self.tid, cur, &mut chunk)?;
-            if n == 0 {
-                return Err(io::Error::from_raw_os_error(libc::EFAULT));
-            }
-            if let Some(nul) = chunk[..n].iter().position(|&b| b == 0) {
-                out.extend_from_slice(&chunk[..nul]);
-                return Ok(out);
-            }
-            out.extend_from_slice(&chunk[..n]);
-            cur += n as u64;
-        }
-        Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG))
+        Pages::new(self).cstr(addr, max)
     }
 
     /// Copy a NULL-terminated array of string pointers (argv).
@@ -130,14 +108,14 @@ impl Tracee {
         if addr == 0 {
             return Ok(out);
         }
+        let mut pages = Pages::new(self);
         let mut total = 0;
         for i in 0..ARGV_MAX_ENTRIES {
-            let p = self.read_bytes(addr + (i as u64) * 8, 8)?;
-            let ptr = u64::from_ne_bytes(p.try_into().expect("8 bytes"));
+            let ptr = pages.u64_at(addr + (i as u64) * 8)?;
             if ptr == 0 {
                 return Ok(out);
             }
-            let s = self.read_cstr(ptr, ARGV_MAX_BYTES)?;
+            let s = pages.cstr(ptr, ARGV_MAX_BYTES)?;
             total += s.len() + 1;
             if total > ARGV_MAX_BYTES {
                 return Err(io::Error::from_raw_os_error(libc::E2BIG));
@@ -326,8 +304,146 @@ fn own_magic_link(p: &Path, tgid: i32, tid: i32) -> Option<(MagicLink, Option<Pa
     Some((link, (!rest.as_os_str().is_empty()).then_some(rest)))
 }
 
+/// The tracee's memory read a page at a time, the last page kept: an exec's argv and envp
+/// strings (and their pointer arrays) usually sit next to each other, so a whole environment
+/// costs a few reads instead of two per string. A read never crosses a page (mappings are
+/// whole pages, so one that starts readable is readable to its end), so it never faults on an
+/// unmapped page after what is needed. Each page is read once: a string that another thread
+/// rewrites meanwhile is seen as it was at that read, never half old, half new.
+struct Pages<'a> {
+    t: &'a Tracee,
+    /// Address of the page in `buf` (u64::MAX: none yet).
+    base: u64,
+    buf: Box<[u8; PAGE]>,
+    /// How much of the page was read.
+    len: usize,
+}
+
+const PAGE: usize = 4096;
+
+impl<'a> Pages<'a> {
+    fn new(t: &'a Tracee) -> Pages<'a> {
+        Pages {
+            t,
+            base: u64::MAX,
+            buf: Box::new([0u8; PAGE]),
+            len: 0,
+        }
+    }
+
+    /// The bytes from `addr` to the end of its page (or of what could be read of it).
+    fn at(&mut self, addr: u64) -> io::Result<&[u8]> {
+        let base = addr & !(PAGE as u64 - 1);
+        let off = (addr - base) as usize;
+        if base != self.base || off >= self.len {
+            self.base = u64::MAX;
+            let n = sys::read_process_memory(self.t.tid, base, &mut self.buf[..])?;
+            if n <= off {
+                return Err(io::Error::from_raw_os_error(libc::EFAULT));
+            }
+            (self.base, self.len) = (base, n);
+        }
+        Ok(&self.buf[off..self.len])
+    }
+
+    /// The 8-byte word at `addr` (native endianness).
+    fn u64_at(&mut self, addr: u64) -> io::Result<u64> {
+        let bytes = self.at(addr)?;
+        let word: [u8; 8] = match bytes.get(..8) {
+            Some(b) => b.try_into().expect("8 bytes"),
+            // Across a page boundary (an unaligned array): read it on its own.
+            None => self
+                .t
+                .read_bytes(addr, 8)?
+                .try_into()
+                .expect("read_bytes returns what was asked"),
+        };
+        Ok(u64::from_ne_bytes(word))
+    }
+
+    /// A NUL-terminated string of at most `max` bytes at `addr` (without the NUL).
+    fn cstr(&mut self, addr: u64, max: usize) -> io::Result<Vec<u8>> {
+        if addr == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        let mut out = Vec::new();
+        let mut cur = addr;
+        while out.len() < max {
+            let want = max + 1 - out.len();
+            let chunk = self.at(cur)?;
+            let chunk = &chunk[..chunk.len().min(want)];
+            if let Some(nul) = chunk.iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..nul]);
+                return Ok(out);
+            }
+            out.extend_from_slice(chunk);
+            cur += chunk.len() as u64;
+        }
+        Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    fn this_process() -> Tracee {
+        let pid = std::process::id() as i32;
+        Tracee {
+            tid: pid,
+            tgid: pid,
+            ns_tgid: pid,
+            ns_tid: pid,
+            umask: 0o022,
+        }
+    }
+
+    /// An offset in `buf` where a new page starts, with `before` bytes of `buf` before it.
+    fn page_boundary(buf: &[u8], before: usize) -> usize {
+        let start = buf.as_ptr() as usize;
+        (start + before).next_multiple_of(PAGE) - start
+    }
+
+    /// Strings and pointer arrays across page boundaries (an unaligned pointer straddling
+    /// one, too) read exactly as they are; limits still hold.
+    #[test]
+    fn memory_is_read_across_pages_exactly() {
+        let t = this_process();
+        let mut buf = vec![0u8; 4 * PAGE];
+        let b = page_boundary(&buf, 100);
+        // A string across the boundary.
+        let text = b"a string that crosses a page boundary";
+        buf[b - 10..b - 10 + text.len()].copy_from_slice(text);
+        let base = buf.as_ptr() as u64;
+        let at = |i: usize| base + i as u64;
+        assert_eq!(t.read_cstr(at(b - 10), PATH_MAX).unwrap(), text.to_vec());
+        assert_eq!(
+            t.read_cstr(at(b - 10), 5).unwrap_err().raw_os_error(),
+            Some(libc::ENAMETOOLONG)
+        );
+        // Three strings, and an argv whose second pointer straddles the next boundary.
+        let strings = [&b"first"[..], b"second", b""];
+        let mut ptrs = Vec::new();
+        let mut pos = b + 200;
+        for s in strings {
+            buf[pos..pos + s.len()].copy_from_slice(s);
+            buf[pos + s.len()] = 0;
+            ptrs.push(at(pos));
+            pos += s.len() + 1;
+        }
+        ptrs.push(0);
+        let b2 = b + PAGE;
+        let arr = b2 - 12; // pointer 0 before the boundary, pointer 1 across it
+        for (i, p) in ptrs.iter().enumerate() {
+            buf[arr + i * 8..arr + i * 8 + 8].copy_from_slice(&p.to_ne_bytes());
+        }
+        let argv = t.read_argv(at(arr)).unwrap();
+        assert_eq!(argv, strings.iter().map(|s| s.to_vec()).collect::<Vec<_>>());
+        assert!(t.read_argv(0).unwrap().is_empty());
+        assert_eq!(
+            t.read_cstr(0, PATH_MAX).unwrap_err().raw_os_error(),
+            Some(libc::EFAULT)
+        );
+    }
+
     use super::*;
 
     #[test]
