@@ -58,40 +58,75 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
 /// namespace of process `tgid`. Falls back to `stat`'s `(st_dev, st_ino)` where `/proc`
 /// doesn't say (then the two agree on every common filesystem).
 pub fn kernel_file_id(fd: BorrowedFd<'_>, tgid: i32, stat: (u64, u64)) -> KernelFileId {
-    let fallback = (kernel_dev(stat.0), stat.1);
-    let Ok(fdinfo) = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
-    else {
-        return fallback;
-    };
+    KernelFileIds::default().of(fd, tgid, stat)
+}
+
+/// [`kernel_file_id`] for every exec of a session, with each mount's `s_dev` remembered: the
+/// agent's mount table is read once, not at every exec. (Mount ids are not reused while the
+/// mount exists; a stale entry after the host replaces a mount can only make the kernel
+/// refuse an exec, never approve another file: the guard checks the file itself too.)
+#[derive(Debug, Default)]
+pub struct KernelFileIds {
+    devs: std::collections::HashMap<u64, u32>,
+}
+
+impl KernelFileIds {
+    /// The kernel's identity of the file open at `fd`, a file of the mount namespace of
+    /// process `tgid` (see [`kernel_file_id`]).
+    pub fn of(&mut self, fd: BorrowedFd<'_>, tgid: i32, stat: (u64, u64)) -> KernelFileId {
+        let fallback = (kernel_dev(stat.0), stat.1);
+        let Some((mnt_id, ino)) = fd_mount_and_inode(fd) else {
+            return fallback;
+        };
+        let ino = ino.unwrap_or(stat.1);
+        if let Some(&dev) = self.devs.get(&mnt_id) {
+            return (dev, ino);
+        }
+        for path in [
+            format!("/proc/{tgid}/mountinfo"),
+            "/proc/self/mountinfo".into(),
+        ] {
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            self.devs.extend(mount_devs(&text));
+            if let Some(&dev) = self.devs.get(&mnt_id) {
+                return (dev, ino);
+            }
+        }
+        (fallback.0, ino)
+    }
+}
+
+/// The mount id and inode number of the file open at `fd` (`/proc/self/fdinfo`).
+fn fd_mount_and_inode(fd: BorrowedFd<'_>) -> Option<(u64, Option<u64>)> {
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
     let field = |name: &str| {
         fdinfo
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    let ino = field("ino:").unwrap_or(stat.1);
-    let Some(mnt_id) = field("mnt_id:") else {
-        return (fallback.0, ino);
-    };
-    let dev = [
-        format!("/proc/{tgid}/mountinfo"),
-        "/proc/self/mountinfo".into(),
-    ]
-    .iter()
-    .find_map(|path| mount_dev(&std::fs::read_to_string(path).ok()?, mnt_id));
-    (dev.unwrap_or(fallback.0), ino)
+    Some((field("mnt_id:")?, field("ino:")))
+}
+
+/// Every mount's id and `s_dev` (kernel encoding) in a `mountinfo` text.
+fn mount_devs(mountinfo: &str) -> impl Iterator<Item = (u64, u32)> + '_ {
+    mountinfo.lines().filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let id = fields.next()?.parse::<u64>().ok()?;
+        let (major, minor) = fields.nth(1)?.split_once(':')?;
+        Some((
+            id,
+            (major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?,
+        ))
+    })
 }
 
 /// The `s_dev` (kernel encoding) of mount `mnt_id` in a `mountinfo` text.
+#[cfg(test)]
 fn mount_dev(mountinfo: &str, mnt_id: u64) -> Option<u32> {
-    mountinfo.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        if fields.next()?.parse::<u64>().ok()? != mnt_id {
-            return None;
-        }
-        let (major, minor) = fields.nth(1)?.split_once(':')?;
-        Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
-    })
+    mount_devs(mountinfo).find_map(|(id, dev)| (id == mnt_id).then_some(dev))
 }
 
 /// The one writer of the session's exec approvals (the exec guard thread owns it).

@@ -100,7 +100,8 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
     };
     let expect = Expectation {
         exe,
-        kernel_exe: crate::ebpf::process::kernel_file_id(runner.resolved.fd.as_fd_ref(), pid, exe),
+        file: Arc::new(runner.resolved.fd.try_clone().map_err(errno)?),
+        tgid: pid,
         argv_tail: argv.iter().skip(1).cloned().collect(),
         // The runner's argv is what the kernel builds: for a binary, argv itself (an empty
         // argv gets an empty argv[0] from the kernel); for scripts, interpreters first.

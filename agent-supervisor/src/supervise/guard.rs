@@ -31,9 +31,10 @@ use crate::sys::{self, Notif};
 pub struct Expectation {
     /// (st_dev, st_ino) of the file that must be running (for scripts: the interpreter).
     pub exe: (u64, u64),
-    /// The same file as the kernel's exec tracepoint sees it (`s_dev` kernel encoding,
-    /// `i_ino`): what the exec approval names.
-    pub kernel_exe: crate::ebpf::process::KernelFileId,
+    /// The file (`O_PATH`, in the agent's view) and the process that execs it: what the
+    /// kernel's exec approval is made from, where the in-kernel backstop is on.
+    pub file: Arc<std::os::fd::OwnedFd>,
+    pub tgid: i32,
     /// argv[1..] as decided; the new image's command line must end with exactly these.
     pub argv_tail: Vec<Vec<u8>>,
     /// How many entries the new command line must have in all: `argv_tail` plus what the
@@ -94,10 +95,15 @@ pub struct GuardJobs {
 
 /// The guard thread's body.
 pub fn run(ctx: Arc<Ctx>, mut jobs: GuardJobs) {
+    let mut ids = crate::ebpf::process::KernelFileIds::default();
     while let Ok(job) = jobs.rx.recv() {
         let tid = job.notif.pid;
-        let file = job.expect.kernel_exe;
-        if let Some(approvals) = &mut jobs.approvals {
+        // The file as the kernel's exec tracepoint sees it: only the backstop needs it.
+        let file = jobs
+            .approvals
+            .is_some()
+            .then(|| ids.of(job.expect.file.as_fd(), job.expect.tgid, job.expect.exe));
+        if let (Some(approvals), Some(file)) = (&mut jobs.approvals, file) {
             if let Err(e) = approvals.approve(tid, file) {
                 // The kernel would kill the exec: refuse it instead.
                 tracing::warn!("exec guard cannot write the kernel's exec approval: {e}");
@@ -121,7 +127,7 @@ pub fn run(ctx: Arc<Ctx>, mut jobs: GuardJobs) {
         }
         check_one(&ctx, job);
         // Consumed by the exec if it happened; an exec that failed or never ran leaves it.
-        if let Some(approvals) = &mut jobs.approvals {
+        if let (Some(approvals), Some(file)) = (&mut jobs.approvals, file) {
             approvals.withdraw(tid, file);
         }
     }
