@@ -367,63 +367,51 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     // Bad export settings are refused before the agent exists; the exporters' thread starts
     // after the launch (the supervisor is single-threaded until then).
     let exporters = crate::audit_export::Exporters::prepare(&opts.export)?;
-    // The session's cgroups with its resource limits (v2, or v1 on hybrid hosts) are created
-    // on a thread of their own while the audit log is opened and the masks are planned; the
-    // thread is gone before the sandbox is launched (which needs a single-threaded process).
-    let (limits, audit_file, masks) = std::thread::scope(|scope| -> Result<_> {
-        let limits = scope.spawn(|| crate::limits::SessionLimits::setup(&session, &policy.limits));
-        let audit_file = match &link {
-            Some((writer, _)) => crate::audit::AuditFile::to_daemon(writer.clone(), &audit_path),
-            None => {
-                let key = opts
-                    .audit_key
-                    .as_deref()
-                    .map(crate::audit::keys::load_signing_key)
-                    .transpose()?;
-                crate::audit::AuditFile::open(
-                    &audit_path,
-                    crate::audit::Options {
-                        key: key.map(std::sync::Arc::new),
-                        max_size: opts.audit_max_size,
-                        daily_name: opts.audit.is_none(),
-                        lock: true,
-                        writer: session.clone(),
-                        export: exporters
-                            .clone()
-                            .map(|e| e as Arc<dyn crate::audit::Export>),
-                        ..Default::default()
-                    },
-                )?
-            }
-        };
-        phases.mark("audit");
-        let mut masks = sandbox::masks::plan_masks(&policy, &plan, &noexec_trees(&landlock));
-        masks.extend(protected_paths(&vars, &audit_path));
-        // The agent must not read the signing key (it could forge checkpoints), nor hold the log's
-        // lock (the writer would stall, then fail closed).
-        let key = opts.audit_key.as_deref().or(opts.hide_audit_key.as_deref());
-        let hidden = [key.map(Path::to_path_buf), audit_file.lock_path()];
-        for path in hidden
-            .iter()
-            .flatten()
-            .filter_map(|p| std::fs::canonicalize(p).ok())
-        {
-            masks.retain(|m| m.path != path);
-            masks.push(sandbox::masks::MaskMount {
-                path,
-                kind: agent_supervisor_policy::MaskKind::Hide,
-                is_dir: false,
-                rule: None,
-            });
+    let audit_file = match &link {
+        Some((writer, _)) => crate::audit::AuditFile::to_daemon(writer.clone(), &audit_path),
+        None => {
+            let key = opts
+                .audit_key
+                .as_deref()
+                .map(crate::audit::keys::load_signing_key)
+                .transpose()?;
+            crate::audit::AuditFile::open(
+                &audit_path,
+                crate::audit::Options {
+                    key: key.map(std::sync::Arc::new),
+                    max_size: opts.audit_max_size,
+                    daily_name: opts.audit.is_none(),
+                    lock: true,
+                    writer: session.clone(),
+                    export: exporters
+                        .clone()
+                        .map(|e| e as Arc<dyn crate::audit::Export>),
+                    ..Default::default()
+                },
+            )?
         }
-        let masks = sandbox::masks::compose(masks);
-        phases.mark("masks");
-        let limits = limits
-            .join()
-            .map_err(|_| anyhow::anyhow!("creating the session's cgroups failed (panic)"))?;
-        Ok((limits, audit_file, masks))
-    })?;
-    phases.mark("limits");
+    };
+    phases.mark("audit");
+    let mut masks = sandbox::masks::plan_masks(&policy, &plan, &noexec_trees(&landlock));
+    masks.extend(protected_paths(&vars, &audit_path));
+    // The agent must not read the signing key (it could forge checkpoints), nor hold the log's
+    // lock (the writer would stall, then fail closed).
+    let key = opts.audit_key.as_deref().or(opts.hide_audit_key.as_deref());
+    let hidden = [key.map(Path::to_path_buf), audit_file.lock_path()];
+    for path in hidden
+        .iter()
+        .flatten()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+    {
+        masks.retain(|m| m.path != path);
+        masks.push(sandbox::masks::MaskMount {
+            path,
+            kind: agent_supervisor_policy::MaskKind::Hide,
+            is_dir: false,
+            rule: None,
+        });
+    }
+    let masks = sandbox::masks::compose(masks);
     let mode = match link {
         Some((link, reader)) => approval::Mode::Daemon { link, reader },
         None => approval::choose_mode(opts.headless, opts.default_allow),
@@ -435,8 +423,12 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             audit_path.display()
         );
     }
-    // A limit the policy or a flag set that cannot be enforced refuses the session; a default
-    // one is a warning.
+    // The session's cgroups with its resource limits (v2, or v1 on hybrid hosts). A limit the
+    // policy or a flag set that cannot be enforced refuses the session; a default one is a
+    // warning.
+    phases.mark("masks");
+    let limits = crate::limits::SessionLimits::setup(&session, &policy.limits);
+    phases.mark("limits");
     let mut limits_weaker = Vec::new();
     for u in &limits.unenforced {
         match &u.origin {
@@ -557,63 +549,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     sys::block_signals(&forwarded).context("blocking signals")?;
     phases.mark("dns");
     tracing::debug!("launching the sandbox");
-    let launching = sandbox::launch(&spec)?;
-    // From here on the supervisor opens files for the agent: never with more than the agent's
-    // own rights. (Our caps in the agent's user namespace come from owning it, not from these.)
-    // Dropped before any thread exists: every thread inherits the dropped set.
-    sys::drop_effective_caps_this_thread()
-        .context("dropping the supervisor's effective capabilities")?;
-
-    // The supervisor's threads start while init sets up the sandbox (mounts, Landlock,
-    // seccomp): those that need the session's context wait for it.
-    if let Some(e) = &exporters {
-        e.spawn()?;
-    }
-    let audit = audit_file.start()?.with_observer(opts.observer.0.clone());
-    let (approvals, broker) = Approvals::new(mode, policy.approval_timeout);
-    let (guard, guard_jobs) =
-        Guard::with_exec_backstop(bpf.as_mut().and_then(|b| b.exec_approvals.take()));
-    let mut parked = supervise::Parked::default();
-    if let Some(dns) = &dns {
-        dns.spawn(&mut parked)
-            .context("starting the DNS resolver's threads")?;
-    }
-    parked
-        .spawn("notify", supervise::run_loop)
-        .context("starting the notify thread")?;
-    parked
-        .spawn("exec-guard", move |ctx| {
-            supervise::guard::run(ctx, guard_jobs)
-        })
-        .context("starting the exec-guard thread")?;
-    parked
-        .spawn("approvals", move |ctx| approval::run(ctx, broker))
-        .context("starting the approvals thread")?;
-    let timeout = policy.limits.timeout.value;
-    let init_pidfd = Arc::clone(&launching.init_pidfd);
-    let limits = Arc::new(limits);
-    let watch = crate::limits::Watch::spawn(Arc::clone(&limits), Arc::clone(&init_pidfd), timeout)
-        .context("starting the limits thread")?;
-    parked
-        .spawn("signals", {
-            let pidfd = Arc::clone(&init_pidfd);
-            move |_| loop {
-                match sys::sigwait_info(&forwarded) {
-                    // Terminal-generated SIGINT/SIGQUIT already reached the agent (same process
-                    // group); only forward what was sent to us with kill().
-                    Ok((sig, code))
-                        if (sig == libc::SIGINT || sig == libc::SIGQUIT)
-                            && code != libc::SI_USER => {}
-                    Ok((sig, _)) => {
-                        let _ = sys::pidfd_send_signal(pidfd.as_fd(), sig);
-                    }
-                    Err(_) => return,
-                }
-            }
-        })
-        .context("starting the signals thread")?;
-
-    let mut sandbox = launching.ready(&spec)?;
+    let mut sandbox = sandbox::launch(&spec)?;
     for (name, at) in &sandbox.phases {
         phases.mark_at(name, *at);
     }
@@ -642,7 +578,19 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     for w in &sandbox.weaker {
         eprintln!("agent-supervisor: warning: {w}");
     }
+    // From here on the supervisor opens files for the agent: never with more than the agent's
+    // own rights. (Our caps in the agent's user namespace come from owning it, not from these.)
+    sys::drop_effective_caps_this_thread()
+        .context("dropping the supervisor's effective capabilities")?;
 
+    if let Some(e) = &exporters {
+        e.spawn()?;
+    }
+    let audit = audit_file.start()?.with_observer(opts.observer.0.clone());
+    let (approvals, broker) = Approvals::new(mode, policy.approval_timeout);
+    let (guard, guard_jobs) =
+        Guard::with_exec_backstop(bpf.as_mut().and_then(|b| b.exec_approvals.take()));
+    let timeout = policy.limits.timeout.value;
     let initial: Vec<Vec<u8>> = opts.command.iter().map(|a| a.as_bytes().to_vec()).collect();
     let ctx = Arc::new(Ctx {
         session: session.clone(),
@@ -671,8 +619,8 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             "limits": ctx.policy.limits.describe(),
         }),
     ));
-    // The kernel's process events go to the audit log, after the session's start (those from
-    // before this point wait in the ring buffer).
+    // The kernel's process events go to the audit log (those from before this point wait in
+    // the ring buffer).
     let events = match bpf.as_mut().and_then(|b| b.events.take()) {
         Some(events) => Some(
             events
@@ -681,7 +629,41 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         ),
         None => None,
     };
-    parked.start(&ctx);
+    if let Some(dns) = &dns {
+        dns.spawn(&ctx)
+            .context("starting the DNS resolver's threads")?;
+    }
+    spawn("notify", {
+        let ctx = Arc::clone(&ctx);
+        move || supervise::run_loop(ctx)
+    })?;
+    spawn("exec-guard", {
+        let ctx = Arc::clone(&ctx);
+        move || supervise::guard::run(ctx, guard_jobs)
+    })?;
+    spawn("approvals", {
+        let ctx = Arc::clone(&ctx);
+        move || approval::run(ctx, broker)
+    })?;
+    let init_pidfd = Arc::new(sandbox.init_pidfd);
+    let limits = Arc::new(limits);
+    let watch = crate::limits::Watch::spawn(Arc::clone(&limits), Arc::clone(&init_pidfd), timeout)
+        .context("starting the limits thread")?;
+    spawn("signals", {
+        let pidfd = Arc::clone(&init_pidfd);
+        move || loop {
+            match sys::sigwait_info(&forwarded) {
+                // Terminal-generated SIGINT/SIGQUIT already reached the agent (same process
+                // group); only forward what was sent to us with kill().
+                Ok((sig, code))
+                    if (sig == libc::SIGINT || sig == libc::SIGQUIT) && code != libc::SI_USER => {}
+                Ok((sig, _)) => {
+                    let _ = sys::pidfd_send_signal(pidfd.as_fd(), sig);
+                }
+                Err(_) => return,
+            }
+        }
+    })?;
 
     phases.mark("threads");
     tracing::debug!("supervising");
@@ -744,4 +726,12 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     }
     phases.mark("tear-down");
     Ok(exit_code)
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .with_context(|| format!("starting the {name} thread"))?;
+    Ok(())
 }

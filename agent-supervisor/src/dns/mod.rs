@@ -158,13 +158,13 @@ impl Resolver {
     }
 
     /// Start serving (UDP, TCP) and sweeping, each in its own thread.
-    pub fn spawn(self: &Arc<Self>, parked: &mut crate::supervise::Parked) -> io::Result<()> {
-        let r = Arc::clone(self);
-        parked.spawn("dns-udp", move |c| r.serve_udp(&c))?;
-        let r = Arc::clone(self);
-        parked.spawn("dns-tcp", move |c| r.serve_tcp(&c))?;
-        let r = Arc::clone(self);
-        parked.spawn("dns-sweep", move |c| loop {
+    pub fn spawn(self: &Arc<Self>, ctx: &Arc<Ctx>) -> io::Result<()> {
+        let (r, c) = (Arc::clone(self), Arc::clone(ctx));
+        thread("dns-udp", move || r.serve_udp(&c))?;
+        let (r, c) = (Arc::clone(self), Arc::clone(ctx));
+        thread("dns-tcp", move || r.serve_tcp(&c))?;
+        let (r, c) = (Arc::clone(self), Arc::clone(ctx));
+        thread("dns-sweep", move || loop {
             r.answers.wait_for_expiry();
             r.answers.sweep(c.network.as_deref(), Instant::now());
         })

@@ -22,7 +22,6 @@ use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
 
 use agent_supervisor_policy::MaskKind;
 
@@ -60,24 +59,12 @@ pub struct SandboxSpec {
     pub read_only_view: Option<Vec<std::path::PathBuf>>,
 }
 
-/// A sandbox whose init is setting itself up ([`launch`]); [`Launching::ready`] waits for it.
-#[derive(Debug)]
-pub struct Launching {
-    /// PID (in the supervisor's namespace) of the sandbox's init.
-    pub init_pid: libc::pid_t,
-    pub init_pidfd: Arc<OwnedFd>,
-    from_child_r: OwnedFd,
-    to_child_w: OwnedFd,
-    weaker: Vec<String>,
-    phases: Vec<(&'static str, u64)>,
-}
-
 /// A running sandbox.
 #[derive(Debug)]
 pub struct Sandbox {
     /// PID (in the supervisor's namespace) of the sandbox's init.
     pub init_pid: libc::pid_t,
-    pub init_pidfd: Arc<OwnedFd>,
+    pub init_pidfd: OwnedFd,
     /// The seccomp user-notification listener.
     pub listener: OwnedFd,
     /// Protections that are weaker than asked on this kernel (said once on stderr).
@@ -253,10 +240,8 @@ const NS_FLAGS: u64 = (libc::CLONE_NEWUSER
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWCGROUP) as u64;
 
-/// Start the sandbox: create its init, map its ids, put it in its cgroups and let it set
-/// itself up. Must be called while the process is single-threaded. The caller may start its
-/// threads while init works, then wait for it with [`Launching::ready`].
-pub fn launch(spec: &SandboxSpec) -> Result<Launching, LaunchError> {
+/// Start the sandbox. Must be called while the process is single-threaded.
+pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
     let parent = |call| move |source| LaunchError::Parent { call, source };
     // Prepare everything the child needs before cloning (the child should not fail on
     // allocation or on reading our state).
@@ -320,7 +305,7 @@ pub fn launch(spec: &SandboxSpec) -> Result<Launching, LaunchError> {
         })
     })?;
     sys::write_all_fd(to_child_w.as_fd(), b"g").map_err(|e| kill_child(parent("pipe write")(e)))?;
-    let phases = vec![("namespaces", sys::monotonic_ns())];
+    let mut phases = vec![("namespaces", sys::monotonic_ns())];
     // Into the other cgroups while init sets up its namespaces (a move waits for an RCU grace
     // period; done now, it overlaps with init's work): init forks the agent only after the
     // listener handshake below, so the agent is born in every cgroup of the session.
@@ -348,93 +333,64 @@ pub fn launch(spec: &SandboxSpec) -> Result<Launching, LaunchError> {
         })?;
     }
 
-    Ok(Launching {
-        init_pid,
-        init_pidfd: Arc::new(init_pidfd),
-        from_child_r,
-        to_child_w,
-        weaker,
-        phases,
-    })
-}
-
-impl Launching {
-    /// Kill init (setup failed on our side) and wait for it.
-    fn kill(&self, e: LaunchError) -> LaunchError {
-        let _ = sys::pidfd_send_signal(self.init_pidfd.as_fd(), libc::SIGKILL);
-        let _ = sys::waitid_pidfd(self.init_pidfd.as_fd());
-        e
-    }
-
-    /// Wait until init has set up the sandbox, take its seccomp listener and let it start the
-    /// agent.
-    pub fn ready(mut self, spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
-        let parent = |call| move |source| LaunchError::Parent { call, source };
-        let mut weaker = std::mem::take(&mut self.weaker);
-        let mut phases = std::mem::take(&mut self.phases);
-        let kill_child = |e: LaunchError| self.kill(e);
-        let (init_pidfd, from_child_r, to_child_w) =
-            (&self.init_pidfd, &self.from_child_r, &self.to_child_w);
-        loop {
-            let mut buf = [0u8; 16];
-            match sys::read_exact_fd(from_child_r.as_fd(), &mut buf) {
-                Ok(true) => {}
-                Ok(false) => return Err(kill_child(LaunchError::ChildVanished)),
-                Err(e) => return Err(kill_child(parent("pipe read")(e))),
+    loop {
+        let mut buf = [0u8; 16];
+        match sys::read_exact_fd(from_child_r.as_fd(), &mut buf) {
+            Ok(true) => {}
+            Ok(false) => return Err(kill_child(LaunchError::ChildVanished)),
+            Err(e) => return Err(kill_child(parent("pipe read")(e))),
+        }
+        match decode(&buf) {
+            Some(ChildMsg::Weaker { what }) => weaker.push(weakness_text(what).to_string()),
+            Some(ChildMsg::Phase { phase, at }) => {
+                phases.extend(PHASES.get(phase as usize).map(|name| (*name, at)));
             }
-            match decode(&buf) {
-                Some(ChildMsg::Weaker { what }) => weaker.push(weakness_text(what).to_string()),
-                Some(ChildMsg::Phase { phase, at }) => {
-                    phases.extend(PHASES.get(phase as usize).map(|name| (*name, at)));
+            Some(ChildMsg::Failed { step, errno, index }) => {
+                let step = Step::from_u32(step).unwrap_or(Step::Sync);
+                let detail = match step {
+                    Step::Mask => spec.masks.get(index as usize).map(|m| &m.path),
+                    Step::ReadOnlyView => spec
+                        .read_only_view
+                        .as_ref()
+                        .and_then(|t| view_tree_paths(t).nth(index as usize)),
+                    _ => None,
                 }
-                Some(ChildMsg::Failed { step, errno, index }) => {
-                    let step = Step::from_u32(step).unwrap_or(Step::Sync);
-                    let detail = match step {
-                        Step::Mask => spec.masks.get(index as usize).map(|m| &m.path),
-                        Step::ReadOnlyView => spec
-                            .read_only_view
-                            .as_ref()
-                            .and_then(|t| view_tree_paths(t).nth(index as usize)),
-                        _ => None,
-                    }
-                    .map(|p| p.display().to_string());
-                    let source = io::Error::from_raw_os_error(errno);
-                    let _ = sys::waitid_pidfd(init_pidfd.as_fd());
-                    if step == Step::Exec {
-                        return Err(LaunchError::Exec {
-                            program: String::from_utf8_lossy(spec.argv[0].as_bytes()).into_owned(),
-                            source,
-                        });
-                    }
-                    return Err(LaunchError::Child {
-                        step,
-                        detail,
+                .map(|p| p.display().to_string());
+                let source = io::Error::from_raw_os_error(errno);
+                let _ = sys::waitid_pidfd(init_pidfd.as_fd());
+                if step == Step::Exec {
+                    return Err(LaunchError::Exec {
+                        program: String::from_utf8_lossy(spec.argv[0].as_bytes()).into_owned(),
                         source,
                     });
                 }
-                Some(ChildMsg::Ready { listener_fd }) => {
-                    let listener =
-                        sys::pidfd_getfd(init_pidfd.as_fd(), listener_fd).map_err(|e| {
-                            kill_child(parent("pidfd_getfd (taking the seccomp listener)")(e))
-                        })?;
-                    if !sys::notif_set_sync_wakeup(listener.as_fd()) {
-                        tracing::debug!(
-                            "SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP unavailable (kernel < 6.6)"
-                        );
-                    }
-                    sys::write_all_fd(to_child_w.as_fd(), b"a")
-                        .map_err(|e| kill_child(parent("pipe write")(e)))?;
-                    phases.push(("handshake", sys::monotonic_ns()));
-                    return Ok(Sandbox {
-                        init_pid: self.init_pid,
-                        init_pidfd: Arc::clone(init_pidfd),
-                        listener,
-                        weaker,
-                        phases,
-                    });
-                }
-                None => return Err(kill_child(LaunchError::ChildVanished)),
+                return Err(LaunchError::Child {
+                    step,
+                    detail,
+                    source,
+                });
             }
+            Some(ChildMsg::Ready { listener_fd }) => {
+                let listener = sys::pidfd_getfd(init_pidfd.as_fd(), listener_fd).map_err(|e| {
+                    kill_child(parent("pidfd_getfd (taking the seccomp listener)")(e))
+                })?;
+                if !sys::notif_set_sync_wakeup(listener.as_fd()) {
+                    tracing::debug!(
+                        "SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP unavailable (kernel < 6.6)"
+                    );
+                }
+                sys::write_all_fd(to_child_w.as_fd(), b"a")
+                    .map_err(|e| kill_child(parent("pipe write")(e)))?;
+                phases.push(("handshake", sys::monotonic_ns()));
+                return Ok(Sandbox {
+                    init_pid,
+                    init_pidfd,
+                    listener,
+                    weaker,
+                    phases,
+                });
+            }
+            None => return Err(kill_child(LaunchError::ChildVanished)),
         }
     }
 }

@@ -142,41 +142,6 @@ pub struct Ctx {
     pub dns: Option<Arc<crate::dns::Resolver>>,
 }
 
-/// Threads started before the session's [`Ctx`] exists (while the sandbox's init sets itself
-/// up, so that starting them costs the session no time), each waiting for it. Dropped without
-/// [`Parked::start`] (the launch failed), they end without running.
-#[derive(Default)]
-pub struct Parked {
-    waiting: Vec<std::sync::mpsc::SyncSender<Arc<Ctx>>>,
-}
-
-impl Parked {
-    /// Start thread `name`, which runs `f` once the context is there.
-    pub fn spawn(
-        &mut self,
-        name: &str,
-        f: impl FnOnce(Arc<Ctx>) + Send + 'static,
-    ) -> std::io::Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                if let Ok(ctx) = rx.recv() {
-                    f(ctx)
-                }
-            })?;
-        self.waiting.push(tx);
-        Ok(())
-    }
-
-    /// Hand the context to every waiting thread.
-    pub fn start(self, ctx: &Arc<Ctx>) {
-        for tx in self.waiting {
-            let _ = tx.send(Arc::clone(ctx));
-        }
-    }
-}
-
 /// Run the notification loop until every sandboxed task is gone (listener hang-up).
 pub fn run_loop(ctx: Arc<Ctx>) {
     loop {
