@@ -46,6 +46,38 @@ fn run_policy(ws: &Workspace, policy: &str, extra: &[&str], cmd: &[&str]) -> Res
     r
 }
 
+/// Run the Python `script` (in the workspace) on `args` under `policy`, then the shell commands
+/// `then` (empty, or ending in `&&`/`;`), and check that the whole command ran to its end.
+/// Returns the run and what the script printed.
+fn run_probe(
+    ws: &Workspace,
+    policy: &str,
+    script: &Path,
+    args: &[&str],
+    then: &str,
+) -> (Result_, String) {
+    let quoted: Vec<String> = std::iter::once(script.display().to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .map(|a| format!("'{a}'"))
+        .collect();
+    let r = run_policy(
+        ws,
+        policy,
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "{PYTHON} {} > result.txt 2>&1; {then} echo ok > done.txt",
+                quoted.join(" ")
+            ),
+        ],
+    );
+    assert_eq!(ws.read("done.txt").as_deref(), Some("ok\n"), "{}", show(&r));
+    let result = ws.read("result.txt").unwrap_or_default();
+    (r, result)
+}
+
 /// A directory removed (with what is in it) on drop, for test files outside the workspace.
 struct TempDir(PathBuf);
 
@@ -372,23 +404,8 @@ fn metadata_writes_are_refused(parent: &str, name: &str, filesystem: &str) {
     let before = (seen(&victim), seen(&dir.0));
     let policy = format!("version = 1\nextends = \"sandboxed\"\n{filesystem}");
     let script = ws.write("meta.py", METADATA_PY);
-    let r = run_policy(
-        &ws,
-        &policy,
-        &[],
-        &[
-            "/bin/sh",
-            "-c",
-            &format!(
-                "{PYTHON} '{}' '{}' '{}' > result.txt 2>&1; echo ok > done.txt",
-                script.display(),
-                victim.display(),
-                dir.0.display()
-            ),
-        ],
-    );
-    assert_eq!(ws.read("done.txt").as_deref(), Some("ok\n"), "{}", show(&r));
-    let result = ws.read("result.txt").unwrap_or_default();
+    let (victim_s, dir_s) = (victim.display().to_string(), dir.0.display().to_string());
+    let (r, result) = run_probe(&ws, &policy, &script, &[&victim_s, &dir_s], "");
     assert!(
         result.lines().count() >= 13,
         "the script did not run to its end:\n{result}\n{}",
@@ -447,24 +464,16 @@ fn metadata_writes_in_the_workspace_tmp_and_dev_null_still_work() {
     let tmp = TempDir::new("/tmp", "tmpwrite");
     let script = ws.write("meta.py", METADATA_PY);
     // Everything but unlink (last): the victim must still be there to look at.
-    let r = run_policy(
+    let (r, result) = run_probe(
         &ws,
         "version = 1\nextends = \"sandboxed\"\n",
-        &[],
-        &[
-            "/bin/sh",
-            "-c",
-            &format!(
-                "{PYTHON} '{}' sub/victim.txt sub > result.txt 2>&1; \
-                 echo hi > '{t}/made.txt' && chmod 600 '{t}/made.txt'; echo x > /dev/null && \
-                 echo ok > done.txt",
-                script.display(),
-                t = tmp.0.display()
-            ),
-        ],
+        &script,
+        &["sub/victim.txt", "sub"],
+        &format!(
+            "echo hi > '{t}/made.txt' && chmod 600 '{t}/made.txt'; echo x > /dev/null &&",
+            t = tmp.0.display()
+        ),
     );
-    assert_eq!(ws.read("done.txt").as_deref(), Some("ok\n"), "{}", show(&r));
-    let result = ws.read("result.txt").unwrap_or_default();
     for call in [
         "chmod",
         "chmod-dir",
@@ -529,23 +538,14 @@ except OSError as e:
     print("chmod", errno.errorcode.get(e.errno))
 "#;
     let script = ws.write("attack.py", attack);
-    let r = run_policy(
+    let (victim_s, dir_s) = (victim.display().to_string(), dir.0.display().to_string());
+    let (r, result) = run_probe(
         &ws,
         &format!("version = 1\nextends = \"sandboxed\"\n{VAR_READ_ONLY}"),
-        &[],
-        &[
-            "/bin/sh",
-            "-c",
-            &format!(
-                "{PYTHON} '{}' '{}' '{}' > result.txt 2>&1; echo ok > done.txt",
-                script.display(),
-                victim.display(),
-                dir.0.display()
-            ),
-        ],
+        &script,
+        &[&victim_s, &dir_s],
+        "",
     );
-    assert_eq!(ws.read("done.txt").as_deref(), Some("ok\n"), "{}", show(&r));
-    let result = ws.read("result.txt").unwrap_or_default();
     assert_eq!(result.lines().count(), 8, "{result}\n{}", show(&r));
     for line in result.lines() {
         assert!(
