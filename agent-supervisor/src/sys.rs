@@ -56,15 +56,22 @@ pub fn bpf_obj_get(path: &CStr) -> io::Result<OwnedFd> {
     attr[0] = path.as_ptr() as u64;
     // SAFETY: `attr` is a zeroed buffer the size of the union the kernel reads (it checks
     // that every byte past the member it uses is zero); `path` outlives the call.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
+    unsafe {
+        bpf_fd(
             aya_obj::generated::bpf_cmd::BPF_OBJ_GET as libc::c_long,
-            attr.as_mut_ptr(),
-            size_of::<[u64; 16]>(),
+            &attr,
         )
-    })
-    .map(owned)
+    }
+}
+
+/// `bpf(cmd, attr, sizeof attr)` for a command that returns a new descriptor.
+///
+/// # Safety
+/// `attr` must be a valid attribute of `cmd` (the rest of the union zeroed), and whatever it
+/// points to must stay valid for the call.
+unsafe fn bpf_fd<A>(cmd: libc::c_long, attr: &A) -> io::Result<OwnedFd> {
+    // SAFETY: upheld by the caller; the kernel reads `size_of::<A>()` bytes of `attr`.
+    check(unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const A, size_of::<A>()) }).map(owned)
 }
 
 /// `BPF_LINK_CREATE` (Linux 5.7 for cgroup programs): attach `prog` to `target` (a cgroup
@@ -81,15 +88,12 @@ pub fn bpf_link_create(
     attr[1] = target.as_raw_fd() as u32;
     attr[2] = attach_type;
     // SAFETY: as in `bpf_obj_get`; both descriptors are borrowed for the call.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
+    unsafe {
+        bpf_fd(
             aya_obj::generated::bpf_cmd::BPF_LINK_CREATE as libc::c_long,
-            attr.as_mut_ptr(),
-            size_of::<[u32; 32]>(),
+            &attr,
         )
-    })
-    .map(owned)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1372,14 +1376,6 @@ pub fn bpf_prog_load(prog: &BpfProgLoad<'_>, log: &mut [u8]) -> io::Result<Owned
         // SAFETY: `attr` is a valid BPF_PROG_LOAD attribute of the size we pass; the
         // instructions, license and log buffer it points to outlive the call, and the kernel
         // writes at most `log_size` bytes into the log.
-        check(unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &attr as *const BpfProgLoadAttr,
-                size_of::<BpfProgLoadAttr>(),
-            )
-        })
+        unsafe { bpf_fd(BPF_PROG_LOAD, &attr) }
     })
-    .map(owned)
 }
