@@ -244,10 +244,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
     let old_pid: i32 = ctx.arg(1);
     let bprm = ctx.arg::<*const c_void>(2) as u64;
     let file: u64 = read(bprm, o.binprm_file);
-    let inode: u64 = read(file, o.file_inode);
-    let ino: u64 = read(inode, o.inode_ino);
-    let sb: u64 = read(inode, o.inode_sb);
-    let dev: u32 = read(sb, o.sb_dev);
+    let (ino, dev) = inode_id(&o, read(file, o.file_inode));
     let key = ExecApprovalKey {
         ino,
         dev,
@@ -357,15 +354,22 @@ const PROT_EXEC: u64 = 0x4;
 /// What an LSM hook returns to refuse (`-EACCES`, as a permission check does).
 const EACCES: i32 = 13;
 
+/// An inode as the kernel names it: (`i_ino`, its filesystem's `s_dev`).
+#[inline(always)]
+fn inode_id(o: &KernelOffsets, inode: u64) -> (u64, u32) {
+    let sb: u64 = read(inode, o.inode_sb);
+    (read(inode, o.inode_ino), read(sb, o.sb_dev))
+}
+
 /// The file behind `file` as the kernel names it: (`s_dev`, `i_ino`), and its link count.
 #[inline(always)]
 fn inode_of(o: &KernelOffsets, cgroup_id: u64, file: u64) -> (InodeKey, u32) {
     let inode: u64 = read(file, o.file_inode);
-    let sb: u64 = read(inode, o.inode_sb);
+    let (ino, dev) = inode_id(o, inode);
     let key = InodeKey {
         cgroup_id,
-        ino: read(inode, o.inode_ino),
-        dev: read(sb, o.sb_dev),
+        ino,
+        dev,
         _padding: 0,
     };
     (key, read(inode, o.inode_nlink))
@@ -429,12 +433,11 @@ fn tree_deny(o: &KernelOffsets, cgroup_id: u64, file: u64) -> u32 {
         if parent == 0 || parent == dentry {
             return 0;
         }
-        let inode: u64 = read(parent, inode_at);
-        let sb: u64 = read(inode, o.inode_sb);
+        let (ino, dev) = inode_id(o, read(parent, inode_at));
         let key = TreeKey {
             cgroup_id,
-            ino: read(inode, o.inode_ino),
-            dev: read(sb, o.sb_dev),
+            ino,
+            dev,
             _padding: 0,
         };
         if let Some(bits) = DENIED_TREES.get_ptr(&key) {
