@@ -122,22 +122,16 @@ pub fn attach_trees(session: &mut Session, trees: &[DeniedTree]) -> Result<usize
     let mut map: HashMap<_, TreeKey, u32> =
         HashMap::try_from(session.take_map(lsm_names::DENIED_TREES)?)
             .map_err(map_error("opening", lsm_names::DENIED_TREES))?;
-    let mut keys = Vec::new();
-    for t in trees.iter().take(MAX_DENIED_TREES as usize) {
+    let entries = trees.iter().take(MAX_DENIED_TREES as usize).map(|t| {
         let key = TreeKey {
             cgroup_id,
             ino: t.dir.1,
             dev: t.dir.0,
             _padding: 0,
         };
-        if let Err(e) = map.insert(key, t.deny, 0) {
-            for key in &keys {
-                let _ = map.remove(key);
-            }
-            return Err(map_error("writing", lsm_names::DENIED_TREES)(e));
-        }
-        keys.push(key);
-    }
+        (key, t.deny)
+    });
+    let keys = insert_all(&mut map, lsm_names::DENIED_TREES, entries)?;
     let written = keys.len();
     match private_offsets {
         Some(offsets) => {
@@ -304,6 +298,26 @@ fn walk_files(dir: &Path, visit: &mut dyn FnMut(&Path) -> bool) -> bool {
     true
 }
 
+/// Write every (key, deny bits) of `entries` into `map` (named `name`), all or none: on a
+/// failure the entries already written are removed again. Returns the keys written.
+fn insert_all<K: aya::Pod>(
+    map: &mut HashMap<aya::maps::MapData, K, u32>,
+    name: &'static str,
+    entries: impl Iterator<Item = (K, u32)>,
+) -> Result<Vec<K>, BackstopError> {
+    let mut keys = Vec::new();
+    for (key, deny) in entries {
+        if let Err(e) = map.insert(key, deny, 0) {
+            for key in &keys {
+                let _ = map.remove(key);
+            }
+            return Err(map_error("writing", name)(e));
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
 /// Load and attach the LSM programs of `session` and write `denied` into its `INODE_DENY`.
 /// Returns how many files the kernel now guards.
 pub fn attach(session: &mut Session, denied: &[DeniedFile]) -> Result<usize, BackstopError> {
@@ -313,22 +327,16 @@ pub fn attach(session: &mut Session, denied: &[DeniedFile]) -> Result<usize, Bac
     let mut map: HashMap<_, InodeKey, u32> =
         HashMap::try_from(session.take_map(lsm_names::INODE_DENY)?)
             .map_err(map_error("opening", lsm_names::INODE_DENY))?;
-    let mut keys = Vec::new();
-    for d in denied.iter().take(MAX_INODE_DENY as usize) {
+    let entries = denied.iter().take(MAX_INODE_DENY as usize).map(|d| {
         let key = InodeKey {
             cgroup_id,
             ino: d.file.1,
             dev: d.file.0,
             _padding: 0,
         };
-        if let Err(e) = map.insert(key, d.deny, 0) {
-            for key in &keys {
-                let _ = map.remove(key);
-            }
-            return Err(map_error("writing", lsm_names::INODE_DENY)(e));
-        }
-        keys.push(key);
-    }
+        (key, d.deny)
+    });
+    let keys = insert_all(&mut map, lsm_names::INODE_DENY, entries)?;
     let written = keys.len();
     if session.pinned_set().is_some() {
         session.on_end(move || {
