@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use agent_supervisor_policy::{MaskKind, Plan, Policy};
+use agent_supervisor_policy::{Mask, MaskKind, Plan, Policy};
 
 /// One mount to place before the agent starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub fn plan_masks(policy: &Policy, plan: &Plan, noexec_trees: &[PathBuf]) -> Vec
             });
         }
     }
+    // Rules that walk the same root share one walk (the built-in policies have four
+    // `{workspace}/**/...` rules): each entry is tested against all of them.
+    let mut walks: BTreeMap<&Path, Vec<&Mask>> = BTreeMap::new();
     for mask in &plan.masks {
         let Ok(md) = fs::symlink_metadata(&mask.root) else {
             continue;
@@ -76,20 +79,26 @@ pub fn plan_masks(policy: &Policy, plan: &Plan, noexec_trees: &[PathBuf]) -> Vec
             }
         }
         if md.is_dir() {
-            walk(&mask.root, &mut |p, is_dir| {
-                if policy.file_rule_matches(mask.rule, p) {
-                    add(MaskMount {
-                        path: p.to_path_buf(),
-                        kind: mask.kind,
-                        is_dir,
-                        rule: Some(mask.rule),
-                    });
-                    // Nothing below a hidden directory is reachable: don't descend.
-                    return mask.kind != MaskKind::Hide;
-                }
-                true
-            });
+            walks.entry(&mask.root).or_default().push(mask);
         }
+    }
+    for (root, rules) in walks {
+        walk(root, &|p, is_dir, found| {
+            let mut descend = true;
+            for mask in rules.iter().filter(|m| policy.file_rule_matches(m.rule, p)) {
+                found.push(MaskMount {
+                    path: p.to_path_buf(),
+                    kind: mask.kind,
+                    is_dir,
+                    rule: Some(mask.rule),
+                });
+                // Nothing below a hidden directory is reachable: don't descend.
+                descend &= mask.kind != MaskKind::Hide;
+            }
+            descend
+        })
+        .into_iter()
+        .for_each(&mut add);
     }
     compose(out.into_values().collect())
 }
@@ -139,26 +148,86 @@ fn combine(a: MaskKind, b: MaskKind) -> MaskKind {
     }
 }
 
-/// Depth-first walk that does not follow symlinks nor enter pseudo filesystems.
-/// `visit` returns whether to descend into a directory.
-fn walk(dir: &Path, visit: &mut dyn FnMut(&Path, bool) -> bool) {
-    if NO_WALK.iter().any(|p| dir == Path::new(p)) {
-        return;
-    }
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_symlink() {
+/// Entries a walk visits on its own thread before it hands the directories still to read to
+/// a parallel walker: a small tree (an empty workspace, a project without build output) costs
+/// no thread, a large one (`target/`, `node_modules/`) is read on every core.
+const SEQUENTIAL_ENTRIES: usize = 2048;
+
+/// Tests one entry: pushes the masks it needs, returns whether to descend (directories).
+type Visit<'a> = dyn Fn(&Path, bool, &mut Vec<MaskMount>) -> bool + Sync + 'a;
+
+/// Walk below `root` without following symlinks nor entering pseudo filesystems, and return
+/// what `visit` found.
+fn walk(root: &Path, visit: &Visit) -> Vec<MaskMount> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    let mut seen = 0usize;
+    while seen < SEQUENTIAL_ENTRIES {
+        let Some(dir) = dirs.pop() else {
+            return found;
+        };
+        if no_walk(&dir) {
             continue;
         }
-        let p = e.path();
-        let is_dir = ft.is_dir();
-        if visit(&p, is_dir) && is_dir {
-            walk(&p, visit);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_symlink() {
+                continue;
+            }
+            let p = e.path();
+            if visit(&p, ft.is_dir(), &mut found) && ft.is_dir() {
+                dirs.push(p);
+            }
         }
     }
+    // What is left: every directory below `dirs`, read in parallel. Each of them was visited
+    // already (depth 0 here).
+    let Some((first, rest)) = dirs.split_first() else {
+        return found;
+    };
+    let mut builder = ignore::WalkBuilder::new(first);
+    for dir in rest {
+        builder.add(dir);
+    }
+    builder
+        .standard_filters(false)
+        .follow_links(false)
+        .filter_entry(|e| !no_walk(e.path()));
+    let shared = std::sync::Mutex::new(found);
+    builder.build_parallel().run(|| {
+        let shared = &shared;
+        Box::new(move |entry| {
+            use ignore::WalkState;
+            let Ok(e) = entry else {
+                return WalkState::Continue;
+            };
+            let Some(ft) = e.file_type().filter(|ft| !ft.is_symlink()) else {
+                return WalkState::Continue;
+            };
+            if e.depth() == 0 {
+                return WalkState::Continue;
+            }
+            let mut here = Vec::new();
+            let descend = visit(e.path(), ft.is_dir(), &mut here);
+            if !here.is_empty() {
+                shared.lock().expect("mask walk lock").append(&mut here);
+            }
+            if descend {
+                WalkState::Continue
+            } else {
+                WalkState::Skip
+            }
+        })
+    });
+    shared.into_inner().expect("mask walk lock")
+}
+
+fn no_walk(dir: &Path) -> bool {
+    NO_WALK.iter().any(|p| dir == Path::new(p))
 }
 
 #[cfg(test)]
@@ -223,6 +292,69 @@ mod tests {
                 ("/w/tmp/x/key", MaskKind::Hide),
             ]
         );
+    }
+
+    /// A workspace large enough for the parallel part of the walk, with the four deny rules of
+    /// the built-in policies on one root (one walk): every match is found at every depth,
+    /// nothing below a hidden directory or behind a symlink is, and a match both rules hit gets
+    /// one mask of the stricter kind.
+    #[test]
+    fn one_walk_finds_every_match_of_every_rule_on_its_root_in_a_large_tree() {
+        let w = std::env::temp_dir().join(format!("as-masks-walk-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&w);
+        let mut want: Vec<(PathBuf, MaskKind)> = Vec::new();
+        for a in 0..40 {
+            for b in 0..40 {
+                let d = w.join(format!("a{a}/b{b}"));
+                fs::create_dir_all(&d).unwrap();
+                fs::write(d.join("main.rs"), "").unwrap();
+                if (a * 40 + b) % 97 == 0 {
+                    fs::write(d.join(".env"), "").unwrap();
+                    want.push((d.join(".env"), MaskKind::Hide));
+                }
+                if (a * 40 + b) % 131 == 0 {
+                    fs::write(d.join("server.key"), "").unwrap();
+                    want.push((d.join("server.key"), MaskKind::ReadOnly));
+                }
+            }
+        }
+        // Both rules: hidden (read-only + hide).
+        fs::write(w.join("a39/b39/both.key"), "").unwrap();
+        // A hidden directory: its own mask only.
+        fs::create_dir_all(w.join("a7/.env/deep")).unwrap();
+        fs::write(w.join("a7/.env/deep/x.key"), "").unwrap();
+        want.push((w.join("a7/.env"), MaskKind::Hide));
+        // Behind a symlink: not followed.
+        fs::create_dir_all(w.join("elsewhere")).unwrap();
+        fs::write(w.join("elsewhere/.env"), "").unwrap();
+        want.push((w.join("elsewhere/.env"), MaskKind::Hide));
+        std::os::unix::fs::symlink(w.join("elsewhere"), w.join("a3/link")).unwrap();
+        let ws = w.display();
+        let text = format!(
+            "version = 1\nextends = \"none\"\n[filesystem]\nread = [\"{ws}\"]\n\
+             [[rule]]\ndecision = \"deny\"\nfile = \"{ws}/**/.env\"\naccess = [\"read\", \"write\", \"exec\"]\n\
+             [[rule]]\ndecision = \"deny\"\nfile = \"{ws}/**/*.key\"\naccess = [\"write\"]\n\
+             [[rule]]\ndecision = \"deny\"\nfile = \"{ws}/**/both.*\"\naccess = [\"read\"]\n"
+        );
+        let vars = agent_supervisor_policy::Vars {
+            workspace: w.clone(),
+            home: w.clone(),
+            tmp: w.clone(),
+        };
+        let policy = Policy::parse("test.toml", &text, &w, &vars).unwrap();
+        let plan = policy.plan();
+        assert!(plan.masks.iter().all(|m| m.root == w && !m.whole_root));
+        want.push((w.join("a39/b39/both.key"), MaskKind::Hide));
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        let got = plan_masks(&policy, &plan, &[]);
+        let _ = fs::remove_dir_all(&w);
+        let mut got: Vec<(PathBuf, MaskKind)> = got.into_iter().map(|m| (m.path, m.kind)).collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert!(
+            want.len() > 30,
+            "the tree has matches in both parts of the walk"
+        );
+        assert_eq!(got, want);
     }
 
     #[test]
