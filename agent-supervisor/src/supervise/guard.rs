@@ -57,6 +57,8 @@ struct Job {
 /// Handle to the guard thread.
 pub struct Guard {
     tx: mpsc::Sender<Job>,
+    /// Exec approvals go into the kernel's map (the guard's thread writes them).
+    backstop: bool,
 }
 
 impl Guard {
@@ -71,12 +73,24 @@ impl Guard {
         approvals: Option<crate::ebpf::process::ExecApprovals>,
     ) -> (Guard, GuardJobs) {
         let (tx, rx) = mpsc::channel();
-        (Guard { tx }, GuardJobs { rx, approvals })
+        let backstop = approvals.is_some();
+        (Guard { tx, backstop }, GuardJobs { rx, approvals })
+    }
+
+    /// Let an allowed exec run. The session's first exec (`first`, made by the sandbox's own
+    /// code, see [`super::Ctx::first_exec`]) has nothing to check: without a kernel approval
+    /// to write it continues right here, without a trip through the guard's thread.
+    pub fn exec(&self, ctx: &Ctx, notif: Notif, expect: Expectation, first: bool) {
+        if first && !self.backstop {
+            continue_first(ctx, notif.id, &expect.summary);
+        } else {
+            self.submit(notif, expect, first);
+        }
     }
 
     /// Hand an allowed exec to the guard. `first`: the session's first exec, made by the
     /// sandbox's own code (see [`super::Ctx::first_exec`]).
-    pub fn submit(&self, notif: Notif, expect: Expectation, first: bool) {
+    fn submit(&self, notif: Notif, expect: Expectation, first: bool) {
         // If the guard is gone the job is dropped: the trapped thread then fails with ENOSYS
         // when the listener closes (never runs unchecked).
         let _ = self.tx.send(Job {
@@ -112,23 +126,24 @@ pub fn run(ctx: Arc<Ctx>, mut jobs: GuardJobs) {
             }
         }
         if job.first {
-            // No agent code has run yet: nothing can rewrite the path or arguments, and the
-            // kernel's approval (if any) is consumed by the exec itself.
-            tracing::debug!(
-                "exec guard: the session's first exec `{}`",
-                job.expect.summary
-            );
-            if let Err(e) = sys::notif_continue(ctx.listener.as_fd(), job.notif.id) {
-                if e.raw_os_error() != Some(libc::ENOENT) {
-                    tracing::warn!("continuing the session's first exec failed: {e}");
-                }
-            }
+            continue_first(&ctx, job.notif.id, &job.expect.summary);
             continue;
         }
         check_one(&ctx, job);
         // Consumed by the exec if it happened; an exec that failed or never ran leaves it.
         if let (Some(approvals), Some(file)) = (&mut jobs.approvals, file) {
             approvals.withdraw(tid, file);
+        }
+    }
+}
+
+/// The session's first exec: no agent code has run yet, so nothing can rewrite its path or
+/// arguments, and the kernel's approval (if any) is consumed by the exec itself.
+fn continue_first(ctx: &Ctx, id: u64, summary: &str) {
+    tracing::debug!("exec guard: the session's first exec `{summary}`");
+    if let Err(e) = sys::notif_continue(ctx.listener.as_fd(), id) {
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            tracing::warn!("continuing the session's first exec failed: {e}");
         }
     }
 }

@@ -324,7 +324,7 @@ pub fn apply(ctx: &Arc<Ctx>, n: Notif, effect: Effect) {
             let first = ctx
                 .first_exec
                 .swap(false, std::sync::atomic::Ordering::SeqCst);
-            ctx.guard.submit(n, expect, first)
+            ctx.guard.exec(ctx, n, expect, first)
         }
         Effect::Continue => {
             if let Err(e) = sys::notif_continue(ctx.listener.as_fd(), n.id) {
