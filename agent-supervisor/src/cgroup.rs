@@ -83,6 +83,14 @@ impl SessionCgroup {
         Self::create_under(&cgroup2_root()?, session_id)
     }
 
+    /// [`Self::create`] with `/proc/mounts` already read (`mounts`).
+    pub fn create_in(mounts: &str, session_id: &str) -> Result<SessionCgroup, CgroupError> {
+        Self::create_under(
+            &cgroup2_root_in(mounts).ok_or(CgroupError::NoCgroup2)?,
+            session_id,
+        )
+    }
+
     /// A session directory with no process in it for this long was left by a supervisor that was
     /// killed before it could remove it (a live session always holds its init process).
     pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);

@@ -212,7 +212,14 @@ pub fn load_policy(explicit: Option<&Path>, vars: &Vars) -> Result<Policy> {
             None => Policy::preset("sandboxed", vars)?,
         },
     };
-    policy.canonicalize_paths(&|p: &Path| std::fs::canonicalize(p).ok());
+    // Rules repeat their prefixes (`/usr/bin`, the workspace...): each is resolved once.
+    let seen = std::cell::RefCell::new(std::collections::HashMap::new());
+    policy.canonicalize_paths(&|p: &Path| {
+        seen.borrow_mut()
+            .entry(p.to_path_buf())
+            .or_insert_with(|| std::fs::canonicalize(p).ok())
+            .clone()
+    });
     Ok(policy)
 }
 

@@ -224,9 +224,13 @@ impl SessionLimits {
     /// Create the session's cgroups and write `limits` into them. Never fails: what cannot be
     /// enforced is listed in [`Self::unenforced`] (the caller refuses or warns).
     pub fn setup(session_id: &str, limits: &Limits) -> SessionLimits {
-        let v2 = SessionCgroup::create(session_id)
-            .map(Arc::new)
-            .map_err(|e| crate::ebpf::session::error_chain(&e));
+        let tables = v1::HostTables::read().map_err(|e| crate::ebpf::session::error_chain(&e));
+        let v2 = match &tables {
+            Ok(t) => SessionCgroup::create_in(&t.mounts, session_id)
+                .map(Arc::new)
+                .map_err(|e| crate::ebpf::session::error_chain(&e)),
+            Err(e) => Err(e.clone()),
+        };
         let host = host_memory();
         let memory = limits
             .memory
@@ -279,8 +283,10 @@ impl SessionLimits {
                     out.v2_limits = true;
                     Ok(())
                 }
-                Err(v2_why) => out
-                    .apply_v1(session_id, controller, &value)
+                Err(v2_why) => tables
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|t| out.apply_v1(t, session_id, controller, &value))
                     .map_err(|v1_why| format!("{v2_why}; {v1_why}")),
             };
             if let Err(why) = result {
@@ -325,12 +331,13 @@ impl SessionLimits {
 
     fn apply_v1(
         &mut self,
+        tables: &v1::HostTables,
         session_id: &str,
         controller: &'static str,
         value: &str,
     ) -> Result<(), String> {
         let show = |e: LimitsError| crate::ebpf::session::error_chain(&e);
-        let cgroup = V1Cgroup::create(controller, session_id)
+        let cgroup = V1Cgroup::create(tables, controller, session_id)
             .map_err(show)?
             .ok_or_else(|| format!("no cgroup v1 {controller} hierarchy is mounted either"))?;
         match controller {

@@ -32,18 +32,36 @@ pub struct V1Cgroup {
     ino: u64,
 }
 
+/// The tables a session's cgroups are found in, read once per session: which hierarchies are
+/// mounted where (`/proc/mounts`) and where this process sits in each (`/proc/self/cgroup`).
+pub struct HostTables {
+    pub mounts: String,
+    pub own: String,
+}
+
+impl HostTables {
+    pub fn read() -> Result<HostTables, LimitsError> {
+        let read = |p: &str| std::fs::read_to_string(p).map_err(LimitsError::Proc);
+        Ok(HostTables {
+            mounts: read("/proc/mounts")?,
+            own: read("/proc/self/cgroup")?,
+        })
+    }
+}
+
 impl V1Cgroup {
     /// Create the session directory for `controller` if the host has that v1 hierarchy.
     /// `Ok(None)`: no such hierarchy mounted.
+    /// `tables`: this process's `/proc/mounts` and `/proc/self/cgroup` ([`HostTables`]).
     pub fn create(
+        tables: &HostTables,
         controller: &'static str,
         session_id: &str,
     ) -> Result<Option<V1Cgroup>, LimitsError> {
-        let mounts = std::fs::read_to_string("/proc/mounts").map_err(LimitsError::Proc)?;
-        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(LimitsError::Proc)?;
-        let (Some(mount), Some(own)) =
-            (mount_of(&mounts, controller), own_cgroup(&own, controller))
-        else {
+        let (Some(mount), Some(own)) = (
+            mount_of(&tables.mounts, controller),
+            own_cgroup(&tables.own, controller),
+        ) else {
             return Ok(None);
         };
         let parent = mount
