@@ -5,6 +5,9 @@
 //! - 10,000 opens: a small C program that opens and closes a workspace file 10,000 times;
 //!   its own loop time (clock_gettime around the loop) and the whole run's wall time;
 //! - a C build: `make -j2` of a generated 40-file C project, from clean;
+//! - start-up in a large workspace: `/bin/true` with 50,000 files under the working directory
+//!   (a repository with its build output), which the default policy's deny rules are matched
+//!   against at start;
 //! - host names ([`crate::bench_dns`]): connections per second to an allowed name, and the
 //!   latency the session's DNS resolver adds (`--dns-only` runs just this case).
 //!
@@ -27,6 +30,10 @@ const FIND_RUNS: usize = 10;
 /// Supervised `/bin/true` runs with `-vv` for the start-up breakdown (per runner).
 const PHASE_RUNS: usize = 30;
 const C_FILES: usize = 40;
+/// The large workspace: this many directories of [`BIG_FILES_PER_DIR`] files each.
+const BIG_DIRS: usize = 200;
+const BIG_FILES_PER_DIR: usize = 250;
+const BIG_RUNS: usize = 15;
 
 /// How to wrap a command.
 #[derive(Clone)]
@@ -301,6 +308,31 @@ fn bench_all(supervisor: &Path, dir: &Path, ws: &Path) -> Result<()> {
     for (r, t) in no_firejail.iter().zip(builds) {
         rows.push(Row {
             workload: format!("`make -j2`, {C_FILES} C files"),
+            runner: r.name,
+            value: median(t),
+            unit: "ms",
+        });
+    }
+
+    // 5. start-up in a large workspace: the default policy's `{workspace}/**/.env`-style deny
+    //    rules are masked by walking it before the agent starts.
+    let big = dir.join("big-ws");
+    for d in 0..BIG_DIRS {
+        let sub = big.join(format!("src{d}"));
+        std::fs::create_dir_all(&sub)?;
+        for f in 0..BIG_FILES_PER_DIR {
+            std::fs::write(sub.join(format!("f{f}.rs")), "")?;
+        }
+    }
+    let big_starts = rounds(&no_firejail, BIG_RUNS, 2, |r| {
+        Ok(timed(r, &["/bin/true"], &big)?.0.as_secs_f64() * 1e3)
+    })?;
+    for (r, t) in no_firejail.iter().zip(big_starts) {
+        rows.push(Row {
+            workload: format!(
+                "`/bin/true` start-up, {} files in the workspace",
+                BIG_DIRS * (BIG_FILES_PER_DIR + 1)
+            ),
             runner: r.name,
             value: median(t),
             unit: "ms",
