@@ -725,13 +725,21 @@ pub fn doctor_line() -> (bool, String) {
         parts.push(format!("{key}: {place}"));
     }
     let ok = root && all;
+    let v1_used = parts.iter().any(|p| p.ends_with("cgroup v1"));
     let text = format!(
-        "{}{}; timeout and file_size: always",
+        "{}{}; timeout and file_size: always{}",
         parts.join(", "),
         if root {
             ""
         } else {
             " (not root: cgroups cannot be created, these limits are not enforced)"
+        },
+        if v1_used && root {
+            "; start-up: moving each session into its v1 cgroups waits for an RCU grace period \
+             (10-15 ms for a session started after a pause), where on a cgroup v2 host sessions \
+             are born in their cgroup"
+        } else {
+            ""
         }
     );
     (ok, text)
