@@ -939,6 +939,90 @@ fn an_unanswered_prompt_is_denied_after_the_approval_timeout() {
     );
 }
 
+/// While a prompt waits, the broker sleeps until something happens (a key, another ask, the
+/// asking thread's end, the deadline): it does not wake up on a timer to look. Its thread's
+/// voluntary context switches, read in `/proc` from outside the sandbox, stay put over 1.5 s
+/// of waiting (a re-check every 200 ms, as before, added seven).
+#[test]
+fn a_waiting_prompt_does_not_wake_up_on_a_timer() {
+    skip_unless!(
+        pty_available(),
+        "no /usr/bin/python3 or /dev/ptmx to drive a pseudo-terminal"
+    );
+    let ws = Workspace::new("prompt-idle");
+    counter_script(&ws);
+    let policy = prompt_policy(&ws, "4s");
+    std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            run_on_pty(
+                &ws,
+                "",
+                &["--policy", &policy],
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "echo > started; ./s.sh log; echo ok > done.txt",
+                ],
+                false,
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ws.path("started").exists() {
+            assert!(Instant::now() < deadline, "the agent never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The ask comes right after: by now it is on screen.
+        std::thread::sleep(Duration::from_millis(500));
+        let broker = common::ApprovalsThread::of(&ws.dir).expect("the session's approvals thread");
+        let before = broker.sleeps();
+        std::thread::sleep(Duration::from_millis(1500));
+        let after = broker.sleeps();
+        let p = run.join().expect("the pty run");
+        assert_eq!(p.prompts, 1, "{p:?}");
+        assert_eq!(ws.read("done.txt").as_deref(), Some("ok\n"), "{p:?}");
+        assert!(!ws.path("log").exists(), "the unanswered action ran");
+        assert!(
+            after - before <= 2,
+            "the waiting broker woke up {} times in 1.5 s",
+            after - before
+        );
+    });
+}
+
+/// An ask whose process is killed while its prompt is on screen is withdrawn at once (the
+/// asking thread's pidfd wakes the broker), not left on screen until its timeout.
+#[test]
+fn a_prompt_is_withdrawn_when_the_asking_process_is_killed() {
+    skip_unless!(
+        pty_available(),
+        "no /usr/bin/python3 or /dev/ptmx to drive a pseudo-terminal"
+    );
+    let ws = Workspace::new("prompt-gone");
+    counter_script(&ws);
+    let policy = prompt_policy(&ws, "30s");
+    let start = Instant::now();
+    let p = run_on_pty(
+        &ws,
+        "",
+        &["--policy", &policy],
+        &[
+            "/bin/sh",
+            "-c",
+            "./s.sh log & sleep 1; kill -9 $!; wait; echo ok > done.txt",
+        ],
+        false,
+    );
+    let took = start.elapsed();
+    assert_eq!(p.prompts, 1, "{p:?}");
+    assert!(p.out.contains("no longer needed"), "{p:?}");
+    assert_eq!(ws.read("done.txt").as_deref(), Some("ok\n"), "{p:?}");
+    assert!(!ws.path("log").exists(), "the killed ask ran");
+    assert!(
+        took < Duration::from_secs(15),
+        "the session waited for the withdrawn ask's 30 s timeout: {took:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The command line given to `run`
 // ---------------------------------------------------------------------------------------------

@@ -300,6 +300,14 @@ fn an_unanswered_approval_is_denied_at_its_deadline_and_cannot_be_answered_after
             .await;
         let a = next_pending(&mut w).await;
         let t0 = Instant::now();
+        // While it waits, the session's broker sleeps until something happens: no wake-ups on
+        // a timer (a re-check every 200 ms, as before, added five in this second).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let broker = common::ApprovalsThread::of(&d.ws()).expect("the session's approvals thread");
+        let before = broker.sleeps();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let woke = broker.sleeps() - before;
+        assert!(woke <= 2, "the waiting broker woke up {woke} times in 1 s");
         let r = resolved(&mut w, &a.id).await;
         assert_eq!((r.decision.as_str(), r.by.as_str()), ("deny", "timeout"));
         assert!(
@@ -325,6 +333,41 @@ fn an_unanswered_approval_is_denied_at_its_deadline_and_cannot_be_answered_after
         (&denied["decision"], &denied["decided_by"]),
         (&"deny".into(), &"timeout".into())
     );
+}
+
+/// An approval whose asking process is killed is withdrawn from the approval clients at once
+/// (`by: gone`, the asking thread's pidfd wakes the session's broker), not at its deadline.
+#[test]
+fn an_approval_is_withdrawn_when_the_asking_process_is_killed() {
+    skip_unless!(
+        is_root(),
+        "the daemon tests run as root (they setuid the clients)"
+    );
+    let d = Daemon::start("gone");
+    d.counter_script("s.sh");
+    let policy = d.policy("30s");
+    with_limit(async {
+        let mut w = watch(&d).await;
+        let s = d
+            .start_session(
+                &policy,
+                "./s.sh log & sleep 1; kill -9 $!; wait; echo done > done.txt",
+            )
+            .await;
+        let a = next_pending(&mut w).await;
+        let t0 = Instant::now();
+        let r = resolved(&mut w, &a.id).await;
+        assert_eq!((r.decision.as_str(), r.by.as_str()), ("deny", "gone"));
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "withdrawn only after {:?} (the deadline is 30 s)",
+            t0.elapsed()
+        );
+        let end = wait_session_end(&d, &s.id).await;
+        assert_eq!(end.exit_code, Some(0));
+    });
+    assert!(!d.ws().join("log").exists(), "the withdrawn approval ran");
+    assert!(d.ws().join("done.txt").exists());
 }
 
 #[test]

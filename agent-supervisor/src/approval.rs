@@ -10,6 +10,9 @@
 //! the daemon denies at the deadline, and this broker denies a little later on its own should
 //! the daemon not answer; a closed link denies everything and ends the session.
 //!
+//! While asks wait, the broker sleeps until something happens: a key, a message (a new ask,
+//! the daemon's answer), the end of an asking thread (its pidfd), or the first deadline.
+//!
 //! At most [`MAX_PENDING_ASKS`] asks of a session wait at once (in this queue, and so in the
 //! daemon's): one more is denied at once (`decided_by: "queue-full"`), so that a hostile agent
 //! flooding asks from many threads cannot grow the supervisor's (or the daemon's) memory.
@@ -75,6 +78,7 @@ pub struct Approvals {
     tx: mpsc::Sender<BrokerMsg>,
     /// Asks sent to the broker and not settled yet.
     pending: Arc<AtomicUsize>,
+    wake: Wake,
 }
 
 /// The broker's end, moved into its thread.
@@ -83,21 +87,67 @@ pub struct Broker {
     tx: mpsc::Sender<BrokerMsg>,
     mode: Mode,
     timeout: Duration,
+    wake: Wake,
 }
+
+/// Wakes the broker while it waits on a prompt or for the daemon: signalled after every
+/// message sent to it, so that it sleeps until something happens (no re-check on a timer).
+#[derive(Clone)]
+struct Wake(Option<Arc<std::os::fd::OwnedFd>>);
+
+impl Wake {
+    fn new() -> Wake {
+        // Without an eventfd (fd exhaustion at start) the broker still gets every message;
+        // it then notices them at its next other wake-up, or within WAKE_FALLBACK.
+        Wake(sys::eventfd().ok().map(Arc::new))
+    }
+
+    fn signal(&self) {
+        if let Some(fd) = &self.0 {
+            sys::eventfd_signal(fd.as_fd());
+        }
+    }
+
+    /// Reset, before the messages are read (a message sent after is signalled again).
+    fn drain(&self) {
+        if let Some(fd) = &self.0 {
+            sys::eventfd_drain(fd.as_fd());
+        }
+    }
+
+    fn poll_entry(&self) -> Option<(std::os::fd::BorrowedFd<'_>, i16)> {
+        self.0.as_ref().map(|fd| (fd.as_fd(), libc::POLLIN))
+    }
+
+    /// The longest wait when there is no eventfd to wake on.
+    fn cap(&self) -> Duration {
+        if self.0.is_some() {
+            Duration::MAX
+        } else {
+            WAKE_FALLBACK
+        }
+    }
+}
+
+/// How often a broker without an eventfd looks for new messages while it waits.
+const WAKE_FALLBACK: Duration = Duration::from_millis(200);
 
 impl Approvals {
     pub fn new(mode: Mode, timeout: Duration) -> (Approvals, Broker) {
         let (tx, rx) = mpsc::channel();
+        let wake = Wake::new();
         (
             Approvals {
                 tx: tx.clone(),
                 pending: Arc::new(AtomicUsize::new(0)),
+                wake: wake.clone(),
             },
             Broker {
                 rx,
                 tx,
                 mode,
                 timeout,
+                wake,
             },
         )
     }
@@ -113,6 +163,7 @@ impl Approvals {
             return Err(p);
         }
         let _ = self.tx.send(BrokerMsg::Ask(p, slot));
+        self.wake.signal();
         Ok(())
     }
 }
@@ -149,15 +200,70 @@ pub fn choose_mode(headless: bool, default_allow: bool) -> Mode {
 struct Waiting {
     p: Pending,
     deadline: Instant,
+    /// Readable when the asking thread (or, before Linux 6.9, its process) has ended: its
+    /// syscall is gone, nobody needs the answer. None for a DNS ask (no syscall), or once it
+    /// fired while the syscall was still there (never polled again).
+    gone: Option<std::os::fd::OwnedFd>,
     /// Its place in the queue, given back when it is settled (dropped).
     _slot: Slot,
+}
+
+impl Waiting {
+    /// `p` waits until `timeout` after it was trapped.
+    fn new(p: Pending, timeout: Duration, slot: Slot) -> Waiting {
+        let deadline = p.started + timeout;
+        let gone = p
+            .notif
+            .and_then(|n| sys::pidfd_open_thread(n.pid as i32, p.pid).ok());
+        Waiting {
+            p,
+            deadline,
+            gone,
+            _slot: slot,
+        }
+    }
+
+    fn gone_entry(&self) -> Option<(std::os::fd::BorrowedFd<'_>, i16)> {
+        self.gone.as_ref().map(|fd| (fd.as_fd(), libc::POLLIN))
+    }
+
+    /// Its syscall is no longer waiting (the task ended or the call was interrupted).
+    fn syscall_gone(&self, ctx: &Ctx) -> bool {
+        self.p
+            .notif
+            .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id))
+    }
+}
+
+/// Poll `fds` (None entries are skipped, and reported not ready) until `deadline` at most.
+/// Which entries had events, in order.
+fn wait_for(
+    fds: &[Option<(std::os::fd::BorrowedFd<'_>, i16)>],
+    deadline: Option<Instant>,
+    cap: Duration,
+) -> Vec<i16> {
+    let present: Vec<(std::os::fd::BorrowedFd<'_>, i16)> = fds.iter().flatten().copied().collect();
+    let wait = deadline
+        .map(|d| d.saturating_duration_since(Instant::now()))
+        .unwrap_or(Duration::MAX)
+        .min(cap);
+    let timeout = if wait == Duration::MAX {
+        -1
+    } else {
+        sys::poll_timeout(wait)
+    };
+    let got = sys::poll_fds(&present, timeout).unwrap_or_else(|_| vec![0; present.len()]);
+    let mut got = got.into_iter();
+    fds.iter()
+        .map(|f| f.map_or(0, |_| got.next().unwrap_or(0)))
+        .collect()
 }
 
 /// The broker thread.
 pub fn run(ctx: Arc<Ctx>, b: Broker) {
     let mut queue: VecDeque<Waiting> = VecDeque::new();
     let mut tty = match b.mode {
-        Mode::Daemon { link, reader } => return run_daemon(ctx, b.rx, b.tx, link, reader),
+        Mode::Daemon { link, reader } => return run_daemon(ctx, b.rx, b.tx, b.wake, link, reader),
         Mode::Headless { default_allow } => {
             while let Some((p, _slot)) = recv_ask(&b.rx) {
                 let d = if default_allow {
@@ -174,26 +280,25 @@ pub fn run(ctx: Arc<Ctx>, b: Broker) {
     loop {
         if queue.is_empty() {
             match recv_ask(&b.rx) {
-                Some((p, _slot)) => queue.push_back(Waiting {
-                    deadline: p.started + b.timeout,
-                    p,
-                    _slot,
-                }),
+                Some((p, slot)) => queue.push_back(Waiting::new(p, b.timeout, slot)),
                 None => return,
             }
         }
-        while let Some((p, _slot)) = try_recv_ask(&b.rx) {
-            queue.push_back(Waiting {
-                deadline: p.started + b.timeout,
-                p,
-                _slot,
-            });
+        b.wake.drain();
+        while let Some((p, slot)) = try_recv_ask(&b.rx) {
+            queue.push_back(Waiting::new(p, b.timeout, slot));
         }
         settle(&ctx, &mut queue, None);
         let Some(front) = queue.pop_front() else {
             continue;
         };
-        let answer = prompt(&ctx, &mut tty, &front, &b.rx, &mut queue, b.timeout);
+        let answer = prompt(
+            &ctx,
+            &mut tty,
+            &front,
+            (&b.rx, &b.wake, b.timeout),
+            &mut queue,
+        );
         match answer {
             Answer::Once(d) => finish(&ctx, front.p, d, Decider::Human),
             Answer::Session(d) => {
@@ -216,10 +321,7 @@ fn settle(ctx: &Arc<Ctx>, queue: &mut VecDeque<Waiting>, now: Option<Instant>) {
     let now = now.unwrap_or_else(Instant::now);
     let mut keep = VecDeque::with_capacity(queue.len());
     while let Some(w) = queue.pop_front() {
-        if w.p
-            .notif
-            .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id))
-        {
+        if w.syscall_gone(ctx) {
             continue;
         }
         let remembered = ctx
@@ -250,9 +352,8 @@ fn prompt(
     ctx: &Arc<Ctx>,
     tty: &mut File,
     w: &Waiting,
-    rx: &mpsc::Receiver<BrokerMsg>,
+    (rx, wake, timeout): (&mpsc::Receiver<BrokerMsg>, &Wake, Duration),
     queue: &mut VecDeque<Waiting>,
-    timeout: Duration,
 ) -> Answer {
     let rule = match &w.p.verdict.decided_by {
         agent_supervisor_policy::DecidedBy::Rule(i) => ctx.policy.describe_rule(*i),
@@ -298,45 +399,54 @@ fn prompt(
             .remove(LocalFlags::ICANON | LocalFlags::ECHO);
         let _ = termios::tcsetattr(tty.as_fd(), SetArg::TCSANOW, &raw);
     }
+    // Sleeps until a key, a new ask, the end of an asking thread, or the first deadline.
+    let mut watch_front = true;
     let answer = loop {
         let now = Instant::now();
         if now >= w.deadline {
             break Answer::TimedOut;
         }
-        if w.p
-            .notif
-            .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id))
-        {
+        if w.syscall_gone(ctx) {
             break Answer::Gone;
         }
-        while let Some((p, _slot)) = try_recv_ask(rx) {
-            queue.push_back(Waiting {
-                deadline: p.started + timeout,
-                p,
-                _slot,
-            });
+        wake.drain();
+        while let Some((p, slot)) = try_recv_ask(rx) {
+            queue.push_back(Waiting::new(p, timeout, slot));
         }
         settle(ctx, queue, Some(now));
-        let wait = w
-            .deadline
-            .saturating_duration_since(now)
-            .min(Duration::from_millis(200));
-        match sys::poll_one(tty.as_fd(), libc::POLLIN, wait.as_millis() as i32) {
-            Ok(r) if r & libc::POLLIN != 0 => {
-                let mut b = [0u8; 1];
-                match tty.read(&mut b) {
-                    Ok(1) => match b[0].to_ascii_lowercase() {
-                        b'y' => break Answer::Once(Decision::Allow),
-                        b'n' => break Answer::Once(Decision::Deny),
-                        b'a' => break Answer::Session(Decision::Allow),
-                        b'b' => break Answer::Session(Decision::Deny),
-                        _ => continue,
-                    },
-                    _ => break Answer::TimedOut,
-                }
+        let next = queue.iter().map(|q| q.deadline).chain([w.deadline]).min();
+        let mut fds = vec![
+            Some((tty.as_fd(), libc::POLLIN)),
+            wake.poll_entry(),
+            w.gone_entry().filter(|_| watch_front),
+        ];
+        fds.extend(queue.iter().map(Waiting::gone_entry));
+        let ready = wait_for(&fds, next, wake.cap());
+        // A queued ask's thread ended: `settle` above drops it on the next turn. One whose
+        // syscall is somehow still there is not polled again (it would wake us forever).
+        for (q, r) in queue.iter_mut().zip(&ready[3..]) {
+            if *r != 0 && !q.syscall_gone(ctx) {
+                q.gone = None;
             }
-            Ok(r) if r & (libc::POLLHUP | libc::POLLERR) != 0 => break Answer::TimedOut,
-            _ => continue,
+        }
+        if ready[2] != 0 && !w.syscall_gone(ctx) {
+            watch_front = false;
+        }
+        let r = ready[0];
+        if r & libc::POLLIN != 0 {
+            let mut b = [0u8; 1];
+            match tty.read(&mut b) {
+                Ok(1) => match b[0].to_ascii_lowercase() {
+                    b'y' => break Answer::Once(Decision::Allow),
+                    b'n' => break Answer::Once(Decision::Deny),
+                    b'a' => break Answer::Session(Decision::Allow),
+                    b'b' => break Answer::Session(Decision::Deny),
+                    _ => continue,
+                },
+                _ => break Answer::TimedOut,
+            }
+        } else if r & (libc::POLLHUP | libc::POLLERR) != 0 {
+            break Answer::TimedOut;
         }
     };
     if let Some(t) = &saved {
@@ -359,9 +469,11 @@ fn run_daemon(
     ctx: Arc<Ctx>,
     rx: mpsc::Receiver<BrokerMsg>,
     tx: mpsc::Sender<BrokerMsg>,
+    wake: Wake,
     link: LinkWriter,
     reader: UnixStream,
 ) {
+    let link_wake = wake.clone();
     let spawned = std::thread::Builder::new()
         .name("daemon-link".into())
         .spawn(move || {
@@ -373,6 +485,7 @@ fn run_daemon(
                             if tx.send(BrokerMsg::Answer(m)).is_err() {
                                 return;
                             }
+                            link_wake.signal();
                         }
                         Err(e) => break format!("unreadable message from the daemon: {e}"),
                     },
@@ -384,6 +497,7 @@ fn run_daemon(
                 }
             };
             let _ = tx.send(BrokerMsg::LinkClosed(why));
+            link_wake.signal();
         });
     if spawned.is_err() {
         eprintln!("agent-supervisor: cannot start the daemon-link thread; ending the session");
@@ -392,71 +506,94 @@ fn run_daemon(
     let timeout = ctx.policy.approval_timeout;
     let mut waiting: HashMap<u64, Waiting> = HashMap::new();
     let mut next_id: u64 = 0;
+    // Sleeps until a message (an ask, an answer, the link's end), the end of an asking thread,
+    // or the first deadline.
     loop {
-        let wait = waiting
-            .values()
-            .map(|w| w.deadline.saturating_duration_since(Instant::now()))
-            .min()
-            .unwrap_or(Duration::from_secs(3600))
-            .min(Duration::from_millis(200));
-        match rx.recv_timeout(wait) {
-            Ok(BrokerMsg::Ask(p, _slot)) => {
-                let p = *p;
-                next_id += 1;
-                let msg = ToDaemon::Ask {
-                    id: next_id,
-                    pid: p.pid,
-                    kind: p.kind.as_str().into(),
-                    summary: p.summary.clone(),
-                    action: p.details.clone(),
-                    rule: rule_text(&ctx, &p),
-                    reason: p.verdict.reason.clone().unwrap_or_default(),
-                    timeout_ms: timeout.saturating_sub(p.started.elapsed()).as_millis() as u64,
-                };
-                waiting.insert(
-                    next_id,
-                    Waiting {
-                        deadline: p.started + timeout + DAEMON_GRACE,
-                        p,
-                        _slot,
-                    },
-                );
-                if let Err(e) = link.send(&msg) {
-                    link_lost(&ctx, &mut waiting, &format!("writing to the daemon: {e}"));
-                }
+        let ids: Vec<u64> = waiting.keys().copied().collect();
+        let mut fds = vec![wake.poll_entry()];
+        fds.extend(ids.iter().map(|id| waiting[id].gone_entry()));
+        let next = waiting.values().map(|w| w.deadline).min();
+        let ready = wait_for(&fds, next, wake.cap());
+        for (id, r) in ids.iter().zip(&ready[1..]) {
+            // Its thread ended: settled below. One whose syscall is somehow still there is
+            // not polled again (it would wake us forever).
+            if let Some(w) = waiting
+                .get_mut(id)
+                .filter(|w| *r != 0 && !w.syscall_gone(&ctx))
+            {
+                w.gone = None;
             }
-            Ok(BrokerMsg::Answer(ToSession::Answer {
-                id,
-                allow,
-                for_session,
-                expired,
-            })) => {
-                // An answer for an ask settled meanwhile is moot.
-                if let Some(w) = waiting.remove(&id) {
-                    let d = if allow {
-                        Decision::Allow
-                    } else {
-                        Decision::Deny
-                    };
-                    if for_session {
-                        ctx.remembered
-                            .lock()
-                            .expect("remembered lock")
-                            .insert(w.p.key.clone(), d);
-                    }
-                    let by = if expired {
-                        Decider::Timeout
-                    } else {
-                        Decider::Human
-                    };
-                    finish(&ctx, w.p, d, by);
-                }
+        }
+        wake.drain();
+        loop {
+            match rx.try_recv() {
+                Ok(msg) => daemon_message(&ctx, msg, &mut waiting, &mut next_id, &link, timeout),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return,
             }
-            Ok(BrokerMsg::LinkClosed(why)) => link_lost(&ctx, &mut waiting, &why),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         settle_daemon(&ctx, &mut waiting, &link);
+    }
+}
+
+/// One message to the daemon broker: an ask to pass on, the daemon's answer, or the end of
+/// its link.
+fn daemon_message(
+    ctx: &Arc<Ctx>,
+    msg: BrokerMsg,
+    waiting: &mut HashMap<u64, Waiting>,
+    next_id: &mut u64,
+    link: &LinkWriter,
+    timeout: Duration,
+) {
+    match msg {
+        BrokerMsg::Ask(p, slot) => {
+            let p = *p;
+            *next_id += 1;
+            let id = *next_id;
+            let msg = ToDaemon::Ask {
+                id,
+                pid: p.pid,
+                kind: p.kind.as_str().into(),
+                summary: p.summary.clone(),
+                action: p.details.clone(),
+                rule: rule_text(ctx, &p),
+                reason: p.verdict.reason.clone().unwrap_or_default(),
+                timeout_ms: timeout.saturating_sub(p.started.elapsed()).as_millis() as u64,
+            };
+            waiting.insert(id, Waiting::new(p, timeout + DAEMON_GRACE, slot));
+            if let Err(e) = link.send(&msg) {
+                link_lost(ctx, waiting, &format!("writing to the daemon: {e}"));
+            }
+        }
+        BrokerMsg::Answer(ToSession::Answer {
+            id,
+            allow,
+            for_session,
+            expired,
+        }) => {
+            // An answer for an ask settled meanwhile is moot.
+            if let Some(w) = waiting.remove(&id) {
+                let d = if allow {
+                    Decision::Allow
+                } else {
+                    Decision::Deny
+                };
+                if for_session {
+                    ctx.remembered
+                        .lock()
+                        .expect("remembered lock")
+                        .insert(w.p.key.clone(), d);
+                }
+                let by = if expired {
+                    Decider::Timeout
+                } else {
+                    Decider::Human
+                };
+                finish(ctx, w.p, d, by);
+            }
+        }
+        BrokerMsg::LinkClosed(why) => link_lost(ctx, waiting, &why),
     }
 }
 
@@ -473,10 +610,7 @@ fn settle_daemon(ctx: &Arc<Ctx>, waiting: &mut HashMap<u64, Waiting>, link: &Lin
             .get(&w.p.key)
             .copied();
         // A DNS ask has no notification: it is gone only when its lookup gives up.
-        let gone =
-            w.p.notif
-                .is_some_and(|n| !sys::notif_id_valid(ctx.listener.as_fd(), n.id));
-        let settled = if gone {
+        let settled = if w.syscall_gone(ctx) {
             Some((None, "gone"))
         } else if let Some(d) = remembered {
             Some((Some((d, Decider::Session)), "session"))

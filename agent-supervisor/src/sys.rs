@@ -1159,6 +1159,58 @@ pub fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout_ms: i32) -> io::Result<
     Ok(if n == 0 { 0 } else { p.revents })
 }
 
+/// `poll` on each fd for its events, with a timeout in milliseconds (-1 = forever): the
+/// events that came, one entry per fd (all 0 on time-out).
+pub fn poll_fds(fds: &[(BorrowedFd<'_>, i16)], timeout_ms: i32) -> io::Result<Vec<i16>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|(fd, events)| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: *events,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `p` holds `p.len()` valid pollfds.
+    check_int(unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) })?;
+    Ok(p.iter().map(|p| p.revents).collect())
+}
+
+/// A `poll` time-out in milliseconds that does not end before `d` (rounded up; at most
+/// `i32::MAX`).
+pub fn poll_timeout(d: std::time::Duration) -> i32 {
+    d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+}
+
+/// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)`.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: integer arguments only.
+    check_int(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
+        .map(|fd| owned(fd as libc::c_long))
+}
+
+/// Add one to an eventfd's counter (it becomes readable).
+pub fn eventfd_signal(fd: BorrowedFd<'_>) {
+    // A full counter (2^64 - 2) is still readable: nothing is lost by ignoring EAGAIN.
+    let _ = write_all_fd(fd, &1u64.to_ne_bytes());
+}
+
+/// Reset an eventfd's counter (no longer readable until signalled again).
+pub fn eventfd_drain(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 8];
+    // SAFETY: `buf` is valid for 8 bytes. EAGAIN (already zero) is fine.
+    let _ = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+}
+
+/// A pidfd that becomes readable when thread `tid` ends: `PIDFD_THREAD` (Linux 6.9+), else
+/// a pidfd of its process `tgid` (readable when the whole process has ended).
+pub fn pidfd_open_thread(tid: libc::pid_t, tgid: libc::pid_t) -> io::Result<OwnedFd> {
+    const PIDFD_THREAD: libc::c_long = libc::O_EXCL as libc::c_long;
+    // SAFETY: plain syscall with integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) })
+        .map(owned)
+        .or_else(|_| pidfd_open(tgid))
+}
+
 /// `poll` on two fds for `POLLIN`: which of them are readable (both false on time-out).
 pub fn poll_two_readable(
     a: BorrowedFd<'_>,

@@ -342,3 +342,40 @@ while True:
 print(json.dumps({"status": status, "prompts": prompts, "sent": sent, "timed_out": timed_out,
                   "out": buf.decode("utf-8", "replace")}))
 "#;
+
+/// The `approvals` thread of the supervisor running in `dir` (its working directory), seen
+/// from outside in `/proc`.
+pub struct ApprovalsThread(PathBuf);
+
+impl ApprovalsThread {
+    pub fn of(dir: &Path) -> Option<ApprovalsThread> {
+        let dir = std::fs::canonicalize(dir).ok()?;
+        for e in std::fs::read_dir("/proc").ok()?.flatten() {
+            let pid = e.path();
+            let ours = std::fs::read_to_string(pid.join("comm"))
+                .is_ok_and(|c| c.trim() == "agent-superviso")
+                && std::fs::read_link(pid.join("cwd")).is_ok_and(|c| c == dir);
+            if !ours {
+                continue;
+            }
+            for t in std::fs::read_dir(pid.join("task")).ok()?.flatten() {
+                if std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "approvals")
+                {
+                    return Some(ApprovalsThread(t.path().join("status")));
+                }
+            }
+        }
+        None
+    }
+
+    /// How many times it went to sleep so far (`voluntary_ctxt_switches`).
+    pub fn sleeps(&self) -> u64 {
+        std::fs::read_to_string(&self.0)
+            .expect("the approvals thread's status")
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("voluntary_ctxt_switches")
+    }
+}
