@@ -72,7 +72,10 @@ static FLAG_ALONE: Lazy = Lazy::new(|| format!(r"(?i)^--?[a-z0-9_-]*{SECRET_WORD
 static ASSIGN: Lazy = Lazy::new(|| {
     format!(r"(?i)(?:^|[^A-Za-z0-9_-])([a-z0-9_]*{SECRET_WORDS}[a-z0-9_]*|[A-Z0-9_]*_KEY)={VALUE}")
 });
-static URL_PASSWORD: Lazy = Lazy::new(|| r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@".into());
+// The user part has no `[` or `]` (RFC 3986 allows neither there): a tag already in its place
+// (`http://[REDACTED:high-entropy:...]@host`) is not a `user:password` on a second pass.
+static URL_PASSWORD: Lazy =
+    Lazy::new(|| r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@\[\]]+:([^/\s@]+)@".into());
 static BEARER: Lazy = Lazy::new(|| r"(?i)\b(?:bearer|basic)\s+([A-Za-z0-9._~+/=-]{8,})".into());
 static AWS_SECRET: Lazy =
     Lazy::new(|| r"(?:^|[^A-Za-z0-9+/=])([A-Za-z0-9+/]{40})(?:$|[^A-Za-z0-9+/=])".into());
@@ -179,8 +182,23 @@ fn token_char(b: u8) -> bool {
     base64ish(b) || matches!(b, b'=' | b'_' | b'-')
 }
 
+/// Exactly one tag, `[REDACTED:<kind>:<8 hex digits>]` (a value that only starts like one is
+/// masked like any other: `[REDACTED:x]secret` must not slip through).
 fn is_tag(s: &str) -> bool {
-    s.starts_with("[REDACTED:")
+    let Some(inner) = s
+        .strip_prefix("[REDACTED:")
+        .and_then(|r| r.strip_suffix(']'))
+    else {
+        return false;
+    };
+    let Some((kind, h)) = inner.split_once(':') else {
+        return false;
+    };
+    !kind.is_empty()
+        && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        && h.len() == 8
+        && h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn unquote(v: &str) -> &str {
@@ -283,8 +301,28 @@ pub fn looks_random(s: &str) -> bool {
     }
 }
 
-/// Mask every secret in `text`.
+/// Mask every secret in `text`. Masking can change what an earlier pattern sees (a tag
+/// replaces the run of characters before a `name=`), so passes repeat until one changes
+/// nothing: redacting a redacted text changes nothing more.
 pub fn redact_str(text: &str) -> Cow<'_, str> {
+    let mut out = match redact_once(text) {
+        Cow::Borrowed(_) => return Cow::Borrowed(text),
+        Cow::Owned(s) => s,
+    };
+    // Each pass that changes anything replaces a secret by a tag; a few always settle it.
+    for _ in 0..MAX_PASSES {
+        match redact_once(&out) {
+            Cow::Borrowed(_) => break,
+            Cow::Owned(next) => out = next,
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Passes after the first in [`redact_str`], at most.
+const MAX_PASSES: usize = 8;
+
+fn redact_once(text: &str) -> Cow<'_, str> {
     let mut s = text.to_string();
     if s.contains("-----BEGIN ") {
         s = mask_group(&s, PRIVATE_KEY.get(), 0, None, |_| Some("private-key"));
@@ -517,6 +555,39 @@ mod tests {
     fn redaction_is_idempotent_and_correlatable() {
         let once = r("--token=abc x AKIAIOSFODNN7EXAMPLE q8Zr3LmT0pWx7Kc2Nv9Bd4Hs6Yf1Ja5G");
         assert_eq!(r(&once), once);
+        // A random user name in a URL becomes a tag with `:` in it: not a password the second
+        // time (found by the audit_verify fuzz target).
+        for url in [
+            "curl http://q8Zr3LmT0pWx7Kc2Nv9Bd4Hs6Yf1Ja5G@example.com/x",
+            "git clone https://q8Zr3LmT0pWx7Kc2Nv9Bd4Hs6Yf1Ja5G:hunter22@example.com/r",
+        ] {
+            let once = r(url);
+            assert_ne!(once, url);
+            assert_eq!(r(&once), once, "{url}");
+        }
+        // A mask that changes what an earlier pattern of the same pass sees (found by the
+        // same fuzz target): settled in one call, not in the next.
+        let t = "--authautht`ile basic\u{b}-----Bthauthtfile -auth\u{b}AIPA==ApsAshZA=\0\0\0GPAO";
+        let once = r(t);
+        assert_ne!(once, t);
+        assert_eq!(r(&once), once);
+        // A `name=` hidden in the value of another: masked whatever the value starts with.
+        let t = "q8Zr3LmT0pWx7Kc2Nv9Bd4Hs6Yf1Ja5Gtoken=[REDACTED:arg:dd65eeapi_key=hunter22";
+        let once = r(t);
+        assert!(!once.contains("hunter22"), "{once}");
+        assert_eq!(r(&once), once);
+    }
+
+    #[test]
+    fn a_value_that_only_starts_like_a_tag_is_masked() {
+        for t in [
+            "--token=[REDACTED:x]hunter22",
+            "TOKEN=[REDACTED:arg:12345678]hunter22",
+        ] {
+            assert!(!r(t).contains("hunter22"), "{t} -> {}", r(t));
+        }
+        let tagged = format!("--token={}", tag("arg", "hunter22"));
+        assert_eq!(r(&tagged), tagged);
         assert_eq!(r("a --token=same"), r("a --token=same"));
         assert!(tag("arg", "x").starts_with("[REDACTED:arg:2d711642]"));
     }
