@@ -973,7 +973,8 @@ fn a_waiting_prompt_does_not_wake_up_on_a_timer() {
         }
         // The ask comes right after: by now it is on screen.
         std::thread::sleep(Duration::from_millis(500));
-        let broker = common::ApprovalsThread::of(&ws.dir).expect("the session's approvals thread");
+        let broker = common::SupervisorThread::of(&ws.dir, "approvals")
+            .expect("the session's approvals thread");
         let before = broker.sleeps();
         std::thread::sleep(Duration::from_millis(1500));
         let after = broker.sleeps();

@@ -303,7 +303,8 @@ fn an_unanswered_approval_is_denied_at_its_deadline_and_cannot_be_answered_after
         // While it waits, the session's broker sleeps until something happens: no wake-ups on
         // a timer (a re-check every 200 ms, as before, added five in this second).
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let broker = common::ApprovalsThread::of(&d.ws()).expect("the session's approvals thread");
+        let broker = common::SupervisorThread::of(&d.ws(), "approvals")
+            .expect("the session's approvals thread");
         let before = broker.sleeps();
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let woke = broker.sleeps() - before;

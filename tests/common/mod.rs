@@ -343,12 +343,12 @@ print(json.dumps({"status": status, "prompts": prompts, "sent": sent, "timed_out
                   "out": buf.decode("utf-8", "replace")}))
 "#;
 
-/// The `approvals` thread of the supervisor running in `dir` (its working directory), seen
-/// from outside in `/proc`.
-pub struct ApprovalsThread(PathBuf);
+/// A thread of the supervisor running in `dir` (its working directory), by name, seen from
+/// outside in `/proc`.
+pub struct SupervisorThread(PathBuf);
 
-impl ApprovalsThread {
-    pub fn of(dir: &Path) -> Option<ApprovalsThread> {
+impl SupervisorThread {
+    pub fn of(dir: &Path, name: &str) -> Option<SupervisorThread> {
         let dir = std::fs::canonicalize(dir).ok()?;
         for e in std::fs::read_dir("/proc").ok()?.flatten() {
             let pid = e.path();
@@ -359,10 +359,8 @@ impl ApprovalsThread {
                 continue;
             }
             for t in std::fs::read_dir(pid.join("task")).ok()?.flatten() {
-                if std::fs::read_to_string(t.path().join("comm"))
-                    .is_ok_and(|c| c.trim() == "approvals")
-                {
-                    return Some(ApprovalsThread(t.path().join("status")));
+                if std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name) {
+                    return Some(SupervisorThread(t.path().join("status")));
                 }
             }
         }
@@ -372,7 +370,7 @@ impl ApprovalsThread {
     /// How many times it went to sleep so far (`voluntary_ctxt_switches`).
     pub fn sleeps(&self) -> u64 {
         std::fs::read_to_string(&self.0)
-            .expect("the approvals thread's status")
+            .expect("the thread's status")
             .lines()
             .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
             .and_then(|v| v.trim().parse().ok())
