@@ -404,6 +404,46 @@ fn ebpf_records(ws: &Workspace) -> Vec<Value> {
         .collect()
 }
 
+/// While the agent runs, the kernel events' reader sleeps until the ring buffer has a record
+/// or the session ends: its thread's voluntary context switches, read in `/proc` from outside
+/// the sandbox, stay put over 2.5 s of an agent that only sleeps (a 500 ms poll, as before,
+/// added five).
+#[test]
+fn the_events_reader_does_not_wake_up_on_a_timer() {
+    skip_unless_privileged!();
+    let ws = Workspace::new("ebpf-events-idle");
+    std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            ws.run(
+                &["--headless", "--policy", "preset:sandboxed"],
+                &["sh", "-c", "echo > started; exec sleep 4"],
+                LIMIT,
+            )
+        });
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !ws.dir.join("started").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // `exec sleep` comes right after: by now the agent only sleeps.
+        std::thread::sleep(Duration::from_millis(300));
+        let reader = common::SupervisorThread::of(&ws.dir, "ebpf-events")
+            .expect("the session's ebpf-events thread");
+        let before = reader.sleeps();
+        std::thread::sleep(Duration::from_millis(2500));
+        let woke = reader.sleeps() - before;
+        let r = run.join().expect("the session");
+        assert_eq!(r.code, Some(0), "{}", show(&r));
+        assert!(
+            woke <= 2,
+            "the idle events reader woke up {woke} times in 2.5 s"
+        );
+    });
+}
+
 #[test]
 fn ordinary_sessions_work_with_the_exec_backstop_on() {
     skip_unless_privileged!();

@@ -487,7 +487,10 @@ impl ProcEvents {
                 if last {
                     return self.lost();
                 }
-                let _ = crate::sys::poll_two_readable(self.ring.as_fd(), woken.as_fd(), 500);
+                // Records are submitted with the kernel's default wake-up (when the reader has
+                // caught up), and the ring is polled for what is already there: sleeping until
+                // a record or the stop loses nothing.
+                let _ = crate::sys::poll_two_readable(self.ring.as_fd(), woken.as_fd(), -1);
             })?;
         Ok(EventReader {
             stop,
