@@ -966,26 +966,21 @@ fn a_waiting_prompt_does_not_wake_up_on_a_timer() {
                 false,
             )
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ws.path("started").exists() {
-            assert!(Instant::now() < deadline, "the agent never started");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // The ask comes right after: by now it is on screen.
-        std::thread::sleep(Duration::from_millis(500));
-        let broker = common::SupervisorThread::of(&ws.dir, "approvals")
-            .expect("the session's approvals thread");
-        let before = broker.sleeps();
-        std::thread::sleep(Duration::from_millis(1500));
-        let after = broker.sleeps();
+        // The ask comes right after `started`: within 0.5 s it is on screen.
+        let woke = common::SupervisorThread::sleeps_during(
+            &ws.dir,
+            "approvals",
+            &ws.path("started"),
+            Duration::from_millis(500),
+            Duration::from_millis(1500),
+        );
         let p = run.join().expect("the pty run");
         assert_eq!(p.prompts, 1, "{p:?}");
         assert_eq!(ws.read("done.txt").as_deref(), Some("ok\n"), "{p:?}");
         assert!(!ws.path("log").exists(), "the unanswered action ran");
         assert!(
-            after - before <= 2,
-            "the waiting broker woke up {} times in 1.5 s",
-            after - before
+            woke <= 2,
+            "the waiting broker woke up {woke} times in 1.5 s"
         );
     });
 }

@@ -420,21 +420,14 @@ fn the_events_reader_does_not_wake_up_on_a_timer() {
                 LIMIT,
             )
         });
-        let deadline = std::time::Instant::now() + LIMIT;
-        while !ws.dir.join("started").exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the agent never started"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // `exec sleep` comes right after: by now the agent only sleeps.
-        std::thread::sleep(Duration::from_millis(300));
-        let reader = common::SupervisorThread::of(&ws.dir, "ebpf-events")
-            .expect("the session's ebpf-events thread");
-        let before = reader.sleeps();
-        std::thread::sleep(Duration::from_millis(2500));
-        let woke = reader.sleeps() - before;
+        // `exec sleep` comes right after `started`: within 0.3 s the agent only sleeps.
+        let woke = common::SupervisorThread::sleeps_during(
+            &ws.dir,
+            "ebpf-events",
+            &ws.dir.join("started"),
+            Duration::from_millis(300),
+            Duration::from_millis(2500),
+        );
         let r = run.join().expect("the session");
         assert_eq!(r.code, Some(0), "{}", show(&r));
         assert!(

@@ -367,6 +367,29 @@ impl SupervisorThread {
         None
     }
 
+    /// How many times thread `name` of the supervisor running in `dir` goes to sleep during
+    /// `window`: measured once file `started` exists (the agent writes it, at most 20 s) and
+    /// `settle` has passed.
+    pub fn sleeps_during(
+        dir: &Path,
+        name: &str,
+        started: &Path,
+        settle: Duration,
+        window: Duration,
+    ) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !started.exists() {
+            assert!(Instant::now() < deadline, "the agent never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(settle);
+        let thread = SupervisorThread::of(dir, name)
+            .unwrap_or_else(|| panic!("no {name} thread of a supervisor in {}", dir.display()));
+        let before = thread.sleeps();
+        std::thread::sleep(window);
+        thread.sleeps() - before
+    }
+
     /// How many times it went to sleep so far (`voluntary_ctxt_switches`).
     pub fn sleeps(&self) -> u64 {
         std::fs::read_to_string(&self.0)
