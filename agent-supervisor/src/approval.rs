@@ -28,6 +28,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use agent_supervisor_policy::Decision;
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::termios::{self, LocalFlags, SetArg};
 
 use crate::daemon::link::{self, Line, LinkWriter, ToDaemon, ToSession};
@@ -93,25 +94,31 @@ pub struct Broker {
 /// Wakes the broker while it waits on a prompt or for the daemon: signalled after every
 /// message sent to it, so that it sleeps until something happens (no re-check on a timer).
 #[derive(Clone)]
-struct Wake(Option<Arc<std::os::fd::OwnedFd>>);
+struct Wake(Option<Arc<EventFd>>);
 
 impl Wake {
     fn new() -> Wake {
         // Without an eventfd (fd exhaustion at start) the broker still gets every message;
         // it then notices them at its next other wake-up, or within WAKE_FALLBACK.
-        Wake(sys::eventfd().ok().map(Arc::new))
+        Wake(
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .ok()
+                .map(Arc::new),
+        )
     }
 
     fn signal(&self) {
         if let Some(fd) = &self.0 {
-            sys::eventfd_signal(fd.as_fd());
+            // A full counter is still readable: nothing is lost by ignoring EAGAIN.
+            let _ = fd.write(1);
         }
     }
 
     /// Reset, before the messages are read (a message sent after is signalled again).
     fn drain(&self) {
         if let Some(fd) = &self.0 {
-            sys::eventfd_drain(fd.as_fd());
+            // EAGAIN: already zero.
+            let _ = fd.read();
         }
     }
 

@@ -1181,26 +1181,6 @@ pub fn poll_timeout(d: std::time::Duration) -> i32 {
     d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
 }
 
-/// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)`.
-pub fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: integer arguments only.
-    check_int(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
-        .map(|fd| owned(fd as libc::c_long))
-}
-
-/// Add one to an eventfd's counter (it becomes readable).
-pub fn eventfd_signal(fd: BorrowedFd<'_>) {
-    // A full counter (2^64 - 2) is still readable: nothing is lost by ignoring EAGAIN.
-    let _ = write_all_fd(fd, &1u64.to_ne_bytes());
-}
-
-/// Reset an eventfd's counter (no longer readable until signalled again).
-pub fn eventfd_drain(fd: BorrowedFd<'_>) {
-    let mut buf = [0u8; 8];
-    // SAFETY: `buf` is valid for 8 bytes. EAGAIN (already zero) is fine.
-    let _ = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-}
-
 /// A pidfd that becomes readable when thread `tid` ends: `PIDFD_THREAD` (Linux 6.9+), else
 /// a pidfd of its process `tgid` (readable when the whole process has ended).
 pub fn pidfd_open_thread(tid: libc::pid_t, tgid: libc::pid_t) -> io::Result<OwnedFd> {
@@ -1209,23 +1189,6 @@ pub fn pidfd_open_thread(tid: libc::pid_t, tgid: libc::pid_t) -> io::Result<Owne
     check(unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) })
         .map(owned)
         .or_else(|_| pidfd_open(tgid))
-}
-
-/// `poll` on two fds for `POLLIN`: which of them are readable (both false on time-out).
-pub fn poll_two_readable(
-    a: BorrowedFd<'_>,
-    b: BorrowedFd<'_>,
-    timeout_ms: i32,
-) -> io::Result<(bool, bool)> {
-    let mut p = [a, b].map(|fd| libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    // SAFETY: two valid pollfds in an array of two.
-    check_int(unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) })?;
-    let ready = |i: usize| p[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
-    Ok((ready(0), ready(1)))
 }
 
 /// `pipe2(O_CLOEXEC)`.

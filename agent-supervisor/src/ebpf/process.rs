@@ -490,7 +490,13 @@ impl ProcEvents {
                 // Records are submitted with the kernel's default wake-up (when the reader has
                 // caught up), and the ring is polled for what is already there: sleeping until
                 // a record or the stop loses nothing.
-                let _ = crate::sys::poll_two_readable(self.ring.as_fd(), woken.as_fd(), -1);
+                let _ = crate::sys::poll_fds(
+                    &[
+                        (self.ring.as_fd(), libc::POLLIN),
+                        (woken.as_fd(), libc::POLLIN),
+                    ],
+                    -1,
+                );
             })?;
         Ok(EventReader {
             stop,
