@@ -33,19 +33,26 @@ pub struct V1Cgroup {
 }
 
 /// The tables a session's cgroups are found in, read once per session: which hierarchies are
-/// mounted where (`/proc/mounts`) and where this process sits in each (`/proc/self/cgroup`).
+/// mounted where (`/proc/mounts`) and, only when a v1 hierarchy is used, where this process
+/// sits in each (`/proc/self/cgroup`).
 pub struct HostTables {
     pub mounts: String,
-    pub own: String,
+    own: std::cell::OnceCell<Result<String, String>>,
 }
 
 impl HostTables {
     pub fn read() -> Result<HostTables, LimitsError> {
-        let read = |p: &str| std::fs::read_to_string(p).map_err(LimitsError::Proc);
         Ok(HostTables {
-            mounts: read("/proc/mounts")?,
-            own: read("/proc/self/cgroup")?,
+            mounts: std::fs::read_to_string("/proc/mounts").map_err(LimitsError::Proc)?,
+            own: std::cell::OnceCell::new(),
         })
+    }
+
+    fn own(&self) -> Result<&str, LimitsError> {
+        self.own
+            .get_or_init(|| std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string()))
+            .as_deref()
+            .map_err(|e| LimitsError::Proc(io::Error::other(format!("/proc/self/cgroup: {e}"))))
     }
 }
 
@@ -58,10 +65,10 @@ impl V1Cgroup {
         controller: &'static str,
         session_id: &str,
     ) -> Result<Option<V1Cgroup>, LimitsError> {
-        let (Some(mount), Some(own)) = (
-            mount_of(&tables.mounts, controller),
-            own_cgroup(&tables.own, controller),
-        ) else {
+        let Some(mount) = mount_of(&tables.mounts, controller) else {
+            return Ok(None);
+        };
+        let Some(own) = own_cgroup(tables.own()?, controller) else {
             return Ok(None);
         };
         let parent = mount
