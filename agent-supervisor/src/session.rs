@@ -556,10 +556,83 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     sys::block_signals(&forwarded).context("blocking signals")?;
     phases.mark("dns");
     tracing::debug!("launching the sandbox");
-    let mut sandbox = sandbox::launch(&spec)?;
-    for (name, at) in &sandbox.phases {
-        phases.mark_at(name, *at);
+    let launching = sandbox::launch(&spec)?;
+    phases.mark_at("namespaces", launching.namespaces_at);
+    // From here on the supervisor opens files for the agent: never with more than the agent's
+    // own rights. Every thread started below inherits that. (Our caps in the agent's user
+    // namespace, which taking init's listener needs, come from owning it, not from these.)
+    sys::drop_effective_caps_this_thread()
+        .context("dropping the supervisor's effective capabilities")?;
+    // The supervisor's threads start while init sets up its namespaces (its mounts, Landlock
+    // and seccomp); those serving the agent's calls wait for the session's context, which
+    // needs the listener init hands over.
+    if let Some(e) = &exporters {
+        e.spawn()?;
     }
+    let audit = audit_file.start()?.with_observer(opts.observer.0.clone());
+    let (approvals, broker) = Approvals::new(mode, policy.approval_timeout);
+    let (guard, guard_jobs) =
+        Guard::with_exec_backstop(bpf.as_mut().and_then(|b| b.exec_approvals.take()));
+    let mut handoff = supervise::Handoff::default();
+    if let Some(dns) = &dns {
+        dns.spawn(|| handoff.later())
+            .context("starting the DNS resolver's threads")?;
+    }
+    spawn("notify", {
+        let ctx = handoff.later();
+        move || {
+            if let Some(ctx) = ctx.get() {
+                supervise::run_loop(ctx)
+            }
+        }
+    })?;
+    spawn("exec-guard", {
+        let ctx = handoff.later();
+        move || {
+            if let Some(ctx) = ctx.get() {
+                supervise::guard::run(ctx, guard_jobs)
+            }
+        }
+    })?;
+    spawn("approvals", {
+        let ctx = handoff.later();
+        move || {
+            if let Some(ctx) = ctx.get() {
+                approval::run(ctx, broker)
+            }
+        }
+    })?;
+    let init_pidfd = Arc::clone(&launching.init_pidfd);
+    let limits = Arc::new(limits);
+    let timeout = policy.limits.timeout.value;
+    let watch = crate::limits::Watch::spawn(Arc::clone(&limits), Arc::clone(&init_pidfd), timeout)
+        .context("starting the limits thread")?;
+    spawn("signals", {
+        let pidfd = Arc::clone(&init_pidfd);
+        move || loop {
+            match sys::sigwait_info(&forwarded) {
+                // Terminal-generated SIGINT/SIGQUIT already reached the agent (same process
+                // group); only forward what was sent to us with kill().
+                Ok((sig, code))
+                    if (sig == libc::SIGINT || sig == libc::SIGQUIT) && code != libc::SI_USER => {}
+                Ok((sig, _)) => {
+                    let _ = sys::pidfd_send_signal(pidfd.as_fd(), sig);
+                }
+                Err(_) => return,
+            }
+        }
+    })?;
+    phases.mark("threads");
+
+    let namespaces_at = launching.namespaces_at;
+    let mut sandbox = launching.ready()?;
+    let mut from = namespaces_at;
+    for &(name, at) in &sandbox.phases {
+        phases.mark_alongside(name, from, at);
+        from = at;
+    }
+    // What the supervisor waited for init beyond starting its threads.
+    phases.mark_at("handshake", sandbox.handshake_at);
     // Landlock's enforcement is known only once the child applied it; the agent has not run
     // yet (its first exec waits for a notification loop that has not started).
     if opts.require.contains(&Requirement::Landlock) {
@@ -585,19 +658,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     for w in &sandbox.weaker {
         eprintln!("agent-supervisor: warning: {w}");
     }
-    // From here on the supervisor opens files for the agent: never with more than the agent's
-    // own rights. (Our caps in the agent's user namespace come from owning it, not from these.)
-    sys::drop_effective_caps_this_thread()
-        .context("dropping the supervisor's effective capabilities")?;
 
-    if let Some(e) = &exporters {
-        e.spawn()?;
-    }
-    let audit = audit_file.start()?.with_observer(opts.observer.0.clone());
-    let (approvals, broker) = Approvals::new(mode, policy.approval_timeout);
-    let (guard, guard_jobs) =
-        Guard::with_exec_backstop(bpf.as_mut().and_then(|b| b.exec_approvals.take()));
-    let timeout = policy.limits.timeout.value;
     let initial: Vec<Vec<u8>> = opts.command.iter().map(|a| a.as_bytes().to_vec()).collect();
     let ctx = Arc::new(Ctx {
         session: session.clone(),
@@ -613,6 +674,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         network: bpf.as_ref().and_then(|b| b.network.clone()),
         dns: dns.clone(),
     });
+    handoff.give(&ctx);
     audit.record(Record::session(
         &session,
         sandbox.init_pid,
@@ -636,43 +698,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         ),
         None => None,
     };
-    if let Some(dns) = &dns {
-        dns.spawn(&ctx)
-            .context("starting the DNS resolver's threads")?;
-    }
-    spawn("notify", {
-        let ctx = Arc::clone(&ctx);
-        move || supervise::run_loop(ctx)
-    })?;
-    spawn("exec-guard", {
-        let ctx = Arc::clone(&ctx);
-        move || supervise::guard::run(ctx, guard_jobs)
-    })?;
-    spawn("approvals", {
-        let ctx = Arc::clone(&ctx);
-        move || approval::run(ctx, broker)
-    })?;
-    let init_pidfd = Arc::new(sandbox.init_pidfd);
-    let limits = Arc::new(limits);
-    let watch = crate::limits::Watch::spawn(Arc::clone(&limits), Arc::clone(&init_pidfd), timeout)
-        .context("starting the limits thread")?;
-    spawn("signals", {
-        let pidfd = Arc::clone(&init_pidfd);
-        move || loop {
-            match sys::sigwait_info(&forwarded) {
-                // Terminal-generated SIGINT/SIGQUIT already reached the agent (same process
-                // group); only forward what was sent to us with kill().
-                Ok((sig, code))
-                    if (sig == libc::SIGINT || sig == libc::SIGQUIT) && code != libc::SI_USER => {}
-                Ok((sig, _)) => {
-                    let _ = sys::pidfd_send_signal(pidfd.as_fd(), sig);
-                }
-                Err(_) => return,
-            }
-        }
-    })?;
-
-    phases.mark("threads");
+    phases.mark("handover");
     tracing::debug!("supervising");
     let status = sys::waitid_pidfd(init_pidfd.as_fd()).context("waiting for the agent")?;
     tracing::debug!("agent exited: {status:?}");

@@ -45,7 +45,7 @@ use hickory_proto::rr::{RData, Record};
 
 use self::answers::{Answers, Known};
 use crate::audit::Record as AuditRecord;
-use crate::supervise::{self, Ctx, Effect, Kind, Pending};
+use crate::supervise::{self, Ctx, Effect, Kind, Later, Pending};
 
 /// Queries handled at once; more are dropped (the client retries).
 const MAX_IN_FLIGHT: usize = 128;
@@ -157,16 +157,28 @@ impl Resolver {
         self.answers.tie(ip, name, port, protocol);
     }
 
-    /// Start serving (UDP, TCP) and sweeping, each in its own thread.
-    pub fn spawn(self: &Arc<Self>, ctx: &Arc<Ctx>) -> io::Result<()> {
-        let (r, c) = (Arc::clone(self), Arc::clone(ctx));
-        thread("dns-udp", move || r.serve_udp(&c))?;
-        let (r, c) = (Arc::clone(self), Arc::clone(ctx));
-        thread("dns-tcp", move || r.serve_tcp(&c))?;
-        let (r, c) = (Arc::clone(self), Arc::clone(ctx));
-        thread("dns-sweep", move || loop {
-            r.answers.wait_for_expiry();
-            r.answers.sweep(c.network.as_deref(), Instant::now());
+    /// Start serving (UDP, TCP) and sweeping, each in its own thread, once the session's
+    /// context is handed over (queries that arrive before wait in the sockets' queues).
+    pub fn spawn(self: &Arc<Self>, mut later: impl FnMut() -> Later) -> io::Result<()> {
+        let (r, c) = (Arc::clone(self), later());
+        thread("dns-udp", move || {
+            if let Some(c) = c.get() {
+                r.serve_udp(&c)
+            }
+        })?;
+        let (r, c) = (Arc::clone(self), later());
+        thread("dns-tcp", move || {
+            if let Some(c) = c.get() {
+                r.serve_tcp(&c)
+            }
+        })?;
+        let (r, c) = (Arc::clone(self), later());
+        thread("dns-sweep", move || {
+            let Some(c) = c.get() else { return };
+            loop {
+                r.answers.wait_for_expiry();
+                r.answers.sweep(c.network.as_deref(), Instant::now());
+            }
         })
     }
 

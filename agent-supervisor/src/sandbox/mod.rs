@@ -22,6 +22,7 @@ use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use agent_supervisor_policy::MaskKind;
 
@@ -64,13 +65,16 @@ pub struct SandboxSpec {
 pub struct Sandbox {
     /// PID (in the supervisor's namespace) of the sandbox's init.
     pub init_pid: libc::pid_t,
-    pub init_pidfd: OwnedFd,
+    pub init_pidfd: Arc<OwnedFd>,
     /// The seccomp user-notification listener.
     pub listener: OwnedFd,
     /// Protections that are weaker than asked on this kernel (said once on stderr).
     pub weaker: Vec<String>,
-    /// When each launch phase ended (`CLOCK_MONOTONIC` ns), in order, for [`crate::phases`].
+    /// When each of init's set-up steps ended (`CLOCK_MONOTONIC` ns), in order, for
+    /// [`crate::phases`].
     pub phases: Vec<(&'static str, u64)>,
+    /// When the listener was taken.
+    pub handshake_at: u64,
 }
 
 /// Setup steps, reported by the child when one fails.
@@ -241,7 +245,23 @@ const NS_FLAGS: u64 = (libc::CLONE_NEWUSER
     | libc::CLONE_NEWCGROUP) as u64;
 
 /// Start the sandbox. Must be called while the process is single-threaded.
-pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
+/// A sandbox whose init is cloned, mapped and in its cgroups, and is now setting up its
+/// namespaces (mounts, Landlock, seccomp): [`Launching::ready`] waits for it to hand over the
+/// listener. The supervisor may start its threads in between (init is already a process of
+/// its own, so the supervisor no longer needs to be single-threaded), which overlaps their
+/// start with init's work.
+pub struct Launching<'a> {
+    spec: &'a SandboxSpec,
+    pub init_pid: libc::pid_t,
+    pub init_pidfd: Arc<OwnedFd>,
+    /// When init's namespaces were made and mapped (`CLOCK_MONOTONIC` ns).
+    pub namespaces_at: u64,
+    born_in_cgroup: bool,
+    to_child_w: OwnedFd,
+    from_child_r: OwnedFd,
+}
+
+pub fn launch(spec: &SandboxSpec) -> Result<Launching<'_>, LaunchError> {
     let parent = |call| move |source| LaunchError::Parent { call, source };
     // Prepare everything the child needs before cloning (the child should not fail on
     // allocation or on reading our state).
@@ -305,92 +325,126 @@ pub fn launch(spec: &SandboxSpec) -> Result<Sandbox, LaunchError> {
         })
     })?;
     sys::write_all_fd(to_child_w.as_fd(), b"g").map_err(|e| kill_child(parent("pipe write")(e)))?;
-    let mut phases = vec![("namespaces", sys::monotonic_ns())];
-    // Into the other cgroups while init sets up its namespaces (a move waits for an RCU grace
-    // period; done now, it overlaps with init's work): init forks the agent only after the
-    // listener handshake below, so the agent is born in every cgroup of the session.
-    let mut weaker = Vec::new();
-    if let (Some(cgroup), false) = (&spec.cgroup, born_in_cgroup) {
-        let procs = cgroup.procs_path();
-        if let Err(e) = crate::cgroup::move_into(&procs, init_pid) {
-            weaker.push(format!(
-                "the sandbox could not be moved into its cgroup ({}: {e}): network destinations \
-                 are checked by the supervisor only, not by the kernel",
-                procs.display()
-            ));
-        }
-    }
-    let v2_procs = spec.cgroup.as_ref().map(|c| c.procs_path());
-    for procs in &spec.limit_procs {
-        if born_in_cgroup && Some(procs) == v2_procs.as_ref() {
-            continue;
-        }
-        crate::cgroup::move_into(procs, init_pid).map_err(|e| {
-            kill_child(LaunchError::Parent {
-                call: "moving the sandbox into its resource-limit cgroup",
-                source: io::Error::new(e.kind(), format!("{}: {e}", procs.display())),
-            })
-        })?;
-    }
+    let namespaces_at = sys::monotonic_ns();
+    Ok(Launching {
+        spec,
+        init_pid,
+        init_pidfd: Arc::new(init_pidfd),
+        namespaces_at,
+        born_in_cgroup,
+        to_child_w,
+        from_child_r,
+    })
+}
 
-    loop {
-        let mut buf = [0u8; 16];
-        match sys::read_exact_fd(from_child_r.as_fd(), &mut buf) {
-            Ok(true) => {}
-            Ok(false) => return Err(kill_child(LaunchError::ChildVanished)),
-            Err(e) => return Err(kill_child(parent("pipe read")(e))),
-        }
-        match decode(&buf) {
-            Some(ChildMsg::Weaker { what }) => weaker.push(weakness_text(what).to_string()),
-            Some(ChildMsg::Phase { phase, at }) => {
-                phases.extend(PHASES.get(phase as usize).map(|name| (*name, at)));
+impl Launching<'_> {
+    /// Wait for init to finish its set-up and take its seccomp listener. On any failure init
+    /// is killed and reaped.
+    pub fn ready(self) -> Result<Sandbox, LaunchError> {
+        let Launching {
+            spec,
+            init_pid,
+            init_pidfd,
+            namespaces_at: _,
+            born_in_cgroup,
+            to_child_w,
+            from_child_r,
+        } = self;
+        let parent = |call| move |source| LaunchError::Parent { call, source };
+        let kill_child = |e: LaunchError| {
+            let _ = sys::pidfd_send_signal(init_pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::waitid_pidfd(init_pidfd.as_fd());
+            e
+        };
+        let mut phases = Vec::new();
+        let mut weaker = Vec::new();
+        // Into the session's cgroups while init sets up its namespaces (a v1 move waits for an
+        // RCU grace period; done now, it overlaps with init's work): init forks the agent only
+        // after the listener handshake below, so the agent is born in every cgroup of the
+        // session.
+        if let (Some(cgroup), false) = (&spec.cgroup, born_in_cgroup) {
+            let procs = cgroup.procs_path();
+            if let Err(e) = crate::cgroup::move_into(&procs, init_pid) {
+                weaker.push(format!(
+                    "the sandbox could not be moved into its cgroup ({}: {e}): network destinations \
+                     are checked by the supervisor only, not by the kernel",
+                    procs.display()
+                ));
             }
-            Some(ChildMsg::Failed { step, errno, index }) => {
-                let step = Step::from_u32(step).unwrap_or(Step::Sync);
-                let detail = match step {
-                    Step::Mask => spec.masks.get(index as usize).map(|m| &m.path),
-                    Step::ReadOnlyView => spec
-                        .read_only_view
-                        .as_ref()
-                        .and_then(|t| view_tree_paths(t).nth(index as usize)),
-                    _ => None,
+        }
+        let v2_procs = spec.cgroup.as_ref().map(|c| c.procs_path());
+        for procs in &spec.limit_procs {
+            if born_in_cgroup && Some(procs) == v2_procs.as_ref() {
+                continue;
+            }
+            crate::cgroup::move_into(procs, init_pid).map_err(|e| {
+                kill_child(LaunchError::Parent {
+                    call: "moving the sandbox into its resource-limit cgroup",
+                    source: io::Error::new(e.kind(), format!("{}: {e}", procs.display())),
+                })
+            })?;
+        }
+
+        loop {
+            let mut buf = [0u8; 16];
+            match sys::read_exact_fd(from_child_r.as_fd(), &mut buf) {
+                Ok(true) => {}
+                Ok(false) => return Err(kill_child(LaunchError::ChildVanished)),
+                Err(e) => return Err(kill_child(parent("pipe read")(e))),
+            }
+            match decode(&buf) {
+                Some(ChildMsg::Weaker { what }) => weaker.push(weakness_text(what).to_string()),
+                Some(ChildMsg::Phase { phase, at }) => {
+                    phases.extend(PHASES.get(phase as usize).map(|name| (*name, at)));
                 }
-                .map(|p| p.display().to_string());
-                let source = io::Error::from_raw_os_error(errno);
-                let _ = sys::waitid_pidfd(init_pidfd.as_fd());
-                if step == Step::Exec {
-                    return Err(LaunchError::Exec {
-                        program: String::from_utf8_lossy(spec.argv[0].as_bytes()).into_owned(),
+                Some(ChildMsg::Failed { step, errno, index }) => {
+                    let step = Step::from_u32(step).unwrap_or(Step::Sync);
+                    let detail = match step {
+                        Step::Mask => spec.masks.get(index as usize).map(|m| &m.path),
+                        Step::ReadOnlyView => spec
+                            .read_only_view
+                            .as_ref()
+                            .and_then(|t| view_tree_paths(t).nth(index as usize)),
+                        _ => None,
+                    }
+                    .map(|p| p.display().to_string());
+                    let source = io::Error::from_raw_os_error(errno);
+                    let _ = sys::waitid_pidfd(init_pidfd.as_fd());
+                    if step == Step::Exec {
+                        return Err(LaunchError::Exec {
+                            program: String::from_utf8_lossy(spec.argv[0].as_bytes()).into_owned(),
+                            source,
+                        });
+                    }
+                    return Err(LaunchError::Child {
+                        step,
+                        detail,
                         source,
                     });
                 }
-                return Err(LaunchError::Child {
-                    step,
-                    detail,
-                    source,
-                });
-            }
-            Some(ChildMsg::Ready { listener_fd }) => {
-                let listener = sys::pidfd_getfd(init_pidfd.as_fd(), listener_fd).map_err(|e| {
-                    kill_child(parent("pidfd_getfd (taking the seccomp listener)")(e))
-                })?;
-                if !sys::notif_set_sync_wakeup(listener.as_fd()) {
-                    tracing::debug!(
-                        "SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP unavailable (kernel < 6.6)"
-                    );
+                Some(ChildMsg::Ready { listener_fd }) => {
+                    let listener =
+                        sys::pidfd_getfd(init_pidfd.as_fd(), listener_fd).map_err(|e| {
+                            kill_child(parent("pidfd_getfd (taking the seccomp listener)")(e))
+                        })?;
+                    if !sys::notif_set_sync_wakeup(listener.as_fd()) {
+                        tracing::debug!(
+                            "SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP unavailable (kernel < 6.6)"
+                        );
+                    }
+                    sys::write_all_fd(to_child_w.as_fd(), b"a")
+                        .map_err(|e| kill_child(parent("pipe write")(e)))?;
+                    return Ok(Sandbox {
+                        init_pid,
+                        init_pidfd,
+                        listener,
+                        weaker,
+                        phases,
+                        handshake_at: sys::monotonic_ns(),
+                    });
                 }
-                sys::write_all_fd(to_child_w.as_fd(), b"a")
-                    .map_err(|e| kill_child(parent("pipe write")(e)))?;
-                phases.push(("handshake", sys::monotonic_ns()));
-                return Ok(Sandbox {
-                    init_pid,
-                    init_pidfd,
-                    listener,
-                    weaker,
-                    phases,
-                });
+                None => return Err(kill_child(LaunchError::ChildVanished)),
             }
-            None => return Err(kill_child(LaunchError::ChildVanished)),
         }
     }
 }

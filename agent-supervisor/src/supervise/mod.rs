@@ -142,6 +142,39 @@ pub struct Ctx {
     pub dns: Option<Arc<crate::dns::Resolver>>,
 }
 
+/// The session's context for a thread started before the sandbox is ready (its start then
+/// overlaps with init's set-up): the thread gets the context once the listener is taken, or
+/// never, and ends, if the launch failed.
+pub struct Later(std::sync::mpsc::Receiver<Arc<Ctx>>);
+
+impl Later {
+    /// Wait for the context (None: the session never started).
+    pub fn get(self) -> Option<Arc<Ctx>> {
+        self.0.recv().ok()
+    }
+}
+
+/// Hands the session's context to every [`Later`] made from it.
+#[derive(Default)]
+pub struct Handoff(Vec<std::sync::mpsc::Sender<Arc<Ctx>>>);
+
+impl Handoff {
+    /// One more thread waiting for the context.
+    pub fn later(&mut self) -> Later {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.0.push(tx);
+        Later(rx)
+    }
+
+    /// The sandbox is ready: every waiting thread starts with `ctx`.
+    pub fn give(self, ctx: &Arc<Ctx>) {
+        for tx in self.0 {
+            // A thread that is gone already has nothing to start.
+            let _ = tx.send(Arc::clone(ctx));
+        }
+    }
+}
+
 /// Run the notification loop until every sandboxed task is gone (listener hang-up).
 pub fn run_loop(ctx: Arc<Ctx>) {
     loop {
