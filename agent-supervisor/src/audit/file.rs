@@ -97,10 +97,22 @@ pub struct ChainFile {
     regular: bool,
     /// The head of a stream that is not a regular file.
     stream_head: Option<Head>,
+    /// Where our last append left the file: while nobody else appended since (same file,
+    /// same size), its head is known without reading the file back.
+    last_end: Option<End>,
     opts: Options,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     checkpoints: u64,
+}
+
+/// The end of the file after one of our appends, and the chain's head there.
+#[derive(Debug, Clone)]
+struct End {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    head: Head,
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -135,6 +147,7 @@ impl ChainFile {
             file,
             regular,
             stream_head: None,
+            last_end: None,
             path: path.to_path_buf(),
             opts,
             since_checkpoint: 0,
@@ -220,8 +233,17 @@ impl ChainFile {
         }
         self.reopen_if_rotated()?;
         let mut out = Appended::default();
-        let mut size = self.file.metadata()?.len();
-        if size > 0 && last_byte(&mut self.file, size)? != b'\n' {
+        let meta = self.file.metadata()?;
+        let mut size = meta.len();
+        let mut file_id = (meta.dev(), meta.ino());
+        // Our own last append is still the file's end: its head is known (the usual case, one
+        // writer; another writer's append changes the size, a rotation the inode).
+        let known = self
+            .last_end
+            .take()
+            .filter(|e| size > 0 && (e.dev, e.ino, e.size) == (file_id.0, file_id.1, size))
+            .map(|e| e.head);
+        if known.is_none() && size > 0 && last_byte(&mut self.file, size)? != b'\n' {
             // A line cut short by a crash: end it, so the next record starts a line.
             self.file.write_all(b"\n")?;
             out.terminated_torn_line = Some(size);
@@ -235,10 +257,15 @@ impl ChainFile {
             fs::rename(&self.path, &to)?;
             self.file = open_append(&self.path)?;
             out.rotated = Some((to, size));
-            size = self.file.metadata()?.len();
+            let meta = self.file.metadata()?;
+            size = meta.len();
+            file_id = (meta.dev(), meta.ino());
         }
         // The chain's head: the file's last line, or the file it continues.
-        let (mut head, mut prev_file) = if size > 0 {
+        let (mut head, mut prev_file) = if let Some(head) = known.filter(|_| out.rotated.is_none())
+        {
+            (head, None)
+        } else if size > 0 {
             (read_head(&mut self.file, size)?, None)
         } else {
             match previous_file(&self.path)? {
@@ -294,6 +321,12 @@ impl ChainFile {
         if !batch.is_empty() {
             self.file.write_all(batch.as_bytes())?;
         }
+        self.last_end = Some(End {
+            dev: file_id.0,
+            ino: file_id.1,
+            size: offset,
+            head,
+        });
         drop(_lock);
         if let Some(export) = &self.opts.export {
             for w in &out.lines {
@@ -638,6 +671,54 @@ mod tests {
             .collect();
         assert_eq!(on_disk.len(), 3, "two records and a checkpoint");
         assert_eq!(*seen.0.lock().unwrap(), on_disk);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Bytes this thread has read so far (`rchar`).
+    fn thread_read_bytes() -> u64 {
+        fs::read_to_string("/proc/thread-self/io")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_writer_reads_the_file_back_only_after_another_writer_appended() {
+        let d = tmp("two-writers");
+        let path = d.join("w.jsonl");
+        let opts = || Options {
+            lock: true,
+            ..Options::default()
+        };
+        let mut one = ChainFile::open(&path, opts()).unwrap();
+        let mut two = ChainFile::open(&path, opts()).unwrap();
+        // A file bigger than one read-back (64 KiB).
+        let big = format!(r#"{{"id":"big","pad":"{}"}}"#, "x".repeat(100_000));
+        one.append(&[big], false).unwrap();
+        // Its own appends: the head is known, nothing is read back.
+        let before = thread_read_bytes();
+        for i in 0..5 {
+            one.append(&[format!(r#"{{"id":"one-{i}"}}"#)], false)
+                .unwrap();
+        }
+        assert!(
+            thread_read_bytes() - before < 4096,
+            "{} bytes read back",
+            thread_read_bytes() - before
+        );
+        // Interleaved writers: each links to the other's last record.
+        for i in 0..5 {
+            two.append(&[format!(r#"{{"id":"two-{i}"}}"#)], false)
+                .unwrap();
+            one.append(&[format!(r#"{{"id":"one-again-{i}"}}"#)], false)
+                .unwrap();
+        }
+        let r = verify(&[path.clone()], None);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(r.records, 16);
         fs::remove_dir_all(&d).unwrap();
     }
 
