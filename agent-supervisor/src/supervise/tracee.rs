@@ -53,7 +53,13 @@ impl Tracee {
     /// Look the task up (one read of `/proc/<tid>/status`); ESRCH if it is gone.
     pub fn load(tid: u32) -> io::Result<Tracee> {
         let tid = tid as i32;
-        let status = fs::read_to_string(format!("/proc/{tid}/status"))?;
+        // procfs says its files are empty, so `read_to_string` would start with a 32-byte
+        // read and double from there (8 reads); the status (about 1.5 KiB) fits in one.
+        let mut status = String::with_capacity(4096);
+        io::Read::read_to_string(
+            &mut fs::File::open(format!("/proc/{tid}/status"))?,
+            &mut status,
+        )?;
         let field = |key: &str| {
             status
                 .lines()
@@ -312,22 +318,27 @@ fn own_magic_link(p: &Path, tgid: i32, tid: i32) -> Option<(MagicLink, Option<Pa
 /// rewrites meanwhile is seen as it was at that read, never half old, half new.
 struct Pages<'a> {
     t: &'a Tracee,
-    /// Address of the page in `buf` (u64::MAX: none yet).
-    base: u64,
-    buf: Box<[u8; PAGE]>,
-    /// How much of the page was read.
-    len: usize,
+    /// The pages read so far: (address, how much of it could be read, bytes). An argv or
+    /// envp array and its strings are usually on different pages, so one page alone would be
+    /// read again for every string.
+    pages: Vec<(u64, usize, Box<[u8; PAGE]>)>,
+    /// The slot the next new page replaces once all are used.
+    next: usize,
+    /// `process_vm_readv` calls made.
+    reads: usize,
 }
 
 const PAGE: usize = 4096;
+/// Pages kept at once.
+const PAGES: usize = 4;
 
 impl<'a> Pages<'a> {
     fn new(t: &'a Tracee) -> Pages<'a> {
         Pages {
             t,
-            base: u64::MAX,
-            buf: Box::new([0u8; PAGE]),
-            len: 0,
+            pages: Vec::new(),
+            next: 0,
+            reads: 0,
         }
     }
 
@@ -335,15 +346,39 @@ impl<'a> Pages<'a> {
     fn at(&mut self, addr: u64) -> io::Result<&[u8]> {
         let base = addr & !(PAGE as u64 - 1);
         let off = (addr - base) as usize;
-        if base != self.base || off >= self.len {
-            self.base = u64::MAX;
-            let n = sys::read_process_memory(self.t.tid, base, &mut self.buf[..])?;
-            if n <= off {
-                return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        let slot = match self
+            .pages
+            .iter()
+            .position(|(b, len, _)| *b == base && off < *len)
+        {
+            Some(slot) => slot,
+            None => {
+                let slot = match self.pages.iter().position(|(b, _, _)| *b == base) {
+                    // Read short before: try again.
+                    Some(slot) => slot,
+                    None if self.pages.len() < PAGES => {
+                        self.pages.push((u64::MAX, 0, Box::new([0u8; PAGE])));
+                        self.pages.len() - 1
+                    }
+                    None => {
+                        let slot = self.next;
+                        self.next = (self.next + 1) % PAGES;
+                        slot
+                    }
+                };
+                let page = &mut self.pages[slot];
+                page.0 = u64::MAX;
+                self.reads += 1;
+                let n = sys::read_process_memory(self.t.tid, base, &mut page.2[..])?;
+                if n <= off {
+                    return Err(io::Error::from_raw_os_error(libc::EFAULT));
+                }
+                (page.0, page.1) = (base, n);
+                slot
             }
-            (self.base, self.len) = (base, n);
-        }
-        Ok(&self.buf[off..self.len])
+        };
+        let (_, len, buf) = &self.pages[slot];
+        Ok(&buf[off..*len])
     }
 
     /// The 8-byte word at `addr` (native endianness).
@@ -442,6 +477,39 @@ mod tests {
             t.read_cstr(0, PATH_MAX).unwrap_err().raw_os_error(),
             Some(libc::EFAULT)
         );
+    }
+
+    /// An environment of 60 strings on one page, its pointer array on another: two reads of
+    /// the agent's memory, not one per string (a single cached page read each page again for
+    /// every string: 120 reads).
+    #[test]
+    fn an_array_and_its_strings_are_read_once_each() {
+        let t = this_process();
+        let mut buf = vec![0u8; 4 * PAGE];
+        let strings_at = page_boundary(&buf, 0);
+        let array_at = strings_at + PAGE;
+        let base = buf.as_ptr() as u64;
+        let mut pos = strings_at;
+        let mut expected = Vec::new();
+        for i in 0..60 {
+            let s = format!("VAR{i}=value");
+            buf[pos..pos + s.len()].copy_from_slice(s.as_bytes());
+            buf[array_at + i * 8..array_at + i * 8 + 8]
+                .copy_from_slice(&(base + pos as u64).to_ne_bytes());
+            pos += s.len() + 1;
+            expected.push(s.into_bytes());
+        }
+        let mut pages = Pages::new(&t);
+        let mut got = Vec::new();
+        for i in 0..=60u64 {
+            match pages.u64_at(base + array_at as u64 + i * 8).unwrap() {
+                0 => break,
+                ptr => got.push(pages.cstr(ptr, PATH_MAX).unwrap()),
+            }
+        }
+        assert_eq!(got, expected);
+        assert_eq!(pages.reads, 2);
+        assert_eq!(t.read_argv(base + array_at as u64).unwrap(), expected);
     }
 
     use super::*;
