@@ -307,16 +307,6 @@ pub unsafe fn clone3_fork(
     }
 }
 
-/// Plain `fork()` (used by the sandbox's init to start the agent).
-///
-/// # Safety
-/// As for `fork`: the caller must be single-threaded or only do async-signal-safe work in
-/// the child.
-pub unsafe fn fork() -> io::Result<libc::pid_t> {
-    // SAFETY: upheld by the caller.
-    check_int(unsafe { libc::fork() })
-}
-
 /// `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`: start writing the file's dirty pages
 /// to disk now, without waiting for it.
 pub fn start_writeback(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -447,13 +437,59 @@ pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
 }
 
-/// `execvp(argv[0], argv)`; returns only on failure.
-pub fn execvp(argv: &[CString]) -> io::Error {
+/// `argv` as the NULL-terminated pointer array `execvp` takes (valid while `argv` lives).
+pub fn argv_ptrs(argv: &[CString]) -> Vec<*const libc::c_char> {
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    // SAFETY: `ptrs` is a NULL-terminated array of valid C strings that outlive the call.
-    unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
-    io::Error::last_os_error()
+    ptrs
+}
+
+/// `execvp(argv[0], argv)` with an array from [`argv_ptrs`] (no allocation); returns only on
+/// failure.
+pub fn execvp(ptrs: &[*const libc::c_char]) -> io::Error {
+    match ptrs.first() {
+        Some(first) if !first.is_null() && ptrs.last().is_some_and(|p| p.is_null()) => {
+            // SAFETY: `ptrs` is a NULL-terminated array of C strings, valid per `argv_ptrs`'s
+            // contract.
+            unsafe { libc::execvp(*first, ptrs.as_ptr()) };
+            io::Error::last_os_error()
+        }
+        _ => io::Error::from_raw_os_error(libc::EINVAL),
+    }
+}
+
+/// Start `child` in a new process that shares this one's memory until it execs or exits,
+/// running on `stack`, while the calling thread waits (`clone(CLONE_VM | CLONE_VFORK)`, as
+/// `posix_spawn` does): nothing of this process's address space is copied, unlike `fork`.
+/// Returns the child's pid. The child's return value is its exit status.
+///
+/// # Safety
+/// The calling process must be single-threaded. `child` must only make system calls and then
+/// exec or `_exit`: it writes to this process's memory, so it must not unwind, and whatever
+/// it allocates stays allocated here.
+pub unsafe fn spawn_sharing_memory(
+    child: &mut dyn FnMut() -> i32,
+    stack: &mut [u8],
+) -> io::Result<libc::pid_t> {
+    extern "C" fn start(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `&mut dyn FnMut` below, alive while the parent waits.
+        let child = unsafe { &mut *(arg as *mut &mut dyn FnMut() -> i32) };
+        child()
+    }
+    let mut child = child;
+    // The stack grows down from its end, 16-byte aligned.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: `start` gets a pointer to `child`, which outlives the call (the parent is
+    // suspended until the child execs or exits); `top` is the aligned end of `stack`, which
+    // only the child uses meanwhile; the rest is the caller's contract.
+    check_int(unsafe {
+        libc::clone(
+            start,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &mut child as *mut &mut dyn FnMut() -> i32 as *mut libc::c_void,
+        )
+    })
 }
 
 /// `_exit(code)`: leave without running destructors or atexit handlers (forked children).

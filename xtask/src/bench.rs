@@ -408,11 +408,19 @@ fn print_phases(runners: &[&Runner], phases: &[(String, Vec<f64>)]) {
     }
     let totals: Vec<String> = (0..names.len())
         .map(|i| {
-            let sum: f64 = phases.iter().filter_map(|(_, v)| v.get(i)).sum();
+            // Init's own steps run alongside the supervisor's `threads`: not in the sum.
+            let sum: f64 = phases
+                .iter()
+                .filter(|(name, _)| !name.starts_with("init "))
+                .filter_map(|(_, v)| v.get(i))
+                .sum();
             format!("{sum:.2}")
         })
         .collect();
     println!("| sum | {} |", totals.join(" | "));
+    println!();
+    println!("`init` steps run in the sandbox's init while the supervisor starts its threads;");
+    println!("the sum leaves them out (`handshake` is what was left to wait for).");
 }
 
 /// `n` measured rounds (after `warmup` unmeasured ones), each running every runner once, in

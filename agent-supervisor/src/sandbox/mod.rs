@@ -678,14 +678,12 @@ fn child_main(
     if let Err(e) = sys::block_signals(&waited) {
         fail(Step::ForkAgent, e, -1);
     }
-    // SAFETY: init is single-threaded, so the child may do anything before exec.
-    let agent = match unsafe { sys::fork() } {
-        Ok(pid) => pid,
-        Err(e) => fail(Step::ForkAgent, e, -1),
-    };
-    if agent == 0 {
+    // The agent starts in init's memory, without a copy of it (init's address space is the
+    // supervisor's, and copying its page tables took ~0.3 ms), and init waits until its exec.
+    let argv = sys::argv_ptrs(&spec.argv);
+    let mut stack = vec![0u8; AGENT_STACK];
+    let mut agent_main = || -> i32 {
         sys::reset_signals();
-        drop(to_parent);
         if let Some(bytes) = spec.file_size {
             let limited = sys::ignore_signal(libc::SIGXFSZ)
                 .and_then(|()| sys::set_rlimit(libc::RLIMIT_FSIZE, bytes));
@@ -695,7 +693,7 @@ fn child_main(
                 sys::exit_now(126);
             }
         }
-        let err = sys::execvp(&spec.argv);
+        let err = sys::execvp(&argv);
         // Like env(1): say why on the agent's stderr, exit 127 (not found) or 126.
         let msg = format!(
             "agent-supervisor: cannot run {}: {err}\n",
@@ -706,11 +704,23 @@ fn child_main(
             127
         } else {
             126
-        });
-    }
+        })
+    };
+    // SAFETY: init is single-threaded; the agent's code above makes system calls and execs or
+    // `_exit`s (its only allocations are its error messages, right before `_exit`); its pipe
+    // to the supervisor is close-on-exec.
+    let agent = match unsafe { sys::spawn_sharing_memory(&mut agent_main, &mut stack) } {
+        Ok(pid) => pid,
+        Err(e) => fail(Step::ForkAgent, e, -1),
+    };
+    drop(stack);
     drop(to_parent);
     init_loop(agent, &forwarded, &waited)
 }
+
+/// The agent's stack until its exec (only the pages it touches are ever allocated): as much as
+/// a process's main stack, since `execvp` builds a script's new argv on it.
+const AGENT_STACK: usize = 8 << 20;
 
 /// PID 1's loop: forward termination signals to the agent, reap everything, and exit with the
 /// agent's status (128+N for a signal).
