@@ -469,45 +469,13 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             first.why
         ));
     }
-    // The kernel's own checks of network destinations and executed files, and its process
-    // events: the eBPF programs attached to the session's cgroup (without them, one
-    // "weaker" line says so). The exec backstop enforces only when every exec is trapped.
     let exec_mode = if plan.notify_exec {
         crate::ebpf::ExecMode::Enforce
     } else {
         crate::ebpf::ExecMode::Report
     };
-    let (mut bpf, bpf_weaker) = if opts.no_ebpf {
-        // Asked for (troubleshooting, measuring): said like any other missing protection.
-        let off = crate::ebpf::Weaker {
-            backstops: vec!["the eBPF backstops are off (--no-ebpf): network destinations and executed files are checked by the supervisor only, not by the kernel".to_string()],
-            lsm: crate::ebpf::lsm::relevant(&policy, &plan)
-                .then(|| crate::ebpf::lsm::weaker_line("--no-ebpf")),
-        };
-        (None, off)
-    } else {
-        crate::ebpf::start_session(limits.v2_cgroup(), &policy, exec_mode, &masks)
-    };
-    if opts.require.contains(&Requirement::Ebpf) {
-        if let Some(why) = bpf_weaker.backstops.first() {
-            return Err(refuse(Requirement::Ebpf, why));
-        }
-    }
-    if opts.require.contains(&Requirement::Lsm) {
-        if let Some(why) = &bpf_weaker.lsm {
-            return Err(refuse(Requirement::Lsm, why));
-        }
-        let lsm = crate::doctor::bpf_lsm_usable();
-        if !lsm.works {
-            return Err(refuse(
-                Requirement::Lsm,
-                &format!("BPF LSM is not usable here: {}", lsm.why()),
-            ));
-        }
-    }
-    phases.mark("ebpf");
     // The agent (host uid 0 when we are root) must not move itself out of its cgroups.
-    let masks = sandbox::masks::compose(masks.into_iter().chain(limits.masks()).collect());
+    let spec_masks = sandbox::masks::compose(masks.iter().cloned().chain(limits.masks()).collect());
 
     // The session's DNS resolver binds port 53 of its own loopback address now (root, before
     // any thread); the agent's resolv.conf names it. Without it (not root) DNS is refused
@@ -531,7 +499,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     let spec = SandboxSpec {
         argv: sandbox::to_cstrings(&opts.command),
         landlock,
-        masks,
+        masks: spec_masks,
         notify: NotifySet {
             open: plan.notify_open,
         },
@@ -558,6 +526,40 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     tracing::debug!("launching the sandbox");
     let launching = sandbox::launch(&spec)?;
     phases.mark_at("namespaces", launching.namespaces_at);
+    // The kernel's checks of network destinations and executed files, and its process events:
+    // the eBPF programs attached to the session's cgroup (without them, one "weaker" line says
+    // so), joined while init sets up its namespaces. Init is in the cgroup already but runs
+    // only the supervisor's own set-up; the agent starts after the handshake below. The exec
+    // backstop enforces only when every exec is trapped.
+    let (mut bpf, bpf_weaker) = if opts.no_ebpf {
+        // Asked for (troubleshooting, measuring): said like any other missing protection.
+        let off = crate::ebpf::Weaker {
+            backstops: vec!["the eBPF backstops are off (--no-ebpf): network destinations and executed files are checked by the supervisor only, not by the kernel".to_string()],
+            lsm: crate::ebpf::lsm::relevant(&policy, &plan)
+                .then(|| crate::ebpf::lsm::weaker_line("--no-ebpf")),
+        };
+        (None, off)
+    } else {
+        crate::ebpf::start_session(limits.v2_cgroup(), &policy, exec_mode, &masks)
+    };
+    if opts.require.contains(&Requirement::Ebpf) {
+        if let Some(why) = bpf_weaker.backstops.first() {
+            return Err(launching.abort(refuse(Requirement::Ebpf, why)));
+        }
+    }
+    if opts.require.contains(&Requirement::Lsm) {
+        if let Some(why) = &bpf_weaker.lsm {
+            return Err(launching.abort(refuse(Requirement::Lsm, why)));
+        }
+        let lsm = crate::doctor::bpf_lsm_usable();
+        if !lsm.works {
+            return Err(launching.abort(refuse(
+                Requirement::Lsm,
+                &format!("BPF LSM is not usable here: {}", lsm.why()),
+            )));
+        }
+    }
+    phases.mark("ebpf");
     // From here on the supervisor opens files for the agent: never with more than the agent's
     // own rights. Every thread started below inherits that. (Our caps in the agent's user
     // namespace, which taking init's listener needs, come from owning it, not from these.)
@@ -725,8 +727,6 @@ pub fn run(opts: RunOptions) -> Result<i32> {
              was full): the audit log does not have them"
         );
     }
-    drop(bpf);
-    drop(limits);
     let exit_code = ended_by.exit_code().unwrap_or(status.code());
     let signal = match status {
         sys::ExitStatus::Signaled(s) => Some(s),
@@ -745,6 +745,10 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             "ebpf_events_lost": events_lost,
         }),
     ));
+    // The audit thread writes the record while the programs are detached and the cgroups
+    // removed.
+    drop(bpf);
+    drop(limits);
     if let Err(e) = audit.flush() {
         eprintln!(
             "agent-supervisor: ERROR: the audit log {} is incomplete: {e}",

@@ -338,6 +338,13 @@ pub fn launch(spec: &SandboxSpec) -> Result<Launching<'_>, LaunchError> {
 }
 
 impl Launching<'_> {
+    /// The session will not start after all: kill and reap init, and return `e`.
+    pub fn abort<E>(self, e: E) -> E {
+        let _ = sys::pidfd_send_signal(self.init_pidfd.as_fd(), libc::SIGKILL);
+        let _ = sys::waitid_pidfd(self.init_pidfd.as_fd());
+        e
+    }
+
     /// Wait for init to finish its set-up and take its seccomp listener. On any failure init
     /// is killed and reaped.
     pub fn ready(self) -> Result<Sandbox, LaunchError> {
