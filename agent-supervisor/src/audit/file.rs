@@ -716,7 +716,7 @@ mod tests {
             one.append(&[format!(r#"{{"id":"one-again-{i}"}}"#)], false)
                 .unwrap();
         }
-        let r = verify(&[path.clone()], None);
+        let r = verify(std::slice::from_ref(&path), None);
         assert!(r.ok(), "{r:?}");
         assert_eq!(r.records, 16);
         fs::remove_dir_all(&d).unwrap();
