@@ -6,9 +6,11 @@
 //! filters (the notifying one last, with a listener), and hands the listener to the
 //! supervisor. The supervisor takes it with `pidfd_getfd` (the listener cannot be *sent*
 //! over a socket: `sendmsg` is itself trapped, so sending it after installing the filter
-//! would wait on a supervisor that has no listener yet). Then `init` forks the agent, which
-//! inherits all of it and `exec`s, and `init` stays behind to reap orphans, forward signals and
-//! report the agent's exit status. When the agent exits, `init` exits and the kernel kills
+//! would wait on a supervisor that has no listener yet). While init sets up, the supervisor
+//! joins the eBPF programs and starts its threads ([`launch`] returns at once, and
+//! [`Launching::ready`] takes the listener). Then `init` starts the agent (sharing init's
+//! memory until its `exec`, as `posix_spawn` does), which inherits all of it and `exec`s, and
+//! `init` stays behind to reap orphans, forward signals and report the agent's exit status. When the agent exits, `init` exits and the kernel kills
 //! everything left in the PID namespace: no daemonised grandchild outlives the session.
 //!
 //! Every step of the child is in [`child_main`], in order. The parent/child conversation is
@@ -245,9 +247,9 @@ const NS_FLAGS: u64 = (libc::CLONE_NEWUSER
     | libc::CLONE_NEWCGROUP) as u64;
 
 /// Start the sandbox. Must be called while the process is single-threaded.
-/// A sandbox whose init is cloned, mapped and in its cgroups, and is now setting up its
-/// namespaces (mounts, Landlock, seccomp): [`Launching::ready`] waits for it to hand over the
-/// listener. The supervisor may start its threads in between (init is already a process of
+/// A sandbox whose init is cloned and mapped, and is now setting up its namespaces (mounts,
+/// Landlock, seccomp): [`Launching::ready`] puts it into its other cgroups and waits for it to
+/// hand over the listener. The supervisor may start its threads in between (init is already a process of
 /// its own, so the supervisor no longer needs to be single-threaded), which overlaps their
 /// start with init's work.
 pub struct Launching<'a> {
