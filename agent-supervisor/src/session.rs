@@ -640,8 +640,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     if opts.require.contains(&Requirement::Landlock) {
         // The Landlock lines start with its name (other lines mention it as what remains).
         if let Some(w) = sandbox.weaker.iter().find(|w| w.starts_with("Landlock")) {
-            let _ = sys::pidfd_send_signal(sandbox.init_pidfd.as_fd(), libc::SIGKILL);
-            let _ = sys::waitid_pidfd(sandbox.init_pidfd.as_fd());
+            sandbox::kill_and_reap(sandbox.init_pidfd.as_fd());
             return Err(refuse(Requirement::Landlock, w));
         }
     }

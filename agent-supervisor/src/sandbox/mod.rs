@@ -47,7 +47,7 @@ pub struct SandboxSpec {
     /// agent and all its processes (and sockets) live in that cgroup. None: no cgroup.
     pub cgroup: Option<std::sync::Arc<crate::cgroup::SessionCgroup>>,
     /// The `cgroup.procs` of the cgroups that enforce the session's `[limits]` (cgroup v2
-    /// and/or v1): init is in each before it forks the agent. Unlike `cgroup`, a failure
+    /// and/or v1): init is in each before it starts the agent. Unlike `cgroup`, a failure
     /// here is fatal: the agent never runs outside its limits.
     pub limit_procs: Vec<std::path::PathBuf>,
     /// `[limits] file_size`: RLIMIT_FSIZE (soft and hard) of the agent, set before its exec,
@@ -313,8 +313,7 @@ pub fn launch(spec: &SandboxSpec) -> Result<Launching<'_>, LaunchError> {
     drop(from_child_w);
 
     let kill_child = |e: LaunchError| {
-        let _ = sys::pidfd_send_signal(init_pidfd.as_fd(), libc::SIGKILL);
-        let _ = sys::waitid_pidfd(init_pidfd.as_fd());
+        kill_and_reap(init_pidfd.as_fd());
         e
     };
 
@@ -339,11 +338,17 @@ pub fn launch(spec: &SandboxSpec) -> Result<Launching<'_>, LaunchError> {
     })
 }
 
+/// Kill the sandbox's init (and with it its PID namespace) and reap it: a launch that stops
+/// before the agent runs.
+pub fn kill_and_reap(init_pidfd: BorrowedFd<'_>) {
+    let _ = sys::pidfd_send_signal(init_pidfd, libc::SIGKILL);
+    let _ = sys::waitid_pidfd(init_pidfd);
+}
+
 impl Launching<'_> {
     /// The session will not start after all: kill and reap init, and return `e`.
     pub fn abort<E>(self, e: E) -> E {
-        let _ = sys::pidfd_send_signal(self.init_pidfd.as_fd(), libc::SIGKILL);
-        let _ = sys::waitid_pidfd(self.init_pidfd.as_fd());
+        kill_and_reap(self.init_pidfd.as_fd());
         e
     }
 
@@ -361,14 +366,13 @@ impl Launching<'_> {
         } = self;
         let parent = |call| move |source| LaunchError::Parent { call, source };
         let kill_child = |e: LaunchError| {
-            let _ = sys::pidfd_send_signal(init_pidfd.as_fd(), libc::SIGKILL);
-            let _ = sys::waitid_pidfd(init_pidfd.as_fd());
+            kill_and_reap(init_pidfd.as_fd());
             e
         };
         let mut phases = Vec::new();
         let mut weaker = Vec::new();
         // Into the session's cgroups while init sets up its namespaces (a v1 move waits for an
-        // RCU grace period; done now, it overlaps with init's work): init forks the agent only
+        // RCU grace period; done now, it overlaps with init's work): init starts the agent only
         // after the listener handshake below, so the agent is born in every cgroup of the
         // session.
         if let (Some(cgroup), false) = (&spec.cgroup, born_in_cgroup) {
