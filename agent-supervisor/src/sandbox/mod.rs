@@ -10,8 +10,9 @@
 //! joins the eBPF programs and starts its threads ([`launch`] returns at once, and
 //! [`Launching::ready`] takes the listener). Then `init` starts the agent (sharing init's
 //! memory until its `exec`, as `posix_spawn` does), which inherits all of it and `exec`s, and
-//! `init` stays behind to reap orphans, forward signals and report the agent's exit status. When the agent exits, `init` exits and the kernel kills
-//! everything left in the PID namespace: no daemonised grandchild outlives the session.
+//! `init` stays behind to reap orphans, forward signals and report the agent's exit status.
+//! When the agent exits, `init` exits and the kernel kills everything left in the PID
+//! namespace: no daemonised grandchild outlives the session.
 //!
 //! Every step of the child is in [`child_main`], in order. The parent/child conversation is
 //! a typed message enum ([`ChildMsg`]) over a pipe.
@@ -246,15 +247,14 @@ const NS_FLAGS: u64 = (libc::CLONE_NEWUSER
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWCGROUP) as u64;
 
-/// Start the sandbox. Must be called while the process is single-threaded.
 /// A sandbox whose init is cloned and mapped, and is now setting up its namespaces (mounts,
 /// Landlock, seccomp): [`Launching::ready`] puts it into its other cgroups and waits for it to
-/// hand over the listener. The supervisor may start its threads in between (init is already a process of
-/// its own, so the supervisor no longer needs to be single-threaded), which overlaps their
-/// start with init's work.
+/// hand over the listener. The supervisor may start its threads in between (init is already
+/// a process of its own, so the supervisor no longer needs to be single-threaded), which
+/// overlaps their start with init's work.
 pub struct Launching<'a> {
     spec: &'a SandboxSpec,
-    pub init_pid: libc::pid_t,
+    init_pid: libc::pid_t,
     pub init_pidfd: Arc<OwnedFd>,
     /// When init's namespaces were made and mapped (`CLOCK_MONOTONIC` ns).
     pub namespaces_at: u64,
@@ -263,6 +263,8 @@ pub struct Launching<'a> {
     from_child_r: OwnedFd,
 }
 
+/// Start the sandbox: clone its init and map its ids. Must be called while the process is
+/// single-threaded.
 pub fn launch(spec: &SandboxSpec) -> Result<Launching<'_>, LaunchError> {
     let parent = |call| move |source| LaunchError::Parent { call, source };
     // Prepare everything the child needs before cloning (the child should not fail on
