@@ -437,6 +437,15 @@ pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
 }
 
+/// A small procfs text file (`/proc/<pid>/status`, an fdinfo), read in one call: procfs
+/// says its files are empty, so `fs::read_to_string` would start with a 32-byte read and
+/// double from there (8 reads for a 1.5 KiB status).
+pub fn read_proc(path: &str) -> io::Result<String> {
+    let mut text = String::with_capacity(4096);
+    std::io::Read::read_to_string(&mut std::fs::File::open(path)?, &mut text)?;
+    Ok(text)
+}
+
 /// `argv` as the NULL-terminated pointer array `execvp` takes (valid while `argv` lives).
 pub fn argv_ptrs(argv: &[CString]) -> Vec<*const libc::c_char> {
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();

@@ -53,13 +53,7 @@ impl Tracee {
     /// Look the task up (one read of `/proc/<tid>/status`); ESRCH if it is gone.
     pub fn load(tid: u32) -> io::Result<Tracee> {
         let tid = tid as i32;
-        // procfs says its files are empty, so `read_to_string` would start with a 32-byte
-        // read and double from there (8 reads); the status (about 1.5 KiB) fits in one.
-        let mut status = String::with_capacity(4096);
-        io::Read::read_to_string(
-            &mut fs::File::open(format!("/proc/{tid}/status"))?,
-            &mut status,
-        )?;
+        let status = sys::read_proc(&format!("/proc/{tid}/status"))?;
         let field = |key: &str| {
             status
                 .lines()
@@ -346,14 +340,11 @@ impl<'a> Pages<'a> {
     fn at(&mut self, addr: u64) -> io::Result<&[u8]> {
         let base = addr & !(PAGE as u64 - 1);
         let off = (addr - base) as usize;
-        let slot = match self
-            .pages
-            .iter()
-            .position(|(b, len, _)| *b == base && off < *len)
-        {
-            Some(slot) => slot,
-            None => {
-                let slot = match self.pages.iter().position(|(b, _, _)| *b == base) {
+        let cached = self.pages.iter().position(|(b, _, _)| *b == base);
+        let slot = match cached {
+            Some(slot) if off < self.pages[slot].1 => slot,
+            _ => {
+                let slot = match cached {
                     // Read short before: try again.
                     Some(slot) => slot,
                     None if self.pages.len() < PAGES => {
