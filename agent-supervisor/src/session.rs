@@ -675,7 +675,8 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         network: bpf.as_ref().and_then(|b| b.network.clone()),
         dns: dns.clone(),
     });
-    handoff.give(&ctx);
+    // session-start is the log's first record: the threads serving the agent's calls (its
+    // first exec among them) get the context only after it is queued.
     audit.record(Record::session(
         &session,
         sandbox.init_pid,
@@ -689,6 +690,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             "limits": ctx.policy.limits.describe(),
         }),
     ));
+    handoff.give(&ctx);
     // The kernel's process events go to the audit log (those from before this point wait in
     // the ring buffer).
     let events = match bpf.as_mut().and_then(|b| b.events.take()) {

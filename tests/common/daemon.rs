@@ -112,10 +112,7 @@ impl Daemon {
     }
 
     pub fn audit(&self) -> Vec<serde_json::Value> {
-        self.audit_lines()
-            .iter()
-            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-            .collect()
+        super::parse_audit(&self.audit_lines().join("\n"))
     }
 
     pub fn sigkill(&mut self) {

@@ -142,13 +142,9 @@ impl Workspace {
         run_with_timeout(c, timeout)
     }
 
-    /// The audit records, parsed.
+    /// The audit records, parsed (and checked: see [`parse_audit`]).
     pub fn audit(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.audit)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-            .collect()
+        parse_audit(&std::fs::read_to_string(&self.audit).unwrap_or_default())
     }
 
     /// Audit decision records of one kind.
@@ -158,6 +154,28 @@ impl Workspace {
             .filter(|r| r["kind"] == kind)
             .collect()
     }
+}
+
+/// Parses audit lines and checks that each session's records start with its session-start (the
+/// threads serving the agent must not log before it), for every test that reads an audit log.
+pub fn parse_audit(text: &str) -> Vec<serde_json::Value> {
+    let recs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect();
+    let mut started = std::collections::HashSet::new();
+    // The daemon's own records about a session (session-launch, ...) come before it.
+    for r in recs.iter().filter(|r| r["source"] != "daemon") {
+        if let Some(session) = r["session"].as_str() {
+            if started.insert(session.to_string()) {
+                assert_eq!(
+                    r["kind"], "session-start",
+                    "session {session}'s first audit record is not session-start: {r}"
+                );
+            }
+        }
+    }
+    recs
 }
 
 impl Drop for Workspace {
