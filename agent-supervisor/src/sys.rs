@@ -437,13 +437,35 @@ pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
 }
 
-/// A small procfs text file (`/proc/<pid>/status`, an fdinfo), read in one call: procfs
-/// says its files are empty, so `fs::read_to_string` would start with a 32-byte read and
-/// double from there (8 reads for a 1.5 KiB status).
+/// A small procfs text file (`/proc/<pid>/status`, an fdinfo), read in one call (see
+/// [`read_proc_bytes`]).
 pub fn read_proc(path: &str) -> io::Result<String> {
-    let mut text = String::with_capacity(4096);
-    std::io::Read::read_to_string(&mut std::fs::File::open(path)?, &mut text)?;
-    Ok(text)
+    String::from_utf8(read_proc_bytes(path, 4096)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{path} is not UTF-8")))
+}
+
+/// A procfs file, read with `initial` bytes of room and twice as much each time it fills up.
+/// procfs says its files are empty, so `fs::read` would stat the file, then start with a
+/// 32-byte read and double from there (8 reads for a 1.5 KiB status or a 2 KiB environment,
+/// each of which `environ` and `cmdline` pay with a walk of the process's memory).
+pub fn read_proc_bytes(path: &str, initial: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; initial.max(64)];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// `argv` as the NULL-terminated pointer array `execvp` takes (valid while `argv` lives).
@@ -1438,4 +1460,44 @@ pub fn bpf_prog_load(prog: &BpfProgLoad<'_>, log: &mut [u8]) -> io::Result<Owned
         // writes at most `log_size` bytes into the log.
         unsafe { bpf_fd(BPF_PROG_LOAD, &attr) }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Read calls this thread has made (its own counter: other test threads do not count).
+    fn reads_so_far() -> u64 {
+        let io = read_proc("/proc/thread-self/io").expect("thread io");
+        io.lines()
+            .find_map(|l| l.strip_prefix("syscr: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("syscr")
+    }
+
+    /// A procfs file comes back whole, in one read plus the one that sees its end, where
+    /// `fs::read` starts at 32 bytes and doubles.
+    #[test]
+    fn a_procfs_file_is_read_whole_in_one_call() {
+        let path = "/proc/self/environ";
+        let whole = std::fs::read(path).expect("environ");
+        // Growing from a small buffer still gets all of it.
+        assert_eq!(read_proc_bytes(path, 64).expect("read"), whole);
+
+        let before = reads_so_far();
+        let got = read_proc_bytes(path, whole.len() + 4096).expect("read");
+        let ours = reads_so_far() - before;
+        assert_eq!(got, whole);
+        let before = reads_so_far();
+        let _ = std::fs::read(path).expect("environ");
+        let std = reads_so_far() - before;
+        // Each count includes the two reads of the first `reads_so_far`.
+        assert_eq!(ours, 2 + 2, "reads for {} bytes", whole.len());
+        if whole.len() > 64 {
+            assert!(
+                std > ours,
+                "fs::read made {std} reads, read_proc_bytes {ours}"
+            );
+        }
+    }
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use agent_supervisor_policy::{Request, Verdict};
 
 use super::guard::Expectation;
-use super::tracee::{Resolved, Tracee, PATH_MAX};
+use super::tracee::{Resolved, Tracee};
 use super::{display_argv, Ctx, Effect, Kind, Pending, Prepared};
 use crate::sys::{self, Notif};
 
@@ -45,9 +45,7 @@ pub fn prepare(ctx: &Arc<Ctx>, n: Notif) -> Result<Prepared, i32> {
     } else {
         (libc::AT_FDCWD, n.args[0], n.args[1], n.args[2], 0)
     };
-    let path = t.read_cstr(path_ptr, PATH_MAX).map_err(errno)?;
-    let argv = t.read_argv(argv_ptr).map_err(errno)?;
-    let envp = t.read_argv(envp_ptr).map_err(errno)?;
+    let (path, argv, envp) = t.read_exec(path_ptr, argv_ptr, envp_ptr).map_err(errno)?;
     let follow = flags & AT_SYMLINK_NOFOLLOW == 0;
     let empty = flags & AT_EMPTY_PATH != 0;
     let resolved = t.resolve(dirfd, &path, follow, empty).map_err(errno)?;

@@ -38,6 +38,9 @@ pub struct Tracee {
     pub umask: u32,
 }
 
+/// An exec's path, argv and envp.
+pub type ExecArgs = (Vec<u8>, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// A path resolved in the agent's view.
 #[derive(Debug)]
 pub struct Resolved {
@@ -103,26 +106,15 @@ impl Tracee {
     }
 
     /// Copy a NULL-terminated array of string pointers (argv).
+    #[cfg(test)]
     pub fn read_argv(&self, addr: u64) -> io::Result<Vec<Vec<u8>>> {
-        let mut out = Vec::new();
-        if addr == 0 {
-            return Ok(out);
-        }
-        let mut pages = Pages::new(self);
-        let mut total = 0;
-        for i in 0..ARGV_MAX_ENTRIES {
-            let ptr = pages.u64_at(addr + (i as u64) * 8)?;
-            if ptr == 0 {
-                return Ok(out);
-            }
-            let s = pages.cstr(ptr, ARGV_MAX_BYTES)?;
-            total += s.len() + 1;
-            if total > ARGV_MAX_BYTES {
-                return Err(io::Error::from_raw_os_error(libc::E2BIG));
-            }
-            out.push(s);
-        }
-        Err(io::Error::from_raw_os_error(libc::E2BIG))
+        Pages::new(self).argv(addr)
+    }
+
+    /// An exec's path, argv and envp, read through one page cache (the arrays and their
+    /// strings usually share the stack's top pages).
+    pub fn read_exec(&self, path: u64, argv: u64, envp: u64) -> io::Result<ExecArgs> {
+        Pages::new(self).exec(path, argv, envp)
     }
 
     /// An fd of the agent's, duplicated into the supervisor (same open file description).
@@ -407,6 +399,37 @@ impl<'a> Pages<'a> {
         }
         Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG))
     }
+
+    /// An exec's path, argv and envp.
+    fn exec(&mut self, path: u64, argv: u64, envp: u64) -> io::Result<ExecArgs> {
+        Ok((
+            self.cstr(path, PATH_MAX)?,
+            self.argv(argv)?,
+            self.argv(envp)?,
+        ))
+    }
+
+    /// A NULL-terminated array of string pointers at `addr` (argv, envp; empty for NULL).
+    fn argv(&mut self, addr: u64) -> io::Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        if addr == 0 {
+            return Ok(out);
+        }
+        let mut total = 0;
+        for i in 0..ARGV_MAX_ENTRIES {
+            let ptr = self.u64_at(addr + (i as u64) * 8)?;
+            if ptr == 0 {
+                return Ok(out);
+            }
+            let s = self.cstr(ptr, ARGV_MAX_BYTES)?;
+            total += s.len() + 1;
+            if total > ARGV_MAX_BYTES {
+                return Err(io::Error::from_raw_os_error(libc::E2BIG));
+            }
+            out.push(s);
+        }
+        Err(io::Error::from_raw_os_error(libc::E2BIG))
+    }
 }
 
 #[cfg(test)]
@@ -501,6 +524,13 @@ mod tests {
         assert_eq!(got, expected);
         assert_eq!(pages.reads, 2);
         assert_eq!(t.read_argv(base + array_at as u64).unwrap(), expected);
+        // An exec's path, argv and envp (here the same array) share the cache too.
+        let mut pages = Pages::new(&t);
+        let array = base + array_at as u64;
+        let (path, argv, envp) = pages.exec(base + strings_at as u64, array, array).unwrap();
+        assert_eq!((path, &argv), (expected[0].clone(), &expected));
+        assert_eq!(envp, expected);
+        assert_eq!(pages.reads, 2);
     }
 
     use super::*;
