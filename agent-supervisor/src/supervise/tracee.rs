@@ -105,12 +105,6 @@ impl Tracee {
         Pages::new(self).cstr(addr, max)
     }
 
-    /// Copy a NULL-terminated array of string pointers (argv).
-    #[cfg(test)]
-    pub fn read_argv(&self, addr: u64) -> io::Result<Vec<Vec<u8>>> {
-        Pages::new(self).argv(addr)
-    }
-
     /// An exec's path, argv and envp, read through one page cache (the arrays and their
     /// strings usually share the stack's top pages).
     pub fn read_exec(&self, path: u64, argv: u64, envp: u64) -> io::Result<ExecArgs> {
@@ -484,9 +478,9 @@ mod tests {
         for (i, p) in ptrs.iter().enumerate() {
             buf[arr + i * 8..arr + i * 8 + 8].copy_from_slice(&p.to_ne_bytes());
         }
-        let argv = t.read_argv(at(arr)).unwrap();
+        let argv = Pages::new(&t).argv(at(arr)).unwrap();
         assert_eq!(argv, strings.iter().map(|s| s.to_vec()).collect::<Vec<_>>());
-        assert!(t.read_argv(0).unwrap().is_empty());
+        assert!(Pages::new(&t).argv(0).unwrap().is_empty());
         assert_eq!(
             t.read_cstr(0, PATH_MAX).unwrap_err().raw_os_error(),
             Some(libc::EFAULT)
@@ -523,7 +517,10 @@ mod tests {
         }
         assert_eq!(got, expected);
         assert_eq!(pages.reads, 2);
-        assert_eq!(t.read_argv(base + array_at as u64).unwrap(), expected);
+        assert_eq!(
+            Pages::new(&t).argv(base + array_at as u64).unwrap(),
+            expected
+        );
         // An exec's path, argv and envp (here the same array) share the cache too.
         let mut pages = Pages::new(&t);
         let array = base + array_at as u64;
