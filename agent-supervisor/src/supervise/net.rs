@@ -472,7 +472,8 @@ fn proc_net_inodes(
     keep: impl Fn(&[&[u8]]) -> bool,
     col: usize,
 ) -> Vec<String> {
-    let Ok(text) = std::fs::read(format!("/proc/{}/net/{table}", t.tid)) else {
+    let Ok(text) = crate::sys::read_proc_bytes(&format!("/proc/{}/net/{table}", t.tid), 16 << 10)
+    else {
         return vec![];
     };
     text.split(|&c| c == b'\n')
