@@ -205,16 +205,18 @@ impl ChainFile {
         }
     }
 
-    /// Is our file still the one at `path` (another writer may have rotated it)?
-    fn reopen_if_rotated(&mut self) -> io::Result<()> {
+    /// Is our file still the one at `path` (another writer may have rotated it)? Returns the
+    /// metadata of the file appends go to.
+    fn reopen_if_rotated(&mut self) -> io::Result<fs::Metadata> {
         let ours = self.file.metadata()?;
         let same = fs::metadata(&self.path)
             .map(|m| m.ino() == ours.ino() && m.dev() == ours.dev())
             .unwrap_or(false);
-        if !same {
-            self.file = open_append(&self.path)?;
+        if same {
+            return Ok(ours);
         }
-        Ok(())
+        self.file = open_append(&self.path)?;
+        self.file.metadata()
     }
 
     /// Append `records` (JSON objects, one line each, not yet chained), then a checkpoint when
@@ -231,9 +233,8 @@ impl ChainFile {
                 self.path = today;
             }
         }
-        self.reopen_if_rotated()?;
+        let meta = self.reopen_if_rotated()?;
         let mut out = Appended::default();
-        let meta = self.file.metadata()?;
         let mut size = meta.len();
         let mut file_id = (meta.dev(), meta.ino());
         // Our own last append is still the file's end: its head is known (the usual case, one

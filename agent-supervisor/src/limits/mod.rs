@@ -452,6 +452,10 @@ fn kill_listed(procs: &Path) {
         .into_iter()
         .filter_map(|pid| sys::pidfd_open(pid).ok().map(|fd| (pid, fd)))
         .collect();
+    if pinned.is_empty() {
+        // The usual end: the cgroup emptied with init.
+        return;
+    }
     let still = listed();
     for (pid, fd) in pinned {
         if still.contains(&pid) {
