@@ -53,37 +53,6 @@ fn controller_available(controller: &str) -> bool {
     })
 }
 
-/// Every place a session's cgroup directory could be: under the cgroup v2 root, and under
-/// our own cgroup of each v1 hierarchy (the supervisor, our child, shares it).
-fn session_cgroup_dirs(session: &str) -> Vec<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let mut out = Vec::new();
-    for l in mounts.lines() {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() < 4 {
-            continue;
-        }
-        if f[2] == "cgroup2" {
-            out.push(PathBuf::from(f[1]).join("agent-supervisor").join(session));
-        } else if f[2] == "cgroup" {
-            let ctrls: Vec<&str> = f[3].split(',').collect();
-            for line in own.lines() {
-                let parts: Vec<&str> = line.splitn(3, ':').collect();
-                if parts.len() == 3 && parts[1].split(',').any(|c| ctrls.contains(&c)) {
-                    out.push(
-                        PathBuf::from(f[1])
-                            .join(parts[2].trim_start_matches('/'))
-                            .join("agent-supervisor")
-                            .join(session),
-                    );
-                }
-            }
-        }
-    }
-    out
-}
-
 fn session_end(ws: &Workspace) -> serde_json::Value {
     ws.audit()
         .into_iter()
@@ -96,25 +65,6 @@ fn session_id(ws: &Workspace) -> String {
         .first()
         .and_then(|r| r["session"].as_str().map(String::from))
         .expect("a session id in the audit")
-}
-
-/// Remove the cgroups of a session whose supervisor this test SIGKILLed (it could not): only
-/// that session's directories, once empty.
-fn remove_killed_session_cgroups(ws: &Workspace) {
-    let Some(sid) = ws
-        .audit()
-        .first()
-        .and_then(|r| r["session"].as_str().map(String::from))
-    else {
-        return;
-    };
-    for dir in session_cgroup_dirs(&sid) {
-        let empty =
-            || std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
-        if dir.exists() && wait_until(Duration::from_secs(5), empty) {
-            let _ = std::fs::remove_dir(&dir);
-        }
-    }
 }
 
 /// The /proc entries of the processes anywhere on the host whose command line contains
@@ -228,7 +178,7 @@ fn a_fork_bomb_is_contained_killed_and_reported() {
         "bomb processes outlived the session"
     );
     let sid = session_id(&ws);
-    for dir in session_cgroup_dirs(&sid) {
+    for dir in common::session_cgroup_dirs(&sid) {
         assert!(!dir.exists(), "{} is still there", dir.display());
     }
 }
@@ -319,7 +269,7 @@ fn a_memory_hog_is_contained_killed_and_reported() {
         wait_until(Duration::from_secs(5), || count_with_marker(&marker) == 0),
         "the hog outlived the session"
     );
-    for dir in session_cgroup_dirs(&session_id(&ws)) {
+    for dir in common::session_cgroup_dirs(&session_id(&ws)) {
         assert!(!dir.exists(), "{} is still there", dir.display());
     }
 }
@@ -857,7 +807,7 @@ fn a_pending_ask_is_not_allowed_when_the_supervisor_dies() {
     );
     let carried_out = ws.path("ask/x").exists();
     let went_on = ws.path("after.txt").exists();
-    remove_killed_session_cgroups(&ws);
+    common::remove_session_cgroups(&session_id(&ws));
     assert!(!carried_out, "the pending ask was carried out");
     assert!(!went_on, "the agent went on after its supervisor died");
 }

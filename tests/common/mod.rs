@@ -179,9 +179,74 @@ pub fn parse_audit(text: &str) -> Vec<serde_json::Value> {
 }
 
 impl Drop for Workspace {
+    /// Removes the workspace, and the cgroups of any of its sessions whose supervisor a test
+    /// SIGKILLed (it could not remove them itself).
     fn drop(&mut self) {
+        let text = std::fs::read_to_string(&self.audit).unwrap_or_default();
+        let sessions: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|r| r["session"].as_str().map(String::from))
+            .collect();
+        for session in &sessions {
+            remove_session_cgroups(session);
+        }
         if let Some(base) = self.dir.parent() {
             let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+/// Every place a session's cgroup directory could be: under the cgroup v2 root, and under
+/// our own cgroup of each v1 hierarchy (the supervisor, our child, shares it).
+pub fn session_cgroup_dirs(session: &str) -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut out = Vec::new();
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 4 {
+            continue;
+        }
+        if f[2] == "cgroup2" {
+            out.push(PathBuf::from(f[1]).join("agent-supervisor").join(session));
+        } else if f[2] == "cgroup" {
+            let ctrls: Vec<&str> = f[3].split(',').collect();
+            for line in own.lines() {
+                let parts: Vec<&str> = line.splitn(3, ':').collect();
+                if parts.len() == 3 && parts[1].split(',').any(|c| ctrls.contains(&c)) {
+                    out.push(
+                        PathBuf::from(f[1])
+                            .join(parts[2].trim_start_matches('/'))
+                            .join("agent-supervisor")
+                            .join(session),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Remove the cgroup directories left by a session whose supervisor was SIGKILLed: only that
+/// session's, each once it is empty (its processes die with its init; up to 5 s).
+pub fn remove_session_cgroups(session: &str) {
+    let valid = session.len() == 12 && session.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid {
+        return;
+    }
+    for dir in session_cgroup_dirs(session) {
+        if !dir.exists() {
+            continue;
+        }
+        let empty =
+            || std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
+        let t0 = std::time::Instant::now();
+        while !empty() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if empty() {
+            let _ = std::fs::remove_dir(&dir);
         }
     }
 }
