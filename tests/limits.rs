@@ -807,7 +807,8 @@ fn a_pending_ask_is_not_allowed_when_the_supervisor_dies() {
     );
     let carried_out = ws.path("ask/x").exists();
     let went_on = ws.path("after.txt").exists();
-    common::remove_session_cgroups(&session_id(&ws));
+    // The session's cgroups go with the workspace (when its audit names the session: the
+    // supervisor may have been killed before its first record was written).
     assert!(!carried_out, "the pending ask was carried out");
     assert!(!went_on, "the agent went on after its supervisor died");
 }
