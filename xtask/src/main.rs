@@ -13,6 +13,7 @@
 
 mod bench;
 mod bench_dns;
+mod bench_first_load;
 mod demo;
 mod fuzz;
 mod install;
