@@ -217,7 +217,7 @@ impl SessionCgroup {
 
     /// The pids in the cgroup (not in its descendants).
     pub fn processes(&self) -> io::Result<Vec<libc::pid_t>> {
-        Ok(std::fs::read_to_string(self.procs_path())?
+        Ok(crate::sys::read_proc(self.procs_path())?
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect())
@@ -300,7 +300,7 @@ pub fn remove_own_dir(dir: &Path, ino: u64) {
 /// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` (pure v2), or
 /// `/sys/fs/cgroup/unified` (hybrid), or else the first cgroup2 mount.
 pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
-    let mounts = std::fs::read_to_string("/proc/mounts").map_err(CgroupError::Mounts)?;
+    let mounts = crate::sys::read_proc("/proc/mounts").map_err(CgroupError::Mounts)?;
     cgroup2_root_in(&mounts).ok_or(CgroupError::NoCgroup2)
 }
 

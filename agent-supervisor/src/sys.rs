@@ -11,6 +11,7 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::mem::{size_of, MaybeUninit};
+use std::path::Path;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
@@ -437,18 +438,24 @@ pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
 }
 
-/// A small procfs text file (`/proc/<pid>/status`, an fdinfo), read in one call (see
-/// [`read_proc_bytes`]).
-pub fn read_proc(path: &str) -> io::Result<String> {
-    String::from_utf8(read_proc_bytes(path, 4096)?)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{path} is not UTF-8")))
+/// A small procfs or cgroupfs text file (`/proc/<pid>/status`, an fdinfo, `/proc/mounts`, a
+/// cgroup's `pids.events`), read in one call (see [`read_proc_bytes`]).
+pub fn read_proc(path: impl AsRef<Path>) -> io::Result<String> {
+    let path = path.as_ref();
+    String::from_utf8(read_proc_bytes(path, 4096)?).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not UTF-8", path.display()),
+        )
+    })
 }
 
-/// A procfs file, read with `initial` bytes of room and twice as much each time it fills up.
-/// procfs says its files are empty, so `fs::read` would stat the file, then start with a
-/// 32-byte read and double from there (8 reads for a 1.5 KiB status or a 2 KiB environment,
-/// each of which `environ` and `cmdline` pay with a walk of the process's memory).
-pub fn read_proc_bytes(path: &str, initial: usize) -> io::Result<Vec<u8>> {
+/// A procfs (or cgroupfs) file, read with `initial` bytes of room and twice as much each time
+/// it fills up. Both say their files are empty, so `fs::read` would stat the file, then start
+/// with a 32-byte read and double from there (8 reads for a 1.5 KiB status or a 2 KiB
+/// environment, each of which `environ` and `cmdline` pay with a walk of the process's
+/// memory).
+pub fn read_proc_bytes(path: impl AsRef<Path>, initial: usize) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut buf = vec![0u8; initial.max(64)];

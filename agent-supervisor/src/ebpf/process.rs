@@ -168,7 +168,7 @@ pub struct ProcEvents {
 
 /// Is this process in the initial PID namespace (one level in `NSpid`)?
 fn in_initial_pid_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+    crate::sys::read_proc("/proc/self/status").is_ok_and(|status| {
         status
             .lines()
             .find_map(|l| l.strip_prefix("NSpid:"))

@@ -171,7 +171,7 @@ pub(crate) fn write_control(path: &Path, value: &str) -> Result<(), LimitsError>
 
 /// `key N` in a flat-keyed cgroup file (0 when absent or unreadable).
 pub(crate) fn counter(path: &Path, key: &str) -> u64 {
-    std::fs::read_to_string(path)
+    sys::read_proc(path)
         .ok()
         .and_then(|text| {
             text.lines().find_map(|l| {
@@ -184,7 +184,7 @@ pub(crate) fn counter(path: &Path, key: &str) -> u64 {
 
 /// The host's RAM (`MemTotal` of /proc/meminfo), bytes.
 pub fn host_memory() -> io::Result<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo")?;
+    let text = sys::read_proc("/proc/meminfo")?;
     text.lines()
         .find_map(|l| {
             let rest = l.strip_prefix("MemTotal:")?;
@@ -202,7 +202,7 @@ const CONTROLLERS: [(&str, &str); 3] =
 /// root's `cgroup.subtree_control` when the root has it but does not pass it down (only that
 /// controller is added), then in our parent's.
 fn enable_v2_controller(root: &Path, controller: &str) -> Result<(), String> {
-    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let read = |p: PathBuf| sys::read_proc(p).unwrap_or_default();
     let has = |text: &str| text.split_whitespace().any(|c| c == controller);
     if !has(&read(root.join("cgroup.controllers"))) {
         return Err(format!(
@@ -442,7 +442,7 @@ impl SessionLimits {
 /// outside the cgroup is never signalled.
 fn kill_listed(procs: &Path) {
     let listed = || -> Vec<libc::pid_t> {
-        std::fs::read_to_string(procs)
+        sys::read_proc(procs)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.trim().parse().ok())

@@ -43,14 +43,14 @@ pub struct HostTables {
 impl HostTables {
     pub fn read() -> Result<HostTables, LimitsError> {
         Ok(HostTables {
-            mounts: std::fs::read_to_string("/proc/mounts").map_err(LimitsError::Proc)?,
+            mounts: crate::sys::read_proc("/proc/mounts").map_err(LimitsError::Proc)?,
             own: std::cell::OnceCell::new(),
         })
     }
 
     fn own(&self) -> Result<&str, LimitsError> {
         self.own
-            .get_or_init(|| std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string()))
+            .get_or_init(|| crate::sys::read_proc("/proc/self/cgroup").map_err(|e| e.to_string()))
             .as_deref()
             .map_err(|e| LimitsError::Proc(io::Error::other(format!("/proc/self/cgroup: {e}"))))
     }
