@@ -44,7 +44,9 @@ pub fn measure(prefix: &[String], ws: &Path) -> Result<Option<FirstLoad>> {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let start = Instant::now();
-        let out = c.output().context("running the supervisor for the first load")?;
+        let out = c
+            .output()
+            .context("running the supervisor for the first load")?;
         let took = start.elapsed().as_secs_f64() * 1e3;
         if !out.status.success() {
             bail!(
@@ -141,12 +143,16 @@ mod tests {
 
     #[test]
     fn reads_the_set_id_and_the_making_time_from_the_log() {
-        let opened = "\x1b[2m2026\x1b[0m DEBUG ebpf: opened the pinned set 0baf8f77121b284a in 0.13 ms";
+        let opened =
+            "\x1b[2m2026\x1b[0m DEBUG ebpf: opened the pinned set 0baf8f77121b284a in 0.13 ms";
         assert_eq!(set_id(opened).as_deref(), Some("0baf8f77121b284a"));
         let made = "DEBUG ebpf: loaded and pinned set 0baf8f77121b284a in 412.5 ms (first use)";
         assert_eq!(set_id(made).as_deref(), Some("0baf8f77121b284a"));
         assert_eq!(making_ms(made, "0baf8f77121b284a"), Some(412.5));
         assert_eq!(making_ms(opened, "0baf8f77121b284a"), None);
-        assert_eq!(set_id("DEBUG ebpf: opened the pinned set ../../etc in 1 ms"), None);
+        assert_eq!(
+            set_id("DEBUG ebpf: opened the pinned set ../../etc in 1 ms"),
+            None
+        );
     }
 }

@@ -119,7 +119,7 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
 }
 
 fn supplementary_groups(pid: i32) -> Vec<u32> {
-    crate::sys::read_proc(&format!("/proc/{pid}/status"))
+    crate::sys::read_proc(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| {
@@ -180,7 +180,7 @@ pub fn refuse_agents(t: &Tables, c: &Caller) -> Result<(), Status> {
                 "callers inside a supervised session may not use the API",
             ));
         }
-        let Some(ppid) = crate::sys::read_proc(&format!("/proc/{pid}/status"))
+        let Some(ppid) = crate::sys::read_proc(format!("/proc/{pid}/status"))
             .ok()
             .and_then(|s| {
                 s.lines()

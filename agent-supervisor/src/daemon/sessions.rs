@@ -412,7 +412,7 @@ pub fn recover(state_dir: &Path, log: &super::log::AuditLog) {
             continue;
         };
         let marker = format!("\0--session-id\0{}\0", sf.id);
-        let ours = sys::read_proc_bytes(&format!("/proc/{}/cmdline", sf.pid), 4096)
+        let ours = sys::read_proc_bytes(format!("/proc/{}/cmdline", sf.pid), 4096)
             .is_ok_and(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes()));
         if ours {
             let _ = sys::kill(sf.pid, libc::SIGKILL);

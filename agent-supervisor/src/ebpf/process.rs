@@ -100,7 +100,7 @@ impl KernelFileIds {
 
 /// The mount id and inode number of the file open at `fd` (`/proc/self/fdinfo`).
 fn fd_mount_and_inode(fd: BorrowedFd<'_>) -> Option<(u64, Option<u64>)> {
-    let fdinfo = crate::sys::read_proc(&format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    let fdinfo = crate::sys::read_proc(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
     let field = |name: &str| {
         fdinfo
             .lines()

@@ -260,7 +260,7 @@ fn verify(
             expect.summary
         ));
     }
-    let environ = sys::read_proc_bytes(&format!("/proc/{pid}/environ"), 16 << 10)
+    let environ = sys::read_proc_bytes(format!("/proc/{pid}/environ"), 16 << 10)
         .map_err(|e| format!("cannot read the new environment: {e}"))?;
     let envp: Vec<Vec<u8>> = environ
         .split(|&b| b == 0)
@@ -272,7 +272,7 @@ fn verify(
     {
         return Err(format!("{why} (raced exec environment)"));
     }
-    let cmdline = sys::read_proc_bytes(&format!("/proc/{pid}/cmdline"), 4096)
+    let cmdline = sys::read_proc_bytes(format!("/proc/{pid}/cmdline"), 4096)
         .map_err(|e| format!("cannot read the new command line: {e}"))?;
     let mut args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
     if args.last().is_some_and(|a| a.is_empty()) {

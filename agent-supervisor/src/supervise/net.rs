@@ -472,7 +472,7 @@ fn proc_net_inodes(
     keep: impl Fn(&[&[u8]]) -> bool,
     col: usize,
 ) -> Vec<String> {
-    let Ok(text) = crate::sys::read_proc_bytes(&format!("/proc/{}/net/{table}", t.tid), 16 << 10)
+    let Ok(text) = crate::sys::read_proc_bytes(format!("/proc/{}/net/{table}", t.tid), 16 << 10)
     else {
         return vec![];
     };

@@ -56,7 +56,7 @@ impl Tracee {
     /// Look the task up (one read of `/proc/<tid>/status`); ESRCH if it is gone.
     pub fn load(tid: u32) -> io::Result<Tracee> {
         let tid = tid as i32;
-        let status = sys::read_proc(&format!("/proc/{tid}/status"))?;
+        let status = sys::read_proc(format!("/proc/{tid}/status"))?;
         let field = |key: &str| {
             status
                 .lines()
