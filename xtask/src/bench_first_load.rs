@@ -83,14 +83,9 @@ pub fn measure(prefix: &[String], ws: &Path) -> Result<Option<FirstLoad>> {
         making.push(made);
     }
     Ok(Some(FirstLoad {
-        session_ms: median(sessions),
-        making_ms: median(making),
+        session_ms: crate::bench::median(sessions),
+        making_ms: crate::bench::median(making),
     }))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// The set id in `ebpf: opened the pinned set ID in ...` or `ebpf: loaded and pinned set ID
