@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, process_alive_with_marker, run_with_timeout, Listener, Result_, Workspace};
+use common::{
+    bin, process_alive_with_marker, run_with_timeout, wait_until, Listener, Result_, Workspace,
+};
 use serde_json::Value;
 
 /// Time limit of one supervised run.
@@ -170,17 +172,6 @@ fn sleeper_running(marker: &str) -> bool {
             && fs::read(e.path().join("cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
     })
-}
-
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
 }
 
 fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {

@@ -27,17 +27,6 @@ fn unique() -> String {
     )
 }
 
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
-}
-
 /// Is `controller` usable for a session here (cgroup v2 root lists it, or a v1 hierarchy)?
 fn controller_available(controller: &str) -> bool {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();

@@ -241,14 +241,22 @@ pub fn remove_session_cgroups(session: &str) {
         }
         let empty =
             || std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
-        let t0 = std::time::Instant::now();
-        while !empty() && t0.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if empty() {
+        if wait_until(Duration::from_secs(5), empty) {
             let _ = std::fs::remove_dir(&dir);
         }
     }
+}
+
+/// Wait up to `limit` for `cond` (checked every 20 ms); its last value.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
 }
 
 fn nanos() -> u128 {
