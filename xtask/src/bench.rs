@@ -37,13 +37,21 @@ const BIG_RUNS: usize = 15;
 
 /// How to wrap a command.
 #[derive(Clone)]
-struct Runner {
+pub(crate) struct Runner {
     name: &'static str,
     prefix: Vec<String>,
 }
 
 impl Runner {
-    fn command(&self, cmd: &[&str], cwd: &Path) -> Command {
+    /// The same supervised runner with `-vv` (it logs its phases and the eBPF set it used).
+    pub(crate) fn verbose(&self) -> Runner {
+        let mut verbose = self.clone();
+        // `run` is the first argument after the binary: `run -vv ...`.
+        verbose.prefix.insert(2, "-vv".into());
+        verbose
+    }
+
+    pub(crate) fn command(&self, cmd: &[&str], cwd: &Path) -> Command {
         let mut c = if self.prefix.is_empty() {
             let mut c = Command::new(cmd[0]);
             c.args(&cmd[1..]);
@@ -241,7 +249,7 @@ fn bench_all(supervisor: &Path, dir: &Path, ws: &Path) -> Result<()> {
     }
     // The first-ever load of the eBPF set (the figures above join a set already there).
     if let Some(r) = supervised.iter().find(|r| r.name == "agent-supervisor") {
-        if let Some(first) = crate::bench_first_load::measure(&r.prefix, ws)? {
+        if let Some(first) = crate::bench_first_load::measure(r, ws)? {
             println!(
                 "start-up: agent-supervisor, first-ever load {:.2} ms (making the pinned eBPF set \
                  {:.1} ms; once per boot and build)",
@@ -375,9 +383,7 @@ fn bench_dns(supervisor: &Path, dir: &Path, mut rows: Vec<Row>) -> Result<()> {
 /// Run `/bin/true` under the supervised runner `r` with `-vv` [`PHASE_RUNS`] times and return
 /// the median of each `phase NAME: X ms` line, in the order the phases come.
 fn phase_medians(r: &Runner, ws: &Path) -> Result<Vec<(String, f64)>> {
-    let mut verbose = r.clone();
-    // `run` is the first argument after the binary: `run -vv ...`.
-    verbose.prefix.insert(2, "-vv".into());
+    let verbose = r.verbose();
     let mut seen: Vec<(String, Vec<f64>)> = Vec::new();
     for _ in 0..PHASE_RUNS {
         let out = verbose

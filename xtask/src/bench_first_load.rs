@@ -11,10 +11,11 @@
 //! supervisor; the next session would make it anyway after a reboot.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+
+use crate::bench::Runner;
 
 /// Where the supervisor pins its sets (see agent-supervisor/src/ebpf/pinned.rs).
 const SETS: &str = "/sys/fs/bpf/agent-supervisor";
@@ -29,20 +30,12 @@ pub struct FirstLoad {
     pub making_ms: f64,
 }
 
-/// Measure the first-ever load with `prefix` (the supervised runner's command up to `--`,
-/// the binary first). `Ok(None)` with a printed reason when it can't be measured here.
-pub fn measure(prefix: &[String], ws: &Path) -> Result<Option<FirstLoad>> {
+/// Measure the first-ever load with the supervised runner `r`. `Ok(None)` with a printed
+/// reason when it can't be measured here.
+pub(crate) fn measure(r: &Runner, ws: &Path) -> Result<Option<FirstLoad>> {
+    let verbose = r.verbose();
     let run = |ws: &Path| -> Result<(f64, String)> {
-        let mut c = Command::new(&prefix[0]);
-        // `run` is the first argument after the binary: `run -vv ...`.
-        c.arg(&prefix[1])
-            .arg("-vv")
-            .args(&prefix[2..])
-            .arg("/bin/true")
-            .current_dir(ws)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut c = verbose.command(&["/bin/true"], ws);
         let start = Instant::now();
         let out = c
             .output()
