@@ -507,6 +507,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         hostname: "agent-sandbox".into(),
         cgroup: limits.v2_cgroup().ok(),
         limit_procs: limits.limit_procs(),
+        join_v1: limits.v1_tasks(),
         file_size: policy.limits.file_size.value,
         resolv_conf: dns.as_ref().map(|d| d.resolv_conf().into_bytes()),
         read_only_view,

@@ -121,6 +121,12 @@ impl V1Cgroup {
         self.dir.join("cgroup.procs")
     }
 
+    /// Its `tasks`: a thread writing `0` there moves itself (see
+    /// [`super::SessionLimits::v1_tasks`]).
+    pub fn tasks_path(&self) -> PathBuf {
+        self.dir.join("tasks")
+    }
+
     /// The counter `key` of the events file of this controller: `oom_kill` in
     /// `memory.oom_control` (Linux 4.13+), `max` in `pids.events`.
     /// An eventfd the kernel signals when the session hits its memory limit (the v1 memory

@@ -47,10 +47,15 @@ pub struct SandboxSpec {
     /// kernel without it, written into its `cgroup.procs`) before it starts anything, so the
     /// agent and all its processes (and sockets) live in that cgroup. None: no cgroup.
     pub cgroup: Option<std::sync::Arc<crate::cgroup::SessionCgroup>>,
-    /// The `cgroup.procs` of the cgroups that enforce the session's `[limits]` (cgroup v2
-    /// and/or v1): init is in each before it starts the agent. Unlike `cgroup`, a failure
-    /// here is fatal: the agent never runs outside its limits.
+    /// The `cgroup.procs` of the v2 cgroup that enforces the session's `[limits]`: init is in
+    /// it before it starts the agent. Unlike `cgroup`, a failure here is fatal: the agent
+    /// never runs outside its limits.
     pub limit_procs: Vec<std::path::PathBuf>,
+    /// The `tasks` files of the v1 cgroups that enforce `[limits]` (hybrid hosts), opened by
+    /// the supervisor before `clone3`: init writes `0` into each as its first step, moving
+    /// itself (a single thread moving itself needs no RCU grace period, where a
+    /// `cgroup.procs` write from the supervisor waits for one). A failure is fatal too.
+    pub join_v1: Vec<std::path::PathBuf>,
     /// `[limits] file_size`: RLIMIT_FSIZE (soft and hard) of the agent, set before its exec,
     /// with SIGXFSZ ignored so that a write past it fails with EFBIG instead of killing.
     pub file_size: Option<u64>,
@@ -101,11 +106,12 @@ pub enum Step {
     DeathSignal,
     Dev,
     ReadOnlyView,
+    JoinCgroup,
 }
 
 impl Step {
     /// Every step, in order.
-    const ALL: [Step; 17] = [
+    const ALL: [Step; 18] = [
         Step::Sync,
         Step::MountPrivate,
         Step::MountProc,
@@ -123,6 +129,7 @@ impl Step {
         Step::DeathSignal,
         Step::Dev,
         Step::ReadOnlyView,
+        Step::JoinCgroup,
     ];
 
     fn from_u32(v: u32) -> Option<Step> {
@@ -148,6 +155,7 @@ impl Step {
             Step::DeathSignal => "arming the parent-death signal",
             Step::Dev => "building the sandbox's private /dev",
             Step::ReadOnlyView => "making the view read-only outside the write trees",
+            Step::JoinCgroup => "joining a resource-limit cgroup (v1)",
         }
     }
 }
@@ -287,6 +295,17 @@ pub fn launch(spec: &SandboxSpec) -> Result<Launching<'_>, LaunchError> {
     let (to_child_r, to_child_w) = sys::pipe().map_err(parent("pipe"))?;
     let (from_child_r, from_child_w) = sys::pipe().map_err(parent("pipe"))?;
     let (uid, gid) = sys::euid_egid();
+    let join_v1 = spec
+        .join_v1
+        .iter()
+        .map(|tasks| {
+            let file = std::fs::OpenOptions::new().write(true).open(tasks);
+            file.map(OwnedFd::from).map_err(|e| LaunchError::Parent {
+                call: "opening a v1 resource-limit cgroup's tasks file",
+                source: io::Error::new(e.kind(), format!("{}: {e}", tasks.display())),
+            })
+        })
+        .collect::<Result<Vec<OwnedFd>, LaunchError>>()?;
 
     // SAFETY: the supervisor has not started any thread yet (see `crate::session`), so the
     // child may allocate and use the standard library like after a plain fork.
@@ -308,11 +327,13 @@ pub fn launch(spec: &SandboxSpec) -> Result<Launching<'_>, LaunchError> {
         let paths = ChildPaths {
             masks: &mask_paths,
             view: view_trees.as_deref(),
+            join_v1,
         };
         child_main(spec, &deny, &notify, paths, to_child_r, from_child_w);
     };
     drop(to_child_r);
     drop(from_child_w);
+    drop(join_v1);
 
     let kill_child = |e: LaunchError| {
         kill_and_reap(init_pidfd.as_fd());
@@ -416,6 +437,7 @@ impl Launching<'_> {
                     let step = Step::from_u32(step).unwrap_or(Step::Sync);
                     let detail = match step {
                         Step::Mask => spec.masks.get(index as usize).map(|m| &m.path),
+                        Step::JoinCgroup => spec.join_v1.get(index as usize),
                         Step::ReadOnlyView => spec
                             .read_only_view
                             .as_ref()
@@ -507,6 +529,8 @@ struct ChildPaths<'a> {
     masks: &'a [CString],
     /// The write trees of a read-only view.
     view: Option<&'a [CString]>,
+    /// The `tasks` files of [`SandboxSpec::join_v1`], open for writing.
+    join_v1: Vec<OwnedFd>,
 }
 
 /// The sandbox's PID 1. Every step in order; never returns.
@@ -534,6 +558,13 @@ fn child_main(
     //    lives as long as the supervisor does.)
     if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
         fail(Step::DeathSignal, e, -1);
+    }
+    // 0b. Into the v1 limits' cgroups, by moving ourselves (single-threaded; while the
+    //     supervisor writes our id maps).
+    for (i, tasks) in paths.join_v1.into_iter().enumerate() {
+        if let Err(e) = sys::write_all_fd(tasks.as_fd(), b"0") {
+            fail(Step::JoinCgroup, e, i as i32);
+        }
     }
     // 1. Wait until the parent has written our uid/gid maps. EOF means it died.
     let mut go = [0u8; 1];
