@@ -577,28 +577,24 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     let (guard, guard_jobs) =
         Guard::with_exec_backstop(bpf.as_mut().and_then(|b| b.exec_approvals.take()));
     let mut handoff = supervise::Handoff::default();
-    if let Some(dns) = &dns {
-        dns.spawn(|| handoff.later())
-            .context("starting the DNS resolver's threads")?;
-    }
     spawn("notify", {
-        let ctx = handoff.later();
+        let mut ctx = handoff.later();
         move || {
             if let Some(ctx) = ctx.get() {
                 supervise::run_loop(ctx)
             }
         }
     })?;
+    if let Some(dns) = &dns {
+        dns.spawn(|| handoff.later())
+            .context("starting the DNS resolver's threads")?;
+    }
     spawn("exec-guard", {
         let ctx = handoff.later();
-        move || {
-            if let Some(ctx) = ctx.get() {
-                supervise::guard::run(ctx, guard_jobs)
-            }
-        }
+        move || supervise::guard::run(ctx, guard_jobs)
     })?;
     spawn("approvals", {
-        let ctx = handoff.later();
+        let mut ctx = handoff.later();
         move || {
             if let Some(ctx) = ctx.get() {
                 approval::run(ctx, broker)

@@ -159,30 +159,21 @@ impl Resolver {
 
     /// Start serving (UDP, TCP) and sweeping, each in its own thread, once the session's
     /// context is handed over (queries that arrive before wait in the sockets' queues).
+    /// Each thread takes the session's context when it first has work (see [`Later`]).
     pub fn spawn(self: &Arc<Self>, mut later: impl FnMut() -> Later) -> io::Result<()> {
         let (r, c) = (Arc::clone(self), later());
-        thread("dns-udp", move || {
-            if let Some(c) = c.get() {
-                r.serve_udp(&c)
-            }
-        })?;
+        thread("dns-udp", move || r.serve_udp(c))?;
         let (r, c) = (Arc::clone(self), later());
-        thread("dns-tcp", move || {
-            if let Some(c) = c.get() {
-                r.serve_tcp(&c)
-            }
-        })?;
-        let (r, c) = (Arc::clone(self), later());
-        thread("dns-sweep", move || {
+        thread("dns-tcp", move || r.serve_tcp(c))?;
+        let (r, mut c) = (Arc::clone(self), later());
+        thread("dns-sweep", move || loop {
+            r.answers.wait_for_expiry();
             let Some(c) = c.get() else { return };
-            loop {
-                r.answers.wait_for_expiry();
-                r.answers.sweep(c.network.as_deref(), Instant::now());
-            }
+            r.answers.sweep(c.network.as_deref(), Instant::now());
         })
     }
 
-    fn serve_udp(self: Arc<Self>, ctx: &Arc<Ctx>) {
+    fn serve_udp(self: Arc<Self>, mut ctx: Later) {
         let mut buf = vec![0u8; 4096];
         loop {
             let (n, peer) = match self.udp.recv_from(&mut buf) {
@@ -193,10 +184,11 @@ impl Resolver {
                     return;
                 }
             };
+            let Some(ctx) = ctx.get() else { return };
             let Some(guard) = InFlight::take(&self) else {
                 continue;
             };
-            let (query, r, c) = (buf[..n].to_vec(), Arc::clone(&self), Arc::clone(ctx));
+            let (query, r, c) = (buf[..n].to_vec(), Arc::clone(&self), ctx);
             let _ = thread("dns-query", move || {
                 let _guard = guard;
                 if let Some(reply) = r.answer(&c, &query) {
@@ -206,13 +198,14 @@ impl Resolver {
         }
     }
 
-    fn serve_tcp(self: Arc<Self>, ctx: &Arc<Ctx>) {
+    fn serve_tcp(self: Arc<Self>, mut ctx: Later) {
         for stream in self.tcp.incoming() {
             let Ok(mut stream) = stream else { continue };
+            let Some(ctx) = ctx.get() else { return };
             let Some(guard) = InFlight::take(&self) else {
                 continue;
             };
-            let (r, c) = (Arc::clone(&self), Arc::clone(ctx));
+            let (r, c) = (Arc::clone(&self), ctx);
             let _ = thread("dns-tcp-conn", move || {
                 let _guard = guard;
                 r.serve_tcp_client(&c, &mut stream);

@@ -107,10 +107,11 @@ pub struct GuardJobs {
     approvals: Option<crate::ebpf::process::ExecApprovals>,
 }
 
-/// The guard thread's body.
-pub fn run(ctx: Arc<Ctx>, mut jobs: GuardJobs) {
+/// The guard thread's body (it takes the session's context with its first job).
+pub fn run(mut ctx: super::Later, mut jobs: GuardJobs) {
     let mut ids = crate::ebpf::process::KernelFileIds::default();
     while let Ok(job) = jobs.rx.recv() {
+        let Some(ctx) = ctx.get() else { return };
         let tid = job.notif.pid;
         // The file as the kernel's exec tracepoint sees it: only the backstop needs it.
         let file = jobs

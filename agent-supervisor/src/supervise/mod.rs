@@ -144,34 +144,84 @@ pub struct Ctx {
 
 /// The session's context for a thread started before the sandbox is ready (its start then
 /// overlaps with init's set-up): the thread gets the context once the listener is taken, or
-/// never, and ends, if the launch failed.
-pub struct Later(std::sync::mpsc::Receiver<Arc<Ctx>>);
+/// never, and ends, if the launch failed. A thread that first waits for work of its own (a
+/// DNS query, an exec to check) asks for the context only then, so handing it over wakes only
+/// the threads already waiting for it (the notification loop), not every thread at the moment
+/// the agent's first exec needs the CPU.
+pub struct Later {
+    shared: Arc<Shared>,
+    ctx: Option<Arc<Ctx>>,
+}
+
+/// What [`Handoff`] and its [`Later`]s share.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<Given>,
+    given: std::sync::Condvar,
+}
+
+#[derive(Default)]
+enum Given {
+    #[default]
+    Waiting,
+    Ctx(Arc<Ctx>),
+    Never,
+}
 
 impl Later {
-    /// Wait for the context (None: the session never started).
-    pub fn get(self) -> Option<Arc<Ctx>> {
-        self.0.recv().ok()
+    /// The context, waiting for it the first time (None: the session never started).
+    pub fn get(&mut self) -> Option<Arc<Ctx>> {
+        if self.ctx.is_none() {
+            let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                match &*state {
+                    Given::Waiting => {
+                        state = self
+                            .shared
+                            .given
+                            .wait(state)
+                            .unwrap_or_else(|e| e.into_inner())
+                    }
+                    Given::Ctx(ctx) => break self.ctx = Some(Arc::clone(ctx)),
+                    Given::Never => return None,
+                }
+            }
+        }
+        self.ctx.clone()
     }
 }
 
-/// Hands the session's context to every [`Later`] made from it.
+/// Hands the session's context to every [`Later`] made from it; dropped without
+/// [`Handoff::give`], it tells them the session never started.
 #[derive(Default)]
-pub struct Handoff(Vec<std::sync::mpsc::Sender<Arc<Ctx>>>);
+pub struct Handoff(Arc<Shared>);
 
 impl Handoff {
-    /// One more thread waiting for the context.
+    /// One more thread that will need the context.
     pub fn later(&mut self) -> Later {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.0.push(tx);
-        Later(rx)
+        Later {
+            shared: Arc::clone(&self.0),
+            ctx: None,
+        }
     }
 
-    /// The sandbox is ready: every waiting thread starts with `ctx`.
+    /// The sandbox is ready: the threads waiting for the context start with `ctx`.
     pub fn give(self, ctx: &Arc<Ctx>) {
-        for tx in self.0 {
-            // A thread that is gone already has nothing to start.
-            let _ = tx.send(Arc::clone(ctx));
+        self.settle(Given::Ctx(Arc::clone(ctx)));
+    }
+
+    fn settle(&self, to: Given) {
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*state, Given::Waiting) {
+            *state = to;
+            self.0.given.notify_all();
         }
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        self.settle(Given::Never);
     }
 }
 
