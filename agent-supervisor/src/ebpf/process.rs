@@ -30,10 +30,9 @@
 #![forbid(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use agent_supervisor_common::{
     names, ExecApprovalKey, ProcEvent, SessionEntry, EXEC_APPROVED, EXEC_ENFORCE, EXEC_REPORT,
@@ -429,7 +428,9 @@ pub struct EventReader {
     /// Written by `finish` to wake the thread out of its poll at once (session end is on
     /// every run's critical path).
     wake: std::fs::File,
-    thread: JoinHandle<u64>,
+    /// The count of lost events, sent once the thread has read the last record (not joined:
+    /// the tear-down need not wait for the thread to unmap the ring and exit).
+    lost: std::sync::mpsc::Receiver<u64>,
 }
 
 impl ProcEvents {
@@ -472,37 +473,51 @@ impl ProcEvents {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let (woken, wake) = crate::sys::pipe()?;
-        let thread = std::thread::Builder::new()
+        let (lost_tx, lost) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
             .name("ebpf-events".into())
-            .spawn(move || loop {
-                let last = stopping.load(Ordering::SeqCst);
-                while let Some(item) = self.ring.next() {
-                    match ProcRecord::decode(&item) {
-                        // A record of another cgroup: left by a previous owner of the slot.
-                        Some(record) if record.event.cgroup_id != self.cgroup_id => {}
-                        Some(record) => sink(record),
-                        None => tracing::warn!("undecodable eBPF event ({} bytes)", item.len()),
-                    }
-                }
-                if last {
-                    return self.lost();
-                }
-                // Records are submitted with the kernel's default wake-up (when the reader has
-                // caught up), and the ring is polled for what is already there: sleeping until
-                // a record or the stop loses nothing.
-                let _ = crate::sys::poll_fds(
-                    &[
-                        (self.ring.as_fd(), libc::POLLIN),
-                        (woken.as_fd(), libc::POLLIN),
-                    ],
-                    -1,
-                );
+            .spawn(move || {
+                let _ = lost_tx.send(self.read_until_stopped(&mut sink, &stopping, &woken));
             })?;
         Ok(EventReader {
             stop,
             wake: wake.into(),
-            thread,
+            lost,
         })
+    }
+
+    /// The reader thread's loop: every record to `sink` until `stopping` is set and the ring
+    /// is empty; returns the count of lost events.
+    fn read_until_stopped(
+        &mut self,
+        sink: &mut impl FnMut(ProcRecord),
+        stopping: &AtomicBool,
+        woken: &OwnedFd,
+    ) -> u64 {
+        loop {
+            let last = stopping.load(Ordering::SeqCst);
+            while let Some(item) = self.ring.next() {
+                match ProcRecord::decode(&item) {
+                    // A record of another cgroup: left by a previous owner of the slot.
+                    Some(record) if record.event.cgroup_id != self.cgroup_id => {}
+                    Some(record) => sink(record),
+                    None => tracing::warn!("undecodable eBPF event ({} bytes)", item.len()),
+                }
+            }
+            if last {
+                return self.lost();
+            }
+            // Records are submitted with the kernel's default wake-up (when the reader has
+            // caught up), and the ring is polled for what is already there: sleeping until
+            // a record or the stop loses nothing.
+            let _ = crate::sys::poll_fds(
+                &[
+                    (self.ring.as_fd(), libc::POLLIN),
+                    (woken.as_fd(), libc::POLLIN),
+                ],
+                -1,
+            );
+        }
     }
 
     /// Events the programs could not write (all CPUs).
@@ -522,7 +537,7 @@ impl EventReader {
         self.stop.store(true, Ordering::SeqCst);
         // The pipe stays readable once written: the thread drains the ring and returns.
         let _ = (&self.wake).write_all(b"x");
-        self.thread.join().unwrap_or(0)
+        self.lost.recv().unwrap_or(0)
     }
 }
 

@@ -29,7 +29,7 @@ pub mod v1;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_supervisor_policy::{format_size, Limits, Memory};
@@ -494,8 +494,9 @@ fn origin_text(o: &agent_supervisor_policy::Origin) -> String {
 /// hosts never wake up for nothing.
 pub struct Watch {
     stop: Arc<nix::sys::eventfd::EventFd>,
-    reason: Arc<Mutex<Option<EndReason>>>,
-    handle: std::thread::JoinHandle<()>,
+    /// What ended the session, sent once the thread has stopped watching (not joined: the
+    /// session's tear-down need not wait for the thread's own exit).
+    ended: std::sync::mpsc::Receiver<Option<EndReason>>,
 }
 
 /// How often the v1 counters are read (see [`Watch`]): only on hosts with v1 limits.
@@ -574,24 +575,22 @@ impl Watch {
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
         )?);
         let wakers = Wakers::new(&limits)?;
-        let reason = Arc::new(Mutex::new(None));
-        let handle = std::thread::Builder::new().name("limits".into()).spawn({
-            let (stop, reason) = (Arc::clone(&stop), Arc::clone(&reason));
-            move || watch(&limits, &init, timeout, &wakers, &stop, &reason)
+        let (ended_tx, ended) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new().name("limits".into()).spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                let _ = ended_tx.send(watch(&limits, &init, timeout, &wakers, &stop));
+            }
         })?;
-        Ok(Watch {
-            stop,
-            reason,
-            handle,
-        })
+        Ok(Watch { stop, ended })
     }
 
-    /// Stop the thread (the agent is gone) and say what ended the session, if it was us.
+    /// Stop the thread (the agent is gone) and say what ended the session, if it was us: its
+    /// answer comes once it has stopped watching (a limit it was acting on is seen through),
+    /// without waiting for the thread itself to exit.
     pub fn finish(self) -> Option<EndReason> {
         let _ = self.stop.write(1);
-        let _ = self.handle.join();
-        let reason = *self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        reason
+        self.ended.recv().ok().flatten()
     }
 }
 
@@ -632,10 +631,8 @@ fn watch(
     timeout: Option<Duration>,
     wakers: &Wakers,
     stop: &nix::sys::eventfd::EventFd,
-    reason: &Mutex<Option<EndReason>>,
-) {
+) -> Option<EndReason> {
     let deadline = timeout.map(|t| (Instant::now() + t, t));
-    let set = |r: EndReason| *reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
     let kill = || {
         let _ = sys::pidfd_send_signal(init.as_fd(), libc::SIGKILL);
         limits.kill_all();
@@ -647,9 +644,8 @@ fn watch(
     loop {
         if let Some(r) = limits.breach() {
             tracing::info!("{}", r.message().unwrap_or_default());
-            set(r);
             kill();
-            return;
+            return Some(r);
         }
         let recheck = wakers.recheck.map(|d| Instant::now() + d);
         let until = match (deadline.map(|(d, _)| d), recheck) {
@@ -659,21 +655,20 @@ fn watch(
         let woken = wait_readable(&fds, until);
         if woken {
             if stopped() {
-                return;
+                return None;
             }
             wakers.drain();
             continue;
         }
         if let Some((at, t)) = deadline {
             if Instant::now() >= at {
-                set(EndReason::Timeout(t));
                 // init forwards SIGTERM to the agent; when the agent exits, init does, and the
                 // PID namespace with it.
                 let _ = sys::pidfd_send_signal(init.as_fd(), libc::SIGTERM);
                 let grace_end = Instant::now() + TIMEOUT_GRACE;
                 wait_readable(&[stop.as_fd()], Some(grace_end));
                 kill();
-                return;
+                return Some(EndReason::Timeout(t));
             }
         }
     }
