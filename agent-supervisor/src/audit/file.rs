@@ -421,9 +421,11 @@ fn file_day(f: &mut File) -> io::Result<String> {
 }
 
 /// The head after the last line of a file of `size` bytes: read back from the end until the
-/// tail holds the last chained record (or the whole file).
+/// tail holds the last chained record (or the whole file). The first read is 8 KB, which
+/// holds the last few records (a record is a few hundred bytes): it is done at each session's
+/// first record, while the agent's first exec waits for a CPU.
 fn read_head(f: &mut File, size: u64) -> io::Result<Head> {
-    let mut want = 64 * 1024u64;
+    let mut want = 8 * 1024u64;
     loop {
         let start = size.saturating_sub(want);
         let mut tail = vec![0u8; (size - start) as usize];
@@ -696,7 +698,7 @@ mod tests {
         };
         let mut one = ChainFile::open(&path, opts()).unwrap();
         let mut two = ChainFile::open(&path, opts()).unwrap();
-        // A file bigger than one read-back (64 KiB).
+        // A file bigger than one read-back (8 KiB at first).
         let big = format!(r#"{{"id":"big","pad":"{}"}}"#, "x".repeat(100_000));
         one.append(&[big], false).unwrap();
         // Its own appends: the head is known, nothing is read back.
@@ -720,6 +722,29 @@ mod tests {
         let r = verify(std::slice::from_ref(&path), None);
         assert!(r.ok(), "{r:?}");
         assert_eq!(r.records, 16);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_last_record_longer_than_the_first_read_back_is_linked_to() {
+        let d = tmp("long-last");
+        let path = d.join("l.jsonl");
+        let opts = || Options {
+            lock: true,
+            ..Options::default()
+        };
+        let mut one = ChainFile::open(&path, opts()).unwrap();
+        let mut two = ChainFile::open(&path, opts()).unwrap();
+        one.append(&[r#"{"id":"first"}"#.to_string()], false)
+            .unwrap();
+        // The last line is 3x the first read-back: the tail is read again, 4x longer.
+        let long = format!(r#"{{"id":"long","pad":"{}"}}"#, "y".repeat(24 * 1024));
+        one.append(&[long], false).unwrap();
+        two.append(&[r#"{"id":"after"}"#.to_string()], false)
+            .unwrap();
+        let r = verify(std::slice::from_ref(&path), None);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(r.records, 3);
         fs::remove_dir_all(&d).unwrap();
     }
 
