@@ -190,21 +190,16 @@ fn bench_all(supervisor: &Path, dir: &Path, ws: &Path) -> Result<()> {
     // For the workloads, runners are interleaved within each round (bare, bwrap, supervised,
     // bare, ...), so that drift on a shared machine hits them alike; the first rounds are
     // warm-up.
-    // 1. start-up
+    // 1. start-up, interleaved like the workloads (see `rounds`): this machine's speed drifts
+    // by 20% within minutes, and runner after runner (as hyperfine does) measured each in
+    // another window (the supervisor 9.2 ms against bwrap 4.7 ms back to back, 6.5 against 4.5
+    // interleaved, the same quarter of an hour). Back to back was chosen while moving init
+    // into its v1 cgroups waited for an RCU grace period after any other sandbox's exit; init
+    // now moves itself, which waits for nothing.
     let startup: Vec<&Runner> = runners.iter().collect();
-    // Back to back for each runner, as hyperfine does. Interleaved, every run started right
-    // after another runner's sandbox ended, and on hosts with cgroup v1 controllers the kernel
-    // work such an exit leaves made the next session's v1 cgroup move wait (18-21 ms medians
-    // for the supervisor in the bench against 9-10 ms with hyperfine, same hour).
-    let times = startup
-        .iter()
-        .map(|r| {
-            rounds(&[*r], STARTUP_RUNS, 5, |r| {
-                Ok(timed(r, &["/bin/true"], ws)?.0.as_secs_f64() * 1e3)
-            })
-            .map(|mut v| v.remove(0))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let times = rounds(&startup, STARTUP_RUNS, 5, |r| {
+        Ok(timed(r, &["/bin/true"], ws)?.0.as_secs_f64() * 1e3)
+    })?;
     for (r, t) in startup.iter().zip(times) {
         rows.push(Row {
             workload: "`/bin/true` start-up".into(),
@@ -455,8 +450,12 @@ fn rounds(
 ) -> Result<Vec<Vec<f64>>> {
     let mut samples = vec![Vec::with_capacity(n); runners.len()];
     for round in 0..n + warmup {
-        for (i, r) in runners.iter().enumerate() {
-            let v = measure(r)?;
+        // Each round starts one runner further on, so that every runner follows every other
+        // equally often: a run pays for the kernel work the previous one's exit left (firejail's
+        // namespaces, say), and always following the same runner made that a bias.
+        for k in 0..runners.len() {
+            let i = (round + k) % runners.len();
+            let v = measure(runners[i])?;
             if round >= warmup {
                 samples[i].push(v);
             }
