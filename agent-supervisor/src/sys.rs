@@ -689,6 +689,16 @@ pub fn reset_signals() {
     }
 }
 
+/// Make the calling thread `SCHED_BATCH`: it gets its fair share of CPU but, when woken, does
+/// not preempt the thread that is running (for background writers, whose wake-ups otherwise
+/// take the CPU from the thread the agent is waiting for). Best effort: on failure the thread
+/// stays `SCHED_OTHER`.
+pub fn batch_scheduling_this_thread() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is valid for the call.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+}
+
 /// Set both the soft and the hard limit of `resource` (`RLIMIT_*`) to `value` bytes/units.
 /// Without `CAP_SYS_RESOURCE` the process can lower it further but never raise it again.
 pub fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {

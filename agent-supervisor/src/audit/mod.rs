@@ -259,7 +259,10 @@ impl AuditFile {
         let sink = self.sink;
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || writer(sink, rx, s))
+            .spawn(move || {
+                crate::sys::batch_scheduling_this_thread();
+                writer(sink, rx, s)
+            })
             .map_err(|error| OpenError {
                 path: self.path.clone(),
                 error,

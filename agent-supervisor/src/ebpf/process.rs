@@ -477,6 +477,8 @@ impl ProcEvents {
         std::thread::Builder::new()
             .name("ebpf-events".into())
             .spawn(move || {
+                // Each event wakes this thread: it must not take the CPU from the agent.
+                crate::sys::batch_scheduling_this_thread();
                 let _ = lost_tx.send(self.read_until_stopped(&mut sink, &stopping, &woken));
             })?;
         Ok(EventReader {
