@@ -256,8 +256,9 @@ const NS_FLAGS: u64 = (libc::CLONE_NEWUSER
     | libc::CLONE_NEWCGROUP) as u64;
 
 /// A sandbox whose init is cloned and mapped, and is now setting up its namespaces (mounts,
-/// Landlock, seccomp): [`Launching::ready`] puts it into its other cgroups and waits for it to
-/// hand over the listener. The supervisor may start its threads in between (init is already
+/// Landlock, seccomp; it joined its v1 cgroups itself): [`Launching::ready`] moves it into its
+/// v2 cgroup when `clone3` could not create it there, and waits for it to hand over the
+/// listener. The supervisor may start its threads in between (init is already
 /// a process of its own, so the supervisor no longer needs to be single-threaded), which
 /// overlaps their start with init's work.
 pub struct Launching<'a> {
@@ -394,10 +395,9 @@ impl Launching<'_> {
         };
         let mut phases = Vec::new();
         let mut weaker = Vec::new();
-        // Into the session's cgroups while init sets up its namespaces (a v1 move waits for an
-        // RCU grace period; done now, it overlaps with init's work): init starts the agent only
-        // after the listener handshake below, so the agent is born in every cgroup of the
-        // session.
+        // Into the session's v2 cgroup (kernels without CLONE_INTO_CGROUP) while init sets up
+        // its namespaces: init starts the agent only after the listener handshake below, so the
+        // agent is born in every cgroup of the session (init joined the v1 ones itself).
         if let (Some(cgroup), false) = (&spec.cgroup, born_in_cgroup) {
             let procs = cgroup.procs_path();
             if let Err(e) = crate::cgroup::move_into(&procs, init_pid) {
