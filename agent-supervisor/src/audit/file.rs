@@ -688,16 +688,23 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn a_writer_reads_the_file_back_only_after_another_writer_appended() {
-        let d = tmp("two-writers");
-        let path = d.join("w.jsonl");
+    /// Two writers of `path` that take the directory's lock, as two standalone `run`s do.
+    fn two_locked_writers(path: &Path) -> (ChainFile, ChainFile) {
         let opts = || Options {
             lock: true,
             ..Options::default()
         };
-        let mut one = ChainFile::open(&path, opts()).unwrap();
-        let mut two = ChainFile::open(&path, opts()).unwrap();
+        (
+            ChainFile::open(path, opts()).unwrap(),
+            ChainFile::open(path, opts()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_writer_reads_the_file_back_only_after_another_writer_appended() {
+        let d = tmp("two-writers");
+        let path = d.join("w.jsonl");
+        let (mut one, mut two) = two_locked_writers(&path);
         // A file bigger than one read-back (8 KiB at first).
         let big = format!(r#"{{"id":"big","pad":"{}"}}"#, "x".repeat(100_000));
         one.append(&[big], false).unwrap();
@@ -729,12 +736,7 @@ mod tests {
     fn a_last_record_longer_than_the_first_read_back_is_linked_to() {
         let d = tmp("long-last");
         let path = d.join("l.jsonl");
-        let opts = || Options {
-            lock: true,
-            ..Options::default()
-        };
-        let mut one = ChainFile::open(&path, opts()).unwrap();
-        let mut two = ChainFile::open(&path, opts()).unwrap();
+        let (mut one, mut two) = two_locked_writers(&path);
         one.append(&[r#"{"id":"first"}"#.to_string()], false)
             .unwrap();
         // The last line is 3x the first read-back: the tail is read again, 4x longer.
