@@ -1542,6 +1542,91 @@ impl Drop for KillOnDrop {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The view of the read trees: nothing else exists, and nothing leads out of it
+// ---------------------------------------------------------------------------------------------
+
+/// Secrets next to the workspace (in its parent, in no tree) and in a sibling directory.
+fn plant_secrets(b: &Path) {
+    std::fs::write(b.join("secret.txt"), SECRET).expect("secret");
+    std::fs::create_dir_all(b.join("sibling")).expect("sibling");
+    std::fs::write(b.join("sibling/secret.txt"), SECRET).expect("sibling secret");
+}
+
+#[test]
+fn only_the_read_trees_are_in_the_agents_view() {
+    let ws = Workspace::new("view-only");
+    let b = base(&ws);
+    plant_secrets(&b);
+    ws.write("public.txt", "public-content\n");
+    let script = format!(
+        "exec > {ws}/leak 2>&1; \
+         test -e {b}/secret.txt && echo VISIBLE-SECRET; \
+         ls -a {b} / /tmp; \
+         for p in {b}/secret.txt {b}/sibling/secret.txt ../secret.txt ../sibling/secret.txt \
+                  /proc/1/root{b}/secret.txt /proc/self/root{b}/sibling/secret.txt \
+                  /proc/1/cwd/../secret.txt /dev/fd/../cwd/../secret.txt; do cat \"$p\"; done; \
+         cd / && cat .{b}/secret.txt; cd {b}/.. && ls -a; cd {ws}/../.. && ls -aR . | head -50; \
+         find /tmp -name secret.txt; cat {ws}/public.txt; true",
+        ws = ws.dir.display(),
+        b = b.display()
+    );
+    let r = supervise(&ws, &narrow(&[], ""), &[], &["/bin/sh", "-c", &script]);
+    let leak = ws.read("leak").unwrap_or_default();
+    assert!(
+        leak.contains("public-content"),
+        "the workspace must be readable\n{leak}\n{}",
+        show(&r)
+    );
+    assert!(!leak.contains(SECRET), "secret read\n{leak}\n{}", show(&r));
+    // `ls` prints a name per line (its output is a file).
+    for name in ["VISIBLE-SECRET", "sibling", "secret.txt", "policy.toml", "audit.jsonl"] {
+        assert!(
+            !leak.lines().any(|l| l.trim() == name),
+            "{name}: outside the read trees, yet in the view\n{leak}\n{}",
+            show(&r)
+        );
+    }
+}
+
+#[test]
+fn a_working_directory_outside_the_read_trees_leads_nowhere() {
+    let ws = Workspace::new("view-cwd");
+    let b = base(&ws);
+    plant_secrets(&b);
+    let policy = ws.policy(&narrow(&[], ""));
+    let script = format!(
+        "exec > {ws}/leak 2>&1; cat secret.txt sibling/secret.txt ./secret.txt; ls -a; \
+         cat /proc/self/cwd/secret.txt /proc/1/cwd/secret.txt; echo control",
+        ws = ws.dir.display()
+    );
+    // The supervisor starts in the secrets' directory, the workspace named by --workspace.
+    let mut c = common::supervisor_command();
+    c.args(["run", "-q", "--headless", "--audit"])
+        .arg(&ws.audit)
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--workspace")
+        .arg(&ws.dir)
+        .args(["--", "/bin/sh", "-c", &script])
+        .current_dir(&b)
+        .stdin(std::process::Stdio::null());
+    let r = common::run_with_timeout(c, LIMIT);
+    assert!(!r.timed_out, "{}", show(&r));
+    let leak = ws.read("leak").unwrap_or_default();
+    assert!(
+        leak.contains("control"),
+        "the agent did not run\n{leak}\n{}",
+        show(&r)
+    );
+    assert!(!leak.contains(SECRET), "secret read\n{leak}\n{}", show(&r));
+    assert!(
+        !leak.lines().any(|l| l.trim() == "sibling"),
+        "the old working directory was listed\n{leak}\n{}",
+        show(&r)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // 6/11. /proc/<pid>/root, /proc/<pid>/cwd: no way out of the trees
 // ---------------------------------------------------------------------------------------------
 

@@ -179,7 +179,17 @@ pub fn explain(policy: &Policy, action: &[String], paths: Paths) -> Result<Expla
         ),
         DecidedBy::Filesystem => (
             "the [filesystem] trees".to_string(),
-            "Landlock (kernel-enforced at use time)".to_string(),
+            if verb == "open"
+                && !rest
+                    .iter()
+                    .any(|f| f.starts_with("--write") || f.starts_with("--exec"))
+                && reads_by_view(&plan)
+            {
+                "the mount view (only the read trees exist in the agent's root; kernel-enforced)"
+                    .to_string()
+            } else {
+                "Landlock (kernel-enforced at use time)".to_string()
+            },
         ),
         DecidedBy::Default => (
             format!("the policy default ({})", policy.default),
@@ -219,4 +229,11 @@ pub fn explain(policy: &Policy, action: &[String], paths: Paths) -> Result<Expla
         enforced_by: mechanism,
         policy: policy.source.clone(),
     })
+}
+
+/// Whether the agent's reads would be enforced by its mount view on this host (see
+/// [`crate::sandbox::view`]) rather than by Landlock.
+fn reads_by_view(plan: &agent_supervisor_policy::Plan) -> bool {
+    let read_only = plan.writable_view.is_none() && crate::sys::has_mount_setattr();
+    !crate::sandbox::view::plan(&plan.landlock_read, &plan.landlock_write, read_only).by_landlock()
 }

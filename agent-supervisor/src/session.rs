@@ -354,6 +354,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         read: plan.landlock_read.clone(),
         write: plan.landlock_write.clone(),
         exec: plan.landlock_exec.clone(),
+        reads_by_view: false,
     };
     let session = opts.session_id.clone().unwrap_or_else(session_id);
     let audit_path = opts
@@ -496,6 +497,28 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     };
 
     let read_only_view = plan.writable_view.is_none().then(|| landlock.write.clone());
+    let reads = sandbox::view::plan(
+        &landlock.read,
+        &landlock.write,
+        read_only_view.is_some() && sys::has_mount_setattr(),
+    );
+    let reads_by_landlock = reads.by_landlock();
+    let view = match reads {
+        sandbox::view::Reads::Landlock(why) => {
+            tracing::debug!("reads are checked by Landlock: {why}");
+            None
+        }
+        sandbox::view::Reads::View(v) => {
+            tracing::debug!("reads are checked by the mount view: only the read trees are in it");
+            Some(v)
+        }
+        sandbox::view::Reads::All => {
+            tracing::debug!("reads are not checked: a read tree covers /");
+            None
+        }
+    };
+    let mut landlock = landlock;
+    landlock.reads_by_view = !reads_by_landlock;
     let spec = SandboxSpec {
         argv: sandbox::to_cstrings(&opts.command),
         landlock,
@@ -511,6 +534,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         file_size: policy.limits.file_size.value,
         resolv_conf: dns.as_ref().map(|d| d.resolv_conf().into_bytes()),
         read_only_view,
+        view,
     };
     // Signals we forward are blocked before any thread exists, so every thread inherits the
     // mask and only the forwarder receives them.

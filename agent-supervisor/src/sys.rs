@@ -896,6 +896,65 @@ pub fn move_mount_to(fd: BorrowedFd<'_>, target: &CStr) -> io::Result<()> {
     .map(drop)
 }
 
+/// `move_mount(fd, "", dirfd, path, MOVE_MOUNT_F_EMPTY_PATH)`: attach a detached mount at `path`
+/// relative to `dirfd`.
+pub fn move_mount_at(fd: BorrowedFd<'_>, dirfd: BorrowedFd<'_>, path: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings for the duration of the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            dirfd.as_raw_fd(),
+            path.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+/// Whether the kernel has `mount_setattr` (Linux 5.12): the call with a bad fd fails with
+/// EBADF where it exists and ENOSYS where it does not.
+pub fn has_mount_setattr() -> bool {
+    // SAFETY: no pointer is dereferenced for fd -1 (the kernel fails on the fd first).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as u32,
+            std::ptr::null::<MountAttr>(),
+            0usize,
+        )
+    };
+    !(ret < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+}
+
+/// `symlinkat(target, dirfd, name)`.
+pub fn symlinkat(target: &CStr, dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings.
+    check_int(unsafe { libc::symlinkat(target.as_ptr(), dirfd.as_raw_fd(), name.as_ptr()) })
+        .map(drop)
+}
+
+/// Make the mount whose root `dir` is the root of the calling process, detach the old root
+/// (with every mount under it) and move to the new `/`: `fchdir(dir)`, `pivot_root(".", ".")`,
+/// `umount2(".", MNT_DETACH)`, `chdir("/")` (the sequence pivot_root(2) describes).
+pub fn pivot_root_to(dir: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscalls on a valid fd and static C strings.
+    unsafe {
+        check_int(libc::fchdir(dir.as_raw_fd()))?;
+        check(libc::syscall(
+            libc::SYS_pivot_root,
+            c".".as_ptr(),
+            c".".as_ptr(),
+        ))?;
+        check_int(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
+        check_int(libc::chdir(c"/".as_ptr()))?;
+    }
+    Ok(())
+}
+
 /// `mount(src, target, fstype, flags, NULL)`.
 pub fn mount(
     src: Option<&CStr>,

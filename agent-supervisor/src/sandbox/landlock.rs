@@ -19,6 +19,10 @@ pub struct LandlockSpec {
     pub read: Vec<PathBuf>,
     pub write: Vec<PathBuf>,
     pub exec: Vec<PathBuf>,
+    /// The agent's mount view holds only the read trees (see [`super::view`]): Landlock
+    /// handles no read right (and no `Truncate`, which only the writable mounts allow), so a
+    /// read-only open is not checked at all.
+    pub reads_by_view: bool,
 }
 
 /// Newest ABI this build knows; the kernel's own is used when lower (best effort).
@@ -34,16 +38,21 @@ pub enum Enforcement {
 
 /// Build the ruleset and restrict the calling thread (sets `no_new_privs` first).
 pub fn restrict_self(spec: &LandlockSpec) -> Result<Enforcement, landlock::RulesetError> {
-    let all = AccessFs::from_all(ABI_TARGET);
     let read: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::ReadDir;
-    let write = AccessFs::from_write(ABI_TARGET);
+    let handled = if spec.reads_by_view {
+        AccessFs::from_all(ABI_TARGET) & !(read | AccessFs::Truncate)
+    } else {
+        AccessFs::from_all(ABI_TARGET)
+    };
+    let write = AccessFs::from_write(ABI_TARGET) & handled;
     let exec: BitFlags<AccessFs> = AccessFs::Execute.into();
+    let reads: &[PathBuf] = if spec.reads_by_view { &[] } else { &spec.read };
     let status = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
-        .handle_access(all)?
+        .handle_access(handled)?
         .scope(Scope::AbstractUnixSocket | Scope::Signal)?
         .create()?
-        .add_rules(path_beneath_rules(&spec.read, read))?
+        .add_rules(path_beneath_rules(reads, read))?
         .add_rules(path_beneath_rules(&spec.write, write))?
         .add_rules(path_beneath_rules(&spec.exec, exec))?
         .restrict_self()?;

@@ -20,6 +20,7 @@
 pub mod filter;
 pub mod landlock;
 pub mod masks;
+pub mod view;
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -66,6 +67,10 @@ pub struct SandboxSpec {
     /// (`Plan::writable_view` is None): every mount is made read-only, then each tree is bound
     /// back as it was. None: the view stays as the host's.
     pub read_only_view: Option<Vec<std::path::PathBuf>>,
+    /// The agent's root when its reads are enforced by the view (see [`view`]): a read-only
+    /// tmpfs holding only the read trees. None: the host's tree (made read-only as
+    /// `read_only_view` says), with Landlock checking reads.
+    pub view: Option<view::View>,
 }
 
 /// A running sandbox.
@@ -107,11 +112,12 @@ pub enum Step {
     Dev,
     ReadOnlyView,
     JoinCgroup,
+    View,
 }
 
 impl Step {
     /// Every step, in order.
-    const ALL: [Step; 18] = [
+    const ALL: [Step; 19] = [
         Step::Sync,
         Step::MountPrivate,
         Step::MountProc,
@@ -130,6 +136,7 @@ impl Step {
         Step::Dev,
         Step::ReadOnlyView,
         Step::JoinCgroup,
+        Step::View,
     ];
 
     fn from_u32(v: u32) -> Option<Step> {
@@ -156,6 +163,7 @@ impl Step {
             Step::Dev => "building the sandbox's private /dev",
             Step::ReadOnlyView => "making the view read-only outside the write trees",
             Step::JoinCgroup => "joining a resource-limit cgroup (v1)",
+            Step::View => "building the agent's view of its read trees",
         }
     }
 }
@@ -293,6 +301,7 @@ pub fn launch(spec: &SandboxSpec) -> Result<Launching<'_>, LaunchError> {
         .collect();
     let view_trees: Option<Vec<CString>> =
         spec.read_only_view.as_ref().map(|trees| view_trees(trees));
+    let root = spec.view.as_ref().map(ChildRoot::new);
     let (to_child_r, to_child_w) = sys::pipe().map_err(parent("pipe"))?;
     let (from_child_r, from_child_w) = sys::pipe().map_err(parent("pipe"))?;
     let (uid, gid) = sys::euid_egid();
@@ -328,6 +337,7 @@ pub fn launch(spec: &SandboxSpec) -> Result<Launching<'_>, LaunchError> {
         let paths = ChildPaths {
             masks: &mask_paths,
             view: view_trees.as_deref(),
+            root,
             join_v1,
         };
         child_main(spec, &deny, &notify, paths, to_child_r, from_child_w);
@@ -438,6 +448,11 @@ impl Launching<'_> {
                     let detail = match step {
                         Step::Mask => spec.masks.get(index as usize).map(|m| &m.path),
                         Step::JoinCgroup => spec.join_v1.get(index as usize),
+                        Step::View => spec
+                            .view
+                            .as_ref()
+                            .and_then(|v| v.binds.get(index as usize))
+                            .map(|b| &b.path),
                         Step::ReadOnlyView => spec
                             .read_only_view
                             .as_ref()
@@ -531,6 +546,36 @@ struct ChildPaths<'a> {
     view: Option<&'a [CString]>,
     /// The `tasks` files of [`SandboxSpec::join_v1`], open for writing.
     join_v1: Vec<OwnedFd>,
+    /// [`SandboxSpec::view`].
+    root: Option<ChildRoot>,
+}
+
+/// [`view::View`] as C strings, relative to the view's root.
+struct ChildRoot {
+    dirs: Vec<CString>,
+    /// (target, path)
+    links: Vec<(CString, CString)>,
+    /// (host path, path in the view, the bind itself)
+    binds: Vec<(CString, CString, view::Bind)>,
+}
+
+impl ChildRoot {
+    fn new(v: &view::View) -> ChildRoot {
+        let rel = |p: &std::path::Path| cstring(p.strip_prefix("/").unwrap_or(p).as_os_str());
+        ChildRoot {
+            dirs: v.dirs.iter().map(|d| rel(d)).collect(),
+            links: v
+                .links
+                .iter()
+                .map(|(path, target)| (cstring(target.as_os_str()), rel(path)))
+                .collect(),
+            binds: v
+                .binds
+                .iter()
+                .map(|b| (cstring(b.path.as_os_str()), rel(&b.path), b.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// The sandbox's PID 1. Every step in order; never returns.
@@ -572,28 +617,41 @@ fn child_main(
         Ok(true) => {}
         _ => sys::exit_now(127),
     }
-    // 2. Mounts: private propagation, the read-only view, our own /proc and /dev, masks.
+    // 2. Mounts: private propagation, the view (only the read trees, or the host's tree made
+    //    read-only), our own /proc and /dev, masks. The working directory is looked up again
+    //    after them (below), by its path.
+    let cwd = std::env::current_dir().ok();
     if let Err(e) = sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE) {
         fail(Step::MountPrivate, e, -1);
     }
-    if let Some(trees) = paths.view {
-        match read_only_view(trees) {
-            Ok(()) => {}
-            Err((-1, e)) if e.raw_os_error() == Some(libc::ENOSYS) => report(ChildMsg::Weaker {
-                what: WEAK_READ_ONLY_VIEW,
-            }),
-            Err((idx, e)) => fail(Step::ReadOnlyView, e, idx),
+    let nodes = match &paths.root {
+        Some(root) => {
+            // The host's device nodes are cloned before the view leaves the host's tree.
+            let nodes = dev_nodes().unwrap_or_else(|(i, e)| fail(Step::Dev, e, i));
+            if let Err((idx, step, e)) = enter_view(root) {
+                fail(step, e, idx);
+            }
+            nodes
         }
-    }
-    if let Err(e) = sys::mount(
-        Some(c"proc"),
-        c"/proc",
-        Some(c"proc"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-    ) {
-        fail(Step::MountProc, e, -1);
-    }
-    if let Err((what, e)) = private_dev() {
+        None => {
+            if let Some(trees) = paths.view {
+                match read_only_view(trees) {
+                    Ok(()) => {}
+                    Err((-1, e)) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                        report(ChildMsg::Weaker {
+                            what: WEAK_READ_ONLY_VIEW,
+                        })
+                    }
+                    Err((idx, e)) => fail(Step::ReadOnlyView, e, idx),
+                }
+            }
+            if let Err(e) = mount_proc(c"/proc") {
+                fail(Step::MountProc, e, -1);
+            }
+            dev_nodes().unwrap_or_else(|(i, e)| fail(Step::Dev, e, i))
+        }
+    };
+    if let Err((what, e)) = private_dev(nodes) {
         report(ChildMsg::Failed {
             step: Step::Dev as u32,
             errno: e.raw_os_error().unwrap_or(libc::EIO),
@@ -621,8 +679,10 @@ fn child_main(
         }
     }
     // The working directory was looked up before the mounts above: look it up again, so that
-    // it is the write tree's writable bind (or the mask) now there, not what is beneath.
-    if let Ok(cwd) = std::env::current_dir() {
+    // it is the write tree's writable bind (or the mask) now there, not what is beneath. (In
+    // a view of the read trees only, a working directory outside them leaves the agent in
+    // `/`, where the view's pivot put it: nothing outside the view stays reachable.)
+    if let Some(cwd) = cwd {
         let _ = std::env::set_current_dir(cwd);
     }
     // memfd_create() without MFD_EXEC gets a non-executable memfd; MFD_EXEC is refused.
@@ -826,13 +886,19 @@ fn drop_all_capabilities() -> io::Result<()> {
 /// Device nodes the agent gets in its private /dev (bind-mounted from the host's).
 const DEV_NODES: &[&std::ffi::CStr] = &[c"null", c"zero", c"full", c"random", c"urandom", c"tty"];
 
-/// Replace /dev with a fresh tmpfs holding only harmless devices, a devpts instance of its own
-/// (the host's terminals are not reachable; the agent's own stays its stdio and /dev/tty), a
-/// fresh /dev/shm and the usual symlinks. Without this a uid-0 agent (capabilities or not) could
-/// open root-owned block devices (file permissions allow the owner) and read the raw disk.
-/// Returns (which node, error) on failure.
-fn private_dev() -> Result<(), (i32, io::Error)> {
-    // Clone the nodes we keep before the tmpfs hides them.
+/// The sandbox's own /proc (of its PID namespace) at `at`.
+fn mount_proc(at: &std::ffi::CStr) -> io::Result<()> {
+    sys::mount(
+        Some(c"proc"),
+        at,
+        Some(c"proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    )
+}
+
+/// Detached clones of the host's device nodes the agent keeps ([`DEV_NODES`]), for
+/// [`private_dev`]. Returns (which node, error) on failure.
+fn dev_nodes() -> Result<Vec<(&'static std::ffi::CStr, OwnedFd)>, (i32, io::Error)> {
     let mut nodes = Vec::with_capacity(DEV_NODES.len());
     for (i, name) in DEV_NODES.iter().enumerate() {
         let path = CString::new([b"/dev/", name.to_bytes()].concat()).expect("no NUL");
@@ -843,6 +909,80 @@ fn private_dev() -> Result<(), (i32, io::Error)> {
             Err(e) => return Err((i as i32, e)),
         }
     }
+    Ok(nodes)
+}
+
+/// Make the agent's root the view of its read trees ([`view`]) and leave the host's tree:
+/// clone every tree (read-only unless writable), make the view's tmpfs (mounted over `/dev`
+/// of the host's tree until the pivot: a directory every host has, and one the sandbox
+/// replaces anyway) with the directories and symlinks on the way, make it read-only, bind the
+/// clones into it, mount the sandbox's /proc in it (while the host's is still visible, as the
+/// kernel requires of a proc mounted in a user namespace), then pivot into it and detach the
+/// host's tree. Returns (bind index or -1 for the tmpfs, -2 for the pivot; step; error).
+fn enter_view(root: &ChildRoot) -> Result<(), (i32, Step, io::Error)> {
+    let view = |idx: i32| move |e| (idx, Step::View, e);
+    let mut clones = Vec::with_capacity(root.binds.len());
+    for (i, (host, _, bind)) in root.binds.iter().enumerate() {
+        let clone = match sys::open_tree_clone_recursive(libc::AT_FDCWD, host) {
+            Ok(fd) => fd,
+            // Gone since the plan was made: nothing to show.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err((i as i32, Step::View, e)),
+        };
+        if !bind.writable {
+            sys::mount_setattr(clone.as_fd(), sys::MOUNT_ATTR_RDONLY).map_err(view(i as i32))?;
+        }
+        clones.push((i, clone));
+    }
+    const AT: &std::ffi::CStr = c"/dev";
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    sys::mount_with_data(
+        Some(c"tmpfs"),
+        AT,
+        Some(c"tmpfs"),
+        flags,
+        Some(c"mode=0755"),
+    )
+    .map_err(view(-1))?;
+    let top = std::fs::File::open(std::ffi::OsStr::from_bytes(AT.to_bytes())).map_err(view(-1))?;
+    for dir in &root.dirs {
+        sys::mkdirat(top.as_fd(), dir, 0o755).map_err(view(-1))?;
+    }
+    for (target, link) in &root.links {
+        sys::symlinkat(target, top.as_fd(), link).map_err(view(-1))?;
+    }
+    for (i, _) in &clones {
+        let (_, at, bind) = &root.binds[*i];
+        if bind.in_skeleton {
+            let made = if bind.is_dir {
+                sys::mkdirat(top.as_fd(), at, 0o755)
+            } else {
+                sys::create_file_at(top.as_fd(), at, 0o444)
+            };
+            made.map_err(view(*i as i32))?;
+        }
+    }
+    sys::mount(
+        None,
+        AT,
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags,
+    )
+    .map_err(view(-1))?;
+    for (i, clone) in &clones {
+        let (_, at, _) = &root.binds[*i];
+        sys::move_mount_at(clone.as_fd(), top.as_fd(), at).map_err(view(*i as i32))?;
+    }
+    mount_proc(c"/dev/proc").map_err(|e| (-1, Step::MountProc, e))?;
+    sys::pivot_root_to(top.as_fd()).map_err(view(-2))
+}
+
+/// Replace /dev with a fresh tmpfs holding only harmless devices (the `nodes` cloned by
+/// [`dev_nodes`]), a devpts instance of its own (the host's terminals are not reachable; the
+/// agent's own stays its stdio and /dev/tty), a fresh /dev/shm and the usual symlinks. Without
+/// this a uid-0 agent (capabilities or not) could open root-owned block devices (file
+/// permissions allow the owner) and read the raw disk. Returns (which node, error) on failure.
+fn private_dev(nodes: Vec<(&'static std::ffi::CStr, OwnedFd)>) -> Result<(), (i32, io::Error)> {
     let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
     sys::mount(Some(c"tmpfs"), c"/dev", Some(c"tmpfs"), flags).map_err(|e| (-1, e))?;
     let dev = std::fs::File::open("/dev").map_err(|e| (-1, e))?;
