@@ -1566,6 +1566,8 @@ fn only_the_read_trees_are_in_the_agents_view() {
                   /proc/1/root{b}/secret.txt /proc/self/root{b}/sibling/secret.txt \
                   /proc/1/cwd/../secret.txt /dev/fd/../cwd/../secret.txt; do cat \"$p\"; done; \
          cd / && cat .{b}/secret.txt; cd {b}/.. && ls -a; cd {ws}/../.. && ls -aR . | head -50; \
+         cat /dev/..{b}/secret.txt /dev{b}/secret.txt /dev/pts/../..{b}/secret.txt; \
+         ls -a /dev/.. /dev/tmp /dev{b}; cd /dev/shm/../.. && cat .{b}/secret.txt; \
          find /tmp -name secret.txt; cat {ws}/public.txt; true",
         ws = ws.dir.display(),
         b = b.display()
@@ -1579,7 +1581,13 @@ fn only_the_read_trees_are_in_the_agents_view() {
     );
     assert!(!leak.contains(SECRET), "secret read\n{leak}\n{}", show(&r));
     // `ls` prints a name per line (its output is a file).
-    for name in ["VISIBLE-SECRET", "sibling", "secret.txt", "policy.toml", "audit.jsonl"] {
+    for name in [
+        "VISIBLE-SECRET",
+        "sibling",
+        "secret.txt",
+        "policy.toml",
+        "audit.jsonl",
+    ] {
         assert!(
             !leak.lines().any(|l| l.trim() == name),
             "{name}: outside the read trees, yet in the view\n{leak}\n{}",

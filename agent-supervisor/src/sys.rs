@@ -937,19 +937,20 @@ pub fn symlinkat(target: &CStr, dirfd: BorrowedFd<'_>, name: &CStr) -> io::Resul
         .map(drop)
 }
 
-/// Make the mount whose root `dir` is the root of the calling process, detach the old root
-/// (with every mount under it) and move to the new `/`: `fchdir(dir)`, `pivot_root(".", ".")`,
-/// `umount2(".", MNT_DETACH)`, `chdir("/")` (the sequence pivot_root(2) describes).
-pub fn pivot_root_to(dir: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: plain syscalls on a valid fd and static C strings.
+/// Make the mount whose root is `dir` the root of the calling process, the old root mounted at
+/// `put_old` (relative to `dir`) and left there, then move to the new `/`: `fchdir(dir)`,
+/// `pivot_root(".", put_old)`, `chdir("/")`. The caller must cover `put_old` with a mount of
+/// its own before anything untrusted runs: `..` from a mount's root climbs past the mounts
+/// stacked on a mount point, so the covered tree is then out of every path's reach.
+pub fn pivot_root_to(dir: BorrowedFd<'_>, put_old: &CStr) -> io::Result<()> {
+    // SAFETY: plain syscalls on a valid fd and valid C strings.
     unsafe {
         check_int(libc::fchdir(dir.as_raw_fd()))?;
         check(libc::syscall(
             libc::SYS_pivot_root,
             c".".as_ptr(),
-            c".".as_ptr(),
+            put_old.as_ptr(),
         ))?;
-        check_int(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
         check_int(libc::chdir(c"/".as_ptr()))?;
     }
     Ok(())
