@@ -1661,7 +1661,7 @@ fn proc_root_and_cwd_links_do_not_lead_outside_the_trees() {
         let mode = if trap {
             "trapped opens"
         } else {
-            "Landlock only"
+            "kernel only (the view, Landlock)"
         };
         assert!(
             r.stdout.contains("control"),
@@ -1715,7 +1715,7 @@ fn symlinks_do_not_reach_masked_or_out_of_tree_files() {
         let mode = if trap {
             "trapped opens"
         } else {
-            "Landlock only"
+            "kernel only (the view, Landlock)"
         };
         let leak = ws.read("leak").unwrap_or_default();
         assert!(
@@ -1864,7 +1864,7 @@ fn hard_links_do_not_expose_masked_or_read_only_files() {
         let mode = if trap {
             "trapped opens"
         } else {
-            "Landlock only"
+            "kernel only (the view, Landlock)"
         };
         let leak = ws.read("leak").unwrap_or_default();
         assert!(
@@ -2002,7 +2002,7 @@ fn proc_self_fd_reopen_does_not_gain_access() {
             if trap {
                 "trapped opens"
             } else {
-                "Landlock only"
+                "kernel only (the view, Landlock)"
             }
         );
         for control in ["reopen_own_for_write", "read_ro", "handle_ro", "handle_dir"] {

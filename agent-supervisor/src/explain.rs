@@ -183,7 +183,7 @@ pub fn explain(policy: &Policy, action: &[String], paths: Paths) -> Result<Expla
                 && !rest
                     .iter()
                     .any(|f| f.starts_with("--write") || f.starts_with("--exec"))
-                && reads_by_view(&plan)
+                && crate::sandbox::view::reads_by_view(&plan)
             {
                 "the mount view (only the read trees exist in the agent's root; kernel-enforced)"
                     .to_string()
@@ -229,11 +229,4 @@ pub fn explain(policy: &Policy, action: &[String], paths: Paths) -> Result<Expla
         enforced_by: mechanism,
         policy: policy.source.clone(),
     })
-}
-
-/// Whether the agent's reads would be enforced by its mount view on this host (see
-/// [`crate::sandbox::view`]) rather than by Landlock.
-fn reads_by_view(plan: &agent_supervisor_policy::Plan) -> bool {
-    let read_only = plan.writable_view.is_none() && crate::sys::has_mount_setattr();
-    !crate::sandbox::view::plan(&plan.landlock_read, &plan.landlock_write, read_only).by_landlock()
 }

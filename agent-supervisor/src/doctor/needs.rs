@@ -243,7 +243,13 @@ pub fn protections(policy: &Policy, plan: &Plan) -> Vec<Protection> {
         p(
             "[filesystem] trees".into(),
             None,
-            "Landlock read/write/execute grants, abstract unix socket and signal scoping".into(),
+            if crate::sandbox::view::reads_by_view(plan) {
+                "the mount view for reads (only the read trees exist in the agent's root), \
+                 Landlock write/execute grants, abstract unix socket and signal scoping"
+                    .into()
+            } else {
+                "Landlock read/write/execute grants, abstract unix socket and signal scoping".into()
+            },
             vec![Need::Landlock, Need::LandlockAbi6],
         ),
         p(

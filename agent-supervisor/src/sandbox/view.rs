@@ -104,6 +104,13 @@ pub fn plan(read: &[PathBuf], write: &[PathBuf], view_read_only: bool) -> Reads 
     }))
 }
 
+/// Whether a session of `plan` on this host would have its reads enforced by the mount view
+/// (for `policy explain` and `doctor`; `run` decides with [`plan`] itself).
+pub fn reads_by_view(plan: &agent_supervisor_policy::Plan) -> bool {
+    let read_only = plan.writable_view.is_none() && crate::sys::has_mount_setattr();
+    !self::plan(&plan.landlock_read, &plan.landlock_write, read_only).by_landlock()
+}
+
 /// The view of these trees; `kind` says whether a path is a directory (None: it doesn't exist).
 fn view(read: &[PathBuf], write: &[PathBuf], kind: impl Fn(&Path) -> Option<bool>) -> View {
     let own = |p: &Path| OWN.iter().any(|o| p.starts_with(o));
