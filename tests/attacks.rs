@@ -1573,25 +1573,35 @@ fn only_the_read_trees_are_in_the_agents_view() {
         b = b.display()
     );
     let r = supervise(&ws, &narrow(&[], ""), &[], &["/bin/sh", "-c", &script]);
+    assert_view_held(
+        &ws,
+        &r,
+        "public-content",
+        &[
+            "VISIBLE-SECRET",
+            "sibling",
+            "secret.txt",
+            "policy.toml",
+            "audit.jsonl",
+        ],
+    );
+}
+
+/// The agent's `leak` file (its output) has `control` (it ran), no secret, and none of `names`
+/// as a line (`ls` prints a name per line into a file).
+fn assert_view_held(ws: &Workspace, r: &Result_, control: &str, names: &[&str]) {
     let leak = ws.read("leak").unwrap_or_default();
     assert!(
-        leak.contains("public-content"),
-        "the workspace must be readable\n{leak}\n{}",
-        show(&r)
+        leak.contains(control),
+        "the agent did not run to its end\n{leak}\n{}",
+        show(r)
     );
-    assert!(!leak.contains(SECRET), "secret read\n{leak}\n{}", show(&r));
-    // `ls` prints a name per line (its output is a file).
-    for name in [
-        "VISIBLE-SECRET",
-        "sibling",
-        "secret.txt",
-        "policy.toml",
-        "audit.jsonl",
-    ] {
+    assert!(!leak.contains(SECRET), "secret read\n{leak}\n{}", show(r));
+    for name in names {
         assert!(
-            !leak.lines().any(|l| l.trim() == name),
+            !leak.lines().any(|l| l.trim() == *name),
             "{name}: outside the read trees, yet in the view\n{leak}\n{}",
-            show(&r)
+            show(r)
         );
     }
 }
@@ -1620,18 +1630,7 @@ fn a_working_directory_outside_the_read_trees_leads_nowhere() {
         .stdin(std::process::Stdio::null());
     let r = common::run_with_timeout(c, LIMIT);
     assert!(!r.timed_out, "{}", show(&r));
-    let leak = ws.read("leak").unwrap_or_default();
-    assert!(
-        leak.contains("control"),
-        "the agent did not run\n{leak}\n{}",
-        show(&r)
-    );
-    assert!(!leak.contains(SECRET), "secret read\n{leak}\n{}", show(&r));
-    assert!(
-        !leak.lines().any(|l| l.trim() == "sibling"),
-        "the old working directory was listed\n{leak}\n{}",
-        show(&r)
-    );
+    assert_view_held(&ws, &r, "control", &["sibling", "secret.txt"]);
 }
 
 // ---------------------------------------------------------------------------------------------
