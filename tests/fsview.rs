@@ -449,6 +449,50 @@ fn metadata_writes_in_a_read_only_tree_are_refused() {
     metadata_writes_are_refused("/var/tmp", "readtree", VAR_READ_ONLY);
 }
 
+/// The sandbox's /dev nodes are the host's own inodes (bound into its private /dev): a uid-0
+/// agent, which owns root's files, must not change their mode, owner or times. Checked from
+/// outside on the host's nodes (chmod and chown to the same values and `touch` change ctime or
+/// mtime when they succeed), in both views: the read trees only (the preset) and the host's
+/// tree (a write tree outside the read trees keeps reads with Landlock).
+#[test]
+fn the_device_nodes_metadata_cannot_be_changed() {
+    let nodes = ["null", "zero", "full", "random", "urandom"];
+    let stamp = |n: &str| {
+        let md = fs::metadata(format!("/dev/{n}")).expect("host node");
+        (
+            md.mode(),
+            md.uid(),
+            md.ctime(),
+            md.ctime_nsec(),
+            md.mtime(),
+            md.mtime_nsec(),
+        )
+    };
+    for (mode, filesystem) in [
+        ("view of the read trees", ""),
+        (
+            "host's tree",
+            "[filesystem]\nread = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", \"/etc\", \"/proc\", \
+             \"/dev\", \"{workspace}\"]\nwrite = [\"{workspace}\", \"/dev/null\", \"{tmp}\"]\n",
+        ),
+    ] {
+        let ws = Workspace::new("fsview-devnodes");
+        let before: Vec<_> = nodes.iter().map(|n| stamp(n)).collect();
+        let paths: Vec<String> = nodes.iter().map(|n| format!("/dev/{n}")).collect();
+        let script = format!(
+            "for p in {p}; do chmod 666 $p && echo \"chmod $p ok\"; chown 0:0 $p && echo \"chown $p ok\"; \
+             touch $p && echo \"touch $p ok\"; done; echo x > /dev/null && echo control",
+            p = paths.join(" ")
+        );
+        let policy = format!("version = 1\nextends = \"sandboxed\"\n{filesystem}");
+        let r = run_policy(&ws, &policy, &[], &["/bin/sh", "-c", &script]);
+        assert!(r.stdout.contains("control"), "{mode}: {}", show(&r));
+        let after: Vec<_> = nodes.iter().map(|n| stamp(n)).collect();
+        assert_eq!(before, after, "{mode}: a host node changed\n{}", show(&r));
+        assert!(!r.stdout.contains(" ok"), "{mode}: {}", show(&r));
+    }
+}
+
 #[test]
 fn metadata_writes_in_no_tree_at_all_are_refused() {
     metadata_writes_are_refused("/var/tmp", "notree", VAR_IN_NO_TREE);
