@@ -350,11 +350,22 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     tracing::debug!("policy loaded: {}", policy.source);
     let plan = policy.plan();
     phases.mark("policy");
+    // Reads are enforced by a mount view of the read trees where it can hold them exactly,
+    // else by Landlock (see `sandbox::view`).
+    let read_only_view = plan
+        .writable_view
+        .is_none()
+        .then(|| plan.landlock_write.clone());
+    let reads = sandbox::view::plan(
+        &plan.landlock_read,
+        &plan.landlock_write,
+        read_only_view.is_some() && sys::has_mount_setattr(),
+    );
     let landlock = LandlockSpec {
         read: plan.landlock_read.clone(),
         write: plan.landlock_write.clone(),
         exec: plan.landlock_exec.clone(),
-        reads_by_view: false,
+        reads_by_view: !reads.by_landlock(),
     };
     let session = opts.session_id.clone().unwrap_or_else(session_id);
     let audit_path = opts
@@ -496,13 +507,6 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         ),
     };
 
-    let read_only_view = plan.writable_view.is_none().then(|| landlock.write.clone());
-    let reads = sandbox::view::plan(
-        &landlock.read,
-        &landlock.write,
-        read_only_view.is_some() && sys::has_mount_setattr(),
-    );
-    let reads_by_landlock = reads.by_landlock();
     let view = match reads {
         sandbox::view::Reads::Landlock(why) => {
             tracing::debug!("reads are checked by Landlock: {why}");
@@ -517,8 +521,6 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             None
         }
     };
-    let mut landlock = landlock;
-    landlock.reads_by_view = !reads_by_landlock;
     let spec = SandboxSpec {
         argv: sandbox::to_cstrings(&opts.command),
         landlock,

@@ -913,10 +913,10 @@ pub fn move_mount_at(fd: BorrowedFd<'_>, dirfd: BorrowedFd<'_>, path: &CStr) -> 
     .map(drop)
 }
 
-/// Whether the kernel has `mount_setattr` (Linux 5.12): the call with a bad fd fails with
-/// EBADF where it exists and ENOSYS where it does not.
+/// Whether the kernel has `mount_setattr` (Linux 5.12): a call with no attributes fails with
+/// ENOSYS where it does not exist, and with another error (EINVAL) where it does.
 pub fn has_mount_setattr() -> bool {
-    // SAFETY: no pointer is dereferenced for fd -1 (the kernel fails on the fd first).
+    // SAFETY: a NULL attribute pointer of size 0 is refused before anything is read.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,

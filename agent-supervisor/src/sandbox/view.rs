@@ -81,34 +81,39 @@ const OWN: [&str; 2] = ["/proc", "/dev"];
 /// for what the view needs (which trees exist, the symlinks on their way). `view_read_only`:
 /// the view is read-only outside the write trees (and the kernel can make it so).
 pub fn plan(read: &[PathBuf], write: &[PathBuf], view_read_only: bool) -> Reads {
+    match why_landlock(read, write, view_read_only) {
+        Some(why) => Reads::Landlock(why),
+        None if read.iter().any(|r| r == Path::new("/")) => Reads::All,
+        None => Reads::View(view(read, write, |p| {
+            std::fs::metadata(p).ok().map(|m| m.is_dir())
+        })),
+    }
+}
+
+/// Why Landlock must check reads for these trees (None: the view, or nothing, does).
+fn why_landlock(read: &[PathBuf], write: &[PathBuf], view_read_only: bool) -> Option<String> {
     if !view_read_only {
-        return Reads::Landlock("the view is not read-only outside the write trees".into());
+        return Some("the view is not read-only outside the write trees".into());
+    }
+    if read.iter().any(|r| r == Path::new("/")) {
+        return None;
+    }
+    if let Some(own) = OWN.iter().find(|o| !read.iter().any(|r| r == Path::new(o))) {
+        return Some(format!("{own} is not a read tree"));
     }
     let covered = |p: &Path| read.iter().any(|r| p.starts_with(r));
-    if read.iter().any(|r| r == Path::new("/")) {
-        return Reads::All;
-    }
-    for own in OWN {
-        if !read.iter().any(|r| r == Path::new(own)) {
-            return Reads::Landlock(format!("{own} is not a read tree"));
-        }
-    }
-    if let Some(w) = write.iter().find(|w| !covered(w)) {
-        return Reads::Landlock(format!(
-            "the write tree {} is outside the read trees",
-            w.display()
-        ));
-    }
-    Reads::View(view(read, write, |p| {
-        std::fs::metadata(p).ok().map(|m| m.is_dir())
-    }))
+    write
+        .iter()
+        .find(|w| !covered(w))
+        .map(|w| format!("the write tree {} is outside the read trees", w.display()))
 }
 
 /// Whether a session of `plan` on this host would have its reads enforced by the mount view
-/// (for `policy explain` and `doctor`; `run` decides with [`plan`] itself).
+/// (for `policy explain` and `doctor`; `run` decides with [`plan`] itself, which also reads
+/// the host for the view).
 pub fn reads_by_view(plan: &agent_supervisor_policy::Plan) -> bool {
     let read_only = plan.writable_view.is_none() && crate::sys::has_mount_setattr();
-    !self::plan(&plan.landlock_read, &plan.landlock_write, read_only).by_landlock()
+    why_landlock(&plan.landlock_read, &plan.landlock_write, read_only).is_none()
 }
 
 /// The view of these trees; `kind` says whether a path is a directory (None: it doesn't exist).
@@ -119,8 +124,8 @@ fn view(read: &[PathBuf], write: &[PathBuf], kind: impl Fn(&Path) -> Option<bool
         .chain(write.iter().filter(|w| !read.contains(w)))
         .filter(|p| !own(p))
         .collect();
-    // Parents before what lies inside them.
-    paths.sort_by(|a, b| a.components().cmp(b.components()));
+    // Parents before what lies inside them (paths compare component by component).
+    paths.sort();
     paths.dedup();
     let mut binds: Vec<Bind> = Vec::new();
     for path in paths {
@@ -146,8 +151,8 @@ fn view(read: &[PathBuf], write: &[PathBuf], kind: impl Fn(&Path) -> Option<bool
         }
     }
     dirs.extend(OWN.iter().map(PathBuf::from));
-    let mut dirs: Vec<PathBuf> = dirs.into_iter().collect();
-    dirs.sort_by(|a, b| a.components().cmp(b.components()));
+    // Parents first: a set of paths is ordered component by component.
+    let dirs: Vec<PathBuf> = dirs.into_iter().collect();
     let taken = |p: &Path| dirs.iter().any(|d| d == p) || binds.iter().any(|b| b.path == p);
     let mut links = Vec::new();
     for dir in std::iter::once(Path::new("/")).chain(dirs.iter().map(PathBuf::as_path)) {
