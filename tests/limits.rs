@@ -439,6 +439,41 @@ fn explicit_limits_that_cannot_be_enforced_are_refused() {
     );
 }
 
+/// After `--timeout`'s SIGTERM, in the grace before the kill, signals sent to the supervisor
+/// still reach the agent: the agent traps TERM and USR1 and writes a file for each, read from
+/// outside; the session still ends by the timeout (124).
+#[test]
+fn signals_sent_during_the_timeouts_grace_reach_the_agent() {
+    skip_unless!(is_root(), "the sandbox needs root here");
+    let ws = Workspace::new("grace-signals");
+    let script = "trap 'echo term >> term.txt' TERM; trap 'echo usr1 >> usr1.txt' USR1; \
+                  echo up > up.txt; while :; do sleep 0.1; done";
+    let mut c = common::supervisor_command();
+    c.args(["run", "-q", "--headless", "--policy", "preset:unrestricted"])
+        .args(["--timeout", "2s", "--audit"])
+        .arg(&ws.audit)
+        .args(["--", "/bin/sh", "-c", script])
+        .current_dir(&ws.dir)
+        .env_remove("GITHUB_ACTIONS")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().expect("spawn the supervisor");
+    let term = wait_until(Duration::from_secs(20), || ws.path("term.txt").exists());
+    if term {
+        let _ = Command::new("kill")
+            .args(["-USR1", &child.id().to_string()])
+            .status();
+    }
+    let usr1 = term && wait_until(Duration::from_secs(4), || ws.path("usr1.txt").exists());
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    assert!(ws.path("up.txt").exists(), "the agent never started");
+    assert!(term, "the timeout's SIGTERM never reached the agent");
+    assert!(usr1, "SIGUSR1 sent in the grace never reached the agent");
+    assert_eq!(status.code(), Some(124), "{status:?}");
+    assert_eq!(session_end(&ws)["action"]["ended_by"], "timeout");
+}
+
 /// The agent runs as host uid 0 (we are root): it tries to write its pid into every existing
 /// `cgroup.procs` two levels down (the hierarchies' roots, our parent) to leave its limits. The host then reads its
 /// process's cgroups: still in the session's, in every hierarchy that carries a limit.

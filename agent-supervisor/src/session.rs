@@ -344,6 +344,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         "no command given: agent-supervisor run -- COMMAND [ARGS...]"
     );
     let mut phases = crate::phases::Phases::new();
+    sys::single_malloc_arena();
     let vars = vars(opts.workspace.as_deref())?;
     let mut policy = load_policy(opts.policy.as_deref(), &vars)?;
     opts.limits.apply(&mut policy.limits);
@@ -539,7 +540,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         view,
     };
     // Signals we forward are blocked before any thread exists, so every thread inherits the
-    // mask and only the forwarder receives them.
+    // mask and only the limits thread's signalfd receives them.
     let forwarded = [
         libc::SIGTERM,
         libc::SIGHUP,
@@ -600,8 +601,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     }
     let audit = audit_file.start()?.with_observer(opts.observer.0.clone());
     let (approvals, broker) = Approvals::new(mode, policy.approval_timeout);
-    let (guard, guard_jobs) =
-        Guard::with_exec_backstop(bpf.as_mut().and_then(|b| b.exec_approvals.take()));
+    let guard = Guard::with_exec_backstop(bpf.as_mut().and_then(|b| b.exec_approvals.take()));
     let mut handoff = supervise::Handoff::default();
     spawn("notify", {
         let mut ctx = handoff.later();
@@ -612,13 +612,14 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         }
     })?;
     if let Some(dns) = &dns {
-        dns.spawn(|| handoff.later())
-            .context("starting the DNS resolver's threads")?;
+        dns.spawn(handoff.later())
+            .context("starting the DNS resolver's thread")?;
     }
-    spawn("exec-guard", {
-        let ctx = handoff.later();
-        move || supervise::guard::run(ctx, guard_jobs)
-    })?;
+    if guard.has_backstop() {
+        guard
+            .start(handoff.later())
+            .context("starting the exec-guard thread")?;
+    }
     spawn("approvals", {
         let mut ctx = handoff.later();
         move || {
@@ -630,23 +631,14 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     let init_pidfd = Arc::clone(&launching.init_pidfd);
     let limits = Arc::new(limits);
     let timeout = policy.limits.timeout.value;
-    let watch = crate::limits::Watch::spawn(Arc::clone(&limits), Arc::clone(&init_pidfd), timeout)
-        .context("starting the limits thread")?;
-    spawn("signals", {
-        let pidfd = Arc::clone(&init_pidfd);
-        move || loop {
-            match sys::sigwait_info(&forwarded) {
-                // Terminal-generated SIGINT/SIGQUIT already reached the agent (same process
-                // group); only forward what was sent to us with kill().
-                Ok((sig, code))
-                    if (sig == libc::SIGINT || sig == libc::SIGQUIT) && code != libc::SI_USER => {}
-                Ok((sig, _)) => {
-                    let _ = sys::pidfd_send_signal(pidfd.as_fd(), sig);
-                }
-                Err(_) => return,
-            }
-        }
-    })?;
+    // The limits' thread also forwards the signals sent to us (blocked in every thread).
+    let watch = crate::limits::Watch::spawn(
+        Arc::clone(&limits),
+        Arc::clone(&init_pidfd),
+        timeout,
+        &forwarded,
+    )
+    .context("starting the limits thread")?;
     phases.mark("threads");
 
     let namespaces_at = launching.namespaces_at;

@@ -656,6 +656,18 @@ pub fn kill(pid: libc::pid_t, sig: i32) -> io::Result<()> {
 }
 
 /// Block `sigs` in the calling thread (adding to the current mask).
+/// One malloc arena for the whole process (glibc): a session's threads are few and mostly
+/// idle, and each arena of its own would cost a 64 MiB reservation and the page faults of its
+/// first allocations, on the session's start-up. (Small allocations stay per thread, in
+/// glibc's thread caches.) Called before any thread exists.
+pub fn single_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator tunable.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 pub fn block_signals(sigs: &[i32]) -> io::Result<()> {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
     unsafe {

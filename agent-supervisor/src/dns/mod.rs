@@ -3,7 +3,7 @@
 //! ```text
 //!  agent: getaddrinfo("api.github.com")
 //!    └─ /etc/resolv.conf (ours, bound in the agent's mount namespace): nameserver 127.53.x.y
-//!        └─ UDP/TCP 127.53.x.y:53 ──▶ Resolver (a thread per query)
+//!        └─ UDP/TCP 127.53.x.y:53 ──▶ Resolver (one thread waits, a thread per query)
 //!             ├─ Policy::decide_name: deny ──▶ REFUSED, nothing leaves the machine
 //!             │                       ask  ──▶ the approval broker (once per name; a/b remembered)
 //!             ├─ allow ──▶ the host's resolvers (upstream.rs) ──▶ answer
@@ -14,7 +14,7 @@
 //!  agent: connect(addr) ──▶ supervise::net decides with the name behind addr (Answers::names_for)
 //!  kernel: cgroup connect/sendmsg hooks: addr:port allowed only by those entries; port 53
 //!          only to the resolver
-//!  sweeper: expired answers and their kernel entries go
+//!  sweeper (from the first answer on): expired answers and their kernel entries go
 //! ```
 //!
 //! DNS to any other server on port 53 (TCP or UDP) is refused by the supervisor and by the
@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,8 @@ pub struct Resolver {
     grace: Duration,
     answers: Answers,
     in_flight: AtomicUsize,
+    /// The sweeper's thread is running ([`Resolver::start_sweeper`]).
+    sweeping: AtomicBool,
     /// Names being asked about: later queries for the same name wait for that answer.
     asking: Mutex<HashMap<String, Arc<AskSlot>>>,
 }
@@ -117,6 +119,7 @@ impl Resolver {
                         grace: config.grace,
                         answers: Answers::default(),
                         in_flight: AtomicUsize::new(0),
+                        sweeping: AtomicBool::new(false),
                         asking: Mutex::new(HashMap::new()),
                     })
                 }
@@ -157,66 +160,116 @@ impl Resolver {
         self.answers.tie(ip, name, port, protocol);
     }
 
-    /// Start serving (UDP, TCP) and sweeping, each in its own thread, once the session's
-    /// context is handed over (queries that arrive before wait in the sockets' queues).
-    /// Each thread takes the session's context when it first has work (see [`Later`]).
-    pub fn spawn(self: &Arc<Self>, mut later: impl FnMut() -> Later) -> io::Result<()> {
-        let (r, c) = (Arc::clone(self), later());
-        thread("dns-udp", move || r.serve_udp(c))?;
-        let (r, c) = (Arc::clone(self), later());
-        thread("dns-tcp", move || r.serve_tcp(c))?;
-        let (r, mut c) = (Arc::clone(self), later());
-        thread("dns-sweep", move || loop {
-            r.answers.wait_for_expiry();
-            let Some(c) = c.get() else { return };
-            r.answers.sweep(c.network.as_deref(), Instant::now());
-        })
+    /// Start serving UDP and TCP in one thread, once the session's context is handed over
+    /// (queries that arrive before wait in the sockets' queues). The thread takes the
+    /// session's context when it first has work (see [`Later`]); the sweeper starts with the
+    /// first answer recorded ([`Resolver::start_sweeper`]).
+    pub fn spawn(self: &Arc<Self>, later: Later) -> io::Result<()> {
+        self.udp.set_nonblocking(true)?;
+        self.tcp.set_nonblocking(true)?;
+        let r = Arc::clone(self);
+        thread("dns", move || r.serve(later))
     }
 
-    fn serve_udp(self: Arc<Self>, mut ctx: Later) {
+    /// Wait for a query (UDP) or a client (TCP) and hand each to a thread of its own.
+    fn serve(self: Arc<Self>, mut ctx: Later) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
         let mut buf = vec![0u8; 4096];
         loop {
-            let (n, peer) = match self.udp.recv_from(&mut buf) {
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("the session's DNS resolver stopped (UDP): {e}");
-                    return;
+            let (udp, tcp) = {
+                let mut fds = [
+                    PollFd::new(self.udp.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.tcp.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        tracing::error!("the session's DNS resolver stopped (poll): {e}");
+                        return;
+                    }
                 }
+                let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]))
             };
-            let Some(ctx) = ctx.get() else { return };
-            let Some(guard) = InFlight::take(&self) else {
-                continue;
-            };
-            let (query, r, c) = (buf[..n].to_vec(), Arc::clone(&self), ctx);
-            let _ = thread("dns-query", move || {
-                let _guard = guard;
-                if let Some(reply) = r.answer(&c, &query) {
-                    let _ = r.udp.send_to(&reply, peer);
+            if udp {
+                match self.udp.recv_from(&mut buf) {
+                    Ok((n, peer)) => {
+                        let Some(ctx) = ctx.get() else { return };
+                        self.query_udp(ctx, buf[..n].to_vec(), peer);
+                    }
+                    Err(e) if retry_later(&e) => {}
+                    Err(e) => {
+                        tracing::error!("the session's DNS resolver stopped (UDP): {e}");
+                        return;
+                    }
                 }
-            });
+            }
+            if tcp {
+                match self.tcp.accept() {
+                    Ok((stream, _)) => {
+                        let Some(ctx) = ctx.get() else { return };
+                        self.client_tcp(ctx, stream);
+                    }
+                    Err(e) if retry_later(&e) => {}
+                    // A client that went away before it was accepted, fd exhaustion: the
+                    // listener itself still works.
+                    Err(e) => tracing::debug!("the session's DNS resolver (TCP accept): {e}"),
+                }
+            }
         }
     }
 
-    fn serve_tcp(self: Arc<Self>, mut ctx: Later) {
-        for stream in self.tcp.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let Some(ctx) = ctx.get() else { return };
-            let Some(guard) = InFlight::take(&self) else {
-                continue;
-            };
-            let (r, c) = (Arc::clone(&self), ctx);
-            let _ = thread("dns-tcp-conn", move || {
-                let _guard = guard;
-                r.serve_tcp_client(&c, &mut stream);
-            });
+    fn query_udp(self: &Arc<Self>, ctx: Arc<Ctx>, query: Vec<u8>, peer: SocketAddr) {
+        let Some(guard) = InFlight::take(self) else {
+            return;
+        };
+        let r = Arc::clone(self);
+        let _ = thread("dns-query", move || {
+            let _guard = guard;
+            let reply = r.answer(&ctx, &query);
+            r.start_sweeper(&ctx);
+            if let Some(reply) = reply {
+                let _ = r.udp.send_to(&reply, peer);
+            }
+        });
+    }
+
+    fn client_tcp(self: &Arc<Self>, ctx: Arc<Ctx>, mut stream: TcpStream) {
+        let Some(guard) = InFlight::take(self) else {
+            return;
+        };
+        let r = Arc::clone(self);
+        let _ = thread("dns-tcp-conn", move || {
+            let _guard = guard;
+            r.serve_tcp_client(&ctx, &mut stream);
+        });
+    }
+
+    /// The sweeper (expired answers and their kernel entries go): started once there is an
+    /// answer to expire. If its thread can't start now, the next answer tries again.
+    fn start_sweeper(self: &Arc<Self>, ctx: &Arc<Ctx>) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (r, c) = (Arc::clone(self), Arc::clone(ctx));
+        let started = thread("dns-sweep", move || loop {
+            r.answers.wait_for_expiry();
+            r.answers.sweep(c.network.as_deref(), Instant::now());
+        });
+        if let Err(e) = started {
+            self.sweeping.store(false, Ordering::Release);
+            tracing::warn!("the session's DNS sweeper could not start yet: {e}");
         }
     }
 
-    fn serve_tcp_client(&self, ctx: &Arc<Ctx>, stream: &mut TcpStream) {
+    fn serve_tcp_client(self: &Arc<Self>, ctx: &Arc<Ctx>, stream: &mut TcpStream) {
         let _ = stream.set_read_timeout(Some(TCP_IDLE));
         while let Ok(query) = upstream::read_framed(stream) {
-            match self.answer(ctx, &query) {
+            let reply = self.answer(ctx, &query);
+            self.start_sweeper(ctx);
+            match reply {
                 Some(reply) if upstream::write_framed(stream, &reply).is_ok() => {}
                 _ => return,
             }
@@ -414,6 +467,14 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A socket error after which the socket still works (nothing there after all, a signal).
+fn retry_later(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 fn thread(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {

@@ -486,7 +486,9 @@ fn origin_text(o: &agent_supervisor_policy::Origin) -> String {
 ///   `memory.events` / `pids.events` (the kernel notifies every change of those files), and the
 ///   v1 memory controller's OOM eventfd (`cgroup.event_control` on `memory.oom_control`);
 /// - the session's deadline, as the poll's timeout;
-/// - [`Watch::finish`]'s eventfd, so a session that ends costs no wait.
+/// - [`Watch::finish`]'s eventfd, so a session that ends costs no wait;
+/// - the signals the supervisor forwards to the sandbox (a `signalfd`): the session's one
+///   thread for everything that is not a system call of the agent.
 ///
 /// One exception, measured on 6.18: the v1 pids controller's `pids.events` sends no
 /// notification, and the v1 OOM eventfd fires before the kill is counted, so on a host whose
@@ -564,22 +566,26 @@ impl Wakers {
 }
 
 impl Watch {
-    /// Start watching `limits` and the clock (`timeout`) for the sandbox whose init is `init`.
+    /// Start watching `limits` and the clock (`timeout`) for the sandbox whose init is `init`,
+    /// and forwarding `forward` (blocked in every thread of the supervisor) to init.
     pub fn spawn(
         limits: Arc<SessionLimits>,
         init: Arc<OwnedFd>,
         timeout: Option<Duration>,
+        forward: &[i32],
     ) -> io::Result<Watch> {
         use nix::sys::eventfd::{EfdFlags, EventFd};
         let stop = Arc::new(EventFd::from_flags(
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
         )?);
         let wakers = Wakers::new(&limits)?;
+        let signals = Forwarder::new(forward)?;
         let (ended_tx, ended) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new().name("limits".into()).spawn({
             let stop = Arc::clone(&stop);
             move || {
-                let _ = ended_tx.send(watch(&limits, &init, timeout, &wakers, &stop));
+                let ended = watch(&limits, &init, timeout, &wakers, &signals, &stop);
+                let _ = ended_tx.send(ended);
             }
         })?;
         Ok(Watch { stop, ended })
@@ -625,11 +631,42 @@ fn wait_readable(fds: &[std::os::fd::BorrowedFd<'_>], until: Option<Instant>) ->
     }
 }
 
+/// The signals sent to the supervisor that go on to the sandbox's init (which forwards them
+/// to the agent), read from a `signalfd`.
+struct Forwarder(nix::sys::signalfd::SignalFd);
+
+impl Forwarder {
+    fn new(signals: &[i32]) -> io::Result<Forwarder> {
+        use nix::sys::signal::{SigSet, Signal};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut set = SigSet::empty();
+        for &s in signals {
+            set.add(Signal::try_from(s).map_err(io::Error::from)?);
+        }
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        Ok(Forwarder(fd))
+    }
+
+    /// Forward what arrived (the fd is non-blocking).
+    fn forward(&self, init: &OwnedFd) {
+        while let Ok(Some(info)) = self.0.read_signal() {
+            let (sig, code) = (info.ssi_signo as i32, info.ssi_code);
+            // Terminal-generated SIGINT/SIGQUIT already reached the agent (same process
+            // group); only what was sent to us with kill() is forwarded.
+            if (sig == libc::SIGINT || sig == libc::SIGQUIT) && code != libc::SI_USER {
+                continue;
+            }
+            let _ = sys::pidfd_send_signal(init.as_fd(), sig);
+        }
+    }
+}
+
 fn watch(
     limits: &SessionLimits,
     init: &OwnedFd,
     timeout: Option<Duration>,
     wakers: &Wakers,
+    signals: &Forwarder,
     stop: &nix::sys::eventfd::EventFd,
 ) -> Option<EndReason> {
     let deadline = timeout.map(|t| (Instant::now() + t, t));
@@ -637,7 +674,7 @@ fn watch(
         let _ = sys::pidfd_send_signal(init.as_fd(), libc::SIGKILL);
         limits.kill_all();
     };
-    let mut fds = vec![stop.as_fd()];
+    let mut fds = vec![stop.as_fd(), signals.0.as_fd()];
     fds.extend(wakers.inotify.as_ref().map(|i| i.as_fd()));
     fds.extend(wakers.oom.as_ref().map(|(e, _)| e.as_fd()));
     let stopped = || stop.read().is_ok();
@@ -657,6 +694,7 @@ fn watch(
             if stopped() {
                 return None;
             }
+            signals.forward(init);
             wakers.drain();
             continue;
         }
@@ -666,7 +704,14 @@ fn watch(
                 // PID namespace with it.
                 let _ = sys::pidfd_send_signal(init.as_fd(), libc::SIGTERM);
                 let grace_end = Instant::now() + TIMEOUT_GRACE;
-                wait_readable(&[stop.as_fd()], Some(grace_end));
+                // Signals still go on during the grace (a second SIGTERM, SIGINT sent with
+                // kill()), as they did before the deadline.
+                while wait_readable(&[stop.as_fd(), signals.0.as_fd()], Some(grace_end)) {
+                    if stopped() {
+                        break;
+                    }
+                    signals.forward(init);
+                }
                 kill();
                 return Some(EndReason::Timeout(t));
             }

@@ -54,43 +54,86 @@ struct Job {
     first: bool,
 }
 
-/// Handle to the guard thread.
+/// Handle to the guard thread. Without the exec backstop the thread starts with the first
+/// exec it has to check (a session whose agent never execs again has no guard thread); with
+/// it, the session starts it beside init's set-up ([`Guard::start`]), since every exec,
+/// the first one included, goes through it.
 pub struct Guard {
     tx: mpsc::Sender<Job>,
     /// Exec approvals go into the kernel's map (the guard's thread writes them).
     backstop: bool,
+    /// The thread's end of the queue, until the thread starts.
+    idle: std::sync::Mutex<Option<GuardJobs>>,
 }
 
 impl Guard {
-    /// A guard whose jobs go to `tx`.
-    pub fn new() -> (Guard, GuardJobs) {
+    /// A guard without the in-kernel exec backstop.
+    pub fn new() -> Guard {
         Self::with_exec_backstop(None)
     }
 
     /// A guard that writes each exec approval into the kernel's map (`approvals`) before it
     /// lets the exec continue.
-    pub fn with_exec_backstop(
-        approvals: Option<crate::ebpf::process::ExecApprovals>,
-    ) -> (Guard, GuardJobs) {
+    pub fn with_exec_backstop(approvals: Option<crate::ebpf::process::ExecApprovals>) -> Guard {
         let (tx, rx) = mpsc::channel();
         let backstop = approvals.is_some();
-        (Guard { tx, backstop }, GuardJobs { rx, approvals })
+        Guard {
+            tx,
+            backstop,
+            idle: std::sync::Mutex::new(Some(GuardJobs { rx, approvals })),
+        }
+    }
+
+    /// Does every exec go through the guard's thread (the in-kernel backstop is on)?
+    pub fn has_backstop(&self) -> bool {
+        self.backstop
+    }
+
+    /// Start the guard's thread now; it takes the session's context with its first job.
+    pub fn start(&self, ctx: super::Later) -> std::io::Result<()> {
+        self.spawn_with(ctx).map(drop)
+    }
+
+    /// Start the thread unless it runs already (true: it runs, or was started now).
+    fn spawn_with(&self, ctx: super::Later) -> std::io::Result<bool> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(jobs) = idle.take() else {
+            return Ok(true);
+        };
+        // The jobs come back if the thread could not start (`spawn` drops the closure).
+        let (back_tx, back_rx) = mpsc::sync_channel::<GuardJobs>(1);
+        let started = std::thread::Builder::new()
+            .name("exec-guard".into())
+            .spawn({
+                let back = ShipBack(Some((jobs, back_tx)));
+                move || {
+                    let jobs = back.take();
+                    run(ctx, jobs)
+                }
+            });
+        match started {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                *idle = back_rx.try_recv().ok();
+                Err(e)
+            }
+        }
     }
 
     /// Let an allowed exec run. The session's first exec (`first`, made by the sandbox's own
     /// code, see [`super::Ctx::first_exec`]) has nothing to check: without a kernel approval
     /// to write it continues right here, without a trip through the guard's thread.
-    pub fn exec(&self, ctx: &Ctx, notif: Notif, expect: Expectation, first: bool) {
+    pub fn exec(&self, ctx: &Arc<Ctx>, notif: Notif, expect: Expectation, first: bool) {
         if first && !self.backstop {
             continue_first(ctx, notif.id, &expect.summary);
-        } else {
-            self.submit(notif, expect, first);
+            return;
         }
-    }
-
-    /// Hand an allowed exec to the guard. `first`: the session's first exec, made by the
-    /// sandbox's own code (see [`super::Ctx::first_exec`]).
-    fn submit(&self, notif: Notif, expect: Expectation, first: bool) {
+        if let Err(e) = self.spawn_with(super::Later::given(Arc::clone(ctx))) {
+            // Never unchecked: the exec fails, the agent may retry.
+            tracing::warn!("the exec guard's thread could not start: {e}");
+            super::respond(ctx, notif.id, Err(libc::EAGAIN));
+            return;
+        }
         // If the guard is gone the job is dropped: the trapped thread then fails with ENOSYS
         // when the listener closes (never runs unchecked).
         let _ = self.tx.send(Job {
@@ -101,6 +144,25 @@ impl Guard {
     }
 }
 
+/// The guard's queue on its way into a new thread: sent back when the thread never starts
+/// (the closure is dropped unrun).
+struct ShipBack(Option<(GuardJobs, mpsc::SyncSender<GuardJobs>)>);
+
+impl ShipBack {
+    fn take(mut self) -> GuardJobs {
+        let (jobs, _) = self.0.take().expect("taken once");
+        jobs
+    }
+}
+
+impl Drop for ShipBack {
+    fn drop(&mut self) {
+        if let Some((jobs, back)) = self.0.take() {
+            let _ = back.try_send(jobs);
+        }
+    }
+}
+
 /// The receiving side, moved into the guard thread.
 pub struct GuardJobs {
     rx: mpsc::Receiver<Job>,
@@ -108,7 +170,7 @@ pub struct GuardJobs {
 }
 
 /// The guard thread's body (it takes the session's context with its first job).
-pub fn run(mut ctx: super::Later, mut jobs: GuardJobs) {
+fn run(mut ctx: super::Later, mut jobs: GuardJobs) {
     let mut ids = crate::ebpf::process::KernelFileIds::default();
     while let Ok(job) = jobs.rx.recv() {
         let Some(ctx) = ctx.get() else { return };

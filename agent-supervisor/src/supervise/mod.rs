@@ -169,6 +169,14 @@ enum Given {
 }
 
 impl Later {
+    /// A context already there (a thread started once the session runs).
+    pub fn given(ctx: Arc<Ctx>) -> Later {
+        Later {
+            shared: Arc::default(),
+            ctx: Some(ctx),
+        }
+    }
+
     /// The context, waiting for it the first time (None: the session never started).
     pub fn get(&mut self) -> Option<Arc<Ctx>> {
         if self.ctx.is_none() {
