@@ -489,6 +489,13 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     };
     // The agent (host uid 0 when we are root) must not move itself out of its cgroups.
     let spec_masks = sandbox::masks::compose(masks.iter().cloned().chain(limits.masks()).collect());
+    let spec_masks = match &read_only_view {
+        Some(writable) => sandbox::masks::needed_in_read_only_view(spec_masks, writable),
+        None => spec_masks,
+    };
+    for m in &spec_masks {
+        tracing::debug!("mask: {:?} {}", m.kind, m.path.display());
+    }
 
     // The session's DNS resolver binds port 53 of its own loopback address now (root, before
     // any thread); the agent's resolv.conf names it. Without it (not root) DNS is refused

@@ -137,6 +137,16 @@ pub fn compose(masks: Vec<MaskMount>) -> Vec<MaskMount> {
     v
 }
 
+/// The masks a read-only view still needs (`writable`: the only trees it leaves writable): a
+/// read-only mask elsewhere would bind read-only what the view already made read-only (or
+/// left out), one mount for nothing on every session's start.
+pub fn needed_in_read_only_view(masks: Vec<MaskMount>, writable: &[PathBuf]) -> Vec<MaskMount> {
+    masks
+        .into_iter()
+        .filter(|m| m.kind != MaskKind::ReadOnly || writable.iter().any(|w| m.path.starts_with(w)))
+        .collect()
+}
+
 /// Two masks on one path: equal kinds stay; read-only + noexec, or anything with hide, hides.
 fn combine(a: MaskKind, b: MaskKind) -> MaskKind {
     if a == b {
@@ -324,5 +334,31 @@ mod tests {
             ]
         );
         assert_eq!(got[0].rule, Some(0), "the rule behind the mask is kept");
+    }
+
+    #[test]
+    fn a_read_only_view_needs_read_only_masks_only_inside_its_writable_trees() {
+        let masks = vec![
+            mask("/etc/agent-supervisor", MaskKind::ReadOnly, true),
+            mask("/home/u/.config/agent-supervisor", MaskKind::ReadOnly, true),
+            mask("/home/u/ws/.agent-supervisor", MaskKind::ReadOnly, true),
+            mask("/home/u/ws", MaskKind::ReadOnly, true),
+            mask("/home/u/.ssh", MaskKind::Hide, true),
+            mask("/tmp", MaskKind::NoExec, true),
+        ];
+        let writable = [PathBuf::from("/home/u/ws"), PathBuf::from("/tmp")];
+        let kept: Vec<String> = needed_in_read_only_view(masks, &writable)
+            .iter()
+            .map(|m| m.path.display().to_string())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "/home/u/ws/.agent-supervisor",
+                "/home/u/ws",
+                "/home/u/.ssh",
+                "/tmp"
+            ]
+        );
     }
 }
