@@ -3,7 +3,9 @@
 //! Order matters: everything that can fail on bad input (policy, audit file, mask walk) is
 //! done before the agent exists; the sandbox is launched while the supervisor is still
 //! single-threaded; only then do the supervisor's threads start (audit writer, notification
-//! loop, exec guard, approval broker, signal forwarder). The agent's exit status is ours.
+//! loop, approval broker, DNS resolver, and the limits thread, which also forwards signals;
+//! the exec guard starts with its first job, or beside them when the kernel's exec backstop
+//! is on). The agent's exit status is ours.
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;
