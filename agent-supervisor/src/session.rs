@@ -347,6 +347,9 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     );
     let mut phases = crate::phases::Phases::new();
     sys::single_malloc_arena();
+    let session = opts.session_id.clone().unwrap_or_else(session_id);
+    // The session's cgroups don't depend on the policy: they are made while it is read.
+    let cgroups = Preparing::start(&session);
     let vars = vars(opts.workspace.as_deref())?;
     let mut policy = load_policy(opts.policy.as_deref(), &vars)?;
     opts.limits.apply(&mut policy.limits);
@@ -370,7 +373,6 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         exec: plan.landlock_exec.clone(),
         reads_by_view: !reads.by_landlock(),
     };
-    let session = opts.session_id.clone().unwrap_or_else(session_id);
     let audit_path = opts
         .audit
         .clone()
@@ -449,7 +451,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     // policy or a flag set that cannot be enforced refuses the session; a default one is a
     // warning.
     phases.mark("masks");
-    let limits = crate::limits::SessionLimits::setup(&session, &policy.limits);
+    let limits = crate::limits::SessionLimits::apply(cgroups.join(), &session, &policy.limits);
     phases.mark("limits");
     let mut limits_weaker = Vec::new();
     for u in &limits.unenforced {
@@ -788,6 +790,46 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     }
     phases.mark("tear-down");
     Ok(exit_code)
+}
+
+/// The session's cgroups being made in a thread of their own ([`SessionLimits::prepare`]),
+/// while the policy is read. Joined before the sandbox is launched (from a single-threaded
+/// supervisor), or when `run` returns before that: then the cgroups are removed.
+///
+/// [`SessionLimits::prepare`]: crate::limits::SessionLimits::prepare
+struct Preparing {
+    thread: Option<std::thread::JoinHandle<crate::limits::Prepared>>,
+    session: String,
+}
+
+impl Preparing {
+    fn start(session: &str) -> Preparing {
+        let id = session.to_string();
+        let thread = std::thread::Builder::new()
+            .name("cgroups".into())
+            .spawn(move || crate::limits::SessionLimits::prepare(&id))
+            // Made in `join` instead.
+            .ok();
+        Preparing {
+            thread,
+            session: session.to_string(),
+        }
+    }
+
+    fn join(mut self) -> crate::limits::Prepared {
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            None => crate::limits::SessionLimits::prepare(&self.session),
+        }
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {

@@ -220,10 +220,28 @@ fn enable_v2_controller(root: &Path, controller: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The session's cgroups made before its limits are known: `run` makes them while it reads the
+/// policy (see [`SessionLimits::prepare`]).
+pub struct Prepared {
+    tables: Result<v1::HostTables, String>,
+    v2: Result<Arc<SessionCgroup>, String>,
+    host: io::Result<u64>,
+    /// The v1 cgroups of the controllers the built-in limits use, where the v2 hierarchy
+    /// lacks them (hybrid hosts). One the policy leaves without a limit is removed.
+    v1: Vec<V1Cgroup>,
+}
+
 impl SessionLimits {
     /// Create the session's cgroups and write `limits` into them. Never fails: what cannot be
     /// enforced is listed in [`Self::unenforced`] (the caller refuses or warns).
     pub fn setup(session_id: &str, limits: &Limits) -> SessionLimits {
+        Self::apply(Self::prepare(session_id), session_id, limits)
+    }
+
+    /// What [`Self::setup`] does before it needs the limits: read the host's tables, create
+    /// the v2 session cgroup, and the v1 cgroups the built-in limits would use. Never fails:
+    /// [`Self::apply`] reports what is missing.
+    pub fn prepare(session_id: &str) -> Prepared {
         let tables = v1::HostTables::read().map_err(|e| crate::ebpf::session::error_chain(&e));
         let v2 = match &tables {
             Ok(t) => SessionCgroup::create_in(&t.mounts, session_id)
@@ -231,7 +249,48 @@ impl SessionLimits {
                 .map_err(|e| crate::ebpf::session::error_chain(&e)),
             Err(e) => Err(e.clone()),
         };
-        let host = host_memory();
+        let mut v1 = Vec::new();
+        if let Ok(t) = &tables {
+            let v2_root = v2.as_ref().ok().and_then(|c| c.path().parent()?.parent());
+            let in_v2 = |controller: &str| {
+                v2_root.is_some_and(|root| {
+                    sys::read_proc(root.join("cgroup.controllers"))
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .any(|c| c == controller)
+                })
+            };
+            let defaults = Limits::default();
+            let by_default = [
+                ("memory", defaults.memory.value.is_some()),
+                ("pids", defaults.processes.value.is_some()),
+                ("cpu", defaults.cpu.value.is_some()),
+            ];
+            for (controller, used) in by_default {
+                if used && !in_v2(controller) {
+                    // A failure is met again, and reported, when the limit is applied.
+                    if let Ok(Some(c)) = V1Cgroup::create(t, controller, session_id) {
+                        v1.push(c);
+                    }
+                }
+            }
+        }
+        Prepared {
+            tables,
+            v2,
+            host: host_memory(),
+            v1,
+        }
+    }
+
+    /// Write `limits` into the cgroups `prepared` made (and make those it did not).
+    pub fn apply(prepared: Prepared, session_id: &str, limits: &Limits) -> SessionLimits {
+        let Prepared {
+            tables,
+            v2,
+            host,
+            v1: mut made,
+        } = prepared;
         let memory = limits
             .memory
             .value
@@ -286,7 +345,7 @@ impl SessionLimits {
                 Err(v2_why) => tables
                     .as_ref()
                     .map_err(Clone::clone)
-                    .and_then(|t| out.apply_v1(t, session_id, controller, &value))
+                    .and_then(|t| out.apply_v1(t, &mut made, session_id, controller, &value))
                     .map_err(|v1_why| format!("{v2_why}; {v1_why}")),
             };
             if let Err(why) = result {
@@ -332,14 +391,18 @@ impl SessionLimits {
     fn apply_v1(
         &mut self,
         tables: &v1::HostTables,
+        made: &mut Vec<V1Cgroup>,
         session_id: &str,
         controller: &'static str,
         value: &str,
     ) -> Result<(), String> {
         let show = |e: LimitsError| crate::ebpf::session::error_chain(&e);
-        let cgroup = V1Cgroup::create(tables, controller, session_id)
-            .map_err(show)?
-            .ok_or_else(|| format!("no cgroup v1 {controller} hierarchy is mounted either"))?;
+        let cgroup = match made.iter().position(|c| c.controller == controller) {
+            Some(i) => made.swap_remove(i),
+            None => V1Cgroup::create(tables, controller, session_id)
+                .map_err(show)?
+                .ok_or_else(|| format!("no cgroup v1 {controller} hierarchy is mounted either"))?,
+        };
         match controller {
             "memory" => {
                 cgroup.write("memory.limit_in_bytes", value).map_err(show)?;
