@@ -4,8 +4,7 @@
 //! done before the agent exists; the sandbox is launched while the supervisor is still
 //! single-threaded; only then do the supervisor's threads start (audit writer, notification
 //! loop, approval broker, DNS resolver, and the limits thread, which also forwards signals;
-//! the exec guard starts with its first job, or beside them when the kernel's exec backstop
-//! is on). The agent's exit status is ours.
+//! the exec guard starts with its first job). The agent's exit status is ours.
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;
@@ -625,11 +624,6 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     if let Some(dns) = &dns {
         dns.spawn(handoff.later())
             .context("starting the DNS resolver's thread")?;
-    }
-    if guard.has_backstop() {
-        guard
-            .start(handoff.later())
-            .context("starting the exec-guard thread")?;
     }
     spawn("approvals", {
         let mut ctx = handoff.later();

@@ -54,14 +54,11 @@ struct Job {
     first: bool,
 }
 
-/// Handle to the guard thread. Without the exec backstop the thread starts with the first
-/// exec it has to check (a session whose agent never execs again has no guard thread); with
-/// it, the session starts it beside init's set-up ([`Guard::start`]), since every exec,
-/// the first one included, goes through it.
+/// Handle to the guard thread, which starts with the first exec it has to check (a session
+/// whose agent never execs again has no guard thread). The session's first exec needs no
+/// check: its kernel approval, where the backstop is on, is written by the caller.
 pub struct Guard {
     tx: mpsc::Sender<Job>,
-    /// Exec approvals go into the kernel's map (the guard's thread writes them).
-    backstop: bool,
     /// The thread's end of the queue, until the thread starts.
     idle: std::sync::Mutex<Option<GuardJobs>>,
 }
@@ -76,29 +73,21 @@ impl Guard {
     /// lets the exec continue.
     pub fn with_exec_backstop(approvals: Option<crate::ebpf::process::ExecApprovals>) -> Guard {
         let (tx, rx) = mpsc::channel();
-        let backstop = approvals.is_some();
         Guard {
             tx,
-            backstop,
-            idle: std::sync::Mutex::new(Some(GuardJobs { rx, approvals })),
+            idle: std::sync::Mutex::new(Some(GuardJobs {
+                rx,
+                approvals,
+                ids: Default::default(),
+            })),
         }
     }
 
-    /// Does every exec go through the guard's thread (the in-kernel backstop is on)?
-    pub fn has_backstop(&self) -> bool {
-        self.backstop
-    }
-
-    /// Start the guard's thread now; it takes the session's context with its first job.
-    pub fn start(&self, ctx: super::Later) -> std::io::Result<()> {
-        self.spawn_with(ctx).map(drop)
-    }
-
-    /// Start the thread unless it runs already (true: it runs, or was started now).
-    fn spawn_with(&self, ctx: super::Later) -> std::io::Result<bool> {
+    /// Start the thread unless it runs already.
+    fn spawn_with(&self, ctx: super::Later) -> std::io::Result<()> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let Some(jobs) = idle.take() else {
-            return Ok(true);
+            return Ok(());
         };
         // The jobs come back if the thread could not start (`spawn` drops the closure).
         let (back_tx, back_rx) = mpsc::sync_channel::<GuardJobs>(1);
@@ -112,7 +101,7 @@ impl Guard {
                 }
             });
         match started {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(()),
             Err(e) => {
                 *idle = back_rx.try_recv().ok();
                 Err(e)
@@ -121,12 +110,18 @@ impl Guard {
     }
 
     /// Let an allowed exec run. The session's first exec (`first`, made by the sandbox's own
-    /// code, see [`super::Ctx::first_exec`]) has nothing to check: without a kernel approval
-    /// to write it continues right here, without a trip through the guard's thread.
+    /// code, see [`super::Ctx::first_exec`]) has nothing to check: it continues right here,
+    /// after its kernel approval where the backstop is on (the guard's thread has not
+    /// started: the approvals are still here to write).
     pub fn exec(&self, ctx: &Arc<Ctx>, notif: Notif, expect: Expectation, first: bool) {
-        if first && !self.backstop {
-            continue_first(ctx, notif.id, &expect.summary);
-            return;
+        if first {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(jobs) = idle.as_mut() {
+                if jobs.approve(ctx, &notif, &expect).is_some() {
+                    continue_first(ctx, notif.id, &expect.summary);
+                }
+                return;
+            }
         }
         if let Err(e) = self.spawn_with(super::Later::given(Arc::clone(ctx))) {
             // Never unchecked: the exec fails, the agent may retry.
@@ -167,27 +162,43 @@ impl Drop for ShipBack {
 pub struct GuardJobs {
     rx: mpsc::Receiver<Job>,
     approvals: Option<crate::ebpf::process::ExecApprovals>,
+    ids: crate::ebpf::process::KernelFileIds,
+}
+
+impl GuardJobs {
+    /// Write the kernel's approval of this exec where the backstop is on (the file it names,
+    /// or None without the backstop). None: it could not be written, and the exec has been
+    /// refused (the kernel would kill it).
+    fn approve(
+        &mut self,
+        ctx: &Ctx,
+        notif: &Notif,
+        expect: &Expectation,
+    ) -> Option<Option<crate::ebpf::process::KernelFileId>> {
+        let Some(approvals) = &mut self.approvals else {
+            return Some(None);
+        };
+        // The file as the kernel's exec tracepoint sees it.
+        let file = self.ids.of(expect.file.as_fd(), expect.tgid, expect.exe);
+        match approvals.approve(notif.pid, file) {
+            Ok(()) => Some(Some(file)),
+            Err(e) => {
+                tracing::warn!("exec guard cannot write the kernel's exec approval: {e}");
+                super::respond(ctx, notif.id, Err(libc::EACCES));
+                None
+            }
+        }
+    }
 }
 
 /// The guard thread's body (it takes the session's context with its first job).
 fn run(mut ctx: super::Later, mut jobs: GuardJobs) {
-    let mut ids = crate::ebpf::process::KernelFileIds::default();
     while let Ok(job) = jobs.rx.recv() {
         let Some(ctx) = ctx.get() else { return };
         let tid = job.notif.pid;
-        // The file as the kernel's exec tracepoint sees it: only the backstop needs it.
-        let file = jobs
-            .approvals
-            .is_some()
-            .then(|| ids.of(job.expect.file.as_fd(), job.expect.tgid, job.expect.exe));
-        if let (Some(approvals), Some(file)) = (&mut jobs.approvals, file) {
-            if let Err(e) = approvals.approve(tid, file) {
-                // The kernel would kill the exec: refuse it instead.
-                tracing::warn!("exec guard cannot write the kernel's exec approval: {e}");
-                super::respond(&ctx, job.notif.id, Err(libc::EACCES));
-                continue;
-            }
-        }
+        let Some(file) = jobs.approve(&ctx, &job.notif, &job.expect) else {
+            continue;
+        };
         if job.first {
             continue_first(&ctx, job.notif.id, &job.expect.summary);
             continue;
