@@ -80,6 +80,9 @@ pub struct Approvals {
     /// Asks sent to the broker and not settled yet.
     pending: Arc<AtomicUsize>,
     wake: Wake,
+    /// The broker's end, until its thread starts: with the first ask, or at once for a
+    /// session of the daemon ([`Approvals::start`]).
+    broker: crate::supervise::Idle<Broker>,
 }
 
 /// The broker's end, moved into its thread.
@@ -140,33 +143,46 @@ impl Wake {
 const WAKE_FALLBACK: Duration = Duration::from_millis(200);
 
 impl Approvals {
-    pub fn new(mode: Mode, timeout: Duration) -> (Approvals, Broker) {
+    pub fn new(mode: Mode, timeout: Duration) -> Approvals {
         let (tx, rx) = mpsc::channel();
         let wake = Wake::new();
-        (
-            Approvals {
-                tx: tx.clone(),
-                pending: Arc::new(AtomicUsize::new(0)),
-                wake: wake.clone(),
-            },
-            Broker {
+        Approvals {
+            tx: tx.clone(),
+            pending: Arc::new(AtomicUsize::new(0)),
+            wake: wake.clone(),
+            broker: crate::supervise::Idle::new(Broker {
                 rx,
                 tx,
                 mode,
                 timeout,
                 wake,
-            },
-        )
+            }),
+        }
+    }
+
+    /// Start the broker's thread now (it takes the session's context when it is handed
+    /// over): a session of the daemon reads the daemon's link from the start.
+    pub fn start(&self, mut ctx: crate::supervise::Later) -> std::io::Result<()> {
+        self.broker.start("approvals", move |b| {
+            if let Some(ctx) = ctx.get() {
+                run(ctx, b)
+            }
+        })
     }
 
     /// Queue an ask; `Err` gives it back when [`MAX_PENDING_ASKS`] are already waiting (the
     /// caller denies it). If the broker is gone, the action is lost... never allowed: the
     /// trapped syscall fails when the supervisor exits.
-    pub fn ask(&self, p: Pending) -> Result<(), Box<Pending>> {
+    pub fn ask(&self, ctx: &Arc<Ctx>, p: Pending) -> Result<(), Box<Pending>> {
         let p = Box::new(p);
         let before = self.pending.fetch_add(1, Ordering::SeqCst);
         let slot = Slot(Arc::clone(&self.pending));
         if before >= MAX_PENDING_ASKS {
+            return Err(p);
+        }
+        let ctx = Arc::clone(ctx);
+        if let Err(e) = self.broker.start("approvals", move |b| run(ctx, b)) {
+            tracing::warn!("the approval broker's thread could not start ({e}): the ask is denied");
             return Err(p);
         }
         let _ = self.tx.send(BrokerMsg::Ask(p, slot));
@@ -267,7 +283,7 @@ fn wait_for(
 }
 
 /// The broker thread.
-pub fn run(ctx: Arc<Ctx>, b: Broker) {
+fn run(ctx: Arc<Ctx>, b: Broker) {
     let mut queue: VecDeque<Waiting> = VecDeque::new();
     let mut tty = match b.mode {
         Mode::Daemon { link, reader } => return run_daemon(ctx, b.rx, b.tx, b.wake, link, reader),

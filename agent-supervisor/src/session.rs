@@ -3,8 +3,8 @@
 //! Order matters: everything that can fail on bad input (policy, audit file, mask walk) is
 //! done before the agent exists; the sandbox is launched while the supervisor is still
 //! single-threaded; only then do the supervisor's threads start (audit writer, notification
-//! loop, approval broker, DNS resolver, and the limits thread, which also forwards signals;
-//! the exec guard starts with its first job). The agent's exit status is ours.
+//! loop, DNS resolver, and the limits thread, which also forwards signals; the exec guard and
+//! the approval broker start with their first job). The agent's exit status is ours.
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;
@@ -610,7 +610,8 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         e.spawn()?;
     }
     let audit = audit_file.start()?.with_observer(opts.observer.0.clone());
-    let (approvals, broker) = Approvals::new(mode, policy.approval_timeout);
+    let daemon_session = matches!(mode, approval::Mode::Daemon { .. });
+    let approvals = Approvals::new(mode, policy.approval_timeout);
     let guard = Guard::with_exec_backstop(bpf.as_mut().and_then(|b| b.exec_approvals.take()));
     let mut handoff = supervise::Handoff::default();
     spawn("notify", {
@@ -625,14 +626,12 @@ pub fn run(opts: RunOptions) -> Result<i32> {
         dns.spawn(handoff.later())
             .context("starting the DNS resolver's thread")?;
     }
-    spawn("approvals", {
-        let mut ctx = handoff.later();
-        move || {
-            if let Some(ctx) = ctx.get() {
-                approval::run(ctx, broker)
-            }
-        }
-    })?;
+    // The broker starts with the first ask, or now for a session of the daemon.
+    if daemon_session {
+        approvals
+            .start(handoff.later())
+            .context("starting the approvals thread")?;
+    }
     let init_pidfd = Arc::clone(&launching.init_pidfd);
     let limits = Arc::new(limits);
     let timeout = policy.limits.timeout.value;

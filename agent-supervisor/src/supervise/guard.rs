@@ -59,8 +59,7 @@ struct Job {
 /// check: its kernel approval, where the backstop is on, is written by the caller.
 pub struct Guard {
     tx: mpsc::Sender<Job>,
-    /// The thread's end of the queue, until the thread starts.
-    idle: std::sync::Mutex<Option<GuardJobs>>,
+    jobs: super::Idle<GuardJobs>,
 }
 
 impl Guard {
@@ -75,37 +74,11 @@ impl Guard {
         let (tx, rx) = mpsc::channel();
         Guard {
             tx,
-            idle: std::sync::Mutex::new(Some(GuardJobs {
+            jobs: super::Idle::new(GuardJobs {
                 rx,
                 approvals,
                 ids: Default::default(),
-            })),
-        }
-    }
-
-    /// Start the thread unless it runs already.
-    fn spawn_with(&self, ctx: super::Later) -> std::io::Result<()> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(jobs) = idle.take() else {
-            return Ok(());
-        };
-        // The jobs come back if the thread could not start (`spawn` drops the closure).
-        let (back_tx, back_rx) = mpsc::sync_channel::<GuardJobs>(1);
-        let started = std::thread::Builder::new()
-            .name("exec-guard".into())
-            .spawn({
-                let back = ShipBack(Some((jobs, back_tx)));
-                move || {
-                    let jobs = back.take();
-                    run(ctx, jobs)
-                }
-            });
-        match started {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                *idle = back_rx.try_recv().ok();
-                Err(e)
-            }
+            }),
         }
     }
 
@@ -115,15 +88,17 @@ impl Guard {
     /// started: the approvals are still here to write).
     pub fn exec(&self, ctx: &Arc<Ctx>, notif: Notif, expect: Expectation, first: bool) {
         if first {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(jobs) = idle.as_mut() {
+            let here = self.jobs.with(|jobs| {
                 if jobs.approve(ctx, &notif, &expect).is_some() {
                     continue_first(ctx, notif.id, &expect.summary);
                 }
+            });
+            if here.is_some() {
                 return;
             }
         }
-        if let Err(e) = self.spawn_with(super::Later::given(Arc::clone(ctx))) {
+        let later = super::Later::given(Arc::clone(ctx));
+        if let Err(e) = self.jobs.start("exec-guard", move |jobs| run(later, jobs)) {
             // Never unchecked: the exec fails, the agent may retry.
             tracing::warn!("the exec guard's thread could not start: {e}");
             super::respond(ctx, notif.id, Err(libc::EAGAIN));
@@ -136,25 +111,6 @@ impl Guard {
             expect,
             first,
         });
-    }
-}
-
-/// The guard's queue on its way into a new thread: sent back when the thread never starts
-/// (the closure is dropped unrun).
-struct ShipBack(Option<(GuardJobs, mpsc::SyncSender<GuardJobs>)>);
-
-impl ShipBack {
-    fn take(mut self) -> GuardJobs {
-        let (jobs, _) = self.0.take().expect("taken once");
-        jobs
-    }
-}
-
-impl Drop for ShipBack {
-    fn drop(&mut self) {
-        if let Some((jobs, back)) = self.0.take() {
-            let _ = back.try_send(jobs);
-        }
     }
 }
 

@@ -199,6 +199,59 @@ impl Later {
     }
 }
 
+/// A thread's state until the thread starts, which is when it first has work (an exec to
+/// check, an ask to put to a human), not at the session's start: a short session never pays
+/// for threads it does not use.
+pub struct Idle<T: Send + 'static>(Mutex<Option<T>>);
+
+impl<T: Send + 'static> Idle<T> {
+    pub fn new(state: T) -> Idle<T> {
+        Idle(Mutex::new(Some(state)))
+    }
+
+    /// Use the state here, if the thread has not started (None: it has, and owns it).
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.as_mut().map(f)
+    }
+
+    /// Start the thread `name` with the state, unless it runs already. If it cannot start,
+    /// the state stays here (the next need tries again).
+    pub fn start(&self, name: &str, body: impl FnOnce(T) + Send + 'static) -> std::io::Result<()> {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = idle.take() else {
+            return Ok(());
+        };
+        // `spawn` drops the closure unrun when it fails: the state comes back through `back`.
+        let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<T>(1);
+        let ship = ShipBack(Some((state, back_tx)));
+        let started = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || body(ship.take()));
+        started
+            .map(drop)
+            .inspect_err(|_| *idle = back_rx.try_recv().ok())
+    }
+}
+
+/// A thread's state on its way into the new thread: sent back when the thread never starts.
+struct ShipBack<T>(Option<(T, std::sync::mpsc::SyncSender<T>)>);
+
+impl<T> ShipBack<T> {
+    fn take(mut self) -> T {
+        let (state, _) = self.0.take().expect("taken once");
+        state
+    }
+}
+
+impl<T> Drop for ShipBack<T> {
+    fn drop(&mut self) {
+        if let Some((state, back)) = self.0.take() {
+            let _ = back.try_send(state);
+        }
+    }
+}
+
 /// Hands the session's context to every [`Later`] made from it; dropped without
 /// [`Handoff::give`], it tells them the session never started.
 #[derive(Default)]
@@ -320,7 +373,7 @@ pub fn decide(ctx: &Arc<Ctx>, p: Pending) {
             {
                 return finish(ctx, p, d, Decider::Session);
             }
-            if let Err(p) = ctx.approvals.ask(p) {
+            if let Err(p) = ctx.approvals.ask(ctx, p) {
                 finish(ctx, *p, Decision::Deny, Decider::QueueFull);
             }
         }
