@@ -439,6 +439,30 @@ fn explicit_limits_that_cannot_be_enforced_are_refused() {
     );
 }
 
+/// The session's cgroups are made while the policy is read: a session refused for a broken
+/// policy (exit 125) leaves none of them behind, in any hierarchy.
+#[test]
+fn a_session_refused_for_a_broken_policy_leaves_no_cgroup() {
+    skip_unless!(is_root(), "needs root (cgroups)");
+    let ws = Workspace::new("refused-cgroups");
+    let policy = ws.policy("version = 1\n[[rule]]\ndecision = \"alow\"\ncommand = \"ls\"\n");
+    for round in 0..5 {
+        let sid = format!("{:012x}", (std::process::id() as u64) << 16 | round);
+        let mut c = common::supervisor_command();
+        c.args(["run", "-q", "--headless", "--session-id", &sid, "--policy"])
+            .arg(&policy)
+            .args(["--audit"])
+            .arg(&ws.audit)
+            .args(["--", "/bin/true"])
+            .current_dir(&ws.dir);
+        let r = run_with_timeout(c, Duration::from_secs(20));
+        assert_eq!(r.code, Some(125), "{r:?}");
+        for dir in common::session_cgroup_dirs(&sid) {
+            assert!(!dir.exists(), "{} is still there", dir.display());
+        }
+    }
+}
+
 /// After `--timeout`'s SIGTERM, in the grace before the kill, signals sent to the supervisor
 /// still reach the agent: the agent traps TERM and USR1 and writes a file for each, read from
 /// outside; the session still ends by the timeout (124).
