@@ -63,11 +63,6 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// A guard without the in-kernel exec backstop.
-    pub fn new() -> Guard {
-        Self::with_exec_backstop(None)
-    }
-
     /// A guard that writes each exec approval into the kernel's map (`approvals`) before it
     /// lets the exec continue.
     pub fn with_exec_backstop(approvals: Option<crate::ebpf::process::ExecApprovals>) -> Guard {
