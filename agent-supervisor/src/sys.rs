@@ -655,7 +655,6 @@ pub fn kill(pid: libc::pid_t, sig: i32) -> io::Result<()> {
     check_int(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
-/// Block `sigs` in the calling thread (adding to the current mask).
 /// One malloc arena for the whole process (glibc): a session's threads are few and mostly
 /// idle, and each arena of its own would cost a 64 MiB reservation and the page faults of its
 /// first allocations, on the session's start-up. (Small allocations stay per thread, in
@@ -668,6 +667,7 @@ pub fn single_malloc_arena() {
     }
 }
 
+/// Block `sigs` in the calling thread (adding to the current mask).
 pub fn block_signals(sigs: &[i32]) -> io::Result<()> {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
     unsafe {

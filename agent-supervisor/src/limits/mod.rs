@@ -198,13 +198,25 @@ pub fn host_memory() -> io::Result<u64> {
 const CONTROLLERS: [(&str, &str); 3] =
     [("memory", "memory"), ("processes", "pids"), ("cpu", "cpu")];
 
+/// Does the cgroup v2 controller list `file` (`cgroup.controllers`, `cgroup.subtree_control`)
+/// name `controller`? (An unreadable file names none.)
+fn lists_controller(file: &Path, controller: &str) -> bool {
+    sys::read_proc(file)
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == controller)
+}
+
+/// Does the cgroup v2 hierarchy at `root` have `controller`?
+fn v2_has_controller(root: &Path, controller: &str) -> bool {
+    lists_controller(&root.join("cgroup.controllers"), controller)
+}
+
 /// Make `controller` available in `<root>/agent-supervisor/`'s children: enable it in the
 /// root's `cgroup.subtree_control` when the root has it but does not pass it down (only that
 /// controller is added), then in our parent's.
 fn enable_v2_controller(root: &Path, controller: &str) -> Result<(), String> {
-    let read = |p: PathBuf| sys::read_proc(p).unwrap_or_default();
-    let has = |text: &str| text.split_whitespace().any(|c| c == controller);
-    if !has(&read(root.join("cgroup.controllers"))) {
+    if !v2_has_controller(root, controller) {
         return Err(format!(
             "the cgroup v2 hierarchy at {} has no {controller} controller",
             root.display()
@@ -212,7 +224,7 @@ fn enable_v2_controller(root: &Path, controller: &str) -> Result<(), String> {
     }
     let plus = format!("+{controller}");
     for dir in [root.to_path_buf(), root.join(crate::cgroup::PARENT_DIR)] {
-        if !has(&read(dir.join("cgroup.subtree_control"))) {
+        if !lists_controller(&dir.join("cgroup.subtree_control"), controller) {
             write_control(&dir.join("cgroup.subtree_control"), &plus)
                 .map_err(|e| crate::ebpf::session::error_chain(&e))?;
         }
@@ -232,13 +244,7 @@ pub struct Prepared {
 }
 
 impl SessionLimits {
-    /// Create the session's cgroups and write `limits` into them. Never fails: what cannot be
-    /// enforced is listed in [`Self::unenforced`] (the caller refuses or warns).
-    pub fn setup(session_id: &str, limits: &Limits) -> SessionLimits {
-        Self::apply(Self::prepare(session_id), session_id, limits)
-    }
-
-    /// What [`Self::setup`] does before it needs the limits: read the host's tables, create
+    /// The session's cgroups, before the limits are known: read the host's tables, create
     /// the v2 session cgroup, and the v1 cgroups the built-in limits would use. Never fails:
     /// [`Self::apply`] reports what is missing.
     pub fn prepare(session_id: &str) -> Prepared {
@@ -252,22 +258,14 @@ impl SessionLimits {
         let mut v1 = Vec::new();
         if let Ok(t) = &tables {
             let v2_root = v2.as_ref().ok().and_then(|c| c.path().parent()?.parent());
-            let in_v2 = |controller: &str| {
-                v2_root.is_some_and(|root| {
-                    sys::read_proc(root.join("cgroup.controllers"))
-                        .unwrap_or_default()
-                        .split_whitespace()
-                        .any(|c| c == controller)
-                })
-            };
             let defaults = Limits::default();
-            let by_default = [
-                ("memory", defaults.memory.value.is_some()),
-                ("pids", defaults.processes.value.is_some()),
-                ("cpu", defaults.cpu.value.is_some()),
-            ];
-            for (controller, used) in by_default {
-                if used && !in_v2(controller) {
+            for (key, controller) in CONTROLLERS {
+                let used = match key {
+                    "memory" => defaults.memory.value.is_some(),
+                    "processes" => defaults.processes.value.is_some(),
+                    _ => defaults.cpu.value.is_some(),
+                };
+                if used && !v2_root.is_some_and(|root| v2_has_controller(root, controller)) {
                     // A failure is met again, and reported, when the limit is applied.
                     if let Ok(Some(c)) = V1Cgroup::create(t, controller, session_id) {
                         v1.push(c);
@@ -283,7 +281,9 @@ impl SessionLimits {
         }
     }
 
-    /// Write `limits` into the cgroups `prepared` made (and make those it did not).
+    /// Write `limits` into the cgroups `prepared` made (and make those it did not). Never
+    /// fails: what cannot be enforced is listed in [`Self::unenforced`] (the caller refuses or
+    /// warns).
     pub fn apply(prepared: Prepared, session_id: &str, limits: &Limits) -> SessionLimits {
         let Prepared {
             tables,
